@@ -1,0 +1,152 @@
+// Package config turns fwdd's TOML file into a validated, immutable Config.
+//
+// The file is decoded into raw structs (pointers tell "unset" from "zero"),
+// then validated into the typed values below. Nothing outside this package
+// sees the raw form.
+package config
+
+import (
+	"net/netip"
+)
+
+// DefaultPath is where fwdd looks for its configuration.
+const DefaultPath = "/etc/fwdd/fwdd.toml"
+
+// Config is a whole validated configuration file.
+type Config struct {
+	// Path is the file the configuration was read from ("" when parsed from memory).
+	Path      string
+	Daemon    Daemon
+	Sysctl    Sysctl
+	Conntrack Conntrack
+	// Forwards in file order.
+	Forwards []Forward
+}
+
+// OnStop says what happens to fwdd's table when the daemon stops.
+type OnStop string
+
+const (
+	OnStopFlush OnStop = "flush" // remove the table
+	OnStopKeep  OnStop = "keep"  // leave the rules in the kernel
+)
+
+// Daemon is the [daemon] section.
+type Daemon struct {
+	Table    string // nftables table name, family inet; default "fwdd"
+	OnStop   OnStop // default flush
+	LogLevel string // debug | info | warn | error; default info
+	Metrics  string // listen address for /metrics, "" = off
+}
+
+// RPFilter is the reverse-path filter mode fwdd applies.
+type RPFilter string
+
+const (
+	RPFilterKeep  RPFilter = "keep"  // leave as is
+	RPFilterLoose RPFilter = "loose" // 2
+	RPFilterOff   RPFilter = "off"   // 0
+)
+
+// Sysctl is the [sysctl] section.
+type Sysctl struct {
+	IPForward    bool     // default true
+	RPFilter     RPFilter // default keep
+	ConntrackMax int      // 0 = leave alone
+}
+
+// Conntrack is the [conntrack] section.
+type Conntrack struct {
+	WarnPercent     int // default 80
+	CriticalPercent int // default 95
+}
+
+// Proto is an IP protocol number fwdd forwards.
+type Proto uint8
+
+const (
+	TCP Proto = 6
+	UDP Proto = 17
+)
+
+func (p Proto) String() string {
+	switch p {
+	case TCP:
+		return "tcp"
+	case UDP:
+		return "udp"
+	}
+	return "proto?"
+}
+
+// PortRange is an inclusive port range; a single port has Lo == Hi.
+// The zero value means "unset".
+type PortRange struct{ Lo, Hi uint16 }
+
+// IsZero reports whether the range is unset.
+func (r PortRange) IsZero() bool { return r.Lo == 0 && r.Hi == 0 }
+
+// Len is the number of ports in the range.
+func (r PortRange) Len() int {
+	if r.IsZero() {
+		return 0
+	}
+	return int(r.Hi) - int(r.Lo) + 1
+}
+
+// SNATKind says how the source of forwarded connections is rewritten.
+type SNATKind uint8
+
+const (
+	SNATMasquerade SNATKind = iota // source = the gateway's address on the egress interface
+	SNATNone                       // backend sees the client's address
+	SNATFixed                      // source = SNAT.Addr (e.g. a VRRP VIP)
+)
+
+// SNAT is a forward's source translation.
+type SNAT struct {
+	Kind SNATKind
+	Addr netip.Addr // only with SNATFixed
+}
+
+// Forward is one validated [[forward]] entry.
+type Forward struct {
+	Name string
+	// Line is the line of the [[forward]] header in the file (0 when unknown).
+	Line int
+	// Protos is sorted and without duplicates: [TCP], [UDP] or [TCP, UDP].
+	Protos []Proto
+	// Port is the port or range matched.
+	Port PortRange
+	// Address is the destination matched; invalid (zero) means any address
+	// local to this host.
+	Address netip.Addr
+	// To is the backend address; it sets the forward's family.
+	To netip.Addr
+	// ToPort is the backend port or range; zero means "keep the original port".
+	// Either zero, one port, or a range of the same length as Port (mapped 1:1).
+	ToPort    PortRange
+	Interface string         // "" = any
+	Sources   []netip.Prefix // empty = any; masked, same family as To
+	SNAT      SNAT
+	Log       bool
+}
+
+// IPv6 reports whether the forward is for IPv6 traffic.
+func (f *Forward) IPv6() bool { return f.To.Is6() }
+
+// Local reports whether the forward matches any local address (address = "").
+func (f *Forward) Local() bool { return !f.Address.IsValid() }
+
+// TargetPort returns the backend port for original port p (p within f.Port).
+// ok is false when the forward keeps the original port.
+func (f *Forward) TargetPort(p uint16) uint16 {
+	switch {
+	case f.ToPort.IsZero():
+		return p
+	case f.ToPort.Lo == f.ToPort.Hi:
+		return f.ToPort.Lo
+	default:
+		return f.ToPort.Lo + (p - f.Port.Lo)
+	}
+}
