@@ -1,0 +1,118 @@
+package sysctl
+
+import (
+	"errors"
+	"io/fs"
+	"slices"
+	"strconv"
+
+	"go.uber.org/zap"
+
+	"github.com/fwdd/fwdd/pkg/config"
+)
+
+// Plan is what fwdd wants of the kernel, derived from the configuration.
+// The zero Plan changes nothing.
+type Plan struct {
+	// IPForward enables net.ipv4.ip_forward. false leaves it as it is: fwdd
+	// never turns forwarding off, other software on the host may need it.
+	IPForward bool
+	// IPv6Forward enables net.ipv6.conf.all.forwarding. Note that the kernel
+	// then ignores router advertisements on interfaces with accept_ra=1.
+	IPv6Forward bool
+	// RPFilter is the reverse-path filter mode; "" means keep.
+	//
+	// The kernel uses max(conf.all.rp_filter, conf.<iface>.rp_filter), and 2
+	// (loose) is the largest value, so:
+	//   - loose writes 2 to all, default and each interface in Interfaces;
+	//     all=2 alone already makes every interface loose, the other writes
+	//     make the intent visible where people look for it;
+	//   - off writes 0 to all, default and each interface in Interfaces; an
+	//     interface not named keeps its own value (max(0, x) = x);
+	//   - keep writes nothing.
+	RPFilter config.RPFilter
+	// Interfaces are the interfaces forwards are bound to. One that does not
+	// exist (yet) is logged as a warning, not an error.
+	Interfaces []string
+	// ConntrackMax sets net.netfilter.nf_conntrack_max when > 0. Inside a
+	// child network namespace the kernel refuses; Apply then returns a
+	// *ReadOnlyError saying to set it on the host.
+	ConntrackMax int
+}
+
+// PlanFor derives the Plan of a validated configuration: IPv6 forwarding when
+// forwarding is wanted and any forward is IPv6, and rp_filter for the
+// interfaces forwards name.
+func PlanFor(c *config.Config) Plan {
+	p := Plan{
+		IPForward:    c.Sysctl.IPForward,
+		RPFilter:     c.Sysctl.RPFilter,
+		ConntrackMax: c.Sysctl.ConntrackMax,
+	}
+	for i := range c.Forwards {
+		f := &c.Forwards[i]
+		if f.IPv6() && c.Sysctl.IPForward {
+			p.IPv6Forward = true
+		}
+		if f.Interface != "" && !slices.Contains(p.Interfaces, f.Interface) {
+			p.Interfaces = append(p.Interfaces, f.Interface)
+		}
+	}
+	slices.Sort(p.Interfaces)
+	return p
+}
+
+type setting struct {
+	name, value string
+	iface       string // the interface whose directory may be missing, or ""
+}
+
+func (p Plan) settings() []setting {
+	var ss []setting
+	if p.IPForward {
+		ss = append(ss, setting{name: "net.ipv4.ip_forward", value: "1"})
+	}
+	if p.IPv6Forward {
+		ss = append(ss, setting{name: Conf("ipv6", "all", "forwarding"), value: "1"})
+	}
+	var rp string
+	switch p.RPFilter {
+	case config.RPFilterLoose:
+		rp = "2"
+	case config.RPFilterOff:
+		rp = "0"
+	}
+	if rp != "" {
+		ss = append(ss,
+			setting{name: Conf("ipv4", "all", "rp_filter"), value: rp},
+			setting{name: Conf("ipv4", "default", "rp_filter"), value: rp})
+		for _, ifc := range p.Interfaces {
+			ss = append(ss, setting{name: Conf("ipv4", ifc, "rp_filter"), value: rp, iface: ifc})
+		}
+	}
+	if p.ConntrackMax > 0 {
+		ss = append(ss, setting{name: "net.netfilter.nf_conntrack_max", value: strconv.Itoa(p.ConntrackMax)})
+	}
+	return ss
+}
+
+// Apply brings the kernel to p. It logs one line per value it changed and
+// nothing for values already right. It tries every setting and returns the
+// errors of those that failed, joined.
+func Apply(s Sysctls, p Plan, log *zap.Logger) error {
+	var errs []error
+	for _, st := range p.settings() {
+		old, changed, err := s.Set(st.name, st.value)
+		switch {
+		case err != nil && st.iface != "" && errors.Is(err, fs.ErrNotExist):
+			log.Warn("interface not present, rp_filter not set; it takes conf.all and conf.default when it appears",
+				zap.String("sysctl", Display(st.name)), zap.String("interface", st.iface))
+		case err != nil:
+			errs = append(errs, err)
+		case changed:
+			log.Info("sysctl changed", zap.String("sysctl", Display(st.name)),
+				zap.String("old", old), zap.String("new", st.value))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,317 @@
+package sysctl
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/fwdd/fwdd/pkg/config"
+)
+
+// procTree lays out files like /proc/sys below a temporary directory.
+func procTree(t *testing.T, files map[string]string) string {
+	t.Helper()
+	root := t.TempDir()
+	for name, v := range files {
+		p := filepath.Join(root, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(v+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return root
+}
+
+func TestDisplayAndKey(t *testing.T) {
+	tests := []struct {
+		in, display, key string
+		wantErr          bool
+	}{
+		{in: "net.ipv4.ip_forward", display: "net.ipv4.ip_forward", key: "net/ipv4/ip_forward"},
+		{in: "net/ipv4/ip_forward", display: "net.ipv4.ip_forward", key: "net/ipv4/ip_forward"},
+		{in: Conf("ipv4", "eth0.100", "rp_filter"), display: "net.ipv4.conf.eth0/100.rp_filter", key: "net/ipv4/conf/eth0.100/rp_filter"},
+		{in: "net..ipv4", wantErr: true},
+		{in: "net/../../etc/passwd", wantErr: true},
+		{in: "/net/ipv4", wantErr: true},
+		{in: "", wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			k, err := key(tt.in)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("key(%q) err = %v, wantErr %v", tt.in, err, tt.wantErr)
+			}
+			if tt.wantErr {
+				return
+			}
+			if k != tt.key {
+				t.Errorf("key = %q, want %q", k, tt.key)
+			}
+			if d := Display(tt.in); d != tt.display {
+				t.Errorf("Display = %q, want %q", d, tt.display)
+			}
+		})
+	}
+}
+
+func TestFS(t *testing.T) {
+	root := procTree(t, map[string]string{
+		"net/ipv4/ip_forward":                  "0",
+		"net/ipv4/ip_local_port_range":         "32768\t60999",
+		"net/ipv4/conf/eth0.100/rp_filter":     "1",
+		"net/netfilter/nf_conntrack_max":       "262144",
+		"net/ipv6/conf/all/forwarding":         "0",
+		"net/ipv4/conf/all/rp_filter":          "0",
+		"net/ipv4/conf/default/rp_filter":      "1",
+		"net/ipv4/conf/lo/rp_filter":           "0",
+		"net/netfilter/nf_conntrack_udp_timeo": "30",
+	})
+	s := NewFS(root)
+
+	if v, err := s.Get("net.ipv4.ip_forward"); err != nil || v != "0" {
+		t.Fatalf("Get = %q, %v; want 0", v, err)
+	}
+
+	old, changed, err := s.Set("net.ipv4.ip_forward", "1")
+	if err != nil || old != "0" || !changed {
+		t.Fatalf("Set = %q, %v, %v; want 0, true, nil", old, changed, err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, "net/ipv4/ip_forward")); string(b) != "1\n" {
+		t.Errorf("file holds %q, want \"1\\n\"", b)
+	}
+
+	old, changed, err = s.Set("net.ipv4.ip_forward", "1")
+	if err != nil || old != "1" || changed {
+		t.Fatalf("second Set = %q, %v, %v; want 1, false, nil", old, changed, err)
+	}
+
+	// Whitespace differences are no change: the kernel uses tabs.
+	fi, _ := os.Stat(filepath.Join(root, "net/ipv4/ip_local_port_range"))
+	if _, changed, err := s.Set("net.ipv4.ip_local_port_range", "32768 60999"); err != nil || changed {
+		t.Errorf("Set of equal multi-value = changed %v, err %v", changed, err)
+	}
+	if fi2, _ := os.Stat(filepath.Join(root, "net/ipv4/ip_local_port_range")); !fi2.ModTime().Equal(fi.ModTime()) {
+		t.Errorf("equal value was written")
+	}
+
+	// Interface names with dots.
+	if _, changed, err := s.Set(Conf("ipv4", "eth0.100", "rp_filter"), "2"); err != nil || !changed {
+		t.Errorf("Set dotted interface = %v, %v", changed, err)
+	}
+
+	// Missing parameter: not created, error matches fs.ErrNotExist and names it.
+	_, _, err = s.Set(Conf("ipv4", "eth9", "rp_filter"), "2")
+	if !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Set missing = %v, want fs.ErrNotExist", err)
+	}
+	if want := "set net.ipv4.conf.eth9.rp_filter: no such file or directory"; err == nil || err.Error() != want {
+		t.Errorf("error = %q, want %q", err, want)
+	}
+	if _, err := os.Stat(filepath.Join(root, "net/ipv4/conf/eth9")); err == nil {
+		t.Errorf("Set created a missing parameter")
+	}
+	if _, err := s.Get("net.ipv4.nope"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Get missing = %v", err)
+	}
+}
+
+func TestReadOnlyError(t *testing.T) {
+	f := NewFake(map[string]string{"net.netfilter.nf_conntrack_max": "262144", "net.core.somaxconn": "4096"})
+	f.SetReadOnly("net.netfilter.nf_conntrack_max", "net.core.somaxconn")
+
+	_, _, err := f.Set("net.netfilter.nf_conntrack_max", "1000000")
+	if !errors.Is(err, ErrReadOnly) {
+		t.Fatalf("err = %v, want ErrReadOnly", err)
+	}
+	want := "net.netfilter.nf_conntrack_max is read-only in this network namespace (it is host-wide); set it on the host"
+	if err.Error() != want {
+		t.Errorf("err = %q, want %q", err, want)
+	}
+	// Unchanged values are never written, so a read-only equal value is fine.
+	if _, changed, err := f.Set("net.netfilter.nf_conntrack_max", "262144"); err != nil || changed {
+		t.Errorf("equal read-only Set = %v, %v", changed, err)
+	}
+	_, _, err = f.Set("net.core.somaxconn", "1")
+	if want := "net.core.somaxconn is read-only here (permission denied); set it where it may be written (the host, or a privileged container)"; err == nil || err.Error() != want {
+		t.Errorf("err = %q, want %q", err, want)
+	}
+}
+
+func TestPlanFor(t *testing.T) {
+	c := &config.Config{
+		Sysctl: config.Sysctl{IPForward: true, RPFilter: config.RPFilterLoose, ConntrackMax: 1 << 20},
+		Forwards: []config.Forward{
+			{Name: "a", Interface: "eth1", To: mustAddr("10.0.0.1")},
+			{Name: "b", Interface: "eth0.100", To: mustAddr("fd00::1")},
+			{Name: "c", Interface: "eth1", To: mustAddr("10.0.0.2")},
+			{Name: "d", To: mustAddr("10.0.0.3")},
+		},
+	}
+	want := Plan{IPForward: true, IPv6Forward: true, RPFilter: config.RPFilterLoose,
+		Interfaces: []string{"eth0.100", "eth1"}, ConntrackMax: 1 << 20}
+	if diff := cmp.Diff(want, PlanFor(c)); diff != "" {
+		t.Errorf("PlanFor (-want +got):\n%s", diff)
+	}
+	c.Sysctl.IPForward = false
+	if PlanFor(c).IPv6Forward {
+		t.Errorf("IPv6Forward without IPForward")
+	}
+}
+
+func TestApply(t *testing.T) {
+	base := map[string]string{
+		"net/ipv4/ip_forward":              "0",
+		"net/ipv6/conf/all/forwarding":     "0",
+		"net/ipv4/conf/all/rp_filter":      "1",
+		"net/ipv4/conf/default/rp_filter":  "1",
+		"net/ipv4/conf/eth1/rp_filter":     "1",
+		"net/ipv4/conf/eth0.100/rp_filter": "2",
+		"net/netfilter/nf_conntrack_max":   "262144",
+	}
+	type logLine struct{ Msg, Sysctl, Old, New, Interface string }
+	tests := []struct {
+		name     string
+		plan     Plan
+		readOnly []string
+		want     map[string]string // changed values only
+		wantLogs []logLine
+		wantErr  string
+	}{
+		{
+			name: "zero plan changes nothing",
+		},
+		{
+			name: "forwarding",
+			plan: Plan{IPForward: true, IPv6Forward: true},
+			want: map[string]string{"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1"},
+			wantLogs: []logLine{
+				{Msg: "sysctl changed", Sysctl: "net.ipv4.ip_forward", Old: "0", New: "1"},
+				{Msg: "sysctl changed", Sysctl: "net.ipv6.conf.all.forwarding", Old: "0", New: "1"},
+			},
+		},
+		{
+			name: "loose with a missing interface",
+			plan: Plan{RPFilter: config.RPFilterLoose, Interfaces: []string{"eth0.100", "eth1", "wg0"}},
+			want: map[string]string{
+				"net/ipv4/conf/all/rp_filter": "2", "net/ipv4/conf/default/rp_filter": "2", "net/ipv4/conf/eth1/rp_filter": "2",
+			},
+			wantLogs: []logLine{
+				{Msg: "sysctl changed", Sysctl: "net.ipv4.conf.all.rp_filter", Old: "1", New: "2"},
+				{Msg: "sysctl changed", Sysctl: "net.ipv4.conf.default.rp_filter", Old: "1", New: "2"},
+				{Msg: "sysctl changed", Sysctl: "net.ipv4.conf.eth1.rp_filter", Old: "1", New: "2"},
+				{Msg: "interface not present, rp_filter not set; it takes conf.all and conf.default when it appears", Sysctl: "net.ipv4.conf.wg0.rp_filter", Interface: "wg0"},
+			},
+		},
+		{
+			name: "off",
+			plan: Plan{RPFilter: config.RPFilterOff, Interfaces: []string{"eth0.100"}},
+			want: map[string]string{
+				"net/ipv4/conf/all/rp_filter": "0", "net/ipv4/conf/default/rp_filter": "0", "net/ipv4/conf/eth0.100/rp_filter": "0",
+			},
+			wantLogs: []logLine{
+				{Msg: "sysctl changed", Sysctl: "net.ipv4.conf.all.rp_filter", Old: "1", New: "0"},
+				{Msg: "sysctl changed", Sysctl: "net.ipv4.conf.default.rp_filter", Old: "1", New: "0"},
+				{Msg: "sysctl changed", Sysctl: "net.ipv4.conf.eth0/100.rp_filter", Old: "2", New: "0"},
+			},
+		},
+		{
+			name: "keep",
+			plan: Plan{RPFilter: config.RPFilterKeep, Interfaces: []string{"eth1"}},
+		},
+		{
+			name:     "conntrack max read-only does not stop the rest",
+			plan:     Plan{IPForward: true, ConntrackMax: 1 << 20},
+			readOnly: []string{"net.netfilter.nf_conntrack_max"},
+			want:     map[string]string{"net/ipv4/ip_forward": "1"},
+			wantLogs: []logLine{{Msg: "sysctl changed", Sysctl: "net.ipv4.ip_forward", Old: "0", New: "1"}},
+			wantErr:  "net.netfilter.nf_conntrack_max is read-only in this network namespace (it is host-wide); set it on the host",
+		},
+		{
+			name: "conntrack max",
+			plan: Plan{ConntrackMax: 1 << 20},
+			want: map[string]string{"net/netfilter/nf_conntrack_max": "1048576"},
+			wantLogs: []logLine{
+				{Msg: "sysctl changed", Sysctl: "net.netfilter.nf_conntrack_max", Old: "262144", New: "1048576"},
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := NewFake(base)
+			f.SetReadOnly(tt.readOnly...)
+			core, logs := observer.New(zapcore.DebugLevel)
+			err := Apply(f, tt.plan, zap.New(core))
+			if gotErr := errString(err); gotErr != tt.wantErr {
+				t.Errorf("err = %q, want %q", gotErr, tt.wantErr)
+			}
+			wantVals := map[string]string{}
+			for k, v := range base {
+				wantVals[k] = v
+			}
+			for k, v := range tt.want {
+				wantVals[k] = v
+			}
+			if diff := cmp.Diff(wantVals, f.Values()); diff != "" {
+				t.Errorf("values (-want +got):\n%s", diff)
+			}
+			var got []logLine
+			for _, e := range logs.All() {
+				m := e.ContextMap()
+				s := func(k string) string { v, _ := m[k].(string); return v }
+				got = append(got, logLine{e.Message, s("sysctl"), s("old"), s("new"), s("interface")})
+			}
+			if diff := cmp.Diff(tt.wantLogs, got); diff != "" {
+				t.Errorf("logs (-want +got):\n%s", diff)
+			}
+
+			// Applying again changes and logs nothing.
+			before := f.Writes()
+			logs.TakeAll()
+			_ = Apply(f, tt.plan, zap.New(core))
+			if f.Writes() != before {
+				t.Errorf("second Apply wrote %d values", f.Writes()-before)
+			}
+			for _, e := range logs.All() {
+				if e.Message == "sysctl changed" {
+					t.Errorf("second Apply logged a change: %v", e.ContextMap())
+				}
+			}
+		})
+	}
+}
+
+func TestApplyFS(t *testing.T) {
+	// The same through real files, to be sure FS and Fake agree.
+	root := procTree(t, map[string]string{
+		"net/ipv4/ip_forward":             "0",
+		"net/ipv4/conf/all/rp_filter":     "1",
+		"net/ipv4/conf/default/rp_filter": "1",
+	})
+	core, logs := observer.New(zapcore.InfoLevel)
+	err := Apply(NewFS(root), Plan{IPForward: true, RPFilter: config.RPFilterLoose, Interfaces: []string{"eth7"}}, zap.New(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := logs.FilterMessage("sysctl changed").Len(); n != 3 {
+		t.Errorf("%d changes logged, want 3", n)
+	}
+	if n := logs.FilterField(zap.String("interface", "eth7")).Len(); n != 1 {
+		t.Errorf("missing interface warnings = %d, want 1", n)
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
