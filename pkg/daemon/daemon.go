@@ -1,0 +1,264 @@
+// Package daemon is fwdd's main loop: load the config, set sysctls, apply
+// the table, then reload on SIGHUP and clean up on SIGTERM.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/fwdd/fwdd/pkg/config"
+	"github.com/fwdd/fwdd/pkg/nft"
+)
+
+// Options wire a Daemon to its environment.
+type Options struct {
+	ConfigPath string
+	StateDir   string
+	Log        *zap.Logger
+	// SetLevel changes the log level to the config's (may be nil).
+	SetLevel func(string) error
+	// Notify sends a state to systemd (sd_notify); may be nil.
+	Notify func(state string)
+	// Kernel programs nftables; its NetNS is 0 in production.
+	Kernel *nft.Kernel
+}
+
+// Daemon owns fwdd's table for as long as it runs.
+type Daemon struct {
+	opts    Options
+	log     *zap.Logger
+	applier nft.Applier
+	cfg     *config.Config
+	ids     map[string]uint32
+	state   State
+}
+
+// New returns a daemon; nothing touches the kernel before Start.
+func New(opts Options) *Daemon {
+	if opts.Kernel == nil {
+		opts.Kernel = &nft.Kernel{}
+	}
+	if opts.Notify == nil {
+		opts.Notify = func(string) {}
+	}
+	if opts.StateDir == "" {
+		opts.StateDir = DefaultStateDir
+	}
+	return &Daemon{opts: opts, log: opts.Log, applier: nft.Applier{Kernel: opts.Kernel},
+		state: State{PID: os.Getpid()}}
+}
+
+// Config returns the configuration in force.
+func (d *Daemon) Config() *config.Config { return d.cfg }
+
+// IDs returns the forward ids in force.
+func (d *Daemon) IDs() map[string]uint32 { return d.ids }
+
+func (d *Daemon) record(err error) {
+	d.state.Applies++
+	d.state.OK = err == nil
+	d.state.Error = ""
+	if err != nil {
+		d.state.Error = err.Error()
+	}
+	if d.cfg != nil {
+		d.state.Forwards = len(d.cfg.Forwards)
+	}
+	d.state.Time = time.Now()
+	if werr := WriteState(d.opts.StateDir, d.state); werr != nil {
+		d.log.Warn("cannot record daemon state", zap.Error(werr))
+	}
+}
+
+// Start loads the config and programs the kernel. An error here is fatal.
+func (d *Daemon) Start() error {
+	cfg, err := config.Load(d.opts.ConfigPath)
+	if err != nil {
+		d.record(err)
+		return err
+	}
+	if d.opts.SetLevel != nil {
+		if err := d.opts.SetLevel(cfg.Daemon.LogLevel); err != nil {
+			return err
+		}
+	}
+	if err := d.applySysctls(cfg); err != nil {
+		d.record(err)
+		return err
+	}
+	// Keep the ids of a table left by an earlier run (on_stop = "keep"), so
+	// its live connections stay attributed.
+	prev, err := d.opts.Kernel.ReadIDs(cfg.Daemon.Table)
+	if err != nil {
+		d.log.Warn("cannot read forward ids of the existing table; assigning new ones", zap.Error(err))
+		prev = nil
+	}
+	ids, err := nft.AssignIDs(prev, cfg)
+	if err != nil {
+		d.record(err)
+		return err
+	}
+	m, err := nft.Compile(cfg, ids)
+	if err != nil {
+		d.record(err)
+		return fmt.Errorf("compile table: %w", err)
+	}
+	st, err := d.applier.Apply(m)
+	if err != nil {
+		d.record(err)
+		return fmt.Errorf("apply table: %w", err)
+	}
+	d.cfg, d.ids = cfg, ids
+	d.record(nil)
+	d.log.Info("forwarding",
+		zap.String("config", cfg.Path), zap.String("table", "inet "+cfg.Daemon.Table),
+		zap.Int("numForwards", len(cfg.Forwards)), zap.Int("elements", m.NumElements()),
+		zap.Int("messages", st.Messages), zap.Duration("elapsed", st.Elapsed))
+	return nil
+}
+
+// Reload re-reads the config and applies the changes in one transaction.
+// On any error the running table stays exactly as it was.
+func (d *Daemon) Reload() error {
+	start := time.Now()
+	err := d.reload(start)
+	d.record(err)
+	if err != nil {
+		d.log.Error("reload failed; the running rules are unchanged", zap.Error(err))
+	}
+	return err
+}
+
+func (d *Daemon) reload(start time.Time) error {
+	cfg, err := config.Load(d.opts.ConfigPath)
+	if err != nil {
+		return err
+	}
+	if cfg.Daemon.Table != d.cfg.Daemon.Table {
+		return fmt.Errorf("daemon: table: changing the table name from %q to %q needs a restart", d.cfg.Daemon.Table, cfg.Daemon.Table)
+	}
+	ids, err := nft.AssignIDs(d.ids, cfg)
+	if err != nil {
+		return err
+	}
+	m, err := nft.Compile(cfg, ids)
+	if err != nil {
+		return fmt.Errorf("compile table: %w", err)
+	}
+	if err := d.applySysctls(cfg); err != nil {
+		return err
+	}
+	st, err := d.applier.Apply(m)
+	if err != nil {
+		return fmt.Errorf("apply table: %w", err)
+	}
+	added, removed, changed := diffForwards(d.cfg, cfg)
+	if d.opts.SetLevel != nil {
+		if err := d.opts.SetLevel(cfg.Daemon.LogLevel); err != nil {
+			d.log.Warn("cannot change log level", zap.Error(err))
+		}
+	}
+	d.cfg, d.ids = cfg, ids
+	d.log.Info("reloaded",
+		zap.Int("numForwards", len(cfg.Forwards)),
+		zap.Strings("added", added), zap.Strings("removed", removed), zap.Strings("changed", changed),
+		zap.Bool("fullReplace", st.Full), zap.Bool("recovered", st.Recovered),
+		zap.Int("messages", st.Messages), zap.Int("elements", st.Elements),
+		zap.Duration("applyElapsed", st.Elapsed), zap.Duration("elapsed", time.Since(start)))
+	return nil
+}
+
+// diffForwards names the forwards added, removed and changed between a and b.
+func diffForwards(a, b *config.Config) (added, removed, changed []string) {
+	old := map[string]*config.Forward{}
+	for i := range a.Forwards {
+		old[a.Forwards[i].Name] = &a.Forwards[i]
+	}
+	seen := map[string]bool{}
+	for i := range b.Forwards {
+		f := &b.Forwards[i]
+		seen[f.Name] = true
+		switch o, ok := old[f.Name]; {
+		case !ok:
+			added = append(added, f.Name)
+		case !o.Equal(f):
+			changed = append(changed, f.Name)
+		}
+	}
+	for name := range old {
+		if !seen[name] {
+			removed = append(removed, name)
+		}
+	}
+	sort.Strings(removed)
+	return added, removed, changed
+}
+
+// Stop honours on_stop: remove the table, or leave it in the kernel.
+func (d *Daemon) Stop() error {
+	if d.cfg == nil {
+		return nil
+	}
+	if d.cfg.Daemon.OnStop == config.OnStopKeep {
+		d.log.Info("stopping; rules stay in the kernel (on_stop = \"keep\")", zap.String("table", "inet "+d.cfg.Daemon.Table))
+		return nil
+	}
+	if err := d.opts.Kernel.Delete(d.cfg.Daemon.Table); err != nil {
+		return fmt.Errorf("remove table on stop: %w", err)
+	}
+	d.log.Info("stopped; table removed", zap.String("table", "inet "+d.cfg.Daemon.Table))
+	return nil
+}
+
+// Run serves signals until ctx ends or SIGTERM/SIGINT arrives: SIGHUP
+// reloads. A second stop signal while stopping exits at once.
+func (d *Daemon) Run(ctx context.Context, sigs <-chan os.Signal) error {
+	d.opts.Notify("READY=1")
+	for {
+		select {
+		case <-ctx.Done():
+			return d.stop(sigs)
+		case sig := <-sigs:
+			switch sig {
+			case syscall.SIGHUP:
+				d.opts.Notify(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", monotonicUsec()))
+				_ = d.Reload()
+				d.opts.Notify("READY=1")
+			case syscall.SIGTERM, syscall.SIGINT:
+				return d.stop(sigs)
+			}
+		}
+	}
+}
+
+// ErrSecondSignal is returned when a second stop signal cut the stop short.
+var ErrSecondSignal = errors.New("second stop signal: exiting at once")
+
+func (d *Daemon) stop(sigs <-chan os.Signal) error {
+	d.opts.Notify("STOPPING=1")
+	done := make(chan error, 1)
+	go func() { done <- d.Stop() }()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case sig := <-sigs:
+			if sig == syscall.SIGTERM || sig == syscall.SIGINT {
+				return ErrSecondSignal
+			}
+		}
+	}
+}
+
+func monotonicUsec() int64 {
+	var ts syscall.Timespec
+	_ = clockGettime(&ts)
+	return ts.Sec*1e6 + ts.Nsec/1e3
+}

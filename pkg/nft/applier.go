@@ -1,0 +1,115 @@
+package nft
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/google/nftables"
+)
+
+// Applier keeps fwdd's table equal to the latest model, with one
+// transaction per change: the whole table at start, after a failure and
+// when the table was changed behind fwdd's back; only the differences
+// otherwise.
+type Applier struct {
+	Kernel *Kernel
+	last   *Model // what the kernel holds, as far as fwdd knows; nil = unknown
+}
+
+// Last returns the model fwdd last applied successfully, or nil.
+func (a *Applier) Last() *Model { return a.last }
+
+// Forget makes the next Apply replace the whole table.
+func (a *Applier) Forget() { a.last = nil }
+
+// Apply makes the kernel's table equal to m.
+func (a *Applier) Apply(m *Model) (Stats, error) {
+	full := a.last == nil || a.last.Table != m.Table
+	if !full {
+		if err := a.Kernel.Verify(a.last); err != nil {
+			full = true
+		}
+	}
+	var st Stats
+	var err error
+	if full {
+		st, err = a.Kernel.Replace(m)
+	} else {
+		st, err = a.Kernel.Update(a.last, m)
+	}
+	if errors.Is(err, ErrOutcomeUnknown) {
+		// The kernel may or may not have committed the batch: say nothing
+		// false about it, replace the whole table on a fresh socket.
+		a.last = nil
+		var rst Stats
+		rst, err = a.Kernel.Replace(m)
+		rst.Recovered = true
+		rst.Messages += st.Messages
+		rst.Elapsed += st.Elapsed
+		st = rst
+	}
+	if err != nil {
+		if !full {
+			// A rejected update leaves the table as it was; a later apply
+			// still starts from a full replace to be safe.
+			a.last = nil
+		}
+		return st, err
+	}
+	a.last = m
+	return st, nil
+}
+
+// Verify checks that the kernel's table still has the chains, rule counts
+// and sets of m: a cheap check that nobody edited fwdd's table by hand.
+func (k *Kernel) Verify(m *Model) error {
+	c, err := k.conn()
+	if err != nil {
+		return err
+	}
+	t := &nftables.Table{Name: m.Table, Family: nftables.TableFamilyINet}
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return fmt.Errorf("list chains: %w", err)
+	}
+	have := map[string]*nftables.Chain{}
+	for _, ch := range chains {
+		if ch.Table.Name == m.Table {
+			have[ch.Name] = ch
+		}
+	}
+	if len(have) != len(m.Chains) {
+		return fmt.Errorf("table inet %s has %d chains, want %d", m.Table, len(have), len(m.Chains))
+	}
+	for _, mc := range m.Chains {
+		ch, ok := have[mc.Name]
+		if !ok {
+			return fmt.Errorf("chain %s is missing", mc.Name)
+		}
+		rules, err := c.GetRules(t, ch)
+		if err != nil {
+			return fmt.Errorf("list rules of chain %s: %w", mc.Name, err)
+		}
+		if len(rules) != len(mc.Rules) {
+			return fmt.Errorf("chain %s has %d rules, want %d", mc.Name, len(rules), len(mc.Rules))
+		}
+	}
+	sets, err := c.GetSets(t)
+	if err != nil {
+		return fmt.Errorf("list sets: %w", err)
+	}
+	named := 0
+	for _, s := range sets {
+		if s.Anonymous {
+			continue
+		}
+		if m.Set(s.Name) == nil {
+			return fmt.Errorf("unexpected set %s", s.Name)
+		}
+		named++
+	}
+	if named != len(m.Sets) {
+		return fmt.Errorf("table inet %s has %d sets, want %d", m.Table, named, len(m.Sets))
+	}
+	return nil
+}

@@ -1,0 +1,280 @@
+package nft
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"sort"
+
+	"github.com/google/nftables/expr"
+
+	"github.com/fwdd/fwdd/pkg/config"
+	"github.com/fwdd/fwdd/pkg/fwmark"
+)
+
+// Names of the table's fixed sets and maps. Per family f (4 or 6):
+//
+//	mark<f>_addr, dnat<f>_addr  daddr . l4proto . dport -> ct mark / backend addr . port
+//	mark<f>_port, dnat<f>_port  l4proto . dport (any local address) -> likewise
+//	snat<f>                     ct mark -> fixed SNAT address
+//	masq                        ct marks of forwards that masquerade
+//	traffic_orig, traffic_reply ct marks with a counter each, per direction
+const (
+	SetMasq         = "masq"
+	SetTrafficOrig  = "traffic_orig"
+	SetTrafficReply = "traffic_reply"
+	chainDispatch   = "dispatch"
+	forwardChainPfx = "fwd_"
+)
+
+func setName(kind string, fam Family, suffix string) string {
+	if suffix == "" {
+		return fmt.Sprintf("%s%d", kind, fam)
+	}
+	return fmt.Sprintf("%s%d_%s", kind, fam, suffix)
+}
+
+// AssignIDs gives every forward of cfg an id for its ct mark: forwards that
+// keep their name keep their id (so live connections stay attributed across
+// reloads), new ones get the lowest free id.
+func AssignIDs(prev map[string]uint32, cfg *config.Config) (map[string]uint32, error) {
+	ids := make(map[string]uint32, len(cfg.Forwards))
+	used := make(map[uint32]bool, len(cfg.Forwards))
+	// Ids of forwards removed in this change are not reused by forwards
+	// added in the same change: their live connections still carry them.
+	for _, id := range prev {
+		used[id] = true
+	}
+	kept := make(map[uint32]bool, len(prev))
+	for _, f := range cfg.Forwards {
+		if id, ok := prev[f.Name]; ok && id != 0 && !kept[id] {
+			ids[f.Name] = id
+			kept[id] = true
+		}
+	}
+	next := uint32(1)
+	for _, f := range cfg.Forwards {
+		if _, ok := ids[f.Name]; ok {
+			continue
+		}
+		for used[next] {
+			next++
+		}
+		if next > fwmark.MaxID {
+			return nil, fmt.Errorf("assign forward ids: more than %d forwards", fwmark.MaxID)
+		}
+		ids[f.Name] = next
+		used[next] = true
+	}
+	return ids, nil
+}
+
+// restricted reports whether a forward needs its own rules rather than map
+// elements: matches on interface or source address are not part of the
+// O(1) map keys.
+func restricted(f *config.Forward) bool { return f.Interface != "" || len(f.Sources) > 0 }
+
+// Compile turns a validated config into the model of fwdd's table. It is
+// pure: the same config and ids always give the same model.
+func Compile(cfg *config.Config, ids map[string]uint32) (*Model, error) {
+	m := &Model{Table: cfg.Daemon.Table, IDs: ids}
+	sets := map[string]*Set{}
+	addSet := func(s *Set) *Set { sets[s.Name] = s; m.Sets = append(m.Sets, s); return s }
+	for _, fam := range []Family{IPv4, IPv6} {
+		af := fam.addrField()
+		addSet(&Set{Name: setName("mark", fam, "addr"), Key: []Field{af, FieldProto, FieldPort}, Data: []Field{FieldMark}})
+		addSet(&Set{Name: setName("dnat", fam, "addr"), Key: []Field{af, FieldProto, FieldPort}, Data: []Field{af, FieldPort}})
+		addSet(&Set{Name: setName("mark", fam, "port"), Key: []Field{FieldProto, FieldPort}, Data: []Field{FieldMark}})
+		addSet(&Set{Name: setName("dnat", fam, "port"), Key: []Field{FieldProto, FieldPort}, Data: []Field{af, FieldPort}})
+		addSet(&Set{Name: setName("snat", fam, ""), Key: []Field{FieldMark}, Data: []Field{af}})
+	}
+	addSet(&Set{Name: SetMasq, Key: []Field{FieldMark}})
+	addSet(&Set{Name: SetTrafficOrig, Key: []Field{FieldMark}, Counter: true, Comment: "packets client -> backend"})
+	addSet(&Set{Name: SetTrafficReply, Key: []Field{FieldMark}, Counter: true, Comment: "packets backend -> client"})
+
+	var restrictedRules []Rule
+	var forwardChains []*Chain
+	for i := range cfg.Forwards {
+		f := &cfg.Forwards[i]
+		id, ok := ids[f.Name]
+		if !ok {
+			return nil, fmt.Errorf("forward %q has no id", f.Name)
+		}
+		mark := fwmark.ForID(id)
+		fam := familyOf(f.To)
+		markV := Mark(mark)
+		sets[SetTrafficOrig].Elems = append(sets[SetTrafficOrig].Elems, Element{Key: []Value{markV}, Comment: f.Name})
+		sets[SetTrafficReply].Elems = append(sets[SetTrafficReply].Elems, Element{Key: []Value{markV}, Comment: f.Name})
+		switch f.SNAT.Kind {
+		case config.SNATMasquerade:
+			sets[SetMasq].Elems = append(sets[SetMasq].Elems, Element{Key: []Value{markV}, Comment: f.Name})
+		case config.SNATFixed:
+			s := sets[setName("snat", fam, "")]
+			s.Elems = append(s.Elems, Element{Key: []Value{markV}, Data: []Value{Addr(f.SNAT.Addr)}, Comment: f.Name})
+		}
+		if restricted(f) {
+			rules, chain := restrictedForward(f, fam, mark)
+			restrictedRules = append(restrictedRules, rules...)
+			forwardChains = append(forwardChains, chain)
+			continue
+		}
+		suffix := "addr"
+		if f.Local() {
+			suffix = "port"
+		}
+		marks, dnats := sets[setName("mark", fam, suffix)], sets[setName("dnat", fam, suffix)]
+		for _, p := range f.Protos {
+			for port := int(f.Port.Lo); port <= int(f.Port.Hi); port++ {
+				k := []Value{Proto(p), Port(uint16(port))}
+				if !f.Local() {
+					k = append([]Value{Addr(f.Address)}, k...)
+				}
+				marks.Elems = append(marks.Elems, Element{Key: k, Data: []Value{markV}})
+				dnats.Elems = append(dnats.Elems, Element{Key: k, Data: []Value{Addr(f.To), Port(f.TargetPort(uint16(port)))}})
+			}
+		}
+	}
+
+	m.Chains = append(m.Chains,
+		&Chain{Name: "prerouting", Hook: &Hook{"nat", "prerouting", -100},
+			Comment: "DNAT of connections arriving from the network",
+			Rules:   []Rule{{Stmts: []Stmt{verdict{kind: expr.VerdictJump, chain: chainDispatch}}}}},
+		&Chain{Name: "output", Hook: &Hook{"nat", "output", -100},
+			Comment: "DNAT of the host's own connections to its forwarded addresses",
+			Rules: []Rule{
+				{Stmts: []Stmt{matchNFProto{IPv4}, matchAddr{dst: true, prefix: netip.MustParsePrefix("127.0.0.0/8")}, verdict{kind: expr.VerdictReturn}}},
+				{Stmts: []Stmt{matchNFProto{IPv6}, matchAddr{dst: true, prefix: netip.MustParsePrefix("::1/128")}, verdict{kind: expr.VerdictReturn}}},
+				{Stmts: []Stmt{verdict{kind: expr.VerdictJump, chain: chainDispatch}}},
+			}},
+	)
+	dispatch := &Chain{Name: chainDispatch, Comment: "forwards with interface or source matches first, then one map lookup per family"}
+	dispatch.Rules = append(dispatch.Rules, restrictedRules...)
+	for _, fam := range []Family{IPv4, IPv6} {
+		byAddr := key{loadDaddr(fam), loadL4Proto, loadDport}
+		byPort := key{loadL4Proto, loadDport}
+		dispatch.Rules = append(dispatch.Rules,
+			Rule{Stmts: []Stmt{matchNFProto{fam}, matchCtMark{0}, setCtMarkMap{byAddr, setName("mark", fam, "addr")}}},
+			Rule{Stmts: []Stmt{matchNFProto{fam}, natMap{fam: fam, key: byAddr, set: setName("dnat", fam, "addr"), withPort: true}}},
+			Rule{Stmts: []Stmt{matchNFProto{fam}, matchFibLocal{}, matchCtMark{0}, setCtMarkMap{byPort, setName("mark", fam, "port")}}},
+			Rule{Stmts: []Stmt{matchNFProto{fam}, matchFibLocal{}, natMap{fam: fam, key: byPort, set: setName("dnat", fam, "port"), withPort: true}}},
+		)
+	}
+	m.Chains = append(m.Chains, dispatch)
+	m.Chains = append(m.Chains, forwardChains...)
+	ctMark := key{loadCtMrk}
+	m.Chains = append(m.Chains,
+		&Chain{Name: "postrouting", Hook: &Hook{"nat", "postrouting", 100},
+			Comment: "source NAT only for connections fwdd forwarded",
+			Rules: []Rule{
+				{Stmts: []Stmt{matchSet{ctMark, SetMasq}, masquerade{}}},
+				{Stmts: []Stmt{matchNFProto{IPv4}, natMap{snat: true, fam: IPv4, key: ctMark, set: setName("snat", IPv4, "")}}},
+				{Stmts: []Stmt{matchNFProto{IPv6}, natMap{snat: true, fam: IPv6, key: ctMark, set: setName("snat", IPv6, "")}}},
+			}},
+		&Chain{Name: "count_forward", Hook: &Hook{"filter", "forward", 10},
+			Comment: "per-forward packet and byte counters, both directions",
+			Rules:   countRules(true, true)},
+		&Chain{Name: "count_input", Hook: &Hook{"filter", "input", 10},
+			Comment: "replies to the host's own forwarded connections",
+			Rules:   countRules(false, true)},
+		&Chain{Name: "count_output", Hook: &Hook{"filter", "output", 10},
+			Comment: "the host's own forwarded connections",
+			Rules:   countRules(true, false)},
+	)
+	for _, s := range m.Sets {
+		sortElems(s.Elems)
+	}
+	return m, nil
+}
+
+func countRules(orig, reply bool) []Rule {
+	var r []Rule
+	if orig {
+		r = append(r, Rule{Stmts: []Stmt{matchCtDirection{false}, matchSet{key{loadCtMrk}, SetTrafficOrig}}})
+	}
+	if reply {
+		r = append(r, Rule{Stmts: []Stmt{matchCtDirection{true}, matchSet{key{loadCtMrk}, SetTrafficReply}}})
+	}
+	return r
+}
+
+// restrictedForward returns the dispatch rules and the chain of a forward
+// that matches on interface or sources.
+func restrictedForward(f *config.Forward, fam Family, mark uint32) ([]Rule, *Chain) {
+	chain := &Chain{Name: forwardChainPfx + f.Name, Comment: "forward " + f.Name}
+	var dnat Stmt
+	switch {
+	case f.ToPort.Len() > 1:
+		pm := dnatPortMap{fam: fam}
+		for p := int(f.Port.Lo); p <= int(f.Port.Hi); p++ {
+			pm.elems = append(pm.elems, Element{Key: []Value{Port(uint16(p))}, Data: []Value{Addr(f.To), Port(f.TargetPort(uint16(p)))}})
+		}
+		dnat = pm
+	case f.ToPort.Len() == 1:
+		dnat = dnatTo{to: f.To, port: f.ToPort.Lo}
+	default:
+		dnat = dnatTo{to: f.To}
+	}
+	// nft refuses a DNAT to a port without a protocol match in the same
+	// rule, so the DNAT is repeated per protocol.
+	chain.Rules = []Rule{{Stmts: []Stmt{matchCtMark{0}, setCtMark{mark}}}}
+	for _, p := range f.Protos {
+		chain.Rules = append(chain.Rules, Rule{Stmts: []Stmt{matchL4Proto{p}, dnat}})
+	}
+	sources := f.Sources
+	if len(sources) == 0 {
+		sources = []netip.Prefix{{}}
+	}
+	var rules []Rule
+	for _, p := range f.Protos {
+		for _, src := range sources {
+			st := []Stmt{matchNFProto{fam}}
+			if f.Interface != "" {
+				st = append(st, matchIifname{f.Interface})
+			}
+			if src.IsValid() {
+				st = append(st, matchAddr{prefix: src})
+			}
+			if f.Local() {
+				st = append(st, matchFibLocal{})
+			} else {
+				st = append(st, matchAddr{dst: true, prefix: netip.PrefixFrom(f.Address, f.Address.BitLen())})
+			}
+			st = append(st, matchL4Proto{p}, matchDport{f.Port}, verdict{kind: expr.VerdictGoto, chain: chain.Name})
+			rules = append(rules, Rule{Comment: f.Name, Stmts: st})
+		}
+	}
+	return rules, chain
+}
+
+func sortElems(es []Element) {
+	sort.Slice(es, func(i, j int) bool { return lessValues(es[i].Key, es[j].Key) })
+}
+
+func lessValues(a, b []Value) bool {
+	for i := range a {
+		if i >= len(b) {
+			return false
+		}
+		x, y := a[i].raw, b[i].raw
+		if a[i].Field == FieldMark { // host byte order: compare as numbers
+			x = binary.BigEndian.AppendUint32(nil, a[i].Uint())
+			y = binary.BigEndian.AppendUint32(nil, b[i].Uint())
+		}
+		if c := compareBytes(x, y); c != 0 {
+			return c < 0
+		}
+	}
+	return len(a) < len(b)
+}
+
+func compareBytes(a, b []byte) int {
+	for i := 0; i < len(a) && i < len(b); i++ {
+		if a[i] != b[i] {
+			if a[i] < b[i] {
+				return -1
+			}
+			return 1
+		}
+	}
+	return len(a) - len(b)
+}

@@ -1,0 +1,219 @@
+// Package nft is fwdd's model of its one nftables table: a pure compile step
+// from a validated config to a Model, rendering of a Model as nft text, and
+// the one place that talks to the kernel through google/nftables.
+//
+// See README.md in this directory for the table's chains, hooks and maps.
+package nft
+
+import (
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/fwdd/fwdd/pkg/config"
+)
+
+// Field is the type of one field of a set key or map value.
+type Field uint8
+
+const (
+	FieldIPv4  Field = iota + 1 // ipv4_addr
+	FieldIPv6                   // ipv6_addr
+	FieldProto                  // inet_proto
+	FieldPort                   // inet_service
+	FieldMark                   // mark (host byte order)
+)
+
+// nftName is the nft type name of the field.
+func (f Field) nftName() string {
+	switch f {
+	case FieldIPv4:
+		return "ipv4_addr"
+	case FieldIPv6:
+		return "ipv6_addr"
+	case FieldProto:
+		return "inet_proto"
+	case FieldPort:
+		return "inet_service"
+	case FieldMark:
+		return "mark"
+	}
+	return "invalid"
+}
+
+// size is the field's length in bytes before padding.
+func (f Field) size() int {
+	switch f {
+	case FieldIPv4, FieldMark:
+		return 4
+	case FieldIPv6:
+		return 16
+	case FieldProto:
+		return 1
+	case FieldPort:
+		return 2
+	}
+	return 0
+}
+
+// Value is one typed field value of an element.
+type Value struct {
+	Field Field
+	raw   []byte // unpadded, in the byte order the kernel uses for the field
+}
+
+// Addr returns an address value of the address's family.
+func Addr(a netip.Addr) Value {
+	if a.Is4() {
+		b := a.As4()
+		return Value{FieldIPv4, b[:]}
+	}
+	b := a.As16()
+	return Value{FieldIPv6, b[:]}
+}
+
+// Proto returns an inet_proto value.
+func Proto(p config.Proto) Value { return Value{FieldProto, []byte{byte(p)}} }
+
+// Port returns an inet_service value (network byte order).
+func Port(p uint16) Value { return Value{FieldPort, binary.BigEndian.AppendUint16(nil, p)} }
+
+// Mark returns a mark value (host byte order, as the kernel keeps marks).
+func Mark(m uint32) Value { return Value{FieldMark, binary.NativeEndian.AppendUint32(nil, m)} }
+
+// String renders the value in nft syntax.
+func (v Value) String() string {
+	switch v.Field {
+	case FieldIPv4, FieldIPv6:
+		a, _ := netip.AddrFromSlice(v.raw)
+		return a.String()
+	case FieldProto:
+		return config.Proto(v.raw[0]).String()
+	case FieldPort:
+		return fmt.Sprint(binary.BigEndian.Uint16(v.raw))
+	case FieldMark:
+		return fmt.Sprintf("0x%08x", binary.NativeEndian.Uint32(v.raw))
+	}
+	return "?"
+}
+
+// Uint returns a mark or port value as a number.
+func (v Value) Uint() uint32 {
+	switch v.Field {
+	case FieldMark:
+		return binary.NativeEndian.Uint32(v.raw)
+	case FieldPort:
+		return uint32(binary.BigEndian.Uint16(v.raw))
+	}
+	return 0
+}
+
+// concatBytes lays values out as the kernel expects: a single field as is,
+// concatenated fields each padded to a 4-byte register.
+func concatBytes(vals []Value) []byte {
+	if len(vals) == 1 {
+		return append([]byte(nil), vals[0].raw...)
+	}
+	var out []byte
+	for _, v := range vals {
+		out = append(out, v.raw...)
+		for len(out)%4 != 0 {
+			out = append(out, 0)
+		}
+	}
+	return out
+}
+
+func renderValues(vals []Value) string {
+	parts := make([]string, len(vals))
+	for i, v := range vals {
+		parts[i] = v.String()
+	}
+	return strings.Join(parts, " . ")
+}
+
+// Element is one element of a set or map.
+type Element struct {
+	Key     []Value
+	Data    []Value // nil in a plain set
+	Comment string
+}
+
+// id identifies an element for diffing: key, data and comment.
+func (e Element) id() string {
+	return hex.EncodeToString(concatBytes(e.Key)) + "/" + hex.EncodeToString(concatBytes(e.Data)) + "/" + e.Comment
+}
+
+// Set is a named set (Data == nil) or map of fwdd's table.
+type Set struct {
+	Name    string
+	Key     []Field
+	Data    []Field
+	Counter bool // every element carries a packet/byte counter
+	Comment string
+	Elems   []Element
+}
+
+// IsMap reports whether the set maps keys to data.
+func (s *Set) IsMap() bool { return len(s.Data) > 0 }
+
+// Hook makes a chain a base chain.
+type Hook struct {
+	Type     string // nat | filter
+	Hook     string // prerouting | output | postrouting | forward | input
+	Priority int
+}
+
+// Chain is a chain of fwdd's table; its rules are lists of statements.
+type Chain struct {
+	Name    string
+	Hook    *Hook // nil for a regular chain
+	Comment string
+	Rules   []Rule
+}
+
+// Rule is one rule: statements evaluated left to right.
+type Rule struct {
+	Comment string
+	Stmts   []Stmt
+}
+
+// Model is the whole desired content of fwdd's table.
+type Model struct {
+	Table  string
+	Chains []*Chain
+	Sets   []*Set
+	// IDs maps forward names to the ids their ct marks carry.
+	IDs map[string]uint32
+}
+
+// Set returns the named set, or nil.
+func (m *Model) Set(name string) *Set {
+	for _, s := range m.Sets {
+		if s.Name == name {
+			return s
+		}
+	}
+	return nil
+}
+
+// Chain returns the named chain, or nil.
+func (m *Model) Chain(name string) *Chain {
+	for _, c := range m.Chains {
+		if c.Name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+// NumElements counts the elements of all sets.
+func (m *Model) NumElements() int {
+	n := 0
+	for _, s := range m.Sets {
+		n += len(s.Elems)
+	}
+	return n
+}
