@@ -15,6 +15,7 @@ import (
 
 	"github.com/fwdd/fwdd/pkg/config"
 	"github.com/fwdd/fwdd/pkg/nft"
+	"github.com/fwdd/fwdd/pkg/sysctl"
 )
 
 // Options wire a Daemon to its environment.
@@ -28,6 +29,8 @@ type Options struct {
 	Notify func(state string)
 	// Kernel programs nftables; its NetNS is 0 in production.
 	Kernel *nft.Kernel
+	// Sysctls defaults to /proc/sys of the daemon's own namespace.
+	Sysctls sysctl.Sysctls
 }
 
 // Daemon owns fwdd's table for as long as it runs.

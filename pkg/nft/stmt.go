@@ -327,9 +327,12 @@ func (n natMap) exprs(c *compileCtx) ([]expr.Any, error) {
 		return nil, err
 	}
 	_, typ := n.kind()
-	nat := &expr.NAT{Type: typ, Family: uint32(n.fam.nfproto()), RegAddrMin: 1, Specified: true}
+	nat := &expr.NAT{Type: typ, Family: uint32(n.fam.nfproto()), RegAddrMin: 1}
 	if n.withPort {
+		// Specified means "a port is given": without a port register it
+		// would translate the port to 0.
 		nat.RegProtoMin = unix.NFT_REG32_00 + uint32(n.fam.addrField().size()/4)
+		nat.Specified = true
 	}
 	return append(n.key.load(),
 		&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: set.Name, SetID: set.ID},
@@ -355,10 +358,11 @@ func (d dnatTo) text() string {
 func (d dnatTo) exprs(*compileCtx) ([]expr.Any, error) {
 	fam := familyOf(d.to)
 	out := []expr.Any{&expr.Immediate{Register: 1, Data: d.to.AsSlice()}}
-	nat := &expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(fam.nfproto()), RegAddrMin: 1, Specified: true}
+	nat := &expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(fam.nfproto()), RegAddrMin: 1}
 	if d.port != 0 {
 		out = append(out, &expr.Immediate{Register: 2, Data: binary.BigEndian.AppendUint16(nil, d.port)})
 		nat.RegProtoMin = 2
+		nat.Specified = true
 	}
 	return append(out, nat), nil
 }
@@ -427,8 +431,3 @@ func (v verdict) text() string {
 func (v verdict) exprs(*compileCtx) ([]expr.Any, error) {
 	return []expr.Any{&expr.Verdict{Kind: v.kind, Chain: v.chain}}, nil
 }
-
-type counter struct{}
-
-func (counter) text() string                          { return "counter" }
-func (counter) exprs(*compileCtx) ([]expr.Any, error) { return []expr.Any{&expr.Counter{}}, nil }

@@ -1,0 +1,43 @@
+# fwdd: see README.md. Kernel tests and the demo need root.
+GO      ?= go
+PREFIX  ?= /usr/local
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+BIN     := bin/fwdd
+
+.PHONY: all build test unit lint demo bench install clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/fwdd
+
+# Everything CI runs: lint, then unit and kernel tests (kernel tests build
+# their own network namespaces and need root).
+test: lint
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+# Fast tests that need no root.
+unit:
+	$(GO) test -race -count=1 -short ./...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt: $$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+
+demo: build
+	$(GO) run ./cmd/fwdd-demo --fwdd $(BIN)
+
+bench: build
+	./bench/run.sh
+
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/fwdd
+	install -D -m 0644 deploy/systemd/fwdd.service $(DESTDIR)/etc/systemd/system/fwdd.service
+	install -d -m 0755 $(DESTDIR)/etc/fwdd
+	[ -e $(DESTDIR)/etc/fwdd/fwdd.toml ] || install -m 0644 deploy/fwdd.toml $(DESTDIR)/etc/fwdd/fwdd.toml
+	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/fwdd/README.md
+	@echo "installed; now: systemctl daemon-reload && systemctl enable --now fwdd"
+
+clean:
+	rm -rf bin
