@@ -1,0 +1,301 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// Host is one network namespace of a [Topology].
+type Host struct {
+	Name string // short name: "client", "gateway", ...
+	NS   string // netns name as used by "ip netns", e.g. "fwdd-3fa9c1-client"
+	// IPv4 and IPv6 are the host's main addresses: a leaf host's eth0
+	// addresses; for the gateway its addresses on cli0 (the client side).
+	IPv4 netip.Addr
+	IPv6 netip.Addr
+	// Links lists the host's interfaces toward other hosts.
+	Links []Link
+
+	topo *Topology
+
+	mu      sync.Mutex
+	fd      int // open handle of the namespace, -1 once closed
+	procs   []*Proc
+	closers map[io.Closer]struct{}
+	conns   []*net.TCPConn // client connections (DialTCP)
+	pruneAt int
+	closed  bool
+}
+
+// Link returns the interface called name. It panics if there is none, as
+// that is a bug in the calling test.
+func (h *Host) Link(name string) Link {
+	for _, l := range h.Links {
+		if l.Name == name {
+			return l
+		}
+	}
+	panic(fmt.Sprintf("sandbox: host %s has no link %q", h.Name, name))
+}
+
+// Fd returns an open file descriptor of the host's network namespace, for
+// APIs such as nftables.WithNetNSFd or netlink.Config{NetNS: fd}. It stays
+// valid until the topology is closed; do not close it. It returns -1 after
+// Close.
+func (h *Host) Fd() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.fd
+}
+
+// Run runs "ip netns exec NS args..." and returns its combined output. A
+// non-zero exit yields an error that includes the output.
+func (h *Host) Run(ctx context.Context, args ...string) ([]byte, error) {
+	if len(args) == 0 {
+		return nil, errors.New("run: no command")
+	}
+	return runIP(ctx, h.topo.ip, append([]string{"netns", "exec", h.NS}, args...)...)
+}
+
+// Do runs fn on a locked OS thread that has been switched into the host's
+// network namespace, and switches the thread back afterwards. Sockets fn
+// creates stay in the namespace for their whole life, so they can be used
+// freely after Do returns.
+//
+// fn runs on its own goroutine: goroutines it starts do NOT run in the
+// namespace, and it must not call t.FailNow and friends (return an error
+// instead). A panic in fn is re-raised in the caller. If the thread cannot
+// be switched back, it is never handed back to the Go runtime (it exits
+// with its goroutine).
+func (h *Host) Do(fn func() error) error {
+	// A private duplicate, so a concurrent Close cannot make the number
+	// refer to another file (or namespace) while we use it.
+	h.mu.Lock()
+	if h.fd < 0 {
+		h.mu.Unlock()
+		return fmt.Errorf("do in %s: namespace closed", h.NS)
+	}
+	fd, err := unix.FcntlInt(uintptr(h.fd), unix.F_DUPFD_CLOEXEC, 0)
+	h.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("do in %s: dup netns fd: %w", h.NS, err)
+	}
+	defer unix.Close(fd)
+	done := make(chan doResult, 1)
+	go func() {
+		runtime.LockOSThread()
+		// No UnlockOSThread unless the original namespace is restored:
+		// a goroutine that exits locked takes its thread with it.
+		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			done <- doResult{err: fmt.Errorf("do in %s: open current netns: %w", h.NS, err)}
+			return
+		}
+		defer unix.Close(orig)
+		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			done <- doResult{err: fmt.Errorf("do in %s: setns: %w", h.NS, err)}
+			return
+		}
+		var res doResult
+		if err := checkThreadNS(fd); err != nil {
+			res.err = fmt.Errorf("do in %s: %w", h.NS, err)
+		} else {
+			res = callFn(fn)
+		}
+		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
+			res.err = errors.Join(res.err, fmt.Errorf("do in %s: restore netns (thread discarded): %w", h.NS, err))
+			done <- res
+			return // still locked: the runtime terminates the thread
+		}
+		if err := checkThreadNS(orig); err != nil {
+			res.err = errors.Join(res.err, fmt.Errorf("do in %s: restore netns (thread discarded): %w", h.NS, err))
+			done <- res
+			return
+		}
+		runtime.UnlockOSThread()
+		done <- res
+	}()
+	res := <-done
+	if res.panic != nil {
+		panic(res.panic)
+	}
+	return res.err
+}
+
+type doResult struct {
+	err   error
+	panic any
+}
+
+// callFn calls fn, turning a panic into a value to re-raise elsewhere.
+func callFn(fn func() error) (res doResult) {
+	defer func() {
+		if p := recover(); p != nil {
+			res.panic = p
+		}
+	}()
+	res.err = fn()
+	return res
+}
+
+// checkThreadNS verifies that the calling thread's network namespace is the
+// one nsFd refers to.
+func checkThreadNS(nsFd int) error {
+	var want, got unix.Stat_t
+	if err := unix.Fstat(nsFd, &want); err != nil {
+		return fmt.Errorf("stat netns fd: %w", err)
+	}
+	if err := unix.Stat("/proc/thread-self/ns/net", &got); err != nil {
+		return fmt.Errorf("stat thread netns: %w", err)
+	}
+	if want.Dev != got.Dev || want.Ino != got.Ino {
+		return errors.New("thread is not in the expected network namespace")
+	}
+	return nil
+}
+
+// SetSysctl sets a sysctl inside the host's namespace, e.g.
+// SetSysctl("net.ipv4.ip_forward", "1"). Only net.* keys are accepted,
+// because only those are per network namespace. The file under /proc/sys
+// is opened on a thread verified to be in the namespace (see Do), so the
+// root namespace is never written.
+func (h *Host) SetSysctl(key, value string) error {
+	path, err := sysctlPath(key)
+	if err != nil {
+		return err
+	}
+	h.topo.opts.Logf("sandbox: %s: sysctl %s=%s", h.Name, key, value)
+	return h.Do(func() error {
+		if err := os.WriteFile(path, []byte(value+"\n"), 0); err != nil {
+			return fmt.Errorf("sysctl %s=%s in %s: %w", key, value, h.NS, err)
+		}
+		return nil
+	})
+}
+
+// Sysctl reads a net.* sysctl inside the host's namespace.
+func (h *Host) Sysctl(key string) (string, error) {
+	path, err := sysctlPath(key)
+	if err != nil {
+		return "", err
+	}
+	var v []byte
+	err = h.Do(func() error {
+		var err error
+		v, err = os.ReadFile(path)
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("sysctl %s in %s: %w", key, h.NS, err)
+	}
+	return strings.TrimSpace(string(v)), nil
+}
+
+// sysctlPath maps "net.ipv4.ip_forward" or "net/ipv4/ip_forward" to its
+// /proc/sys file. In the dotted form, interface names must not contain
+// dots; use the slash form for those.
+func sysctlPath(key string) (string, error) {
+	if !strings.Contains(key, "/") {
+		key = strings.ReplaceAll(key, ".", "/")
+	}
+	p := filepath.Join("/proc/sys", key)
+	if !strings.HasPrefix(p, "/proc/sys/net/") || strings.Contains(key, "..") {
+		return "", fmt.Errorf("sysctl %q: only net.* keys are per namespace", key)
+	}
+	return p, nil
+}
+
+// track registers c to be closed when the host is closed.
+func (h *Host) track(c io.Closer) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return fmt.Errorf("host %s is closed", h.Name)
+	}
+	if h.closers == nil {
+		h.closers = map[io.Closer]struct{}{}
+	}
+	h.closers[c] = struct{}{}
+	return nil
+}
+
+// trackConn registers a client connection to be closed when the host is
+// closed. Connections their users have closed meanwhile are dropped from
+// the list now and then, so long benchmarks do not accumulate them.
+func (h *Host) trackConn(c *net.TCPConn) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return fmt.Errorf("host %s is closed", h.Name)
+	}
+	if len(h.conns) >= h.pruneAt {
+		h.conns = slices.DeleteFunc(h.conns, isClosed)
+		h.pruneAt = max(64, 2*len(h.conns))
+	}
+	h.conns = append(h.conns, c)
+	return nil
+}
+
+// isClosed reports whether c has been closed.
+func isClosed(c *net.TCPConn) bool {
+	rc, err := c.SyscallConn()
+	return err != nil || rc.Control(func(uintptr) {}) != nil
+}
+
+// close stops processes, closes helpers and the namespace handle.
+func (h *Host) close() error {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return nil
+	}
+	h.closed = true
+	procs, closers, conns := h.procs, h.closers, h.conns
+	h.closers, h.conns = nil, nil
+	h.mu.Unlock()
+
+	var errs []error
+	var wg sync.WaitGroup
+	for _, p := range procs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := p.kill(); err != nil {
+				errs2 := fmt.Errorf("%s: stop pid %d: %w", h.Name, p.PID(), err)
+				h.mu.Lock()
+				errs = append(errs, errs2)
+				h.mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	for _, c := range conns {
+		c.Close() // error: already closed by its user
+	}
+	for c := range closers {
+		if err := c.Close(); err != nil && !errors.Is(err, os.ErrClosed) && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, fmt.Errorf("%s: %w", h.Name, err))
+		}
+	}
+	h.mu.Lock()
+	if h.fd >= 0 {
+		unix.Close(h.fd)
+		h.fd = -1
+	}
+	h.mu.Unlock()
+	return errors.Join(errs...)
+}
