@@ -179,21 +179,29 @@ type Kernel struct {
 	// NetNS is an open fd of the namespace, 0 for the current one. It must
 	// stay open while the Kernel is used.
 	NetNS int
-	// SocketBuffer overrides DefaultSocketBuffer (tests shrink it to provoke
-	// ENOBUFS).
-	SocketBuffer int
+	// SendBuffer and ReceiveBuffer override DefaultSocketBuffer (tests
+	// shrink the receive buffer to provoke ENOBUFS).
+	SendBuffer, ReceiveBuffer int
 }
 
 func (k *Kernel) conn() (*nftables.Conn, error) {
-	size := k.SocketBuffer
-	if size == 0 {
-		size = DefaultSocketBuffer
+	snd, rcv := k.SendBuffer, k.ReceiveBuffer
+	if snd == 0 {
+		snd = DefaultSocketBuffer
 	}
+	if rcv == 0 {
+		rcv = DefaultSocketBuffer
+	}
+	// SetWriteBuffer/SetReadBuffer use SO_SNDBUFFORCE/SO_RCVBUFFORCE
+	// (CAP_NET_ADMIN), so the size is not capped by net.core.*mem_max.
 	setBuf := func(c *netlink.Conn) error {
-		if err := c.SetWriteBuffer(size); err != nil {
+		if err := c.SetWriteBuffer(snd); err != nil {
 			return fmt.Errorf("set netlink send buffer: %w", err)
 		}
-		return c.SetReadBuffer(size)
+		if err := c.SetReadBuffer(rcv); err != nil {
+			return fmt.Errorf("set netlink receive buffer: %w", err)
+		}
+		return nil
 	}
 	// A fresh socket per batch: leftover acks of an earlier batch can never
 	// be mistaken for this one's (FACTS.md: "mismatched sequence").
