@@ -13,7 +13,11 @@ import (
 
 	"go.uber.org/zap"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/fwdd/fwdd/pkg/config"
+	"github.com/fwdd/fwdd/pkg/conntrack"
+	"github.com/fwdd/fwdd/pkg/metrics"
 	"github.com/fwdd/fwdd/pkg/nft"
 	"github.com/fwdd/fwdd/pkg/sysctl"
 )
@@ -31,6 +35,9 @@ type Options struct {
 	Kernel *nft.Kernel
 	// Sysctls defaults to /proc/sys of the daemon's own namespace.
 	Sysctls sysctl.Sysctls
+	// PressureInterval is how often the conntrack table fill is read
+	// (default conntrack.DefaultPressureInterval).
+	PressureInterval time.Duration
 }
 
 // Daemon owns fwdd's table for as long as it runs.
@@ -41,6 +48,8 @@ type Daemon struct {
 	cfg     *config.Config
 	ids     map[string]uint32
 	state   State
+	metrics *metrics.Metrics
+	tasks   tasks
 }
 
 // New returns a daemon; nothing touches the kernel before Start.
@@ -54,8 +63,37 @@ func New(opts Options) *Daemon {
 	if opts.StateDir == "" {
 		opts.StateDir = DefaultStateDir
 	}
-	return &Daemon{opts: opts, log: opts.Log, applier: nft.Applier{Kernel: opts.Kernel},
+	d := &Daemon{opts: opts, log: opts.Log, applier: nft.Applier{Kernel: opts.Kernel},
 		state: State{PID: os.Getpid()}}
+	d.tasks.conns = newConnLogger(opts.Log)
+	d.tasks.watcher = conntrack.New(conntrack.Options{Log: opts.Log, OnNew: d.tasks.conns.onNew})
+	d.metrics = metrics.New(metrics.Sources{
+		Traffic: func() (map[string]*nft.Traffic, error) {
+			if d.cfg == nil {
+				return nil, nil
+			}
+			return d.opts.Kernel.ReadTraffic(d.cfg.Daemon.Table)
+		},
+		Connections: d.tasks.watcher.Snapshot,
+		Pressure: func() conntrack.PressureStatus {
+			if d.tasks.pressure == nil {
+				return conntrack.PressureStatus{}
+			}
+			return d.tasks.pressure.Last()
+		},
+	})
+	return d
+}
+
+// Metrics returns the daemon's metrics (for tests).
+func (d *Daemon) Metrics() *metrics.Metrics { return d.metrics }
+
+// inForce publishes a newly applied config to the background tasks.
+func (d *Daemon) inForce(cfg *config.Config, ids map[string]uint32, m *nft.Model, st nft.Stats, reload bool) {
+	d.cfg, d.ids = cfg, ids
+	d.tasks.watcher.SetForwards(forwardNames(ids))
+	d.tasks.conns.setForwards(cfg.Forwards)
+	d.metrics.Applied(reload, len(cfg.Forwards), m.NumElements(), st.Elapsed)
 }
 
 // Config returns the configuration in force.
@@ -118,7 +156,7 @@ func (d *Daemon) Start() error {
 		d.record(err)
 		return fmt.Errorf("apply table: %w", err)
 	}
-	d.cfg, d.ids = cfg, ids
+	d.inForce(cfg, ids, m, st, false)
 	d.record(nil)
 	d.log.Info("forwarding",
 		zap.String("config", cfg.Path), zap.String("table", "inet "+cfg.Daemon.Table),
@@ -134,6 +172,7 @@ func (d *Daemon) Reload() error {
 	err := d.reload(start)
 	d.record(err)
 	if err != nil {
+		d.metrics.ReloadFailed()
 		d.log.Error("reload failed; the running rules are unchanged", zap.Error(err))
 	}
 	return err
@@ -168,7 +207,10 @@ func (d *Daemon) reload(start time.Time) error {
 			d.log.Warn("cannot change log level", zap.Error(err))
 		}
 	}
-	d.cfg, d.ids = cfg, ids
+	if cfg.Daemon.Metrics != d.cfg.Daemon.Metrics || cfg.Conntrack != d.cfg.Conntrack {
+		d.log.Warn("changes to [daemon] metrics and [conntrack] take effect at the next restart")
+	}
+	d.inForce(cfg, ids, m, st, true)
 	d.log.Info("reloaded",
 		zap.Int("numForwards", len(cfg.Forwards)),
 		zap.Strings("added", added), zap.Strings("removed", removed), zap.Strings("changed", changed),
@@ -223,6 +265,20 @@ func (d *Daemon) Stop() error {
 // Run serves signals until ctx ends or SIGTERM/SIGINT arrives: SIGHUP
 // reloads. A second stop signal while stopping exits at once.
 func (d *Daemon) Run(ctx context.Context, sigs <-chan os.Signal) error {
+	ctx, cancel := context.WithCancel(ctx)
+	g, gctx := errgroup.WithContext(ctx)
+	defer func() {
+		cancel()
+		if err := g.Wait(); err != nil {
+			d.log.Warn("background task ended", zap.Error(err))
+		}
+	}()
+	d.startTasks(gctx, g)
+	select {
+	case <-d.tasks.watcher.Ready():
+	case <-time.After(10 * time.Second):
+		d.log.Warn("conntrack watcher not ready after 10s; forwarding works, connection counts may lag")
+	}
 	d.opts.Notify("READY=1")
 	for {
 		select {
@@ -238,6 +294,30 @@ func (d *Daemon) Run(ctx context.Context, sigs <-chan os.Signal) error {
 				return d.stop(sigs)
 			}
 		}
+	}
+}
+
+func (d *Daemon) startTasks(ctx context.Context, g *errgroup.Group) {
+	d.tasks.pressure = conntrack.NewPressure(conntrack.PressureOptions{
+		WarnPercent:     float64(d.cfg.Conntrack.WarnPercent),
+		CriticalPercent: float64(d.cfg.Conntrack.CriticalPercent),
+		Interval:        d.opts.PressureInterval,
+		Sysctls:         d.opts.Sysctls,
+		Stats:           d.tasks.watcher.Snapshot,
+		Log:             d.log,
+	})
+	g.Go(func() error { return d.tasks.watcher.Run(ctx) })
+	g.Go(func() error { return d.tasks.pressure.Run(ctx) })
+	g.Go(func() error { return d.tasks.conns.run(ctx) })
+	if addr := d.cfg.Daemon.Metrics; addr != "" {
+		g.Go(func() error {
+			// A metrics endpoint that cannot listen is logged, not fatal:
+			// forwarding matters more.
+			if err := d.metrics.Serve(ctx, addr, d.log); err != nil {
+				d.log.Error("metrics disabled", zap.Error(err))
+			}
+			return nil
+		})
 	}
 }
 
