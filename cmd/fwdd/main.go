@@ -20,6 +20,7 @@ import (
 	"github.com/fwdd/fwdd/pkg/config"
 	fwdaemon "github.com/fwdd/fwdd/pkg/daemon"
 	"github.com/fwdd/fwdd/pkg/nft"
+	fwstatus "github.com/fwdd/fwdd/pkg/status"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -182,6 +183,27 @@ func reload(cfgPath, stateDir string, timeout time.Duration, stdout io.Writer) e
 }
 
 func status(cfgPath string, jsonOut bool, stdout, stderr io.Writer) int {
-	fmt.Fprintln(stderr, "status: not yet wired")
-	return 1
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	r, err := fwstatus.Collect(cfg, fwstatus.Sources{})
+	if err != nil {
+		fmt.Fprintln(stderr, "status:", err)
+		return 1
+	}
+	if jsonOut {
+		err = r.WriteJSON(stdout)
+	} else {
+		err = r.WriteText(stdout)
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	if !r.Table.Present || !r.Table.MatchesConfig {
+		return 3 // like systemctl status: not running as configured
+	}
+	return 0
 }

@@ -1,0 +1,242 @@
+// Package status answers "is my forward working, how busy is it, is
+// conntrack about to overflow" from the kernel alone, like `nft list`: it
+// needs no running daemon.
+package status
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/fwdd/fwdd/pkg/config"
+	"github.com/fwdd/fwdd/pkg/conntrack"
+	"github.com/fwdd/fwdd/pkg/nft"
+	"github.com/fwdd/fwdd/pkg/sysctl"
+)
+
+// Table says whether fwdd's table is in the kernel and as the config says.
+type Table struct {
+	Name          string `json:"name"`
+	Present       bool   `json:"present"`
+	MatchesConfig bool   `json:"matches_config"`
+	// Problem says how the table differs from the config, when it does.
+	Problem string `json:"problem,omitempty"`
+}
+
+// Conntrack is the fill of the conntrack table.
+type Conntrack struct {
+	Count int `json:"count"`
+	Max   int `json:"max"`
+}
+
+// Forward is one forward's configuration and what the kernel counted.
+type Forward struct {
+	Name            string `json:"name"`
+	Match           string `json:"match"`
+	Target          string `json:"target"`
+	SNAT            string `json:"snat"`
+	Packets         uint64 `json:"packets"`
+	Bytes           uint64 `json:"bytes"`
+	PacketsOriginal uint64 `json:"packets_original"`
+	PacketsReply    uint64 `json:"packets_reply"`
+	BytesOriginal   uint64 `json:"bytes_original"`
+	BytesReply      uint64 `json:"bytes_reply"`
+	Connections     int    `json:"connections"`
+}
+
+// Report is the whole status.
+type Report struct {
+	Config      string    `json:"config"`
+	Table       Table     `json:"table"`
+	IPForward   bool      `json:"ip_forward"`
+	IPv6Forward bool      `json:"ipv6_forward"`
+	Conntrack   Conntrack `json:"conntrack"`
+	Forwards    []Forward `json:"forwards"`
+}
+
+// Sources are where Collect reads; zero values mean this host.
+type Sources struct {
+	Kernel  *nft.Kernel
+	Sysctls sysctl.Sysctls
+	NetNS   int // for the conntrack dump
+}
+
+// Collect reads the kernel's view of the forwards of cfg.
+func Collect(cfg *config.Config, src Sources) (*Report, error) {
+	if src.Kernel == nil {
+		src.Kernel = &nft.Kernel{}
+	}
+	if src.Sysctls == nil {
+		src.Sysctls = sysctl.NewFS("")
+	}
+	r := &Report{Config: cfg.Path, Table: Table{Name: "inet " + cfg.Daemon.Table}}
+	present, err := src.Kernel.TableExists(cfg.Daemon.Table)
+	if err != nil {
+		return nil, fmt.Errorf("read nftables: %w", err)
+	}
+	r.Table.Present = present
+	traffic := map[string]*nft.Traffic{}
+	if present {
+		ids, err := src.Kernel.ReadIDs(cfg.Daemon.Table)
+		if err != nil {
+			return nil, err
+		}
+		assigned, err := nft.AssignIDs(ids, cfg)
+		if err != nil {
+			return nil, err
+		}
+		m, err := nft.Compile(cfg, assigned)
+		if err != nil {
+			return nil, err
+		}
+		if err := src.Kernel.VerifyContent(m); err != nil {
+			r.Table.Problem = err.Error()
+		} else {
+			r.Table.MatchesConfig = true
+		}
+		if traffic, err = src.Kernel.ReadTraffic(cfg.Daemon.Table); err != nil {
+			return nil, err
+		}
+	} else {
+		r.Table.Problem = "table not in the kernel: is fwdd running?"
+	}
+	r.IPForward = readBool(src.Sysctls, "net.ipv4.ip_forward")
+	r.IPv6Forward = readBool(src.Sysctls, "net.ipv6.conf.all.forwarding")
+	if count, max, err := conntrack.CountFrom(src.Sysctls); err == nil {
+		r.Conntrack = Conntrack{Count: count, Max: max}
+	}
+	live, err := conntrack.LiveByID(src.NetNS)
+	if err != nil {
+		return nil, err
+	}
+	for i := range cfg.Forwards {
+		f := &cfg.Forwards[i]
+		out := Forward{Name: f.Name, Match: Match(f), Target: Target(f), SNAT: SNAT(f)}
+		if t := traffic[f.Name]; t != nil {
+			out.PacketsOriginal, out.PacketsReply = t.OrigPackets, t.ReplyPackets
+			out.BytesOriginal, out.BytesReply = t.OrigBytes, t.ReplyBytes
+			out.Packets, out.Bytes = t.Packets(), t.Bytes()
+			out.Connections = live[t.ID]
+		}
+		r.Forwards = append(r.Forwards, out)
+	}
+	return r, nil
+}
+
+func readBool(s sysctl.Sysctls, name string) bool {
+	v, err := s.Get(name)
+	return err == nil && strings.TrimSpace(v) == "1"
+}
+
+// Match describes what a forward matches, e.g. "tcp,udp 53 on any local address via eth1 from 10.0.0.0/8".
+func Match(f *config.Forward) string {
+	protos := make([]string, len(f.Protos))
+	for i, p := range f.Protos {
+		protos[i] = p.String()
+	}
+	s := strings.Join(protos, ",") + " " + portText(f.Port)
+	if f.Local() {
+		s += " on any local address"
+	} else {
+		s += " on " + f.Address.String()
+	}
+	if f.Interface != "" {
+		s += " via " + f.Interface
+	}
+	if len(f.Sources) > 0 {
+		src := make([]string, len(f.Sources))
+		for i, p := range f.Sources {
+			src[i] = p.String()
+		}
+		s += " from " + strings.Join(src, ",")
+	}
+	return s
+}
+
+func portText(r config.PortRange) string {
+	if r.Lo == r.Hi {
+		return fmt.Sprint(r.Lo)
+	}
+	return fmt.Sprintf("%d-%d", r.Lo, r.Hi)
+}
+
+// Target describes where a forward sends connections.
+func Target(f *config.Forward) string {
+	addr := f.To.String()
+	if f.To.Is6() {
+		addr = "[" + addr + "]"
+	}
+	if f.ToPort.IsZero() {
+		return addr + " (same port)"
+	}
+	return addr + ":" + portText(f.ToPort)
+}
+
+// SNAT describes a forward's source translation.
+func SNAT(f *config.Forward) string {
+	switch f.SNAT.Kind {
+	case config.SNATNone:
+		return "none"
+	case config.SNATFixed:
+		return f.SNAT.Addr.String()
+	}
+	return "masquerade"
+}
+
+// WriteJSON writes the report as one JSON object.
+func (r *Report) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+// WriteText writes the report as a readable table.
+func (r *Report) WriteText(w io.Writer) error {
+	state := "absent"
+	if r.Table.Present {
+		state = "present"
+		if r.Table.MatchesConfig {
+			state += ", matches " + r.Config
+		} else {
+			state += ", DIFFERS from " + r.Config
+		}
+	}
+	fmt.Fprintf(w, "table %s: %s\n", r.Table.Name, state)
+	if r.Table.Problem != "" {
+		fmt.Fprintf(w, "  %s\n", r.Table.Problem)
+	}
+	fmt.Fprintf(w, "forwarding: ipv4 %s, ipv6 %s\n", onOff(r.IPForward), onOff(r.IPv6Forward))
+	if r.Conntrack.Max > 0 {
+		fmt.Fprintf(w, "conntrack: %d of %d entries (%.1f%%)\n", r.Conntrack.Count, r.Conntrack.Max,
+			100*float64(r.Conntrack.Count)/float64(r.Conntrack.Max))
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "FORWARD\tMATCH\tTARGET\tSNAT\tCONNS\tPACKETS\tBYTES")
+	for _, f := range r.Forwards {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", f.Name, f.Match, f.Target, f.SNAT, f.Connections, f.Packets, humanBytes(f.Bytes))
+	}
+	return tw.Flush()
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
+}
+
+func humanBytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
