@@ -7,6 +7,7 @@ package config
 
 import (
 	"net/netip"
+	"slices"
 )
 
 // DefaultPath is where fwdd looks for its configuration.
@@ -127,7 +128,7 @@ type Forward struct {
 	// Either zero, one port, or a range of the same length as Port (mapped 1:1).
 	ToPort    PortRange
 	Interface string         // "" = any
-	Sources   []netip.Prefix // empty = any; masked, same family as To
+	Sources   []netip.Prefix // empty = any; masked, sorted, disjoint, same family as To
 	SNAT      SNAT
 	Log       bool
 }
@@ -138,8 +139,9 @@ func (f *Forward) IPv6() bool { return f.To.Is6() }
 // Local reports whether the forward matches any local address (address = "").
 func (f *Forward) Local() bool { return !f.Address.IsValid() }
 
-// TargetPort returns the backend port for original port p (p within f.Port).
-// ok is false when the forward keeps the original port.
+// TargetPort returns the backend port for original port p (p within f.Port):
+// p itself when the forward keeps the original port, the one to port, or
+// the port at the same offset in a 1:1 mapped range.
 func (f *Forward) TargetPort(p uint16) uint16 {
 	switch {
 	case f.ToPort.IsZero():
@@ -149,4 +151,39 @@ func (f *Forward) TargetPort(p uint16) uint16 {
 	default:
 		return f.ToPort.Lo + (p - f.Port.Lo)
 	}
+}
+
+// Equal reports whether f and g forward the same packets the same way. Line
+// is ignored, so moving a forward within the file is not a change.
+func (f *Forward) Equal(g *Forward) bool {
+	return f.Name == g.Name &&
+		slices.Equal(f.Protos, g.Protos) &&
+		f.Port == g.Port &&
+		f.Address == g.Address &&
+		f.To == g.To &&
+		f.ToPort == g.ToPort &&
+		f.Interface == g.Interface &&
+		slices.Equal(f.Sources, g.Sources) &&
+		f.SNAT == g.SNAT &&
+		f.Log == g.Log
+}
+
+// ForwardByName returns the forward called name, or nil. It scans the list;
+// to diff whole configurations, build a map once with ForwardsByName.
+func (c *Config) ForwardByName(name string) *Forward {
+	for i := range c.Forwards {
+		if c.Forwards[i].Name == name {
+			return &c.Forwards[i]
+		}
+	}
+	return nil
+}
+
+// ForwardsByName indexes the forwards by name (names are unique).
+func (c *Config) ForwardsByName() map[string]*Forward {
+	m := make(map[string]*Forward, len(c.Forwards))
+	for i := range c.Forwards {
+		m[c.Forwards[i].Name] = &c.Forwards[i]
+	}
+	return m
 }

@@ -1,0 +1,412 @@
+package config
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+const (
+	portHint = `must be 1-65535 or a range "lo-hi"`
+	toHint   = `must be "IP", "IP:port", "IP:lo-hi", "[IPv6]", "[IPv6]:port" or "[IPv6]:lo-hi"`
+)
+
+// parseForward validates one [[forward]]; problems go to ps.
+func parseForward(ps *problems, i int, raw *rawForward, lines *keyLines) Forward {
+	f := Forward{Line: lines.header}
+	fs := &fields{ps: ps, where: fmt.Sprintf("forward #%d", i+1), lines: lines}
+
+	switch name, ok := fs.str("name", raw.Name, ""); {
+	case !ok:
+	case name == "":
+		fs.errorf("name", "required; must be 1-32 of a-z, 0-9, '_' or '-', starting with a letter or digit")
+	default:
+		fs.where = fmt.Sprintf("forward %q", name)
+		if forwardNameRE.MatchString(name) {
+			f.Name = name
+		} else {
+			fs.errorf("name", "%q is not a valid name; must be 1-32 of a-z, 0-9, '_' or '-', starting with a letter or digit", name)
+		}
+	}
+
+	f.Protos = parseProtos(fs, raw.Proto)
+	f.Port = parsePortValue(fs, raw.Port)
+
+	switch s, ok := fs.str("to", raw.To, ""); {
+	case !ok:
+	case s == "":
+		fs.errorf("to", "required; %s", toHint)
+	default:
+		f.To, f.ToPort = parseTo(fs, s)
+	}
+	if f.To.IsValid() && !f.Port.IsZero() && !f.ToPort.IsZero() {
+		switch {
+		case f.ToPort.Len() == 1:
+			// The whole range goes to one port.
+		case f.Port.Len() == 1:
+			fs.errorf("to", "a single port (%d) cannot be sent to a port range (%s); use a single to port", f.Port.Lo, f.ToPort)
+		case f.Port.Len() != f.ToPort.Len():
+			fs.errorf("to", "port range %s has %d ports but to range %s has %d; they must be equal, or to must be a single port",
+				f.Port, f.Port.Len(), f.ToPort, f.ToPort.Len())
+		}
+	}
+
+	if s, ok := fs.str("address", raw.Address, ""); ok && s != "" {
+		if a, ok := parseAddrField(fs, "address", s); ok {
+			switch {
+			case a.IsUnspecified():
+				fs.errorf("address", "%s is the unspecified address; use \"\" to match any local address", a)
+			case f.To.IsValid() && a.Is4() != f.To.Is4():
+				fs.errorf("address", "%s is %s but to (%s) is %s; they must be the same family", a, family(a), f.To, family(f.To))
+			default:
+				f.Address = a
+			}
+		}
+	}
+
+	if s, ok := fs.str("interface", raw.Interface, ""); ok && s != "" {
+		if why := checkInterfaceName(s); why != "" {
+			fs.errorf("interface", "%q is not a valid interface name: %s", s, why)
+		} else {
+			f.Interface = s
+		}
+	}
+
+	f.Sources = parseSources(fs, raw.Sources, f.To)
+	f.SNAT = parseSNAT(fs, raw.SNAT, f.To)
+	f.Log = fs.boolean("log", raw.Log, false)
+	return f
+}
+
+func family(a netip.Addr) string {
+	if a.Is4() {
+		return "IPv4"
+	}
+	return "IPv6"
+}
+
+func parseProto(fs *fields, v any) (Proto, bool) {
+	switch v {
+	case "tcp":
+		return TCP, true
+	case "udp":
+		return UDP, true
+	}
+	if s, ok := v.(string); ok {
+		fs.errorf("proto", "%q is not allowed; must be \"tcp\" or \"udp\"", s)
+	} else {
+		fs.errorf("proto", "array elements must be \"tcp\" or \"udp\", not %s", tomlType(v))
+	}
+	return 0, false
+}
+
+func parseProtos(fs *fields, v any) []Proto {
+	switch v := v.(type) {
+	case nil:
+		return []Proto{TCP}
+	case string:
+		if p, ok := parseProto(fs, v); ok {
+			return []Proto{p}
+		}
+		return nil
+	case []any:
+		if len(v) == 0 {
+			fs.errorf("proto", "empty; must be \"tcp\", \"udp\" or [\"tcp\", \"udp\"]")
+			return nil
+		}
+		var ps []Proto
+		for _, e := range v {
+			p, ok := parseProto(fs, e)
+			if !ok {
+				return nil
+			}
+			if slices.Contains(ps, p) {
+				fs.errorf("proto", "%q is listed twice", p)
+				return nil
+			}
+			ps = append(ps, p)
+		}
+		slices.Sort(ps)
+		return ps
+	}
+	fs.errorf("proto", "must be \"tcp\", \"udp\" or an array of them, not %s", tomlType(v))
+	return nil
+}
+
+func parsePortValue(fs *fields, v any) PortRange {
+	switch v := v.(type) {
+	case nil:
+		fs.errorf("port", "required; %s", portHint)
+	case int64:
+		if v < 1 || v > 65535 {
+			fs.errorf("port", "%d is out of range; %s", v, portHint)
+			break
+		}
+		return PortRange{uint16(v), uint16(v)}
+	case string:
+		r, msg := parsePortRange(v)
+		if msg != "" {
+			fs.errorf("port", "%s; %s", msg, portHint)
+		}
+		return r
+	default:
+		fs.errorf("port", "must be an integer or a string \"lo-hi\", not %s", tomlType(v))
+	}
+	return PortRange{}
+}
+
+// parsePortRange parses "80" or "8000-8099"; msg says what is wrong.
+func parsePortRange(s string) (r PortRange, msg string) {
+	loStr, hiStr, isRange := strings.Cut(s, "-")
+	if !isRange {
+		hiStr = loStr
+	}
+	lo, okLo := parsePortNumber(loStr)
+	hi, okHi := parsePortNumber(hiStr)
+	switch {
+	case !okLo || !okHi:
+		return PortRange{}, fmt.Sprintf("%q is not a port or port range", s)
+	case lo < 1 || lo > 65535:
+		return PortRange{}, fmt.Sprintf("%s is out of range", loStr)
+	case hi < 1 || hi > 65535:
+		return PortRange{}, fmt.Sprintf("%s is out of range", hiStr)
+	case lo > hi:
+		return PortRange{}, fmt.Sprintf("range %q is backwards (%d > %d)", s, lo, hi)
+	}
+	return PortRange{uint16(lo), uint16(hi)}, ""
+}
+
+// parsePortNumber parses decimal digits only (no sign, no spaces); values
+// too large for a port come back as 65536.
+func parsePortNumber(s string) (int, bool) {
+	if s == "" {
+		return 0, false
+	}
+	n := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = min(n*10+int(c-'0'), 65536)
+	}
+	return n, true
+}
+
+// parseIP parses a single IP address without zone; msg says what is wrong.
+func parseIP(s string) (netip.Addr, string) {
+	a, err := netip.ParseAddr(s)
+	switch {
+	case err != nil:
+		return netip.Addr{}, fmt.Sprintf("%q is not an IP address", s)
+	case a.Zone() != "":
+		return netip.Addr{}, fmt.Sprintf("%q has a zone (%%%s); zones are not allowed", s, a.Zone())
+	case a.Is4In6():
+		return netip.Addr{}, fmt.Sprintf("%q is an IPv4-mapped IPv6 address; write the IPv4 address %s instead", s, a.Unmap())
+	}
+	return a, ""
+}
+
+func parseAddrField(fs *fields, field, s string) (netip.Addr, bool) {
+	a, msg := parseIP(s)
+	if msg != "" {
+		fs.errorf(field, "%s", msg)
+		return netip.Addr{}, false
+	}
+	return a, true
+}
+
+// parseTo parses the backend: "IP", "IP:port", "IP:lo-hi", "[IPv6]",
+// "[IPv6]:port", "[IPv6]:lo-hi" or a bare IPv6 address.
+func parseTo(fs *fields, s string) (netip.Addr, PortRange) {
+	host, port, hasPort := s, "", false
+	switch {
+	case strings.HasPrefix(s, "["):
+		end := strings.IndexByte(s, ']')
+		if end < 0 {
+			fs.errorf("to", "%q has no closing ']'; %s", s, toHint)
+			return netip.Addr{}, PortRange{}
+		}
+		host = s[1:end]
+		switch rest := s[end+1:]; {
+		case rest == "":
+		case rest[0] == ':':
+			port, hasPort = rest[1:], true
+		default:
+			fs.errorf("to", "%q: unexpected %q after ']'; %s", s, rest, toHint)
+			return netip.Addr{}, PortRange{}
+		}
+		if a, err := netip.ParseAddr(host); err == nil && !a.Is6() {
+			fs.errorf("to", "%q: brackets are only for IPv6 addresses; write %s", s, strings.Replace(s[1:], "]", "", 1))
+			return netip.Addr{}, PortRange{}
+		}
+	default:
+		if _, err := netip.ParseAddr(s); err == nil {
+			break
+		}
+		i := strings.LastIndexByte(s, ':')
+		if i < 0 || strings.Contains(s[:i], ":") {
+			// No port, or an IPv6 address (which needs brackets to take one).
+			break
+		}
+		host, port, hasPort = s[:i], s[i+1:], true
+	}
+	a, msg := parseIP(host)
+	if msg != "" {
+		if _, err := netip.ParseAddr(host); err != nil {
+			msg += "; " + toHint
+		}
+		fs.errorf("to", "%s", msg)
+		return netip.Addr{}, PortRange{}
+	}
+	switch {
+	case a.IsUnspecified():
+		fs.errorf("to", "%s is the unspecified address; the backend must be a unicast address", a)
+		return netip.Addr{}, PortRange{}
+	case a.IsMulticast():
+		fs.errorf("to", "%s is a multicast address; the backend must be a unicast address", a)
+		return netip.Addr{}, PortRange{}
+	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		fs.errorf("to", "%s is the broadcast address; the backend must be a unicast address", a)
+		return netip.Addr{}, PortRange{}
+	}
+	var r PortRange
+	if hasPort {
+		var msg string
+		if r, msg = parsePortRange(port); msg != "" {
+			fs.errorf("to", "port: %s; %s", msg, portHint)
+			return netip.Addr{}, PortRange{}
+		}
+	}
+	return a, r
+}
+
+// checkInterfaceName applies the kernel's rules (dev_valid_name).
+func checkInterfaceName(s string) string {
+	switch {
+	case len(s) > 15:
+		return "longer than 15 bytes"
+	case s == "." || s == "..":
+		return "\".\" and \"..\" are not allowed"
+	}
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '/' || c == ':':
+			return fmt.Sprintf("%q is not allowed", c)
+		case c <= ' ' || c == 0x7f:
+			return "whitespace and control characters are not allowed"
+		}
+	}
+	return ""
+}
+
+// parseSources returns the sources masked, sorted, and checked for
+// duplicates and overlaps.
+func parseSources(fs *fields, v any, to netip.Addr) []netip.Prefix {
+	var list []any
+	switch v := v.(type) {
+	case nil:
+		return nil
+	case []any:
+		list = v
+	default:
+		fs.errorf("sources", "must be an array of CIDRs or IPs, e.g. [\"10.0.0.0/8\"], not %s", tomlType(v))
+		return nil
+	}
+	var prefixes []netip.Prefix
+	ok := true
+	for _, e := range list {
+		s, isString := e.(string)
+		if !isString {
+			fs.errorf("sources", "elements must be strings, not %s", tomlType(e))
+			ok = false
+			continue
+		}
+		p, msg := parseSource(s)
+		switch {
+		case msg != "":
+			fs.errorf("sources", "%s", msg)
+			ok = false
+		case to.IsValid() && p.Addr().Is4() != to.Is4():
+			fs.errorf("sources", "%s is %s but to (%s) is %s; they must be the same family", s, family(p.Addr()), to, family(to))
+			ok = false
+		default:
+			prefixes = append(prefixes, p)
+		}
+	}
+	slices.SortFunc(prefixes, comparePrefix)
+	for i := 1; i < len(prefixes); i++ {
+		switch a, b := prefixes[i-1], prefixes[i]; {
+		case a == b:
+			fs.errorf("sources", "%s is listed twice", b)
+			ok = false
+		case a.Overlaps(b):
+			fs.errorf("sources", "%s overlaps %s; list each address once", b, a)
+			ok = false
+		}
+	}
+	if !ok {
+		return nil
+	}
+	return prefixes
+}
+
+func parseSource(s string) (netip.Prefix, string) {
+	if !strings.Contains(s, "/") {
+		a, msg := parseIP(s)
+		if msg != "" {
+			return netip.Prefix{}, msg + "; must be a CIDR or an IP"
+		}
+		return netip.PrefixFrom(a, a.BitLen()), ""
+	}
+	p, err := netip.ParsePrefix(s)
+	switch {
+	case err != nil:
+		return netip.Prefix{}, fmt.Sprintf("%q is not a CIDR; must be a CIDR (10.0.0.0/8) or an IP", s)
+	case p.Addr().Is4In6():
+		return netip.Prefix{}, fmt.Sprintf("%q is an IPv4-mapped IPv6 prefix; write it as IPv4", s)
+	}
+	return p.Masked(), ""
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}
+
+func parseSNAT(fs *fields, v any, to netip.Addr) SNAT {
+	s, ok := fs.str("snat", v, "masquerade")
+	if !ok {
+		return SNAT{}
+	}
+	switch s {
+	case "masquerade":
+		return SNAT{Kind: SNATMasquerade}
+	case "none":
+		return SNAT{Kind: SNATNone}
+	}
+	a, msg := parseIP(s)
+	switch {
+	case msg != "":
+		fs.errorf("snat", "%s; must be \"masquerade\", \"none\" or an IP address", msg)
+	case a.IsUnspecified() || a.IsMulticast() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		fs.errorf("snat", "%s cannot be a source address; must be \"masquerade\", \"none\" or a unicast IP address", a)
+	case to.IsValid() && a.Is4() != to.Is4():
+		fs.errorf("snat", "%s is %s but to (%s) is %s; they must be the same family", a, family(a), to, family(to))
+	default:
+		return SNAT{Kind: SNATFixed, Addr: a}
+	}
+	return SNAT{}
+}
+
+// String renders "80" or "8000-8099".
+func (r PortRange) String() string {
+	if r.Lo == r.Hi {
+		return strconv.Itoa(int(r.Lo))
+	}
+	return fmt.Sprintf("%d-%d", r.Lo, r.Hi)
+}

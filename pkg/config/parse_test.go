@@ -1,0 +1,667 @@
+package config
+
+import (
+	"errors"
+	"net/netip"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/BurntSushi/toml"
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+)
+
+func defaultConfig() Config {
+	return Config{
+		Path:      "fwdd.toml",
+		Daemon:    Daemon{Table: "fwdd", OnStop: OnStopFlush, LogLevel: "info"},
+		Sysctl:    Sysctl{IPForward: true, RPFilter: RPFilterKeep},
+		Conntrack: Conntrack{WarnPercent: 80, CriticalPercent: 95},
+	}
+}
+
+func withForwards(fs ...Forward) *Config {
+	c := defaultConfig()
+	c.Forwards = fs
+	return &c
+}
+
+var (
+	ip   = netip.MustParseAddr
+	cidr = netip.MustParsePrefix
+)
+
+// netip types have unexported fields; compare them with ==.
+var cmpOpts = cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{})
+
+func port(lo, hi uint16) PortRange { return PortRange{lo, hi} }
+
+func TestParseGood(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want *Config
+	}{
+		{
+			name: "empty",
+			in:   "",
+			want: withForwards(),
+		},
+		{
+			name: "sections",
+			in: `
+[daemon]
+table = "nat-fwd"
+on_stop = "keep"
+log_level = "debug"
+metrics = "[::1]:9650"
+[sysctl]
+ip_forward = false
+rp_filter = "loose"
+conntrack_max = 262144
+[conntrack]
+warn_percent = 50
+critical_percent = 100
+`,
+			want: &Config{
+				Path:      "fwdd.toml",
+				Daemon:    Daemon{Table: "nat-fwd", OnStop: OnStopKeep, LogLevel: "debug", Metrics: "[::1]:9650"},
+				Sysctl:    Sysctl{IPForward: false, RPFilter: RPFilterLoose, ConntrackMax: 262144},
+				Conntrack: Conntrack{WarnPercent: 50, CriticalPercent: 100},
+			},
+		},
+		{
+			name: "metrics any address",
+			in:   "[daemon]\nmetrics = \":9650\"\n",
+			want: func() *Config { c := withForwards(); c.Daemon.Metrics = ":9650"; return c }(),
+		},
+		{
+			name: "forward defaults",
+			in: `
+[[forward]]
+name = "web"
+port = 80
+to = "192.168.1.50:8080"
+`,
+			want: withForwards(Forward{
+				Name: "web", Line: 2, Protos: []Proto{TCP}, Port: port(80, 80),
+				To: ip("192.168.1.50"), ToPort: port(8080, 8080),
+			}),
+		},
+		{
+			name: "every key",
+			in: `[[forward]]
+name = "lab-ssh"
+proto = "udp"
+port = "2222"
+address = "10.0.0.1"
+to = "192.168.1.10:22"
+interface = "eth0.100"
+sources = ["203.0.113.9/24", "198.51.100.7", "10.0.0.0/8"]
+snat = "192.168.1.1"
+log = true
+`,
+			want: withForwards(Forward{
+				Name: "lab-ssh", Line: 1, Protos: []Proto{UDP}, Port: port(2222, 2222),
+				Address: ip("10.0.0.1"), To: ip("192.168.1.10"), ToPort: port(22, 22),
+				Interface: "eth0.100",
+				Sources:   []netip.Prefix{cidr("10.0.0.0/8"), cidr("198.51.100.7/32"), cidr("203.0.113.0/24")},
+				SNAT:      SNAT{Kind: SNATFixed, Addr: ip("192.168.1.1")},
+				Log:       true,
+			}),
+		},
+		{
+			name: "both protos sorted, snat none, keep port",
+			in: `[[forward]]
+name = "dns"
+proto = ["udp", "tcp"]
+port = 53
+to = "192.168.1.53"
+snat = "none"
+`,
+			want: withForwards(Forward{
+				Name: "dns", Line: 1, Protos: []Proto{TCP, UDP}, Port: port(53, 53),
+				To: ip("192.168.1.53"), SNAT: SNAT{Kind: SNATNone},
+			}),
+		},
+		{
+			name: "ranges",
+			in: `[[forward]]
+name = "one-to-one"
+port = "8000-8009"
+to = "10.0.0.1:9000-9009"
+[[forward]]
+name = "many-to-one"
+port = "7000-7099"
+to = "10.0.0.1:7000"
+[[forward]]
+name = "keep-ports"
+port = "6000-6001"
+to = "10.0.0.1"
+[[forward]]
+name = "range-of-one"
+port = "5000-5000"
+to = "10.0.0.1:5000-5000"
+`,
+			want: withForwards(
+				Forward{Name: "one-to-one", Line: 1, Protos: []Proto{TCP}, Port: port(8000, 8009), To: ip("10.0.0.1"), ToPort: port(9000, 9009)},
+				Forward{Name: "many-to-one", Line: 5, Protos: []Proto{TCP}, Port: port(7000, 7099), To: ip("10.0.0.1"), ToPort: port(7000, 7000)},
+				Forward{Name: "keep-ports", Line: 9, Protos: []Proto{TCP}, Port: port(6000, 6001), To: ip("10.0.0.1")},
+				Forward{Name: "range-of-one", Line: 13, Protos: []Proto{TCP}, Port: port(5000, 5000), To: ip("10.0.0.1"), ToPort: port(5000, 5000)},
+			),
+		},
+		{
+			name: "ipv6 forms",
+			in: `[[forward]]
+name = "bare"
+port = 1
+to = "2001:db8::1"
+[[forward]]
+name = "brackets"
+port = 2
+to = "[2001:db8::2]"
+[[forward]]
+name = "port"
+port = 3
+address = "2001:db8::ff"
+to = "[2001:db8::3]:8443"
+sources = ["2001:db8:ffff::1/48", "fd00::1"]
+snat = "2001:db8::fe"
+[[forward]]
+name = "range"
+port = "10-11"
+to = "[2001:db8::4]:20-21"
+`,
+			want: withForwards(
+				Forward{Name: "bare", Line: 1, Protos: []Proto{TCP}, Port: port(1, 1), To: ip("2001:db8::1")},
+				Forward{Name: "brackets", Line: 5, Protos: []Proto{TCP}, Port: port(2, 2), To: ip("2001:db8::2")},
+				Forward{
+					Name: "port", Line: 9, Protos: []Proto{TCP}, Port: port(3, 3), Address: ip("2001:db8::ff"),
+					To: ip("2001:db8::3"), ToPort: port(8443, 8443),
+					Sources: []netip.Prefix{cidr("2001:db8:ffff::/48"), cidr("fd00::1/128")},
+					SNAT:    SNAT{Kind: SNATFixed, Addr: ip("2001:db8::fe")},
+				},
+				Forward{Name: "range", Line: 16, Protos: []Proto{TCP}, Port: port(10, 11), To: ip("2001:db8::4"), ToPort: port(20, 21)},
+			),
+		},
+		{
+			name: "no overlaps",
+			in: `# not overlapping, each for its own reason
+[[forward]]
+name = "a"
+port = "80-89"
+to = "10.0.0.1"
+[[forward]]
+name = "adjacent-ports"
+port = "90-99"
+to = "10.0.0.1"
+[[forward]]
+name = "other-proto"
+proto = "udp"
+port = 80
+to = "10.0.0.1"
+[[forward]]
+name = "other-family"
+port = 80
+to = "2001:db8::1"
+[[forward]]
+name = "addr-1"
+port = 443
+address = "10.0.0.1"
+to = "10.1.0.1"
+[[forward]]
+name = "addr-2"
+port = 443
+address = "10.0.0.2"
+to = "10.1.0.2"
+[[forward]]
+name = "if-1"
+port = 22
+interface = "eth0"
+to = "10.1.0.1"
+[[forward]]
+name = "if-2"
+port = 22
+interface = "eth1"
+to = "10.1.0.2"
+[[forward]]
+name = "src-1"
+port = 25
+sources = ["10.0.0.0/9", "192.168.0.0/24"]
+to = "10.1.0.1"
+[[forward]]
+name = "src-2"
+port = 25
+sources = ["10.128.0.0/9", "192.168.1.0/24"]
+to = "10.1.0.2"
+`,
+			want: withForwards(
+				Forward{Name: "a", Line: 2, Protos: []Proto{TCP}, Port: port(80, 89), To: ip("10.0.0.1")},
+				Forward{Name: "adjacent-ports", Line: 6, Protos: []Proto{TCP}, Port: port(90, 99), To: ip("10.0.0.1")},
+				Forward{Name: "other-proto", Line: 10, Protos: []Proto{UDP}, Port: port(80, 80), To: ip("10.0.0.1")},
+				Forward{Name: "other-family", Line: 15, Protos: []Proto{TCP}, Port: port(80, 80), To: ip("2001:db8::1")},
+				Forward{Name: "addr-1", Line: 19, Protos: []Proto{TCP}, Port: port(443, 443), Address: ip("10.0.0.1"), To: ip("10.1.0.1")},
+				Forward{Name: "addr-2", Line: 24, Protos: []Proto{TCP}, Port: port(443, 443), Address: ip("10.0.0.2"), To: ip("10.1.0.2")},
+				Forward{Name: "if-1", Line: 29, Protos: []Proto{TCP}, Port: port(22, 22), Interface: "eth0", To: ip("10.1.0.1")},
+				Forward{Name: "if-2", Line: 34, Protos: []Proto{TCP}, Port: port(22, 22), Interface: "eth1", To: ip("10.1.0.2")},
+				Forward{Name: "src-1", Line: 39, Protos: []Proto{TCP}, Port: port(25, 25), Sources: []netip.Prefix{cidr("10.0.0.0/9"), cidr("192.168.0.0/24")}, To: ip("10.1.0.1")},
+				Forward{Name: "src-2", Line: 44, Protos: []Proto{TCP}, Port: port(25, 25), Sources: []netip.Prefix{cidr("10.128.0.0/9"), cidr("192.168.1.0/24")}, To: ip("10.1.0.2")},
+			),
+		},
+		{
+			name: "inline array of forwards has no lines",
+			in:   `forward = [{name = "a", port = 1, to = "10.0.0.1"}]`,
+			want: withForwards(Forward{Name: "a", Protos: []Proto{TCP}, Port: port(1, 1), To: ip("10.0.0.1")}),
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Parse("fwdd.toml", []byte(tt.in))
+			if err != nil {
+				t.Fatalf("Parse: %v", err)
+			}
+			if diff := cmp.Diff(tt.want, got, cmpOpts); diff != "" {
+				t.Errorf("Parse (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestParseBad(t *testing.T) {
+	fwd := func(lines ...string) string {
+		return "[[forward]]\n" + strings.Join(lines, "\n") + "\n"
+	}
+	web := func(extra ...string) string {
+		return fwd(append([]string{`name = "web"`, `port = 80`, `to = "10.0.0.1"`}, extra...)...)
+	}
+	tests := []struct {
+		name    string
+		in      string
+		wantErr []string
+	}{
+		// Syntax and structure.
+		{"syntax", "[daemon]\ntable = \n", []string{"fwdd.toml:2: invalid TOML: "}},
+		{"single [forward]", "[forward]\nname = \"a\"\n", []string{"fwdd.toml:1: [forward] must be written [[forward]]"}},
+		{"daemon not a table", "daemon = 1\n", []string{"fwdd.toml:1: daemon: must be a table ([daemon]), not an integer"}},
+		{"daemon array of tables", "\n[[daemon]]\n", []string{"fwdd.toml:2: daemon: must be a table ([daemon]), not an array of tables"}},
+		{"forward string", "forward = \"x\"\n", []string{"fwdd.toml:1: forward: must be an array of tables ([[forward]]), not a string"}},
+		{"unknown top key", "\nbogus = 1\n", []string{`fwdd.toml:2: unknown key "bogus"; allowed: daemon, sysctl, conntrack, forward`}},
+		{"unknown section", "[dameon]\ntable = \"x\"\n", []string{`fwdd.toml:1: unknown key "dameon"`}},
+		{"unknown daemon key", "[daemon]\ntable = \"x\"\ntabel = \"y\"\n", []string{`fwdd.toml:3: daemon: unknown key "tabel"; allowed: table, on_stop, log_level, metrics`}},
+		{"unknown sub-table", "[daemon]\n[daemon.extra]\na = 1\n", []string{`fwdd.toml:2: daemon: unknown key "extra"`}},
+		{
+			"unknown forward key in two forwards",
+			web(`prot = "tcp"`) + fwd(`name = "b"`, `port = 81`, `to = "10.0.0.1"`, `prot = "udp"`),
+			[]string{
+				`fwdd.toml:5: forward "web": unknown key "prot"; allowed: name, proto, port, address, to, interface, sources, snat, log`,
+				`fwdd.toml:10: forward "b": unknown key "prot"`,
+			},
+		},
+		{"unknown dotted forward key", web(`x.y = 1`), []string{`fwdd.toml:5: forward "web": unknown key "x"`}},
+
+		// [daemon]
+		{"table name", "[daemon]\ntable = \"1abc\"\n", []string{`fwdd.toml:2: daemon: table: "1abc" is not a valid table name; must be 1-32 letters`}},
+		{"table too long", "[daemon]\ntable = \"" + strings.Repeat("a", 33) + "\"\n", []string{"is not a valid table name"}},
+		{"table type", "[daemon]\ntable = 5\n", []string{"fwdd.toml:2: daemon: table: must be a string, not an integer"}},
+		{"on_stop", "[daemon]\n\non_stop = \"maybe\"\n", []string{`fwdd.toml:3: daemon: on_stop: "maybe" is not allowed; must be "flush" or "keep"`}},
+		{"log_level", "[daemon]\nlog_level = \"trace\"\n", []string{`daemon: log_level: "trace" is not allowed; must be "debug", "info", "warn" or "error"`}},
+		{"metrics no port", "[daemon]\nmetrics = \"localhost\"\n", []string{`daemon: metrics: "localhost": missing port in address; must be "" (off) or host:port`}},
+		{"metrics named port", "[daemon]\nmetrics = \":http\"\n", []string{`metrics: ":http": port "http" is not a number between 1 and 65535`}},
+		{"metrics port 0", "[daemon]\nmetrics = \":0\"\n", []string{`port "0" is not a number between 1 and 65535`}},
+
+		// [sysctl] and [conntrack]
+		{"ip_forward type", "[sysctl]\nip_forward = \"yes\"\n", []string{"fwdd.toml:2: sysctl: ip_forward: must be true or false, not a string"}},
+		{"rp_filter", "[sysctl]\nrp_filter = \"strict\"\n", []string{`sysctl: rp_filter: "strict" is not allowed; must be "keep", "loose" or "off"`}},
+		{"conntrack_max negative", "[sysctl]\nconntrack_max = -1\n", []string{"sysctl: conntrack_max: -1 is out of range; must be between 0 and 2147483647"}},
+		{"warn range", "[conntrack]\nwarn_percent = 0\n", []string{"fwdd.toml:2: conntrack: warn_percent: 0 is out of range; must be between 1 and 100"}},
+		{"critical range", "[conntrack]\ncritical_percent = 101\n", []string{"conntrack: critical_percent: 101 is out of range; must be between 1 and 100"}},
+		{"critical float", "[conntrack]\ncritical_percent = 90.5\n", []string{"critical_percent: must be an integer between 1 and 100, not a float"}},
+		{"critical <= warn", "[conntrack]\nwarn_percent = 90\ncritical_percent = 90\n", []string{"fwdd.toml:3: conntrack: critical_percent: 90 must be greater than warn_percent (90)"}},
+
+		// name
+		{"name missing", fwd(`port = 80`, `to = "10.0.0.1"`), []string{"fwdd.toml:1: forward #1: name: required"}},
+		{"name empty", fwd(`name = ""`, `port = 80`, `to = "10.0.0.1"`), []string{"fwdd.toml:2: forward #1: name: required"}},
+		{"name invalid", fwd(`name = "Web"`, `port = 80`, `to = "10.0.0.1"`), []string{`fwdd.toml:2: forward "Web": name: "Web" is not a valid name`}},
+		{"name too long", fwd(`name = "`+strings.Repeat("a", 33)+`"`, `port = 80`, `to = "10.0.0.1"`), []string{"is not a valid name"}},
+		{"name type", fwd(`name = 1`, `port = 80`, `to = "10.0.0.1"`), []string{"fwdd.toml:2: forward #1: name: must be a string, not an integer"}},
+		{"name table", fwd(`name = {a = 1}`, `port = 80`, `to = "10.0.0.1"`), []string{"forward #1: name: must be a string, not a table"}},
+		{
+			"name duplicate",
+			web() + fwd(`name = "web"`, `port = 81`, `to = "10.0.0.1"`),
+			[]string{`fwdd.toml:6: forward "web": name: "web" is already used by the forward on line 1; names must be unique`},
+		},
+
+		// proto
+		{"proto unknown", web(`proto = "sctp"`), []string{`fwdd.toml:5: forward "web": proto: "sctp" is not allowed; must be "tcp" or "udp"`}},
+		{"proto upper", web(`proto = "TCP"`), []string{`proto: "TCP" is not allowed`}},
+		{"proto type", web(`proto = 6`), []string{`proto: must be "tcp", "udp" or an array of them, not an integer`}},
+		{"proto empty array", web(`proto = []`), []string{`proto: empty`}},
+		{"proto duplicate", web(`proto = ["tcp", "tcp"]`), []string{`proto: "tcp" is listed twice`}},
+		{"proto array element type", web(`proto = ["tcp", 17]`), []string{`proto: array elements must be "tcp" or "udp", not an integer`}},
+
+		// port
+		{"port missing", fwd(`name = "web"`, `to = "10.0.0.1"`), []string{`fwdd.toml:1: forward "web": port: required; must be 1-65535 or a range "lo-hi"`}},
+		{"port out of range", fwd(`name = "web"`, `port = 70000`, `to = "10.0.0.1"`), []string{`fwdd.toml:3: forward "web": port: 70000 is out of range; must be 1-65535 or a range "lo-hi"`}},
+		{"port zero", fwd(`name = "web"`, `port = 0`, `to = "10.0.0.1"`), []string{`port: 0 is out of range`}},
+		{"port string out of range", fwd(`name = "web"`, `port = "80-70000"`, `to = "10.0.0.1"`), []string{`port: 70000 is out of range`}},
+		{"port backwards", fwd(`name = "web"`, `port = "90-80"`, `to = "10.0.0.1"`), []string{`port: range "90-80" is backwards (90 > 80)`}},
+		{"port garbage", fwd(`name = "web"`, `port = "http"`, `to = "10.0.0.1"`), []string{`port: "http" is not a port or port range; must be 1-65535`}},
+		{"port spaces", fwd(`name = "web"`, `port = "80 - 90"`, `to = "10.0.0.1"`), []string{`"80 - 90" is not a port or port range`}},
+		{"port float", fwd(`name = "web"`, `port = 80.0`, `to = "10.0.0.1"`), []string{`port: must be an integer or a string "lo-hi", not a float`}},
+		{"port array", fwd(`name = "web"`, `port = [80, 81]`, `to = "10.0.0.1"`), []string{`port: must be an integer or a string "lo-hi", not an array`}},
+
+		// to
+		{"to missing", fwd(`name = "web"`, `port = 80`), []string{`fwdd.toml:1: forward "web": to: required; must be "IP", "IP:port"`}},
+		{"to type", fwd(`name = "web"`, `port = 80`, `to = 5`), []string{`fwdd.toml:4: forward "web": to: must be a string, not an integer`}},
+		{"to hostname", fwd(`name = "web"`, `port = 80`, `to = "backend:80"`), []string{`to: "backend" is not an IP address; must be "IP", "IP:port"`}},
+		{"to bad port", fwd(`name = "web"`, `port = 80`, `to = "10.0.0.1:http"`), []string{`to: port: "http" is not a port or port range`}},
+		{"to port 0", fwd(`name = "web"`, `port = 80`, `to = "10.0.0.1:0"`), []string{`to: port: 0 is out of range`}},
+		{"to empty port", fwd(`name = "web"`, `port = 80`, `to = "10.0.0.1:"`), []string{`to: port: "" is not a port`}},
+		{"to ipv6 port without brackets", fwd(`name = "web"`, `port = 80`, `to = "2001:db8::1:80:x"`), []string{`to: "2001:db8::1:80:x" is not an IP address`}},
+		{"to brackets ipv4", fwd(`name = "web"`, `port = 80`, `to = "[10.0.0.1]:80"`), []string{`to: "[10.0.0.1]:80": brackets are only for IPv6 addresses; write 10.0.0.1:80`}},
+		{"to unclosed bracket", fwd(`name = "web"`, `port = 80`, `to = "[2001:db8::1:80"`), []string{`has no closing ']'`}},
+		{"to junk after bracket", fwd(`name = "web"`, `port = 80`, `to = "[2001:db8::1]80"`), []string{`unexpected "80" after ']'`}},
+		{"to zone", fwd(`name = "web"`, `port = 80`, `to = "[fe80::1%eth0]:80"`), []string{`zones are not allowed`}},
+		{"to unspecified", fwd(`name = "web"`, `port = 80`, `to = "0.0.0.0:80"`), []string{`to: 0.0.0.0 is the unspecified address`}},
+		{"to unspecified v6", fwd(`name = "web"`, `port = 80`, `to = "::"`), []string{`to: :: is the unspecified address`}},
+		{"to multicast", fwd(`name = "web"`, `port = 80`, `to = "224.0.0.1"`), []string{`to: 224.0.0.1 is a multicast address`}},
+		{"to multicast v6", fwd(`name = "web"`, `port = 80`, `to = "[ff02::1]:80"`), []string{`to: ff02::1 is a multicast address`}},
+		{"to broadcast", fwd(`name = "web"`, `port = 80`, `to = "255.255.255.255"`), []string{`to: 255.255.255.255 is the broadcast address`}},
+		{"to mapped", fwd(`name = "web"`, `port = 80`, `to = "[::ffff:10.0.0.1]:80"`), []string{`to: "::ffff:10.0.0.1" is an IPv4-mapped IPv6 address; write the IPv4 address 10.0.0.1 instead`}},
+		{"to mapped bare", fwd(`name = "web"`, `port = 80`, `to = "::ffff:10.0.0.1"`), []string{`is an IPv4-mapped IPv6 address`}},
+		{
+			"range lengths differ",
+			fwd(`name = "web"`, `port = "10000-10009"`, `to = "10.0.0.1:20000-20004"`),
+			[]string{`fwdd.toml:4: forward "web": to: port range 10000-10009 has 10 ports but to range 20000-20004 has 5; they must be equal, or to must be a single port`},
+		},
+		{"single port to range", fwd(`name = "web"`, `port = 80`, `to = "10.0.0.1:80-81"`), []string{`to: a single port (80) cannot be sent to a port range (80-81)`}},
+		{"to range backwards", fwd(`name = "web"`, `port = "1-2"`, `to = "10.0.0.1:9-8"`), []string{`to: port: range "9-8" is backwards`}},
+
+		// address
+		{"address family", web(`address = "2001:db8::1"`), []string{`fwdd.toml:5: forward "web": address: 2001:db8::1 is IPv6 but to (10.0.0.1) is IPv4; they must be the same family`}},
+		{"address invalid", web(`address = "10.0.0.0/8"`), []string{`address: "10.0.0.0/8" is not an IP address`}},
+		{"address unspecified", web(`address = "0.0.0.0"`), []string{`address: 0.0.0.0 is the unspecified address; use "" to match any local address`}},
+		{"address mapped", web(`address = "::ffff:1.2.3.4"`), []string{`address: "::ffff:1.2.3.4" is an IPv4-mapped IPv6 address; write the IPv4 address 1.2.3.4 instead`}},
+		{"address type", web(`address = ["10.0.0.1"]`), []string{`address: must be a string, not an array`}},
+
+		// interface
+		{"interface too long", web(`interface = "abcdefghijklmnop"`), []string{`interface: "abcdefghijklmnop" is not a valid interface name: longer than 15 bytes`}},
+		{"interface slash", web(`interface = "eth/0"`), []string{`interface: "eth/0" is not a valid interface name: '/' is not allowed`}},
+		{"interface colon", web(`interface = "eth0:1"`), []string{`':' is not allowed`}},
+		{"interface space", web(`interface = "eth 0"`), []string{`whitespace and control characters are not allowed`}},
+		{"interface dot", web(`interface = ".."`), []string{`"." and ".." are not allowed`}},
+
+		// sources
+		{"sources type", web(`sources = "10.0.0.0/8"`), []string{`fwdd.toml:5: forward "web": sources: must be an array of CIDRs or IPs`}},
+		{"sources element type", web(`sources = [10]`), []string{`sources: elements must be strings, not an integer`}},
+		{"sources bad cidr", web(`sources = ["10.0.0.0/33"]`), []string{`sources: "10.0.0.0/33" is not a CIDR`}},
+		{"sources bad ip", web(`sources = ["office"]`), []string{`sources: "office" is not an IP address; must be a CIDR or an IP`}},
+		{"sources family", web(`sources = ["2001:db8::/32"]`), []string{`sources: 2001:db8::/32 is IPv6 but to (10.0.0.1) is IPv4; they must be the same family`}},
+		{"sources duplicate after masking", web(`sources = ["10.1.2.3/8", "10.0.0.0/8"]`), []string{`sources: 10.0.0.0/8 is listed twice`}},
+		{"sources duplicate ip", web(`sources = ["10.0.0.1", "10.0.0.1/32"]`), []string{`sources: 10.0.0.1/32 is listed twice`}},
+		{"sources nested", web(`sources = ["10.1.0.0/16", "10.0.0.0/8"]`), []string{`sources: 10.1.0.0/16 overlaps 10.0.0.0/8; list each address once`}},
+		{"sources mapped", web(`sources = ["::ffff:10.0.0.0/104"]`), []string{`is an IPv4-mapped IPv6 prefix`}},
+		{"sources mapped ip", web(`sources = ["::ffff:10.0.0.1"]`), []string{`is an IPv4-mapped IPv6 address`}},
+		{"sources zone", web(`sources = ["fe80::1%eth0"]`), []string{`zones are not allowed`}},
+
+		// snat
+		{"snat word", web(`snat = "masq"`), []string{`fwdd.toml:5: forward "web": snat: "masq" is not an IP address; must be "masquerade", "none" or an IP address`}},
+		{"snat family", web(`snat = "2001:db8::1"`), []string{`snat: 2001:db8::1 is IPv6 but to (10.0.0.1) is IPv4; they must be the same family`}},
+		{"snat unspecified", web(`snat = "0.0.0.0"`), []string{`snat: 0.0.0.0 cannot be a source address`}},
+		{"snat mapped", web(`snat = "::ffff:10.0.0.1"`), []string{`snat: "::ffff:10.0.0.1" is an IPv4-mapped IPv6 address`}},
+		{"snat type", web(`snat = false`), []string{`snat: must be a string, not a boolean`}},
+
+		// log
+		{"log type", web(`log = "yes"`), []string{`fwdd.toml:5: forward "web": log: must be true or false, not a string`}},
+
+		// overlaps
+		{
+			"same port any local",
+			web() + "\n" + fwd(`name = "b"`, `port = 80`, `to = "10.0.0.2"`),
+			[]string{`fwdd.toml:6: forward "b": overlaps forward "web" (line 1): both match tcp port 80 on any local address`},
+		},
+		{
+			"port ranges intersect",
+			fwd(`name = "a"`, `port = "8000-8010"`, `to = "10.0.0.1"`) + fwd(`name = "b"`, `port = "8005-8020"`, `to = "10.0.0.2"`),
+			[]string{`fwdd.toml:5: forward "b": overlaps forward "a" (line 1): both match tcp ports 8005-8010 on any local address`},
+		},
+		{
+			"range contains single",
+			fwd(`name = "a"`, `port = "1-1000"`, `to = "10.0.0.1"`) + fwd(`name = "b"`, `port = 443`, `to = "10.0.0.2"`),
+			[]string{`both match tcp port 443 on any local address`},
+		},
+		{
+			"local and specific address",
+			fwd(`name = "a"`, `port = 80`, `address = "10.0.0.1"`, `to = "10.0.0.9"`) + fwd(`name = "b"`, `port = 80`, `to = "10.0.0.2"`),
+			[]string{`fwdd.toml:6: forward "b": overlaps forward "a" (line 1): both match tcp port 80 on 10.0.0.1`},
+		},
+		{
+			"same specific address",
+			fwd(`name = "a"`, `port = 80`, `address = "10.0.0.1"`, `to = "10.0.0.9"`) + fwd(`name = "b"`, `port = 80`, `address = "10.0.0.1"`, `to = "10.0.0.2"`),
+			[]string{`forward "b": overlaps forward "a" (line 1): both match tcp port 80 on 10.0.0.1`},
+		},
+		{
+			"protos intersect",
+			fwd(`name = "a"`, `proto = ["tcp", "udp"]`, `port = 53`, `to = "10.0.0.1"`) + fwd(`name = "b"`, `proto = "udp"`, `port = 53`, `to = "10.0.0.2"`),
+			[]string{`forward "b": overlaps forward "a" (line 1): both match udp port 53 on any local address`},
+		},
+		{
+			"both protos reported once",
+			fwd(`name = "a"`, `proto = ["tcp", "udp"]`, `port = 53`, `to = "10.0.0.1"`) + fwd(`name = "b"`, `proto = ["udp", "tcp"]`, `port = 53`, `to = "10.0.0.2"`),
+			[]string{`forward "b": overlaps forward "a" (line 1): both match tcp and udp port 53 on any local address`},
+		},
+		{
+			"interface and any",
+			fwd(`name = "a"`, `port = 22`, `interface = "eth0"`, `to = "10.0.0.1"`) + fwd(`name = "b"`, `port = 22`, `to = "10.0.0.2"`),
+			[]string{`forward "b": overlaps forward "a" (line 1): both match tcp port 22 on any local address arriving on eth0`},
+		},
+		{
+			"sources overlap",
+			fwd(`name = "a"`, `port = 25`, `sources = ["10.0.0.0/8"]`, `to = "10.0.0.1"`) + fwd(`name = "b"`, `port = 25`, `sources = ["192.168.0.0/16", "10.20.0.0/16"]`, `to = "10.0.0.2"`),
+			[]string{`forward "b": overlaps forward "a" (line 1): both match tcp port 25 on any local address from 10.20.0.0/16`},
+		},
+		{
+			"sources and any",
+			fwd(`name = "a"`, `port = 25`, `to = "10.0.0.1"`) + fwd(`name = "b"`, `port = 25`, `sources = ["10.0.0.0/8"]`, `to = "10.0.0.2"`),
+			[]string{`both match tcp port 25 on any local address from 10.0.0.0/8`},
+		},
+		{
+			"ipv6 overlap",
+			fwd(`name = "a"`, `port = 443`, `to = "2001:db8::1"`) + fwd(`name = "b"`, `port = 443`, `address = "2001:db8::ff"`, `to = "[2001:db8::2]:443"`),
+			[]string{`forward "b": overlaps forward "a" (line 1): both match tcp port 443 on 2001:db8::ff`},
+		},
+		{
+			"three identical report twice",
+			web() + fwd(`name = "b"`, `port = 80`, `to = "10.0.0.1"`) + fwd(`name = "c"`, `port = 80`, `to = "10.0.0.1"`),
+			[]string{`fwdd.toml:5: forward "b": overlaps forward "web" (line 1)`, `fwdd.toml:9: forward "c": overlaps forward`},
+		},
+
+		// budget
+		{
+			"element budget",
+			func() string {
+				var b strings.Builder
+				for i := range 31 {
+					b.WriteString(fwd(`name = "f`+strconv.Itoa(i)+`"`,
+						`proto = ["tcp", "udp"]`, `port = "1-65535"`, `address = "10.0.0.`+strconv.Itoa(i+1)+`"`, `to = "10.1.0.1"`))
+				}
+				return b.String()
+			}(),
+			[]string{"forwards expand to 4063170 nftables elements (protocols × mapped ports); the limit is 2000000"},
+		},
+
+		// every problem, not just the first
+		{
+			"all problems",
+			"[daemon]\non_stop = \"maybe\"\n" + fwd(`name = "a"`, `port = 0`, `to = "10.0.0.1"`, `snat = "x"`) + fwd(`port = 1`),
+			[]string{
+				`fwdd.toml:2: daemon: on_stop: "maybe" is not allowed`,
+				`fwdd.toml:5: forward "a": port: 0 is out of range`,
+				`fwdd.toml:7: forward "a": snat: "x" is not an IP address`,
+				`fwdd.toml:8: forward #2: name: required`,
+				`fwdd.toml:8: forward #2: to: required`,
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Parse("fwdd.toml", []byte(tt.in))
+			if err == nil {
+				t.Fatalf("Parse succeeded, want errors %q; got %+v", tt.wantErr, got)
+			}
+			if got != nil {
+				t.Errorf("Parse returned a config with an error")
+			}
+			var errs *Errors
+			if !errors.As(err, &errs) {
+				t.Fatalf("error %T is not *Errors: %v", err, err)
+			}
+			msg := err.Error()
+			for _, want := range tt.wantErr {
+				if !strings.Contains(msg, want) {
+					t.Errorf("error does not contain %q:\n%s", want, msg)
+				}
+			}
+			if len(*errs) < len(tt.wantErr) {
+				t.Errorf("got %d problems, want at least %d:\n%s", len(*errs), len(tt.wantErr), msg)
+			}
+			for _, e := range *errs {
+				if strings.Contains(e.Error(), "\n") {
+					t.Errorf("problem spans lines: %q", e)
+				}
+			}
+		})
+	}
+}
+
+func TestParseSyntaxErrorWraps(t *testing.T) {
+	_, err := Parse("fwdd.toml", []byte("a = \n"))
+	var pe toml.ParseError
+	if !errors.As(err, &pe) {
+		t.Fatalf("error does not wrap toml.ParseError: %v", err)
+	}
+	var p *Problem
+	if !errors.As(err, &p) || p.Line != 1 {
+		t.Fatalf("want a *Problem on line 1, got %#v", p)
+	}
+}
+
+func TestParseScannerLines(t *testing.T) {
+	in := `x = 1 # pretend [[forward]]
+[[forward]]
+name = "a" # [[forward]]
+sources = [
+  "10.0.0.0/8", # name = "b"
+  '192.168.0.0/16',
+]
+port = 1
+to = """10.0.0.1"""
+note = """
+bogus = 1
+[[forward]]
+"""
+[[forward]]
+'name' = 'b'
+port = 2
+to = "10.0.0.2:x"
+`
+	_, err := Parse("fwdd.toml", []byte(in))
+	want := []string{
+		`fwdd.toml:1: unknown key "x"`,
+		`fwdd.toml:10: forward "a": unknown key "note"`,
+		`fwdd.toml:17: forward "b": to: port: "x" is not a port`,
+	}
+	if err == nil {
+		t.Fatal("Parse succeeded")
+	}
+	got := strings.Split(err.Error(), "\n")
+	if len(got) != len(want) {
+		t.Fatalf("got %d problems, want %d:\n%s", len(got), len(want), err)
+	}
+	for i := range want {
+		if !strings.HasPrefix(got[i], want[i]) {
+			t.Errorf("problem %d = %q, want prefix %q", i, got[i], want[i])
+		}
+	}
+}
+
+func TestForwardEqual(t *testing.T) {
+	a := Forward{
+		Name: "a", Line: 1, Protos: []Proto{TCP, UDP}, Port: port(1, 2), Address: ip("10.0.0.1"),
+		To: ip("10.0.0.2"), ToPort: port(3, 4), Interface: "eth0",
+		Sources: []netip.Prefix{cidr("10.0.0.0/8")}, SNAT: SNAT{Kind: SNATFixed, Addr: ip("10.0.0.3")}, Log: true,
+	}
+	b := a
+	b.Line = 99
+	b.Protos = []Proto{TCP, UDP}
+	b.Sources = []netip.Prefix{cidr("10.0.0.0/8")}
+	if !a.Equal(&b) {
+		t.Errorf("forwards differing only in Line are not Equal")
+	}
+	changes := []func(f *Forward){
+		func(f *Forward) { f.Name = "b" },
+		func(f *Forward) { f.Protos = []Proto{TCP} },
+		func(f *Forward) { f.Port.Hi = 5 },
+		func(f *Forward) { f.Address = netip.Addr{} },
+		func(f *Forward) { f.To = ip("10.0.0.9") },
+		func(f *Forward) { f.ToPort = PortRange{} },
+		func(f *Forward) { f.Interface = "" },
+		func(f *Forward) { f.Sources = nil },
+		func(f *Forward) { f.SNAT = SNAT{Kind: SNATMasquerade} },
+		func(f *Forward) { f.Log = false },
+	}
+	for i, change := range changes {
+		c := b
+		c.Protos = slicesClone(b.Protos)
+		c.Sources = slicesClone(b.Sources)
+		change(&c)
+		if a.Equal(&c) {
+			t.Errorf("change %d: still Equal", i)
+		}
+	}
+}
+
+func slicesClone[T any](s []T) []T { return append([]T(nil), s...) }
+
+func TestForwardByName(t *testing.T) {
+	c, err := Parse("fwdd.toml", []byte(`
+[[forward]]
+name = "a"
+port = 1
+to = "10.0.0.1"
+[[forward]]
+name = "b"
+port = 2
+to = "10.0.0.1"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := c.ForwardByName("b"); f == nil || f.Port.Lo != 2 {
+		t.Errorf("ForwardByName(b) = %+v", f)
+	}
+	if f := c.ForwardByName("c"); f != nil {
+		t.Errorf("ForwardByName(c) = %+v, want nil", f)
+	}
+	if m := c.ForwardsByName(); len(m) != 2 || m["a"] != &c.Forwards[0] {
+		t.Errorf("ForwardsByName = %v", m)
+	}
+}
+
+func TestTargetPort(t *testing.T) {
+	tests := []struct {
+		port, to PortRange
+		in, want uint16
+	}{
+		{port(80, 80), PortRange{}, 80, 80},
+		{port(80, 89), port(8080, 8080), 85, 8080},
+		{port(80, 89), port(9080, 9089), 85, 9085},
+	}
+	for _, tt := range tests {
+		f := Forward{Port: tt.port, ToPort: tt.to}
+		if got := f.TargetPort(tt.in); got != tt.want {
+			t.Errorf("%v -> %v: TargetPort(%d) = %d, want %d", tt.port, tt.to, tt.in, got, tt.want)
+		}
+	}
+}
