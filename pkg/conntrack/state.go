@@ -1,6 +1,7 @@
 package conntrack
 
 import (
+	"net/netip"
 	"sync"
 	"time"
 )
@@ -19,10 +20,22 @@ const (
 	evDestroy
 )
 
+// ctKey identifies a conntrack entry. The kernel's conntrack ID alone does
+// not: it is a 32-bit hash, and among 20,000 live entries two shared an ID
+// in one test run in about twenty (the birthday bound says ~5 %). The
+// original tuple is unique among live entries of a zone; the ID is kept so
+// that a new entry reusing a tuple is not mistaken for its predecessor.
+type ctKey struct {
+	id       uint32
+	proto    uint8
+	zone     uint16
+	src, dst netip.AddrPort
+}
+
 // ev is the part of a conntrack event the state needs.
 type ev struct {
 	kind  evKind
-	ctID  uint32 // the conntrack entry's ID
+	key   ctKey
 	fwdID uint32 // the forward from its ct mark; 0 when not fwdd's
 }
 
@@ -36,9 +49,9 @@ type fwdCount struct {
 // truth instead of drifting like a bare counter.
 type state struct {
 	mu        sync.Mutex
-	live      map[uint32]uint32 // ctID -> fwdID
+	live      map[ctKey]uint32 // entry -> fwdID
 	counts    map[uint32]*fwdCount
-	tomb      map[uint32]time.Time
+	tomb      map[ctKey]time.Time
 	lastPurge time.Time
 	now       func() time.Time
 
@@ -48,9 +61,9 @@ type state struct {
 
 func newState() *state {
 	return &state{
-		live:   map[uint32]uint32{},
+		live:   map[ctKey]uint32{},
 		counts: map[uint32]*fwdCount{},
-		tomb:   map[uint32]time.Time{},
+		tomb:   map[ctKey]time.Time{},
 		now:    time.Now,
 	}
 }
@@ -86,22 +99,22 @@ func (s *state) applyLocked(e ev) {
 		if e.fwdID == 0 {
 			return
 		}
-		if _, dead := s.tomb[e.ctID]; dead {
+		if _, dead := s.tomb[e.key]; dead {
 			return
 		}
-		if _, ok := s.live[e.ctID]; ok {
+		if _, ok := s.live[e.key]; ok {
 			return
 		}
-		s.live[e.ctID] = e.fwdID
+		s.live[e.key] = e.fwdID
 		s.count(e.fwdID).live++
 	case evDestroy:
-		fwd, ok := s.live[e.ctID]
+		fwd, ok := s.live[e.key]
 		if ok {
-			delete(s.live, e.ctID)
+			delete(s.live, e.key)
 			s.count(fwd).live--
 		}
 		if ok || e.fwdID != 0 {
-			s.tomb[e.ctID] = s.now()
+			s.tomb[e.key] = s.now()
 		}
 	}
 }
@@ -112,9 +125,9 @@ func (s *state) purgeLocked() {
 		return
 	}
 	s.lastPurge = now
-	for id, t := range s.tomb {
+	for k, t := range s.tomb {
 		if now.Sub(t) > tombstoneTTL {
-			delete(s.tomb, id)
+			delete(s.tomb, k)
 		}
 	}
 }
@@ -139,20 +152,20 @@ func (s *state) abortResync() {
 	s.resyncing, s.pending = false, nil
 }
 
-// finishResync replaces the live set by dumped (ctID -> fwdID of fwdd's
+// finishResync replaces the live set by dumped (entry -> fwdID of fwdd's
 // entries), then applies the events that arrived meanwhile, in order: an
 // entry created during the dump is added (once: it is a set), one destroyed
 // during it is removed. Unless initial, entries in the dump that were
 // neither live before nor announced by an event were created while events
 // were lost, and count as new. It returns how many live entries changed
 // owner or appeared/disappeared compared with before (the drift repaired).
-func (s *state) finishResync(dumped map[uint32]uint32, initial bool) (drift int) {
+func (s *state) finishResync(dumped map[ctKey]uint32, initial bool) (drift int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	announced := map[uint32]bool{}
+	announced := map[ctKey]bool{}
 	for _, e := range s.pending {
 		if e.kind == evNew {
-			announced[e.ctID] = true
+			announced[e.key] = true
 		}
 	}
 	for ct, fwd := range dumped {

@@ -10,7 +10,8 @@
 // Close blocks until every worker has delivered its pending error and event,
 // on unbuffered channels. The Watcher therefore always drains both channels,
 // closes a failed socket while still draining, listens again and rebuilds its
-// live set from a dump. Live sets are keyed by conntrack ID, so events that
+// live set from a dump. Live sets are keyed by entry (conntrack ID and
+// original tuple), so events that
 // race with the dump are applied once and the counts converge on the truth.
 package conntrack
 
@@ -237,7 +238,13 @@ func (w *Watcher) Run(ctx context.Context) error {
 	delay := w.retryMin
 	started := false
 	for {
-		sess, err := w.start(!started)
+		sess, err := w.start(ctx, !started)
+		if ctx.Err() != nil {
+			if sess != nil {
+				sess.close(w.log)
+			}
+			return nil
+		}
 		if err != nil {
 			if !started {
 				return err
@@ -293,7 +300,7 @@ type session struct {
 }
 
 // start subscribes to events and rebuilds the live set from a dump.
-func (w *Watcher) start(initial bool) (*session, error) {
+func (w *Watcher) start(ctx context.Context, initial bool) (*session, error) {
 	w.state.beginResync()
 	c, err := w.dial(w.opts.NetNS)
 	if err != nil {
@@ -333,34 +340,40 @@ func (w *Watcher) start(initial bool) (*session, error) {
 	}()
 
 	t0 := time.Now()
-	dumped, err := w.dump()
+	dumped, err := w.dump(ctx)
 	if err != nil {
 		w.state.abortResync()
 		s.close(w.log)
 		return nil, err
 	}
+	n := len(dumped) // the state owns dumped from here on
 	drift := w.state.finishResync(dumped, initial)
-	w.log.Debug("conntrack resynchronized", zap.Int("count", len(dumped)),
+	w.log.Debug("conntrack resynchronized", zap.Int("count", n),
 		zap.Int("drift", drift), zap.Duration("elapsed", time.Since(t0)))
 	return s, nil
 }
 
-// dump returns fwdd's conntrack entries (ctID -> forward id). It uses its own
-// socket: the event socket must not carry dump replies.
-func (w *Watcher) dump() (map[uint32]uint32, error) {
+// dump returns fwdd's conntrack entries (entry -> forward id). It uses its own
+// socket: the event socket must not carry dump replies. Cancelling ctx
+// closes the socket, which ends a dump in progress.
+func (w *Watcher) dump(ctx context.Context) (map[ctKey]uint32, error) {
 	c, err := w.dial(w.opts.NetNS)
 	if err != nil {
 		return nil, fmt.Errorf("dial conntrack for dump: %w", err)
 	}
-	defer c.Close()
+	var closeOnce sync.Once
+	closeConn := func() { closeOnce.Do(func() { c.Close() }) }
+	defer closeConn()
+	stop := context.AfterFunc(ctx, closeConn)
+	defer stop()
 	flows, err := c.DumpFilter(ct.NewFilter().Mark(fwmark.Tag).MarkMask(fwmark.Mask), nil)
 	if err != nil {
 		return nil, fmt.Errorf("dump conntrack table: %w", err)
 	}
-	out := make(map[uint32]uint32, len(flows))
+	out := make(map[ctKey]uint32, len(flows))
 	for i := range flows {
 		if id, ok := fwmark.ID(flows[i].Mark); ok {
-			out[flows[i].ID] = id
+			out[keyOf(&flows[i])] = id
 		}
 	}
 	return out, nil
@@ -399,7 +412,7 @@ func (w *Watcher) handle(e ct.Event) {
 		return
 	}
 	fwd, _ := fwmark.ID(e.Flow.Mark)
-	w.state.event(ev{kind: kind, ctID: e.Flow.ID, fwdID: fwd})
+	w.state.event(ev{kind: kind, key: keyOf(e.Flow), fwdID: fwd})
 	if kind == evNew && fwd != 0 && w.opts.OnNew != nil {
 		f := e.Flow
 		w.opts.OnNew(NewConn{
@@ -410,6 +423,17 @@ func (w *Watcher) handle(e ct.Event) {
 			Destination: netip.AddrPortFrom(f.TupleOrig.IP.DestinationAddress, f.TupleOrig.Proto.DestinationPort),
 			Backend:     netip.AddrPortFrom(f.TupleReply.IP.SourceAddress, f.TupleReply.Proto.SourcePort),
 		})
+	}
+}
+
+func keyOf(f *ct.Flow) ctKey {
+	o := &f.TupleOrig
+	return ctKey{
+		id:    f.ID,
+		proto: o.Proto.Protocol,
+		zone:  f.Zone,
+		src:   netip.AddrPortFrom(o.IP.SourceAddress, o.Proto.SourcePort),
+		dst:   netip.AddrPortFrom(o.IP.DestinationAddress, o.Proto.DestinationPort),
 	}
 }
 

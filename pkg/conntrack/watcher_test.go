@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -23,7 +24,7 @@ import (
 // event channel without select, so Close hangs unless both are drained.
 type fakeKernel struct {
 	mu        sync.Mutex
-	flows     map[uint32]uint32 // ctID -> mark
+	flows     map[uint32]ct.Flow // by ID
 	listeners map[*fakeConn]bool
 	dials     int
 }
@@ -42,7 +43,7 @@ type fakeConn struct {
 }
 
 func newFakeKernel() *fakeKernel {
-	return &fakeKernel{flows: map[uint32]uint32{}, listeners: map[*fakeConn]bool{}}
+	return &fakeKernel{flows: map[uint32]ct.Flow{}, listeners: map[*fakeConn]bool{}}
 }
 
 func (k *fakeKernel) dial(int) (conn, error) {
@@ -84,9 +85,9 @@ func (c *fakeConn) DumpFilter(ct.Filter, *ct.DumpOptions) ([]ct.Flow, error) {
 	c.k.mu.Lock()
 	defer c.k.mu.Unlock()
 	var out []ct.Flow
-	for id, mark := range c.k.flows {
-		if mark&fwmark.Mask == fwmark.Tag {
-			out = append(out, ct.Flow{ID: id, Mark: mark})
+	for _, f := range c.k.flows {
+		if f.Mark&fwmark.Mask == fwmark.Tag {
+			out = append(out, f)
 		}
 	}
 	return out, nil
@@ -116,25 +117,28 @@ func (k *fakeKernel) emit(typ ct.Event, lost bool) {
 func (k *fakeKernel) create(id, mark uint32, lost bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.flows[id] = mark
-	k.emit(ct.Event{Type: ct.EventNew, Flow: &ct.Flow{ID: id, Mark: mark,
+	// Distinct tuples per entry, as in the kernel.
+	sport := uint16(10000 + id)
+	f := ct.Flow{ID: id, Mark: mark,
 		TupleOrig: ct.Tuple{
 			IP:    ct.IPTuple{SourceAddress: netip.MustParseAddr("192.0.2.1"), DestinationAddress: netip.MustParseAddr("198.51.100.1")},
-			Proto: ct.ProtoTuple{Protocol: 17, SourcePort: 40000, DestinationPort: 53},
+			Proto: ct.ProtoTuple{Protocol: 17, SourcePort: sport, DestinationPort: 53},
 		},
 		TupleReply: ct.Tuple{
 			IP:    ct.IPTuple{SourceAddress: netip.MustParseAddr("10.0.0.2"), DestinationAddress: netip.MustParseAddr("192.0.2.1")},
-			Proto: ct.ProtoTuple{Protocol: 17, SourcePort: 5353, DestinationPort: 40000},
+			Proto: ct.ProtoTuple{Protocol: 17, SourcePort: 5353, DestinationPort: sport},
 		},
-	}}, lost)
+	}
+	k.flows[id] = f
+	k.emit(ct.Event{Type: ct.EventNew, Flow: &f}, lost)
 }
 
 func (k *fakeKernel) destroy(id uint32, lost bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	mark := k.flows[id]
+	f := k.flows[id]
 	delete(k.flows, id)
-	k.emit(ct.Event{Type: ct.EventDestroy, Flow: &ct.Flow{ID: id, Mark: mark}}, lost)
+	k.emit(ct.Event{Type: ct.EventDestroy, Flow: &f}, lost)
 }
 
 // overflow makes one worker of every listener fail with ENOBUFS.
@@ -216,9 +220,10 @@ func TestWatcherCountsAndOverflow(t *testing.T) {
 		t.Errorf("snapshot = %+v", s.Forwards)
 	}
 	mu.Lock()
-	if len(news) != 4 || news[0].Forward != "dns" || news[0].Backend != netip.MustParseAddrPort("10.0.0.2:5353") ||
-		news[0].Source != netip.MustParseAddrPort("192.0.2.1:40000") || news[0].Destination != netip.MustParseAddrPort("198.51.100.1:53") {
-		t.Errorf("OnNew got %+v", news)
+	want := NewConn{Forward: "dns", ForwardID: 2, Proto: 17, Source: netip.MustParseAddrPort("192.0.2.1:10010"),
+		Destination: netip.MustParseAddrPort("198.51.100.1:53"), Backend: netip.MustParseAddrPort("10.0.0.2:5353")}
+	if len(news) != 4 || !slices.Contains(news, want) {
+		t.Errorf("OnNew got %+v, want 4 including %+v", news, want)
 	}
 	mu.Unlock()
 
