@@ -117,7 +117,7 @@ func compileFile(path string) (*nft.Model, error) {
 	if err != nil {
 		return nil, err
 	}
-	return nft.Compile(cfg, ids)
+	return nft.Compile(cfg, ids, nil)
 }
 
 func runDaemon(cfgPath, stateDir string, stdout io.Writer) int {

@@ -146,7 +146,7 @@ func (d *Daemon) Start() error {
 		d.record(err)
 		return err
 	}
-	m, err := nft.Compile(cfg, ids)
+	m, err := nft.Compile(cfg, ids, nil)
 	if err != nil {
 		d.record(err)
 		return fmt.Errorf("compile table: %w", err)
@@ -190,7 +190,7 @@ func (d *Daemon) reload(start time.Time) error {
 	if err != nil {
 		return err
 	}
-	m, err := nft.Compile(cfg, ids)
+	m, err := nft.Compile(cfg, ids, d.applier.Last())
 	if err != nil {
 		return fmt.Errorf("compile table: %w", err)
 	}

@@ -74,23 +74,98 @@ func AssignIDs(prev map[string]uint32, cfg *config.Config) (map[string]uint32, e
 // O(1) map keys.
 func restricted(f *config.Forward) bool { return f.Interface != "" || len(f.Sources) > 0 }
 
-// Compile turns a validated config into the model of fwdd's table. It is
-// pure: the same config and ids always give the same model.
-func Compile(cfg *config.Config, ids map[string]uint32) (*Model, error) {
-	m := &Model{Table: cfg.Daemon.Table, IDs: ids}
-	sets := map[string]*Set{}
-	addSet := func(s *Set) *Set { sets[s.Name] = s; m.Sets = append(m.Sets, s); return s }
+// part is what one forward contributes to the table: its elements per set
+// and, for a restricted forward, its dispatch rules and chain. Parts of
+// unchanged forwards are reused from the previous model, so a reload
+// compiles and diffs only what changed.
+type part struct {
+	fwd   config.Forward
+	id    uint32
+	elems [numSets][]Element // by index in setOrder
+	rules []Rule
+	chain *Chain
+}
+
+// setOrder lists the table's sets and maps; every model has them all, in
+// this order.
+var setOrder = func() []*Set {
+	var out []*Set
 	for _, fam := range []Family{IPv4, IPv6} {
 		af := fam.addrField()
-		addSet(&Set{Name: setName("mark", fam, "addr"), Key: []Field{af, FieldProto, FieldPort}, Data: []Field{FieldMark}})
-		addSet(&Set{Name: setName("dnat", fam, "addr"), Key: []Field{af, FieldProto, FieldPort}, Data: []Field{af, FieldPort}})
-		addSet(&Set{Name: setName("mark", fam, "port"), Key: []Field{FieldProto, FieldPort}, Data: []Field{FieldMark}})
-		addSet(&Set{Name: setName("dnat", fam, "port"), Key: []Field{FieldProto, FieldPort}, Data: []Field{af, FieldPort}})
-		addSet(&Set{Name: setName("snat", fam, ""), Key: []Field{FieldMark}, Data: []Field{af}})
+		out = append(out,
+			&Set{Name: setName("mark", fam, "addr"), Key: []Field{af, FieldProto, FieldPort}, Data: []Field{FieldMark}},
+			&Set{Name: setName("dnat", fam, "addr"), Key: []Field{af, FieldProto, FieldPort}, Data: []Field{af, FieldPort}},
+			&Set{Name: setName("mark", fam, "port"), Key: []Field{FieldProto, FieldPort}, Data: []Field{FieldMark}},
+			&Set{Name: setName("dnat", fam, "port"), Key: []Field{FieldProto, FieldPort}, Data: []Field{af, FieldPort}},
+			&Set{Name: setName("snat", fam, ""), Key: []Field{FieldMark}, Data: []Field{af}},
+		)
 	}
-	addSet(&Set{Name: SetMasq, Key: []Field{FieldMark}})
-	addSet(&Set{Name: SetTrafficOrig, Key: []Field{FieldMark}, Counter: true, Comment: "packets client -> backend"})
-	addSet(&Set{Name: SetTrafficReply, Key: []Field{FieldMark}, Counter: true, Comment: "packets backend -> client"})
+	return append(out,
+		&Set{Name: SetMasq, Key: []Field{FieldMark}},
+		&Set{Name: SetTrafficOrig, Key: []Field{FieldMark}, Counter: true, Comment: "packets client -> backend"},
+		&Set{Name: SetTrafficReply, Key: []Field{FieldMark}, Counter: true, Comment: "packets backend -> client"},
+	)
+}()
+
+const numSets = 13
+
+var setIndex = func() map[string]int {
+	if len(setOrder) != numSets {
+		panic("nft: numSets does not match setOrder")
+	}
+	m := map[string]int{}
+	for i, s := range setOrder {
+		m[s.Name] = i
+	}
+	return m
+}()
+
+func buildPart(f *config.Forward, id uint32) *part {
+	p := &part{fwd: *f, id: id}
+	mark := fwmark.ForID(id)
+	fam := familyOf(f.To)
+	markV := Mark(mark)
+	add := func(set string, e Element) { i := setIndex[set]; p.elems[i] = append(p.elems[i], e) }
+	add(SetTrafficOrig, Element{Key: []Value{markV}, Comment: f.Name})
+	add(SetTrafficReply, Element{Key: []Value{markV}, Comment: f.Name})
+	switch f.SNAT.Kind {
+	case config.SNATMasquerade:
+		add(SetMasq, Element{Key: []Value{markV}, Comment: f.Name})
+	case config.SNATFixed:
+		add(setName("snat", fam, ""), Element{Key: []Value{markV}, Data: []Value{Addr(f.SNAT.Addr)}, Comment: f.Name})
+	}
+	if restricted(f) {
+		p.rules, p.chain = restrictedForward(f, fam, mark)
+		return p
+	}
+	suffix := "addr"
+	if f.Local() {
+		suffix = "port"
+	}
+	marks, dnats := setName("mark", fam, suffix), setName("dnat", fam, suffix)
+	for _, pr := range f.Protos {
+		for port := int(f.Port.Lo); port <= int(f.Port.Hi); port++ {
+			k := []Value{Proto(pr), Port(uint16(port))}
+			if !f.Local() {
+				k = append([]Value{Addr(f.Address)}, k...)
+			}
+			add(marks, Element{Key: k, Data: []Value{markV}})
+			add(dnats, Element{Key: k, Data: []Value{Addr(f.To), Port(f.TargetPort(uint16(port)))}})
+		}
+	}
+	return p
+}
+
+// Compile turns a validated config into the model of fwdd's table. It is
+// pure: the same config and ids always give the same model. prev, the model
+// last applied (or nil), only saves work: parts of unchanged forwards are
+// taken from it.
+func Compile(cfg *config.Config, ids map[string]uint32, prev *Model) (*Model, error) {
+	m := &Model{Table: cfg.Daemon.Table, IDs: ids, parts: make(map[string]*part, len(cfg.Forwards))}
+	for _, s := range setOrder {
+		c := *s
+		m.Sets = append(m.Sets, &c)
+	}
 
 	var restrictedRules []Rule
 	var forwardChains []*Chain
@@ -100,38 +175,34 @@ func Compile(cfg *config.Config, ids map[string]uint32) (*Model, error) {
 		if !ok {
 			return nil, fmt.Errorf("forward %q has no id", f.Name)
 		}
-		mark := fwmark.ForID(id)
-		fam := familyOf(f.To)
-		markV := Mark(mark)
-		sets[SetTrafficOrig].Elems = append(sets[SetTrafficOrig].Elems, Element{Key: []Value{markV}, Comment: f.Name})
-		sets[SetTrafficReply].Elems = append(sets[SetTrafficReply].Elems, Element{Key: []Value{markV}, Comment: f.Name})
-		switch f.SNAT.Kind {
-		case config.SNATMasquerade:
-			sets[SetMasq].Elems = append(sets[SetMasq].Elems, Element{Key: []Value{markV}, Comment: f.Name})
-		case config.SNATFixed:
-			s := sets[setName("snat", fam, "")]
-			s.Elems = append(s.Elems, Element{Key: []Value{markV}, Data: []Value{Addr(f.SNAT.Addr)}, Comment: f.Name})
-		}
-		if restricted(f) {
-			rules, chain := restrictedForward(f, fam, mark)
-			restrictedRules = append(restrictedRules, rules...)
-			forwardChains = append(forwardChains, chain)
-			continue
-		}
-		suffix := "addr"
-		if f.Local() {
-			suffix = "port"
-		}
-		marks, dnats := sets[setName("mark", fam, suffix)], sets[setName("dnat", fam, suffix)]
-		for _, p := range f.Protos {
-			for port := int(f.Port.Lo); port <= int(f.Port.Hi); port++ {
-				k := []Value{Proto(p), Port(uint16(port))}
-				if !f.Local() {
-					k = append([]Value{Addr(f.Address)}, k...)
-				}
-				marks.Elems = append(marks.Elems, Element{Key: k, Data: []Value{markV}})
-				dnats.Elems = append(dnats.Elems, Element{Key: k, Data: []Value{Addr(f.To), Port(f.TargetPort(uint16(port)))}})
+		var p *part
+		if prev != nil {
+			if pp := prev.parts[f.Name]; pp != nil && pp.id == id && pp.fwd.Equal(f) {
+				p = pp
 			}
+		}
+		if p == nil {
+			p = buildPart(f, id)
+		}
+		m.parts[f.Name] = p
+		restrictedRules = append(restrictedRules, p.rules...)
+		if p.chain != nil {
+			forwardChains = append(forwardChains, p.chain)
+		}
+	}
+	// Gather the sets' elements in forward order, each set allocated once.
+	parts := make([]*part, len(cfg.Forwards))
+	for i := range cfg.Forwards {
+		parts[i] = m.parts[cfg.Forwards[i].Name]
+	}
+	for si, s := range m.Sets {
+		n := 0
+		for _, p := range parts {
+			n += len(p.elems[si])
+		}
+		s.Elems = make([]Element, 0, n)
+		for _, p := range parts {
+			s.Elems = append(s.Elems, p.elems[si]...)
 		}
 	}
 
@@ -180,9 +251,6 @@ func Compile(cfg *config.Config, ids map[string]uint32) (*Model, error) {
 			Comment: "the host's own forwarded connections",
 			Rules:   countRules(true, false)},
 	)
-	for _, s := range m.Sets {
-		sortElems(s.Elems)
-	}
 	return m, nil
 }
 

@@ -59,14 +59,18 @@ func mustParse(t *testing.T, text string) *config.Config {
 	return cfg
 }
 
-func compile(t *testing.T, text string, prev map[string]uint32) *Model {
+func compile(t *testing.T, text string, prev *Model) *Model {
 	t.Helper()
 	cfg := mustParse(t, text)
-	ids, err := AssignIDs(prev, cfg)
+	var prevIDs map[string]uint32
+	if prev != nil {
+		prevIDs = prev.IDs
+	}
+	ids, err := AssignIDs(prevIDs, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := Compile(cfg, ids)
+	m, err := Compile(cfg, ids, prev)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +119,7 @@ func TestAssignIDsKeepsIDs(t *testing.T) {
 func TestDiffOnlyChanges(t *testing.T) {
 	old := compile(t, goldenConfig, nil)
 	changed := strings.Replace(goldenConfig, `to = "192.168.1.50:8080"`, `to = "192.168.1.51:8080"`, 1)
-	m := compile(t, changed, old.IDs)
+	m := compile(t, changed, old)
 	d := diff(old, m)
 	if len(d.addChains)+len(d.delChains)+len(d.flushChains) != 0 {
 		t.Errorf("chains changed: add %d del %d flush %d", len(d.addChains), len(d.delChains), len(d.flushChains))
@@ -125,7 +129,7 @@ func TestDiffOnlyChanges(t *testing.T) {
 	}
 	// A restricted forward's change rewrites its chain and the dispatch chain only.
 	changed = strings.Replace(goldenConfig, `interface = "eth1"`, `interface = "eth2"`, 1)
-	d = diff(old, compile(t, changed, old.IDs))
+	d = diff(old, compile(t, changed, old))
 	var flushed []string
 	for _, c := range d.flushChains {
 		flushed = append(flushed, c.Name)

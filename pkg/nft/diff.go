@@ -43,33 +43,56 @@ func diff(old, m *Model) modelDiff {
 			d.delChains = append(d.delChains, oc)
 		}
 	}
-	for _, s := range m.Sets {
-		sd := setDiff{set: s}
-		os := old.Set(s.Name)
-		oldIDs := map[string]bool{}
-		if os != nil {
-			for _, e := range os.Elems {
-				oldIDs[e.id()] = true
+	// Elements: only forwards whose part changed are looked at.
+	var add, del [numSets][]Element
+	for name, p := range m.parts {
+		op := old.parts[name]
+		if op == p {
+			continue
+		}
+		for si := range p.elems {
+			var oes []Element
+			if op != nil {
+				oes = op.elems[si]
+			}
+			a, r := diffElems(oes, p.elems[si])
+			add[si] = append(add[si], a...)
+			del[si] = append(del[si], r...)
+		}
+	}
+	for name, op := range old.parts {
+		if m.parts[name] == nil {
+			for si := range op.elems {
+				del[si] = append(del[si], op.elems[si]...)
 			}
 		}
-		newIDs := make(map[string]bool, len(s.Elems))
-		for _, e := range s.Elems {
-			id := e.id()
-			newIDs[id] = true
-			if !oldIDs[id] {
-				sd.add = append(sd.add, e)
-			}
-		}
-		if os != nil {
-			for _, e := range os.Elems {
-				if !newIDs[e.id()] {
-					sd.del = append(sd.del, e)
-				}
-			}
-		}
-		if len(sd.add)+len(sd.del) > 0 {
-			d.sets = append(d.sets, sd)
+	}
+	for si, s := range m.Sets {
+		if len(add[si])+len(del[si]) > 0 {
+			d.sets = append(d.sets, setDiff{set: s, add: add[si], del: del[si]})
 		}
 	}
 	return d
+}
+
+// diffElems compares one forward's old and new elements of one set.
+func diffElems(old, cur []Element) (add, del []Element) {
+	oldIDs := make(map[string]bool, len(old))
+	for _, e := range old {
+		oldIDs[e.id()] = true
+	}
+	curIDs := make(map[string]bool, len(cur))
+	for _, e := range cur {
+		id := e.id()
+		curIDs[id] = true
+		if !oldIDs[id] {
+			add = append(add, e)
+		}
+	}
+	for _, e := range old {
+		if !curIDs[e.id()] {
+			del = append(del, e)
+		}
+	}
+	return add, del
 }

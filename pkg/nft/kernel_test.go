@@ -36,13 +36,17 @@ func fwdAddr(i int) string {
 	return fmt.Sprintf("10.%d.%d.%d", 100+i/65536, i/256%256, i%256)
 }
 
-func compileCfg(t testing.TB, cfg *config.Config, prev map[string]uint32) *Model {
+func compileCfg(t testing.TB, cfg *config.Config, prev *Model) *Model {
 	t.Helper()
-	ids, err := AssignIDs(prev, cfg)
+	var prevIDs map[string]uint32
+	if prev != nil {
+		prevIDs = prev.IDs
+	}
+	ids, err := AssignIDs(prevIDs, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := Compile(cfg, ids)
+	m, err := Compile(cfg, ids, prev)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +140,7 @@ func TestKernelReloadSendsOnlyChanges(t *testing.T) {
 	// Change one forward's backend port: f1234 goes to 8009 instead of 8004.
 	cfg2 := manyForwards(t, 10_000)
 	cfg2.Forwards[1234].ToPort = config.PortRange{Lo: 8009, Hi: 8009}
-	m2 := compileCfg(t, cfg2, m.IDs)
+	m2 := compileCfg(t, cfg2, m)
 	st, err := a.Apply(m2)
 	if err != nil {
 		t.Fatal(err)
@@ -223,7 +227,7 @@ func TestKernelRecoversFromENOBUFS(t *testing.T) {
 	// The next change on the same applier works (no stale acks).
 	e.kernel.ReceiveBuffer = 0
 	cfg.Forwards[7].ToPort = config.PortRange{Lo: 8003, Hi: 8003}
-	m2 := compileCfg(t, cfg, m.IDs)
+	m2 := compileCfg(t, cfg, m)
 	if _, err := a.Apply(m2); err != nil {
 		t.Fatal(err)
 	}
@@ -251,7 +255,7 @@ func TestKernelTamperedTableIsReplaced(t *testing.T) {
 		t.Fatalf("%v: %s", err, out)
 	}
 	cfg.Forwards[0].ToPort = config.PortRange{Lo: 8005, Hi: 8005}
-	m2 := compileCfg(t, cfg, m.IDs)
+	m2 := compileCfg(t, cfg, m)
 	st, err := a.Apply(m2)
 	if err != nil {
 		t.Fatal(err)

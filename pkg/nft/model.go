@@ -187,6 +187,8 @@ type Model struct {
 	Sets   []*Set
 	// IDs maps forward names to the ids their ct marks carry.
 	IDs map[string]uint32
+	// parts holds each forward's share of the sets, by forward name.
+	parts map[string]*part
 }
 
 // Set returns the named set, or nil.

@@ -56,8 +56,10 @@ func renderSet(b *strings.Builder, s *Set) {
 		fmt.Fprintf(b, "\t\tcomment %q\n", s.Comment)
 	}
 	if len(s.Elems) > 0 {
+		elems := append([]Element(nil), s.Elems...)
+		sortElems(elems)
 		b.WriteString("\t\telements = {\n")
-		for i, e := range s.Elems {
+		for i, e := range elems {
 			b.WriteString("\t\t\t")
 			b.WriteString(renderValues(e.Key))
 			if s.Counter {
@@ -70,7 +72,7 @@ func renderSet(b *strings.Builder, s *Set) {
 				b.WriteString(" : ")
 				b.WriteString(renderValues(e.Data))
 			}
-			if i < len(s.Elems)-1 {
+			if i < len(elems)-1 {
 				b.WriteString(",")
 			}
 			b.WriteString("\n")

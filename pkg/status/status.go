@@ -87,7 +87,7 @@ func Collect(cfg *config.Config, src Sources) (*Report, error) {
 		if err != nil {
 			return nil, err
 		}
-		m, err := nft.Compile(cfg, assigned)
+		m, err := nft.Compile(cfg, assigned, nil)
 		if err != nil {
 			return nil, err
 		}
