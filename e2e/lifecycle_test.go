@@ -198,3 +198,25 @@ func stripCounters(s string) string {
 	}
 	return b.String()
 }
+
+// A drop-by-default forward chain in another table: fwdd warns, and the
+// accept rule the README recommends lets its connections through.
+func TestKernelForeignDropPolicy(t *testing.T) {
+	topo := sandbox.New(t, sandbox.Options{NoClient2: true, NoOther: true})
+	listenTCP(t, topo.Backend, "10.22.0.2:8080")
+	nftRun(t, topo, `
+table ip strict {
+	chain forward {
+		type filter hook forward priority 0; policy drop;
+	}
+}
+`)
+	d := startFwdd(t, topo, reloadBefore)
+	if !strings.Contains(d.proc.Output(), "another firewall drops forwarded packets by default") ||
+		!strings.Contains(d.proc.Output(), "table ip strict chain forward") {
+		t.Errorf("no warning about the foreign drop policy:\n%s", d.proc.Output())
+	}
+	mustNotReach(t, topo.Client, "10.11.0.1:80")
+	nftRun(t, topo, "add rule ip strict forward ct mark and 0xff000000 == 0xfd000000 accept\n")
+	mustGreet(t, topo.Client, "10.11.0.1:80", "backend 10.22.0.1:")
+}

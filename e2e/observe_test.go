@@ -162,6 +162,17 @@ func TestKernelObserve(t *testing.T) {
 		}
 	})
 
+	t.Run("conntrack lists fwdd's connections by mark", func(t *testing.T) {
+		// The README's recipe.
+		out, err := topo.Gateway.Run(ctxT(t), "conntrack", "-L", "-m", "0xfd000000/0xff000000")
+		if err != nil {
+			t.Fatalf("conntrack -L: %v\n%s", err, out)
+		}
+		if got := strings.Count(string(out), "dport=80 "); got < n {
+			t.Errorf("conntrack -L -m lists %d connections to port 80, want %d:\n%s", got, n, out)
+		}
+	})
+
 	t.Run("connection log", func(t *testing.T) {
 		out := d.proc.Output()
 		if got := strings.Count(out, `"forward": "web"`); got < n {

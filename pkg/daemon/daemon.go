@@ -158,11 +158,27 @@ func (d *Daemon) Start() error {
 	}
 	d.inForce(cfg, ids, m, st, false)
 	d.record(nil)
+	d.warnForeignDrops()
 	d.log.Info("forwarding",
 		zap.String("config", cfg.Path), zap.String("table", "inet "+cfg.Daemon.Table),
 		zap.Int("numForwards", len(cfg.Forwards)), zap.Int("elements", m.NumElements()),
 		zap.Int("messages", st.Messages), zap.Duration("elapsed", st.Elapsed))
 	return nil
+}
+
+// warnForeignDrops says when another table's forward chain drops by
+// default: fwdd cannot override it, the operator must allow fwdd's marks there.
+func (d *Daemon) warnForeignDrops() {
+	drops, err := d.opts.Kernel.ForeignDropPolicies(d.cfg.Daemon.Table)
+	if err != nil {
+		d.log.Debug("cannot list other tables' chains", zap.Error(err))
+		return
+	}
+	for _, c := range drops {
+		d.log.Warn("another firewall drops forwarded packets by default; fwdd's connections need an accept rule there",
+			zap.String("chain", c), zap.String("policy", "drop"),
+			zap.String("allow", "ct mark and 0xff000000 == 0xfd000000 accept"))
+	}
 }
 
 // Reload re-reads the config and applies the changes in one transaction.
