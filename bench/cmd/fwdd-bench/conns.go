@@ -1,0 +1,128 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"time"
+)
+
+// Kinds of connection-rate variants.
+const (
+	kindRouting = "routing" // no NAT, no table: the client connects to the backend itself
+	kindFwdd    = "fwdd"    // fwdd with n forwards
+	kindLinear  = "linear"  // n DNAT rules in one chain, the measured one last
+)
+
+type connVariant struct {
+	Kind string
+	N    int
+}
+
+func (v connVariant) String() string {
+	if v.Kind == kindRouting {
+		return v.Kind
+	}
+	return fmt.Sprintf("%s-%d", v.Kind, v.N)
+}
+
+// connSample is one measurement of one variant.
+type connSample struct {
+	Rate   float64 // successful connections per second
+	Failed int64
+	Err    string // the first failure, if any
+	// Setup is the time to put the variant in place: fwdd start to applied,
+	// or nft -f of the linear rules.
+	Setup time.Duration
+}
+
+type connResults map[connVariant][]connSample
+
+type connOptions struct {
+	sizes    []int
+	rounds   int
+	duration time.Duration
+	warmup   time.Duration
+	workers  int
+}
+
+// measureConns measures new connections per second, round-robin over
+// routing, fwdd and linear rules of every size; each round starts one
+// variant later.
+func (e *env) measureConns(o connOptions) (connResults, error) {
+	files := map[connVariant]string{}
+	variants := []connVariant{{Kind: kindRouting}}
+	for _, n := range o.sizes {
+		fv, lv := connVariant{kindFwdd, n}, connVariant{kindLinear, n}
+		var err error
+		if files[fv], err = e.writeConfig(fmt.Sprintf("conns-%d.toml", n), fwddConfig(n, false)); err != nil {
+			return nil, err
+		}
+		if files[lv], err = e.writeConfig(fmt.Sprintf("linear-%d.nft", n), linearRuleset(n)); err != nil {
+			return nil, err
+		}
+		variants = append(variants, fv, lv)
+	}
+	res := connResults{}
+	for r := range o.rounds {
+		for k := range variants {
+			v := variants[(r+k)%len(variants)]
+			s, err := e.connSample(v, files[v], o)
+			if err != nil {
+				return nil, fmt.Errorf("connections %s, round %d: %w", v, r+1, err)
+			}
+			note := ""
+			if s.Failed > 0 {
+				note = fmt.Sprintf(" (%d failed: %s)", s.Failed, s.Err)
+			}
+			e.logf("conns round %d/%d %-13s %8.0f conn/s  setup %v%s", r+1, o.rounds, v, s.Rate, s.Setup.Round(time.Millisecond), note)
+			res[v] = append(res[v], s)
+		}
+	}
+	return res, nil
+}
+
+func (e *env) connSample(v connVariant, file string, o connOptions) (connSample, error) {
+	var s connSample
+	if err := e.resetGateway(); err != nil {
+		return s, err
+	}
+	addr := fmt.Sprintf("%s:%d", gatewayAddr, measuredPort)
+	switch v.Kind {
+	case kindRouting:
+		addr = fmt.Sprintf("%s:%d", backendAddr, serverPort)
+	case kindFwdd:
+		d, err := e.startFwdd(file)
+		if err != nil {
+			return s, err
+		}
+		defer func() { _ = d.stop() }()
+		s.Setup = d.Wall
+	case kindLinear:
+		wall, out, err := e.timed(e.topo.Gateway, 5*time.Minute, "nft", "-f", file)
+		if err != nil {
+			return s, fmt.Errorf("nft -f %s: %w: %s", filepath.Base(file), err, out)
+		}
+		s.Setup = wall
+		defer func() {
+			_, _ = e.run(e.topo.Gateway, 5*time.Minute, "nft", "delete", "table", "ip", linearTable)
+		}()
+	}
+	out, err := e.run(e.topo.Client, o.warmup+o.duration+time.Minute, e.self, "connload",
+		"-addr", addr, "-workers", strconv.Itoa(o.workers), "-duration", o.duration.String(),
+		"-warmup", o.warmup.String(), "-expect", strconv.Itoa(serverPort))
+	if err != nil {
+		return s, fmt.Errorf("connload: %w: %s", err, out)
+	}
+	var r connResult
+	if err := json.Unmarshal(out, &r); err != nil {
+		return s, fmt.Errorf("connload output %q: %w", out, err)
+	}
+	if r.OK == 0 {
+		return s, fmt.Errorf("no connection succeeded via %s: %s", addr, r.FirstErr)
+	}
+	s.Rate = float64(r.OK) / r.Seconds
+	s.Failed, s.Err = r.Failed, r.FirstErr
+	return s, nil
+}

@@ -1,0 +1,486 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// results is everything one run measured; it is also written as JSON.
+type results struct {
+	Started      time.Time
+	Elapsed      time.Duration
+	CommandLine  string
+	Settings     map[string]any
+	Options      *options `json:"-"`
+	Machine      machine
+	ExecOverhead time.Duration // median `ip netns exec GW true`
+	Throughput   tputResults   `json:",omitempty"`
+	Conns        connResults   `json:",omitempty"`
+	Apply        applyResults  `json:",omitempty"`
+	Idle         *idleResult   `json:",omitempty"`
+}
+
+// MarshalText lets connResults be a JSON object keyed "fwdd-1000" etc.
+func (v connVariant) MarshalText() ([]byte, error) { return []byte(v.String()), nil }
+
+type machine struct {
+	CPUs                                       int
+	CPUModel, Kernel, OS, Memory, LoadAvg      string
+	Go, Nft, Iperf3, Socat, HAProxy, Fwdd, Git string
+}
+
+func describeMachine(fwddBin string) (machine, error) {
+	m := machine{CPUs: runtime.NumCPU(), Go: runtime.Version()}
+	var errs []error
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPUModel = strings.TrimSpace(v)
+				break
+			}
+		}
+	} else {
+		errs = append(errs, err)
+	}
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		m.LoadAvg = strings.Join(strings.Fields(string(b))[:3], " ")
+	}
+	var u unix.Utsname
+	if err := unix.Uname(&u); err == nil {
+		m.Kernel = unix.ByteSliceToString(u.Sysname[:]) + " " + unix.ByteSliceToString(u.Release[:]) + " " + unix.ByteSliceToString(u.Machine[:])
+	}
+	if b, err := os.ReadFile("/etc/os-release"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "PRETTY_NAME="); ok {
+				m.OS = strings.Trim(v, `"`)
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+				var kb int
+				fmt.Sscan(v, &kb)
+				m.Memory = fmt.Sprintf("%.1f GiB", float64(kb)/(1<<20))
+			}
+		}
+	}
+	firstLine := func(contains string, name string, args ...string) string {
+		out, err := exec.Command(name, args...).CombinedOutput()
+		if err != nil && len(out) == 0 {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+			return "?"
+		}
+		for _, l := range strings.Split(string(out), "\n") {
+			if strings.Contains(l, contains) {
+				return strings.TrimSpace(l)
+			}
+		}
+		return strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
+	}
+	m.Nft = firstLine("nftables", "nft", "--version")
+	m.Iperf3 = firstLine("iperf", "iperf3", "--version")
+	m.Socat = firstLine("socat version", "socat", "-V")
+	m.HAProxy = firstLine("HAProxy version", "haproxy", "-v")
+	m.Fwdd = firstLine("fwdd", fwddBin, "version")
+	m.Git = firstLine("", "git", "log", "-1", "--format=%h %s")
+	return m, errors.Join(errs...)
+}
+
+func writeReport(dir string, res *results, logf func(string, ...any)) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	res.CommandLine = strings.Join(os.Args, " ")
+	o := res.Options
+	res.Settings = map[string]any{
+		"quick": o.quick, "phases": o.phases, "sizes": o.sizes, "applySizes": o.applySizes,
+		"rounds": o.rounds, "tputSeconds": o.tputSeconds, "connDuration": o.connDuration.String(),
+		"connWarmup": o.connWarmup.String(), "workers": o.workers, "applyRounds": o.applyRounds, "idle": o.idle.String(),
+		"durationsIn": "nanoseconds",
+	}
+	js, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "latest.json"), append(js, '\n'), 0o644); err != nil {
+		return err
+	}
+	plotted := false
+	if res.Conns != nil {
+		if err := plotConns(dir, res); err != nil {
+			logf("no plot: %v", err)
+		} else {
+			plotted = true
+		}
+	}
+	return os.WriteFile(filepath.Join(dir, "latest.md"), []byte(markdown(res, plotted)), 0o644)
+}
+
+// Formatting helpers.
+
+func fmtNum(x float64) string {
+	if math.IsNaN(x) {
+		return "–"
+	}
+	s := fmt.Sprintf("%.0f", x)
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 && s[i-1] != '-' {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}
+
+func fmtX(x float64) string {
+	if math.IsNaN(x) {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f×", x)
+}
+
+// fmtDur prints a duration given in nanoseconds as ms or s.
+func fmtDur(ns float64) string {
+	switch {
+	case math.IsNaN(ns):
+		return "–"
+	case ns >= float64(time.Second):
+		return fmt.Sprintf("%.2f s", ns/float64(time.Second))
+	case ns >= 10*float64(time.Millisecond):
+		return fmt.Sprintf("%.0f ms", ns/float64(time.Millisecond))
+	default:
+		return fmt.Sprintf("%.1f ms", ns/float64(time.Millisecond))
+	}
+}
+
+func spread(s summary, f func(float64) string) string {
+	if s.missing {
+		return "–"
+	}
+	return fmt.Sprintf("%s – %s", f(s.Min), f(s.Max))
+}
+
+func durs[T any](xs []T, f func(T) time.Duration) summary {
+	var v []float64
+	for _, x := range xs {
+		v = append(v, float64(f(x)))
+	}
+	return summarize(v)
+}
+
+func ints[T any](xs []T, f func(T) int) summary {
+	var v []float64
+	for _, x := range xs {
+		v = append(v, float64(f(x)))
+	}
+	return summarize(v)
+}
+
+func connRates(ss []connSample) summary {
+	var v []float64
+	for _, s := range ss {
+		v = append(v, s.Rate)
+	}
+	return summarize(v)
+}
+
+func verdict(ok bool, measured bool) string {
+	switch {
+	case !measured:
+		return "not measured"
+	case ok:
+		return "**met**"
+	default:
+		return "**missed**"
+	}
+}
+
+func markdown(res *results, plotted bool) string {
+	o := res.Options
+	var b strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	title := "fwdd benchmark"
+	if o.quick {
+		title += " (quick smoke run: too few and too short samples to quote)"
+	}
+	p("# %s\n\n", title)
+	p("Generated by `make bench` (bench/run.sh -> bench/cmd/fwdd-bench) on %s, in %s. Raw samples: [latest.json](latest.json).\n\n",
+		res.Started.UTC().Format("2006-01-02 15:04 MST"), res.Elapsed.Round(time.Second))
+
+	m := res.Machine
+	p("## Machine\n\n")
+	p("| | |\n|---|---|\n")
+	p("| CPUs (nproc) | %d |\n| CPU | %s |\n| memory | %s |\n| kernel | %s |\n| OS | %s |\n", m.CPUs, m.CPUModel, m.Memory, m.Kernel, m.OS)
+	p("| fwdd | %s (checkout %s) |\n| tools | %s; %s; %s; %s; %s |\n", m.Fwdd, m.Git, m.Nft, m.Iperf3, m.Socat, m.HAProxy, m.Go)
+	p("| date | %s |\n| load average at start | %s (1, 5, 15 min; other work on the machine shares its CPUs) |\n\n", res.Started.UTC().Format(time.RFC3339), m.LoadAvg)
+	p("Settings: %d rounds of throughput (%d s per iperf3 sample) and connection tests (%v per sample after %v warm-up, %d parallel clients); %d rounds of the apply test; idle window %v. "+
+		"All variants of a test run interleaved (round-robin, each round starting one variant later). "+
+		"Everything runs on this one machine: client, gateway and backend are network namespaces joined by veth pairs, so the client and server share the CPUs with the forwarding path.\n\n",
+		o.rounds, o.tputSeconds, o.connDuration, o.connWarmup, o.workers, o.applyRounds, o.idle)
+
+	writeTargets(&b, res)
+	if res.Throughput != nil {
+		writeThroughput(&b, res)
+	}
+	if res.Conns != nil {
+		writeConns(&b, res, plotted)
+	}
+	if res.Apply != nil {
+		writeApply(&b, res)
+	}
+	if res.Idle != nil {
+		writeIdle(&b, res)
+	}
+	return b.String()
+}
+
+func writeTargets(b *strings.Builder, res *results) {
+	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
+	p("## Targets\n\n| target | result | |\n|---|---|---|\n")
+	if t := res.Throughput; t != nil {
+		fw, rt, so := summarize(t[tputFwdd]), summarize(t[tputRouting]), summarize(t[tputSocat])
+		r := ratio(fw, rt)
+		p("| fwdd throughput >= 0.90× plain routing | %s (%.1f vs %.1f Gbit/s) | %s |\n", fmtX(r), fw.Median, rt.Median, verdict(r >= 0.90, !math.IsNaN(r)))
+		r = ratio(fw, so)
+		p("| fwdd throughput >= 4× socat | %s (%.1f vs %.1f Gbit/s) | %s |\n", fmtX(r), fw.Median, so.Median, verdict(r >= 4, !math.IsNaN(r)))
+	}
+	if c := res.Conns; c != nil {
+		big := slices.Max(res.Options.sizes)
+		one, many := connRates(c[connVariant{kindFwdd, 1}]), connRates(c[connVariant{kindFwdd, big}])
+		r := ratio(many, one)
+		p("| conn/s with %s forwards >= 0.85× with 1 | %s (%s vs %s conn/s) | %s |\n", fmtNum(float64(big)), fmtX(r), fmtNum(many.Median), fmtNum(one.Median), verdict(r >= 0.85, !math.IsNaN(r)))
+	}
+	if a := res.Apply; a != nil {
+		if s, ok := a[10_000]; ok {
+			fw, nf := durs(s, func(x applySample) time.Duration { return x.StartWall }), durs(s, func(x applySample) time.Duration { return x.NftWall })
+			lg := durs(s, func(x applySample) time.Duration { return x.StartLogged })
+			r := ratio(fw, nf)
+			p("| apply 10,000 in <= 1.0× `nft -f` time | %s: fwdd start %s vs `nft -f` %s (wall, both from process start); fwdd's logged apply alone %s = %s | %s |\n",
+				fmtX(r), fmtDur(fw.Median), fmtDur(nf.Median), fmtDur(lg.Median), fmtX(ratio(lg, nf)), verdict(r <= 1.0, !math.IsNaN(r)))
+			rl := durs(s, func(x applySample) time.Duration { return x.ReloadWall })
+			sg := durs(s, func(x applySample) time.Duration { return x.SignalWall })
+			p("| reload after changing one of 10,000 <= 100 ms | `fwdd reload` %s; SIGHUP to applied %s | %s |\n",
+				fmtDur(rl.Median), fmtDur(sg.Median), verdict(rl.Median <= float64(100*time.Millisecond), !rl.missing))
+		}
+		if s, ok := a[100_000]; ok {
+			fw := durs(s, func(x applySample) time.Duration { return x.StartWall })
+			lg := durs(s, func(x applySample) time.Duration { return x.StartLogged })
+			p("| apply 100,000 in < 3 s | fwdd start %s (logged apply %s) | %s |\n", fmtDur(fw.Median), fmtDur(lg.Median), verdict(fw.Median < float64(3*time.Second), !fw.missing))
+		}
+	}
+	if id := res.Idle; id != nil {
+		rssMB := float64(id.RSSKiB) * 1024 / 1e6
+		p("| RSS with %s forwards <= 100 MB | VmRSS %.1f MB (VmHWM, the peak, %.1f MB) | %s |\n", fmtNum(float64(id.Forwards)), rssMB, float64(id.HWMKiB)*1024/1e6, verdict(rssMB <= 100, true))
+		pct := 100 * id.CPUSeconds / id.Window.Seconds()
+		p("| idle CPU ~0 | %.2f %% of one CPU (%.2f s CPU in %v) | %s |\n", pct, id.CPUSeconds, id.Window, verdict(pct <= 0.1, true))
+	}
+	p("\n")
+}
+
+func writeThroughput(b *strings.Builder, res *results) {
+	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
+	t := res.Throughput
+	rt := summarize(t[tputRouting])
+	p("## 1. Throughput of one TCP stream, client -> backend\n\n")
+	p("iperf3 -c in the client, iperf3 -s in the backend, %d s per sample after 1 s left out (-O 1); %d samples each.\n\n", res.Options.tputSeconds, len(t[tputRouting]))
+	p("| path | median Gbit/s | min – max | IQR | vs routing |\n|---|---:|---:|---:|---:|\n")
+	names := map[string]string{
+		tputRouting: "plain routing, no NAT (to 10.22.0.2, no table)",
+		tputFwdd:    "fwdd forward (10.11.0.1:5201 -> 10.22.0.2:5201)",
+		tputSocat:   "socat in the gateway (fork)",
+		tputHAProxy: "haproxy in the gateway (mode tcp)",
+	}
+	g := func(x float64) string { return fmt.Sprintf("%.2f", x) }
+	for _, v := range tputVariants {
+		s := summarize(t[v])
+		p("| %s | %s | %s | %s – %s | %s |\n", names[v], g(s.Median), spread(s, g), g(s.Q1), g(s.Q3), fmtX(ratio(s, rt)))
+	}
+	fw := summarize(t[tputFwdd])
+	p("\nfwdd vs socat: %s; fwdd vs haproxy: %s.\n\n", fmtX(ratio(fw, summarize(t[tputSocat]))), fmtX(ratio(fw, summarize(t[tputHAProxy]))))
+}
+
+func writeConns(b *strings.Builder, res *results, plotted bool) {
+	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
+	c := res.Conns
+	o := res.Options
+	p("## 2. New connections per second\n\n")
+	p("%d clients in the client namespace, each in a loop: connect, read the backend's greeting, close with SO_LINGER 0; "+
+		"the backend accepts, writes its port and closes. %v per sample after %v warm-up; conntrack flushed before every sample. "+
+		"fwdd forwards: forward 0 is the one measured (10.11.0.1:7000); the others use the other ports of 10.11.0.1, "+
+		"beyond 50,001 forwards one address each (10.11.X.Y:7000, no traffic goes there). "+
+		"Linear: the same forwards as `ip daddr A tcp dport P dnat to 10.22.0.2:5000` rules in one prerouting chain loaded with `nft -f`, "+
+		"the measured one **last**, plus a masquerade rule; the other variant's table is removed before each sample.\n\n",
+		o.workers, o.connDuration, o.connWarmup)
+	rt := connRates(c[connVariant{Kind: kindRouting}])
+	f1, l1 := connRates(c[connVariant{kindFwdd, 1}]), connRates(c[connVariant{kindLinear, 1}])
+	p("| forwards | fwdd conn/s | min – max | vs fwdd with 1 | linear rules conn/s | min – max | vs linear with 1 | fwdd / linear | setup: fwdd start | setup: `nft -f` of the rules |\n")
+	p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, n := range o.sizes {
+		fs, ls := c[connVariant{kindFwdd, n}], c[connVariant{kindLinear, n}]
+		f, l := connRates(fs), connRates(ls)
+		p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", fmtNum(float64(n)),
+			fmtNum(f.Median), spread(f, fmtNum), fmtX(ratio(f, f1)),
+			fmtNum(l.Median), spread(l, fmtNum), fmtX(ratio(l, l1)), fmtX(ratio(f, l)),
+			fmtDur(durs(fs, func(s connSample) time.Duration { return s.Setup }).Median),
+			fmtDur(durs(ls, func(s connSample) time.Duration { return s.Setup }).Median))
+	}
+	p("\nPlain routing, no NAT, no table (client to 10.22.0.2:5000): **%s** conn/s (%s). fwdd with 1 forward: %s of that.\n\n",
+		fmtNum(rt.Median), spread(rt, fmtNum), fmtX(ratio(f1, rt)))
+	var failed []string
+	for _, v := range slices.SortedFunc(maps.Keys(c), func(a, b connVariant) int { return strings.Compare(a.String(), b.String()) }) {
+		var n int64
+		first := ""
+		for _, s := range c[v] {
+			n += s.Failed
+			if first == "" {
+				first = s.Err
+			}
+		}
+		if n > 0 {
+			failed = append(failed, fmt.Sprintf("%s: %d (%s)", v, n, first))
+		}
+	}
+	if len(failed) > 0 {
+		p("Failed connections (not counted in the rates): %s.\n\n", strings.Join(failed, "; "))
+	} else {
+		p("No connection failed.\n\n")
+	}
+	if plotted {
+		p("![connections per second against number of forwards](conns.png)\n\n")
+	}
+}
+
+func writeApply(b *strings.Builder, res *results) {
+	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
+	a := res.Apply
+	sizes := slices.Sorted(maps.Keys(a))
+	p("## 3. Time to apply and to reload\n\n")
+	p("*fwdd start*: from starting `fwdd run` (in the gateway, no table present) to its state file saying the table is applied (polled every 1 ms); "+
+		"*logged*: the `elapsed` of its \"forwarding\" line (building and sending the netlink batch, until the kernel's answer). "+
+		"*nft -f*: `nft -f` of `fwdd print` of the same config (the same table, the same one-transaction replace), table absent before. "+
+		"Wall times of commands in the gateway include `ip netns exec`, %s here.\n\n", fmtDur(float64(res.ExecOverhead)))
+	p("| forwards | fwdd start (wall) | min – max | logged apply | messages | `nft -f` (wall) | min – max | fwdd / nft (wall) | logged / nft | script size |\n")
+	p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, n := range sizes {
+		s := a[n]
+		fw := durs(s, func(x applySample) time.Duration { return x.StartWall })
+		lg := durs(s, func(x applySample) time.Duration { return x.StartLogged })
+		nf := durs(s, func(x applySample) time.Duration { return x.NftWall })
+		msgs := ints(s, func(x applySample) int { return x.StartMessages })
+		p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %.1f MB |\n", fmtNum(float64(n)), fmtDur(fw.Median), spread(fw, fmtDur), fmtDur(lg.Median),
+			fmtNum(msgs.Median), fmtDur(nf.Median), spread(nf, fmtDur), fmtX(ratio(fw, nf)), fmtX(ratio(lg, nf)), float64(s[0].PrintBytes)/1e6)
+	}
+	p("\nReload after changing one forward (its backend port) among N: *`fwdd reload`* is the command's wall time " +
+		"(its own start-up and config check, SIGHUP, then polling the daemon's state every 20 ms until applied); " +
+		"*SIGHUP*: the benchmark sends SIGHUP itself and polls the state file every 1 ms (the change back). " +
+		"*logged*: the daemon's \"reloaded\" line: `elapsed` from reading the config to applied, `applyElapsed` the netlink batch alone. " +
+		"After each reload a connection through the changed forward checked that the change was live.\n\n")
+	p("| forwards | `fwdd reload` (wall) | min – max | SIGHUP to applied | min – max | logged elapsed | logged applyElapsed | messages | elements | full replace |\n")
+	p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
+	for _, n := range sizes {
+		s := a[n]
+		rl := durs(s, func(x applySample) time.Duration { return x.ReloadWall })
+		sg := durs(s, func(x applySample) time.Duration { return x.SignalWall })
+		le := durs(s, func(x applySample) time.Duration { return x.ReloadLogged })
+		la := durs(s, func(x applySample) time.Duration { return x.ReloadApplyLogged })
+		msgs := ints(s, func(x applySample) int { return x.ReloadMessages })
+		els := ints(s, func(x applySample) int { return x.ReloadElements })
+		full := 0
+		for _, x := range s {
+			if x.ReloadFull {
+				full++
+			}
+		}
+		p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %d of %d |\n", fmtNum(float64(n)), fmtDur(rl.Median), spread(rl, fmtDur), fmtDur(sg.Median), spread(sg, fmtDur),
+			fmtDur(le.Median), fmtDur(la.Median), fmtNum(msgs.Median), fmtNum(els.Median), full, len(s))
+	}
+	p("\nfwdd's memory in these runs (median): ")
+	var parts []string
+	for _, n := range sizes {
+		s := a[n]
+		rss := ints(s, func(x applySample) int { return x.RSSKiB })
+		hwm := ints(s, func(x applySample) int { return max(x.HWMKiB, x.HWMKiB2) })
+		parts = append(parts, fmt.Sprintf("%s forwards: VmRSS %.1f MB after start, VmHWM %.1f MB after two reloads", fmtNum(float64(n)), rss.Median*1024/1e6, hwm.Median*1024/1e6))
+	}
+	p("%s.\n\n", strings.Join(parts, "; "))
+}
+
+func writeIdle(b *strings.Builder, res *results) {
+	id := res.Idle
+	fmt.Fprintf(b, "## 4. Memory and idle CPU\n\n")
+	fmt.Fprintf(b, "fwdd with %s forwards, measured 2 s after it applied its table: VmRSS **%.1f MB** (%.1f MiB), VmHWM %.1f MB (%.1f MiB), %d threads. "+
+		"CPU (utime+stime from /proc/PID/stat, 10 ms ticks) over %v idle: **%.2f s** (%.2f %% of one CPU).\n",
+		fmtNum(float64(id.Forwards)), float64(id.RSSKiB)*1024/1e6, float64(id.RSSKiB)/1024, float64(id.HWMKiB)*1024/1e6, float64(id.HWMKiB)/1024, id.Threads,
+		id.Window, id.CPUSeconds, 100*id.CPUSeconds/id.Window.Seconds())
+}
+
+// plotConns draws conns.png with gnuplot: connections/s against the number
+// of forwards for fwdd and linear rules, routing as a reference line.
+func plotConns(dir string, res *results) error {
+	gp, err := exec.LookPath("gnuplot")
+	if err != nil {
+		return fmt.Errorf("gnuplot not found (apt-get install gnuplot-nox): %w", err)
+	}
+	tmp, err := os.MkdirTemp("", "fwdd-bench-plot-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	var data bytes.Buffer
+	data.WriteString("# forwards fwdd_median fwdd_min fwdd_max linear_median linear_min linear_max\n")
+	for _, n := range res.Options.sizes {
+		f, l := connRates(res.Conns[connVariant{kindFwdd, n}]), connRates(res.Conns[connVariant{kindLinear, n}])
+		fmt.Fprintf(&data, "%d %.0f %.0f %.0f %.0f %.0f %.0f\n", n, f.Median, f.Min, f.Max, l.Median, l.Min, l.Max)
+	}
+	if err := os.WriteFile(filepath.Join(tmp, "conns.dat"), data.Bytes(), 0o644); err != nil {
+		return err
+	}
+	rt := connRates(res.Conns[connVariant{Kind: kindRouting}])
+	maxN := float64(slices.Max(res.Options.sizes))
+	script := fmt.Sprintf(`set terminal pngcairo size 960,600 font "sans,11"
+set output %q
+set title "New TCP connections per second through the gateway (median, bars: min-max of %d rounds)"
+set logscale x
+set xrange [0.6:%g]
+set xtics ("1" 1, "10" 10, "100" 100, "1k" 1000, "10k" 10000, "100k" 100000)
+set xlabel "forwards (fwdd) / DNAT rules (linear), measured one last"
+set ylabel "connections per second"
+set yrange [0:*]
+set format y "%%.0f"
+set grid
+set key left bottom box opaque
+routing = %f
+routing_min = %f
+routing_max = %f
+plot routing w l lw 2 dt 2 lc rgb "#555555" t "routing, no NAT (median)", \
+     routing_min w l lw 1 dt 3 lc rgb "#aaaaaa" t "routing min / max", \
+     routing_max w l lw 1 dt 3 lc rgb "#aaaaaa" notitle, \
+     %q u 1:2:3:4 w yerrorlines lw 2 pt 7 ps 1.3 lc rgb "#1f77b4" t "fwdd (map lookup)", \
+     %q u 1:5:6:7 w yerrorlines lw 2 pt 5 ps 1.3 lc rgb "#d62728" t "linear nft DNAT rules (iptables-style)"
+`, filepath.Join(dir, "conns.png"), res.Options.rounds, maxN*1.6, rt.Median, rt.Min, rt.Max,
+		filepath.Join(tmp, "conns.dat"), filepath.Join(tmp, "conns.dat"))
+	gpFile := filepath.Join(tmp, "conns.gp")
+	if err := os.WriteFile(gpFile, []byte(script), 0o644); err != nil {
+		return err
+	}
+	out, err := exec.Command(gp, gpFile).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("gnuplot: %w: %s", err, out)
+	}
+	return nil
+}

@@ -1,0 +1,100 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// Throughput variants, in the order they are reported.
+const (
+	tputRouting = "routing"
+	tputFwdd    = "fwdd"
+	tputSocat   = "socat"
+	tputHAProxy = "haproxy"
+)
+
+var tputVariants = []string{tputRouting, tputFwdd, tputSocat, tputHAProxy}
+
+// tputResults maps a variant to its samples in Gbit/s.
+type tputResults map[string][]float64
+
+// measureThroughput runs one iperf3 TCP stream client -> backend per sample,
+// round-robin over the variants, starting each round one variant later so
+// that no variant always runs first.
+func (e *env) measureThroughput(rounds int, seconds int) (tputResults, error) {
+	cfg, err := e.writeConfig("throughput.toml", throughputConfig())
+	if err != nil {
+		return nil, err
+	}
+	res := tputResults{}
+	for r := range rounds {
+		for k := range tputVariants {
+			v := tputVariants[(r+k)%len(tputVariants)]
+			gbps, err := e.tputSample(v, cfg, seconds)
+			if err != nil {
+				return nil, fmt.Errorf("throughput %s, round %d: %w", v, r+1, err)
+			}
+			e.logf("throughput round %d/%d %-8s %6.2f Gbit/s", r+1, rounds, v, gbps)
+			res[v] = append(res[v], gbps)
+		}
+	}
+	return res, nil
+}
+
+func (e *env) tputSample(variant, cfg string, seconds int) (float64, error) {
+	if err := e.resetGateway(); err != nil {
+		return 0, err
+	}
+	target, port := gatewayAddr, iperfPort
+	switch variant {
+	case tputRouting:
+		target = backendAddr
+	case tputFwdd:
+		d, err := e.startFwdd(cfg)
+		if err != nil {
+			return 0, err
+		}
+		defer func() { _ = d.stop() }()
+	case tputSocat:
+		port = socatPort
+	case tputHAProxy:
+		port = haproxyPort
+	}
+	var lastErr error
+	for try := 0; try < 3; try++ { // iperf3's server can be briefly busy with the last test
+		if try > 0 {
+			time.Sleep(time.Second)
+		}
+		out, err := e.run(e.topo.Client, time.Duration(seconds+30)*time.Second,
+			"iperf3", "-c", target, "-p", strconv.Itoa(port), "-t", strconv.Itoa(seconds), "-O", "1", "-J")
+		gbps, perr := parseIperf(out)
+		if perr == nil {
+			return gbps, nil
+		}
+		lastErr = fmt.Errorf("iperf3 -c %s -p %d: %v, %v", target, port, err, perr)
+	}
+	return 0, lastErr
+}
+
+func parseIperf(out []byte) (float64, error) {
+	var r struct {
+		Error string `json:"error"`
+		End   struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		return 0, fmt.Errorf("parse iperf3 -J output: %w: %.200s", err, out)
+	}
+	if r.Error != "" {
+		return 0, fmt.Errorf("iperf3: %s", r.Error)
+	}
+	if r.End.SumReceived.BitsPerSecond <= 0 {
+		return 0, fmt.Errorf("iperf3 reported no throughput")
+	}
+	return r.End.SumReceived.BitsPerSecond / 1e9, nil
+}
