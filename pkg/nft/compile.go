@@ -17,10 +17,10 @@ import (
 //	mark<f>_addr, dnat<f>_addr  daddr . l4proto . dport -> ct mark / backend addr . port
 //	mark<f>_port, dnat<f>_port  l4proto . dport (any local address) -> likewise
 //	snat<f>                     ct mark -> fixed SNAT address
-//	masq                        ct marks of forwards that masquerade
+//	nosnat                      ct marks of forwards with snat = "none"
 //	traffic_orig, traffic_reply ct marks with a counter each, per direction
 const (
-	SetMasq         = "masq"
+	SetNoSNAT       = "nosnat"
 	SetTrafficOrig  = "traffic_orig"
 	SetTrafficReply = "traffic_reply"
 	chainDispatch   = "dispatch"
@@ -101,7 +101,7 @@ var setOrder = func() []*Set {
 		)
 	}
 	return append(out,
-		&Set{Name: SetMasq, Key: []Field{FieldMark}},
+		&Set{Name: SetNoSNAT, Key: []Field{FieldMark}},
 		&Set{Name: SetTrafficOrig, Key: []Field{FieldMark}, Counter: true, Comment: "packets client -> backend"},
 		&Set{Name: SetTrafficReply, Key: []Field{FieldMark}, Counter: true, Comment: "packets backend -> client"},
 	)
@@ -128,9 +128,11 @@ func buildPart(f *config.Forward, id uint32) *part {
 	add := func(set string, e Element) { i := setIndex[set]; p.elems[i] = append(p.elems[i], e) }
 	add(SetTrafficOrig, Element{Key: []Value{markV}, Comment: f.Name})
 	add(SetTrafficReply, Element{Key: []Value{markV}, Comment: f.Name})
+	// Masquerade is the default and needs no element: only the exceptions
+	// are listed, which keeps a plain forward at four elements.
 	switch f.SNAT.Kind {
-	case config.SNATMasquerade:
-		add(SetMasq, Element{Key: []Value{markV}, Comment: f.Name})
+	case config.SNATNone:
+		add(SetNoSNAT, Element{Key: []Value{markV}, Comment: f.Name})
 	case config.SNATFixed:
 		add(setName("snat", fam, ""), Element{Key: []Value{markV}, Data: []Value{Addr(f.SNAT.Addr)}, Comment: f.Name})
 	}
@@ -237,9 +239,10 @@ func Compile(cfg *config.Config, ids map[string]uint32, prev *Model) (*Model, er
 		&Chain{Name: "postrouting", Hook: &Hook{"nat", "postrouting", 100},
 			Comment: "source NAT only for connections fwdd forwarded",
 			Rules: []Rule{
-				{Stmts: []Stmt{matchSet{ctMark, SetMasq}, masquerade{}}},
 				{Stmts: []Stmt{matchNFProto{IPv4}, natMap{snat: true, fam: IPv4, key: ctMark, set: setName("snat", IPv4, "")}}},
 				{Stmts: []Stmt{matchNFProto{IPv6}, natMap{snat: true, fam: IPv6, key: ctMark, set: setName("snat", IPv6, "")}}},
+				{Stmts: []Stmt{matchSet{ctMark, SetNoSNAT}, verdict{kind: expr.VerdictReturn}}},
+				{Stmts: []Stmt{matchCtMarkMasked{mask: fwmark.Mask, value: fwmark.Tag}, masquerade{}}},
 			}},
 		&Chain{Name: "count_forward", Hook: &Hook{"filter", "forward", 10},
 			Comment: "per-forward packet and byte counters, both directions",

@@ -236,6 +236,23 @@ func (m matchCtMark) exprs(*compileCtx) ([]expr.Any, error) {
 	return []expr.Any{&expr.Ct{Key: expr.CtKeyMARK, Register: 1}, cmpEq(1, binary.NativeEndian.AppendUint32(nil, m.mark))}, nil
 }
 
+// matchCtMarkMasked matches marks whose masked bits equal value: fwdd's
+// tag byte, whatever the forward id.
+type matchCtMarkMasked struct{ mask, value uint32 }
+
+func (m matchCtMarkMasked) text() string {
+	return fmt.Sprintf("ct mark and 0x%08x == 0x%08x", m.mask, m.value)
+}
+
+func (m matchCtMarkMasked) exprs(*compileCtx) ([]expr.Any, error) {
+	return []expr.Any{
+		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binary.NativeEndian.AppendUint32(nil, m.mask), Xor: make([]byte, 4)},
+		cmpEq(1, binary.NativeEndian.AppendUint32(nil, m.value)),
+	}, nil
+}
+
 type matchCtDirection struct{ reply bool }
 
 func (m matchCtDirection) text() string {
