@@ -3,6 +3,7 @@ package nft
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/google/nftables"
 )
@@ -22,16 +23,17 @@ func (a *Applier) Last() *Model { return a.last }
 // Forget makes the next Apply replace the whole table.
 func (a *Applier) Forget() { a.last = nil }
 
-// Apply makes the kernel's table equal to m.
-func (a *Applier) Apply(m *Model) (Stats, error) {
+// Apply makes the kernel's table equal to m. Stats.Elapsed covers the
+// whole apply: the check of the kernel's table, the batch and any recovery.
+func (a *Applier) Apply(m *Model) (st Stats, err error) {
+	start := time.Now()
+	defer func() { st.Elapsed = time.Since(start) }()
 	full := a.last == nil || a.last.Table != m.Table
 	if !full {
 		if err := a.Kernel.Verify(a.last); err != nil {
 			full = true
 		}
 	}
-	var st Stats
-	var err error
 	if full {
 		st, err = a.Kernel.Replace(m)
 	} else {
@@ -49,7 +51,6 @@ func (a *Applier) Apply(m *Model) (Stats, error) {
 			rst, rerr := a.Kernel.Replace(m)
 			st.Full = true
 			st.Messages += rst.Messages
-			st.Elapsed += rst.Elapsed
 			if rerr == nil {
 				rerr = a.Kernel.VerifyContent(m)
 			}
@@ -71,10 +72,11 @@ func (a *Applier) Apply(m *Model) (Stats, error) {
 // Verify checks that the kernel's table still has the chains, rule counts
 // and sets of m: a cheap check that nobody edited fwdd's table by hand.
 func (k *Kernel) Verify(m *Model) error {
-	c, err := k.conn()
+	c, err := k.readConn()
 	if err != nil {
 		return err
 	}
+	defer func() { _ = c.CloseLasting() }()
 	t := &nftables.Table{Name: m.Table, Family: nftables.TableFamilyINet}
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
@@ -129,10 +131,11 @@ func (k *Kernel) VerifyContent(m *Model) error {
 	if err := k.Verify(m); err != nil {
 		return err
 	}
-	c, err := k.conn()
+	c, err := k.readConn()
 	if err != nil {
 		return err
 	}
+	defer func() { _ = c.CloseLasting() }()
 	t := &nftables.Table{Name: m.Table, Family: nftables.TableFamilyINet}
 	for _, s := range m.Sets {
 		ks, err := kernelSet(t, s)

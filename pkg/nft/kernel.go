@@ -184,7 +184,13 @@ type Kernel struct {
 	SendBuffer, ReceiveBuffer int
 }
 
-func (k *Kernel) conn() (*nftables.Conn, error) {
+func (k *Kernel) conn() (*nftables.Conn, error) { return k.dial(false) }
+
+// readConn is one lasting socket for a series of reads (Verify): dialing
+// per request costs more than the requests. Close it with CloseLasting.
+func (k *Kernel) readConn() (*nftables.Conn, error) { return k.dial(true) }
+
+func (k *Kernel) dial(lasting bool) (*nftables.Conn, error) {
 	snd, rcv := k.SendBuffer, k.ReceiveBuffer
 	if snd == 0 {
 		snd = DefaultSocketBuffer
@@ -205,7 +211,11 @@ func (k *Kernel) conn() (*nftables.Conn, error) {
 	}
 	// A fresh socket per batch: leftover acks of an earlier batch can never
 	// be mistaken for this one's (FACTS.md: "mismatched sequence").
-	c, err := nftables.New(nftables.WithNetNSFd(k.NetNS), nftables.WithSockOptions(setBuf))
+	opts := []nftables.ConnOption{nftables.WithNetNSFd(k.NetNS), nftables.WithSockOptions(setBuf)}
+	if lasting {
+		opts = append(opts, nftables.AsLasting())
+	}
+	c, err := nftables.New(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("open nftables netlink socket: %w", err)
 	}
