@@ -35,6 +35,12 @@ type connSample struct {
 	// Setup is the time to put the variant in place: fwdd start to applied,
 	// or nft -f of the linear rules.
 	Setup time.Duration
+	// DaemonCPU is fwdd's CPU time (user+system) during the sample, warm-up
+	// included, per second of wall time: 0.5 is half of one CPU.
+	DaemonCPU float64
+	// DaemonWarnings are the distinct messages of fwdd's WARN and ERROR log
+	// lines during the sample, with their counts.
+	DaemonWarnings map[string]int `json:",omitempty"`
 }
 
 type connResults map[connVariant][]connSample
@@ -76,6 +82,12 @@ func (e *env) measureConns(o connOptions) (connResults, error) {
 			if s.Failed > 0 {
 				note = fmt.Sprintf(" (%d failed: %s)", s.Failed, s.Err)
 			}
+			if v.Kind == kindFwdd {
+				note += fmt.Sprintf("  fwdd cpu %.0f%%", 100*s.DaemonCPU)
+			}
+			for msg, n := range s.DaemonWarnings {
+				note += fmt.Sprintf("  [fwdd: %dx %q]", n, msg)
+			}
 			e.logf("conns round %d/%d %-13s %8.0f conn/s  setup %v%s", r+1, o.rounds, v, s.Rate, s.Setup.Round(time.Millisecond), note)
 			res[v] = append(res[v], s)
 		}
@@ -83,12 +95,12 @@ func (e *env) measureConns(o connOptions) (connResults, error) {
 	return res, nil
 }
 
-func (e *env) connSample(v connVariant, file string, o connOptions) (connSample, error) {
-	var s connSample
+func (e *env) connSample(v connVariant, file string, o connOptions) (s connSample, err error) {
 	if err := e.resetGateway(); err != nil {
 		return s, err
 	}
 	addr := fmt.Sprintf("%s:%d", gatewayAddr, measuredPort)
+	daemonPID := 0
 	switch v.Kind {
 	case kindRouting:
 		addr = fmt.Sprintf("%s:%d", backendAddr, serverPort)
@@ -97,8 +109,12 @@ func (e *env) connSample(v connVariant, file string, o connOptions) (connSample,
 		if err != nil {
 			return s, err
 		}
-		defer func() { _ = d.stop() }()
+		defer func() {
+			_ = d.stop()
+			s.DaemonWarnings = logWarnings(d.proc.Output())
+		}()
 		s.Setup = d.Wall
+		daemonPID = d.proc.PID()
 	case kindLinear:
 		wall, out, err := e.timed(e.topo.Gateway, 5*time.Minute, "nft", "-f", file)
 		if err != nil {
@@ -109,11 +125,27 @@ func (e *env) connSample(v connVariant, file string, o connOptions) (connSample,
 			_, _ = e.run(e.topo.Gateway, 5*time.Minute, "nft", "delete", "table", "ip", linearTable)
 		}()
 	}
+	var ticks0 int64
+	if daemonPID != 0 {
+		var err error
+		if ticks0, err = cpuTicks(daemonPID); err != nil {
+			return s, err
+		}
+	}
+	start := time.Now()
 	out, err := e.run(e.topo.Client, o.warmup+o.duration+time.Minute, e.self, "connload",
 		"-addr", addr, "-workers", strconv.Itoa(o.workers), "-duration", o.duration.String(),
 		"-warmup", o.warmup.String(), "-expect", strconv.Itoa(serverPort))
 	if err != nil {
 		return s, fmt.Errorf("connload: %w: %s", err, out)
+	}
+	if daemonPID != 0 {
+		wall := time.Since(start)
+		ticks1, err := cpuTicks(daemonPID)
+		if err != nil {
+			return s, err
+		}
+		s.DaemonCPU = float64(ticks1-ticks0) / clockTicks / wall.Seconds()
 	}
 	var r connResult
 	if err := json.Unmarshal(out, &r); err != nil {

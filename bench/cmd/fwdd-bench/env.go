@@ -326,6 +326,21 @@ func logLines(out, msg string) []map[string]any {
 	return res
 }
 
+// logWarnings counts the WARN and ERROR lines of fwdd's output by message.
+func logWarnings(out string) map[string]int {
+	var m map[string]int
+	for _, line := range strings.Split(out, "\n") {
+		parts := strings.SplitN(line, "\t", 4)
+		if len(parts) >= 3 && (parts[1] == "WARN" || parts[1] == "ERROR") {
+			if m == nil {
+				m = map[string]int{}
+			}
+			m[parts[2]]++
+		}
+	}
+	return m
+}
+
 // durationField reads a zap duration ("52.3ms", or seconds as a number).
 func durationField(m map[string]any, key string) (time.Duration, bool) {
 	switch v := m[key].(type) {

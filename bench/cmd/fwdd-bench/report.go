@@ -37,9 +37,9 @@ type results struct {
 func (v connVariant) MarshalText() ([]byte, error) { return []byte(v.String()), nil }
 
 type machine struct {
-	CPUs                                       int
-	CPUModel, Kernel, OS, Memory, LoadAvg      string
-	Go, Nft, Iperf3, Socat, HAProxy, Fwdd, Git string
+	CPUs                                              int
+	CPUModel, Kernel, OS, Memory, LoadAvg, LoadAvgEnd string
+	Go, Nft, Iperf3, Socat, HAProxy, Fwdd, Git        string
 }
 
 func describeMachine(fwddBin string) (machine, error) {
@@ -55,9 +55,7 @@ func describeMachine(fwddBin string) (machine, error) {
 	} else {
 		errs = append(errs, err)
 	}
-	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
-		m.LoadAvg = strings.Join(strings.Fields(string(b))[:3], " ")
-	}
+	m.LoadAvg = loadAvg()
 	var u unix.Utsname
 	if err := unix.Uname(&u); err == nil {
 		m.Kernel = unix.ByteSliceToString(u.Sysname[:]) + " " + unix.ByteSliceToString(u.Release[:]) + " " + unix.ByteSliceToString(u.Machine[:])
@@ -100,7 +98,16 @@ func describeMachine(fwddBin string) (machine, error) {
 	return m, errors.Join(errs...)
 }
 
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	return strings.Join(strings.Fields(string(b))[:3], " ")
+}
+
 func writeReport(dir string, res *results, logf func(string, ...any)) error {
+	res.Machine.LoadAvgEnd = loadAvg()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
@@ -227,7 +234,7 @@ func markdown(res *results, plotted bool) string {
 	p("| | |\n|---|---|\n")
 	p("| CPUs (nproc) | %d |\n| CPU | %s |\n| memory | %s |\n| kernel | %s |\n| OS | %s |\n", m.CPUs, m.CPUModel, m.Memory, m.Kernel, m.OS)
 	p("| fwdd | %s (checkout %s) |\n| tools | %s; %s; %s; %s; %s |\n", m.Fwdd, m.Git, m.Nft, m.Iperf3, m.Socat, m.HAProxy, m.Go)
-	p("| date | %s |\n| load average at start | %s (1, 5, 15 min; other work on the machine shares its CPUs) |\n\n", res.Started.UTC().Format(time.RFC3339), m.LoadAvg)
+	p("| date | %s |\n| load average (1, 5, 15 min) | %s at start, %s at the end (the benchmark's own load included; other work on the machine shares its CPUs) |\n\n", res.Started.UTC().Format(time.RFC3339), m.LoadAvg, m.LoadAvgEnd)
 	p("Settings: %d rounds of throughput (%d s per iperf3 sample) and connection tests (%v per sample after %v warm-up, %d parallel clients); %d rounds of the apply test; idle window %v. "+
 		"All variants of a test run interleaved (round-robin, each round starting one variant later). "+
 		"Everything runs on this one machine: client, gateway and backend are network namespaces joined by veth pairs, so the client and server share the CPUs with the forwarding path.\n\n",
@@ -328,17 +335,27 @@ func writeConns(b *strings.Builder, res *results, plotted bool) {
 		o.workers, o.connDuration, o.connWarmup)
 	rt := connRates(c[connVariant{Kind: kindRouting}])
 	f1, l1 := connRates(c[connVariant{kindFwdd, 1}]), connRates(c[connVariant{kindLinear, 1}])
-	p("| forwards | fwdd conn/s | min – max | vs fwdd with 1 | linear rules conn/s | min – max | vs linear with 1 | fwdd / linear | setup: fwdd start | setup: `nft -f` of the rules |\n")
-	p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	p("| forwards | fwdd conn/s | min – max | vs fwdd with 1 | fwdd's own CPU | linear rules conn/s | min – max | vs linear with 1 | fwdd / linear | setup: fwdd start | setup: `nft -f` of the rules |\n")
+	p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, n := range o.sizes {
 		fs, ls := c[connVariant{kindFwdd, n}], c[connVariant{kindLinear, n}]
 		f, l := connRates(fs), connRates(ls)
-		p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", fmtNum(float64(n)),
-			fmtNum(f.Median), spread(f, fmtNum), fmtX(ratio(f, f1)),
+		cpu := summarize(slices.Collect(func(yield func(float64) bool) {
+			for _, x := range fs {
+				if !yield(100 * x.DaemonCPU) {
+					return
+				}
+			}
+		}))
+		p("| %s | %s | %s | %s | %.0f %% | %s | %s | %s | %s | %s | %s |\n", fmtNum(float64(n)),
+			fmtNum(f.Median), spread(f, fmtNum), fmtX(ratio(f, f1)), cpu.Median,
 			fmtNum(l.Median), spread(l, fmtNum), fmtX(ratio(l, l1)), fmtX(ratio(f, l)),
 			fmtDur(durs(fs, func(s connSample) time.Duration { return s.Setup }).Median),
 			fmtDur(durs(ls, func(s connSample) time.Duration { return s.Setup }).Median))
 	}
+	p("\n*fwdd's own CPU*: the daemon process's user+system CPU during the sample (median, %% of one CPU): it shares the 2 CPUs with the clients, " +
+		"the server and the kernel's forwarding, so the CPU its conntrack event watcher spends on every new connection is taken from the connection rate; " +
+		"the linear rules have no process at all.\n")
 	p("\nPlain routing, no NAT, no table (client to 10.22.0.2:5000): **%s** conn/s (%s). fwdd with 1 forward: %s of that.\n\n",
 		fmtNum(rt.Median), spread(rt, fmtNum), fmtX(ratio(f1, rt)))
 	var failed []string
@@ -359,6 +376,23 @@ func writeConns(b *strings.Builder, res *results, plotted bool) {
 		p("Failed connections (not counted in the rates): %s.\n\n", strings.Join(failed, "; "))
 	} else {
 		p("No connection failed.\n\n")
+	}
+	var warned []string
+	for _, n := range o.sizes {
+		total := map[string]int{}
+		for _, x := range c[connVariant{kindFwdd, n}] {
+			for msg, k := range x.DaemonWarnings {
+				total[msg] += k
+			}
+		}
+		for _, msg := range slices.Sorted(maps.Keys(total)) {
+			warned = append(warned, fmt.Sprintf("with %s forwards %d× %q", fmtNum(float64(n)), total[msg], msg))
+		}
+	}
+	if len(warned) > 0 {
+		p("fwdd logged warnings or errors during these samples: %s.\n\n", strings.Join(warned, "; "))
+	} else {
+		p("fwdd logged no warning or error during these samples.\n\n")
 	}
 	if plotted {
 		p("![connections per second against number of forwards](conns.png)\n\n")
