@@ -16,14 +16,15 @@ const (
 // parseForward validates one [[forward]]; problems go to ps.
 func parseForward(ps *problems, i int, raw *rawForward, lines *keyLines) Forward {
 	f := Forward{Line: lines.header}
-	fs := &fields{ps: ps, where: fmt.Sprintf("forward #%d", i+1), lines: lines}
+	// where is only spelled out for a problem: most forwards have none.
+	fs := &fields{ps: ps, forward: i + 1, lines: lines}
 
 	switch name, ok := fs.str("name", raw.Name, ""); {
 	case !ok:
 	case name == "":
 		fs.errorf("name", "required; must be 1-32 of a-z, 0-9, '_' or '-', starting with a letter or digit")
 	default:
-		fs.where = fmt.Sprintf("forward %q", name)
+		fs.name = name
 		if forwardNameRE.MatchString(name) {
 			f.Name = name
 		} else {

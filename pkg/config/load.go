@@ -17,6 +17,15 @@ func Load(path string) (*Config, error) {
 // loadWithOwner is Load with the required owner as a parameter, so tests can
 // run without root.
 func loadWithOwner(path string, wantUID uint32) (*Config, error) {
+	data, err := readConfig(path, wantUID)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(path, data)
+}
+
+// readConfig reads the file at path after checking that it is safe to use.
+func readConfig(path string, wantUID uint32) ([]byte, error) {
 	// O_NONBLOCK so a FIFO planted at path cannot hang the daemon; the mode
 	// check below refuses it. Checking the opened file, not the path, leaves
 	// no window to swap the file between check and read.
@@ -36,7 +45,7 @@ func loadWithOwner(path string, wantUID uint32) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
-	return Parse(path, data)
+	return data, nil
 }
 
 func checkFileSafe(path string, fi os.FileInfo, wantUID uint32) error {

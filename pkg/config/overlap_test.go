@@ -170,9 +170,10 @@ func generateConfig(n int) []byte {
 	return []byte(b.String())
 }
 
-// TestParse100k parses a whole 100,000-forward file: about 3 s on 2 cores,
-// nearly all of it in the TOML decoder, so it is skipped with -short and -race
-// (where it takes 15 s); TestOverlaps100k covers fwdd's own code at that size.
+// TestParse100k parses a whole 100,000-forward file: about 0.7 s on 2 cores
+// (decoding it in one toml.Decode call took 1.3-3 s), nearly all of it in
+// the TOML decoder, so it is skipped with -short and -race; TestOverlaps100k
+// covers fwdd's own code at that size.
 func TestParse100k(t *testing.T) {
 	if testing.Short() || raceEnabled {
 		t.Skip("slow; run without -short and -race")

@@ -77,15 +77,32 @@ var (
 // Parse decodes and validates a configuration file. path is only used in
 // messages. When the file is invalid the error is a *Errors listing every
 // problem found.
+//
+// Parse decodes the [[forward]] blocks in parallel (see Parser); to parse
+// successive versions of a file, keep a Parser, which also reuses the blocks
+// that did not change.
 func Parse(path string, data []byte) (*Config, error) {
-	name := path
-	if name == "" {
-		name = "config"
+	p := Parser{noCache: true}
+	return p.parse(path, string(data))
+}
+
+// messageName is the file name used in messages.
+func messageName(path string) string {
+	if path == "" {
+		return "config"
 	}
+	return path
+}
+
+// parseWhole decodes the whole file in one toml.Decode call. It is the
+// reference the block-wise decoding of Parser must agree with, and what
+// Parser falls back to whenever it cannot tell that the two agree.
+func parseWhole(path, text string) (*Config, error) {
+	name := messageName(path)
 	ps := &problems{path: name}
 
 	var raw rawFile
-	md, err := toml.Decode(string(data), &raw)
+	md, err := toml.Decode(text, &raw)
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
@@ -96,11 +113,11 @@ func Parse(path string, data []byte) (*Config, error) {
 				Err:  err,
 			})
 		} else {
-			structureProblems(ps, &md, scanPositions(data), err)
+			structureProblems(ps, &md, scanPositions(text), err)
 		}
 		return nil, ps.err()
 	}
-	pos := scanPositions(data)
+	pos := scanPositions(text)
 	unknownKeys(ps, &md, pos, &raw)
 
 	c := &Config{Path: path}
@@ -125,7 +142,14 @@ func Parse(path string, data []byte) (*Config, error) {
 		c.Forwards = append(c.Forwards, f)
 		valid = append(valid, len(ps.list) == before)
 	}
-	checkNames(ps, c.Forwards, lines)
+	var nameLines []int
+	if lines != nil {
+		nameLines = make([]int, len(lines))
+		for i, kl := range lines {
+			nameLines[i] = kl.line("name")
+		}
+	}
+	checkNames(ps, c.Forwards, nameLines)
 	checkOverlaps(ps, c.Forwards, valid)
 	checkBudget(ps, c.Forwards, valid)
 
@@ -231,12 +255,22 @@ func forwardWhere(i int, raw *rawFile) string {
 // fields reports problems with the keys of one table.
 type fields struct {
 	ps    *problems
-	where string
+	where string // the section; for a forward, see forward and name
 	lines *keyLines
+	// A forward is `forward "name"` once its name is known, else `forward #N`.
+	forward int // N
+	name    string
 }
 
 func (fs *fields) errorf(field, format string, args ...any) {
-	fs.ps.add(fs.lines.line(field), fs.where, field, format, args...)
+	where := fs.where
+	switch {
+	case fs.name != "":
+		where = fmt.Sprintf("forward %q", fs.name)
+	case fs.forward > 0:
+		where = fmt.Sprintf("forward #%d", fs.forward)
+	}
+	fs.ps.add(fs.lines.line(field), where, field, format, args...)
 }
 
 func (fs *fields) str(field string, v any, def string) (string, bool) {
@@ -397,7 +431,8 @@ func parseConntrack(ps *problems, raw *rawConntrack, lines *keyLines) Conntrack 
 }
 
 // checkNames reports forwards whose name another forward already uses.
-func checkNames(ps *problems, fwds []Forward, lines []*keyLines) {
+// nameLines[i] is the line of forward i's name (nil: use its Line).
+func checkNames(ps *problems, fwds []Forward, nameLines []int) {
 	first := make(map[string]int, len(fwds))
 	for i := range fwds {
 		name := fwds[i].Name
@@ -410,8 +445,8 @@ func checkNames(ps *problems, fwds []Forward, lines []*keyLines) {
 			continue
 		}
 		line := fwds[i].Line
-		if lines != nil {
-			line = lines[i].line("name")
+		if nameLines != nil {
+			line = nameLines[i]
 		}
 		where := fmt.Sprintf("forward %q", name)
 		if fwds[j].Line > 0 {

@@ -37,12 +37,10 @@ var cmpOpts = cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{})
 
 func port(lo, hi uint16) PortRange { return PortRange{lo, hi} }
 
-func TestParseGood(t *testing.T) {
-	tests := []struct {
-		name string
-		in   string
-		want *Config
-	}{
+// parseGoodTests are valid files and what they parse to. block_test.go also
+// checks the block-wise decoding against them.
+func parseGoodTests() []parseGoodTest {
+	return []parseGoodTest{
 		{
 			name: "empty",
 			in:   "",
@@ -255,6 +253,16 @@ to = "10.1.0.2"
 			want: withForwards(Forward{Name: "a", Protos: []Proto{TCP}, Port: port(1, 1), To: ip("10.0.0.1")}),
 		},
 	}
+}
+
+type parseGoodTest struct {
+	name string
+	in   string
+	want *Config
+}
+
+func TestParseGood(t *testing.T) {
+	tests := parseGoodTests()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := Parse("fwdd.toml", []byte(tt.in))
@@ -268,18 +276,15 @@ to = "10.1.0.2"
 	}
 }
 
-func TestParseBad(t *testing.T) {
+// parseBadTests are invalid files and what their errors must say.
+func parseBadTests() []parseBadTest {
 	fwd := func(lines ...string) string {
 		return "[[forward]]\n" + strings.Join(lines, "\n") + "\n"
 	}
 	web := func(extra ...string) string {
 		return fwd(append([]string{`name = "web"`, `port = 80`, `to = "10.0.0.1"`}, extra...)...)
 	}
-	tests := []struct {
-		name    string
-		in      string
-		wantErr []string
-	}{
+	return []parseBadTest{
 		// Syntax and structure.
 		{"syntax", "[daemon]\ntable = \n", []string{"fwdd.toml:2: invalid TOML: "}},
 		{"single [forward]", "[forward]\nname = \"a\"\n", []string{"fwdd.toml:1: [forward] must be written [[forward]]"}},
@@ -504,6 +509,16 @@ func TestParseBad(t *testing.T) {
 			},
 		},
 	}
+}
+
+type parseBadTest struct {
+	name    string
+	in      string
+	wantErr []string
+}
+
+func TestParseBad(t *testing.T) {
+	tests := parseBadTests()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := Parse("fwdd.toml", []byte(tt.in))

@@ -49,48 +49,79 @@ func (p *positions) section(name string) *keyLines {
 	return &keyLines{}
 }
 
-func scanPositions(data []byte) *positions {
-	p := &positions{sections: make(map[string]*keyLines)}
+func scanPositions(text string) *positions {
+	p := &positions{}
 	cur := &p.top
-	var (
-		depth     int    // open [ and { of values spanning lines
-		multiline string // closing delimiter of an open multi-line string
-	)
-	text := string(data)
-	for lineNo := 1; len(text) > 0; lineNo++ {
-		var line string
-		if i := strings.IndexByte(text, '\n'); i >= 0 {
-			line, text = text[:i], text[i+1:]
-		} else {
-			line, text = text, ""
+	sc := lineScanner{text: text}
+	for {
+		kind, rest, ok := sc.scan()
+		switch {
+		case !ok:
+			return p
+		case kind == lineHeader:
+			array := strings.HasPrefix(rest, "[[")
+			cur = p.header(headerName(rest, array), array, sc.line)
+		case kind == lineKey:
+			cur.set(rest, sc.line)
 		}
-		rest := line
-		if multiline != "" {
-			i := closeString(rest, multiline)
-			if i < 0 {
-				continue
-			}
-			rest, multiline = rest[i:], ""
-		} else if depth == 0 {
-			trimmed := strings.TrimLeft(rest, " \t")
-			switch {
-			case strings.HasPrefix(trimmed, "["):
-				array := strings.HasPrefix(trimmed, "[[")
-				name := headerName(trimmed, array)
-				cur = p.header(name, array, lineNo)
-				continue
-			default:
-				key, after, ok := keyPrefix(trimmed)
-				if !ok {
-					continue
-				}
-				cur.set(key, lineNo)
-				rest = after
-			}
-		}
-		depth, multiline = scanValue(rest, depth)
 	}
-	return p
+}
+
+type lineKind uint8
+
+const (
+	lineOther  lineKind = iota // blank, comment, inside a value, or not understood
+	lineHeader                 // a table header: starts with '[' outside any value
+	lineKey                    // key = value
+)
+
+// lineScanner reads TOML text a line at a time, following values that span
+// lines (brackets, multi-line strings) so that a '[' or a key inside a value
+// is not taken for a header or a key. scanPositions and splitForwards both
+// read the text through it, so they agree on where every header is.
+type lineScanner struct {
+	text      string
+	start     int    // offset of the current line
+	next      int    // offset of the line after it
+	line      int    // number of the current line, from 1
+	depth     int    // open [ and { of values spanning lines
+	multiline string // closing delimiter of an open multi-line string
+}
+
+// scan reads the next line. For a header, rest is the line from its '['; for
+// a key, rest is the key's first component. ok is false at the end of the text.
+func (s *lineScanner) scan() (kind lineKind, rest string, ok bool) {
+	if s.next >= len(s.text) {
+		return lineOther, "", false
+	}
+	s.start = s.next
+	s.line++
+	line := s.text[s.start:]
+	if i := strings.IndexByte(line, '\n'); i >= 0 {
+		line, s.next = line[:i], s.start+i+1
+	} else {
+		s.next = len(s.text)
+	}
+	value := line
+	if s.multiline != "" {
+		i := closeString(value, s.multiline)
+		if i < 0 {
+			return lineOther, "", true
+		}
+		value, s.multiline = value[i:], ""
+	} else if s.depth == 0 {
+		trimmed := trimBlank(value)
+		if strings.HasPrefix(trimmed, "[") {
+			return lineHeader, trimmed, true
+		}
+		key, after, isKey := keyPrefix(trimmed)
+		if !isKey {
+			return lineOther, "", true
+		}
+		kind, rest, value = lineKey, key, after
+	}
+	s.depth, s.multiline = scanValue(value, s.depth)
+	return kind, rest, true
 }
 
 // header records a table header and returns where its keys go.
@@ -114,6 +145,9 @@ func (p *positions) header(name []string, array bool, line int) *keyLines {
 	s, ok := p.sections[name[0]]
 	if !ok {
 		s = &keyLines{header: line}
+		if p.sections == nil {
+			p.sections = make(map[string]*keyLines)
+		}
 		p.sections[name[0]] = s
 	}
 	if len(name) > 1 {
@@ -185,12 +219,12 @@ func keyPrefix(s string) (key, rest string, ok bool) {
 		if first {
 			key, first = part, false
 		}
-		s = strings.TrimLeft(s, " \t")
+		s = trimBlank(s)
 		switch {
 		case strings.HasPrefix(s, "="):
 			return key, s[1:], true
 		case strings.HasPrefix(s, "."):
-			s = strings.TrimLeft(s[1:], " \t")
+			s = trimBlank(s[1:])
 		default:
 			return "", "", false
 		}
@@ -215,9 +249,9 @@ func scanValue(s string, depth int) (int, string) {
 				depth--
 			}
 		case '"', '\'':
-			delim := string(c)
-			if strings.HasPrefix(s[i:], delim+delim+delim) {
-				delim = delim + delim + delim
+			delim := s[i : i+1]
+			if i+2 < len(s) && s[i+1] == c && s[i+2] == c {
+				delim = s[i : i+3]
 			}
 			j := i + len(delim)
 			end := closeString(s[j:], delim)
@@ -236,19 +270,31 @@ func scanValue(s string, depth int) (int, string) {
 // closeString returns the index just past the first unescaped delim in s
 // (escapes only count in basic "strings"), or -1.
 func closeString(s, delim string) int {
+	q := delim[0]
 	for i := 0; i < len(s); i++ {
-		if delim[0] == '"' && s[i] == '\\' {
+		switch c := s[i]; {
+		case c == '\\' && q == '"':
 			i++
-			continue
-		}
-		if strings.HasPrefix(s[i:], delim) {
-			end := i + len(delim)
+		case c != q:
+		case len(delim) == 1:
+			return i + 1
+		case i+2 < len(s) && s[i+1] == q && s[i+2] == q:
+			end := i + 3
 			// A multi-line string may end with up to two extra quotes: """a""""".
-			for k := 0; k < 2 && len(delim) == 3 && end < len(s) && s[end] == delim[0]; k++ {
+			for k := 0; k < 2 && end < len(s) && s[end] == q; k++ {
 				end++
 			}
 			return end
 		}
 	}
 	return -1
+}
+
+// trimBlank removes leading spaces and tabs.
+func trimBlank(s string) string {
+	i := 0
+	for i < len(s) && (s[i] == ' ' || s[i] == '\t') {
+		i++
+	}
+	return s[i:]
 }
