@@ -137,7 +137,8 @@ func (k *Kernel) VerifyContent(m *Model) error {
 	}
 	defer func() { _ = c.CloseLasting() }()
 	t := &nftables.Table{Name: m.Table, Family: nftables.TableFamilyINet}
-	for _, s := range m.Sets {
+	all := m.elements()
+	for i, s := range m.Sets {
 		ks, err := kernelSet(t, s)
 		if err != nil {
 			return err
@@ -146,8 +147,8 @@ func (k *Kernel) VerifyContent(m *Model) error {
 		if err != nil {
 			return fmt.Errorf("read set %s: %w", s.Name, err)
 		}
-		want := make(map[string]bool, len(s.Elems))
-		for _, e := range kernelElems(s, s.Elems) {
+		want := make(map[string]bool, len(all[i]))
+		for _, e := range kernelElems(s, all[i]) {
 			want[string(e.Key)+"/"+string(e.Val)] = true
 		}
 		if len(elems) != len(want) {

@@ -78,10 +78,13 @@ func restricted(f *config.Forward) bool { return f.Interface != "" || len(f.Sour
 // and, for a restricted forward, its dispatch rules and chain. Parts of
 // unchanged forwards are reused from the previous model, so a reload
 // compiles and diffs only what changed.
+//
+// A part keeps no elements: they are a function of the forward and its id,
+// made when a batch or a diff needs them, so the daemon's memory does not
+// grow with them (a 100,000-forward table has 400,000 elements).
 type part struct {
 	fwd   config.Forward
 	id    uint32
-	elems [numSets][]Element // by index in setOrder
 	rules []Rule
 	chain *Chain
 }
@@ -120,12 +123,33 @@ var setIndex = func() map[string]int {
 	return m
 }()
 
-func buildPart(f *config.Forward, id uint32) *part {
+func newPart(f *config.Forward, id uint32) *part {
 	p := &part{fwd: *f, id: id}
-	mark := fwmark.ForID(id)
+	if restricted(f) {
+		p.rules, p.chain = restrictedForward(f, familyOf(f.To), fwmark.ForID(id))
+	}
+	return p
+}
+
+// numElems counts the part's elements without making them.
+func (p *part) numElems() int {
+	n := 2 // traffic counters, both directions
+	if p.fwd.SNAT.Kind != config.SNATMasquerade {
+		n++
+	}
+	if !restricted(&p.fwd) {
+		n += 2 * len(p.fwd.Protos) * p.fwd.Port.Len()
+	}
+	return n
+}
+
+// elements makes the part's elements, by set index.
+func (p *part) elements(out *[numSets][]Element) {
+	f := &p.fwd
+	mark := fwmark.ForID(p.id)
 	fam := familyOf(f.To)
 	markV := Mark(mark)
-	add := func(set string, e Element) { i := setIndex[set]; p.elems[i] = append(p.elems[i], e) }
+	add := func(set string, e Element) { i := setIndex[set]; out[i] = append(out[i], e) }
 	add(SetTrafficOrig, Element{Key: []Value{markV}, Comment: f.Name})
 	add(SetTrafficReply, Element{Key: []Value{markV}, Comment: f.Name})
 	// Masquerade is the default and needs no element: only the exceptions
@@ -137,8 +161,7 @@ func buildPart(f *config.Forward, id uint32) *part {
 		add(setName("snat", fam, ""), Element{Key: []Value{markV}, Data: []Value{Addr(f.SNAT.Addr)}, Comment: f.Name})
 	}
 	if restricted(f) {
-		p.rules, p.chain = restrictedForward(f, fam, mark)
-		return p
+		return
 	}
 	suffix := "addr"
 	if f.Local() {
@@ -155,7 +178,6 @@ func buildPart(f *config.Forward, id uint32) *part {
 			add(dnats, Element{Key: k, Data: []Value{Addr(f.To), Port(f.TargetPort(uint16(port)))}})
 		}
 	}
-	return p
 }
 
 // Compile turns a validated config into the model of fwdd's table. It is
@@ -163,7 +185,8 @@ func buildPart(f *config.Forward, id uint32) *part {
 // last applied (or nil), only saves work: parts of unchanged forwards are
 // taken from it.
 func Compile(cfg *config.Config, ids map[string]uint32, prev *Model) (*Model, error) {
-	m := &Model{Table: cfg.Daemon.Table, IDs: ids, parts: make(map[string]*part, len(cfg.Forwards))}
+	m := &Model{Table: cfg.Daemon.Table, IDs: ids, parts: make(map[string]*part, len(cfg.Forwards)),
+		order: make([]*part, 0, len(cfg.Forwards))}
 	for _, s := range setOrder {
 		c := *s
 		m.Sets = append(m.Sets, &c)
@@ -184,27 +207,13 @@ func Compile(cfg *config.Config, ids map[string]uint32, prev *Model) (*Model, er
 			}
 		}
 		if p == nil {
-			p = buildPart(f, id)
+			p = newPart(f, id)
 		}
 		m.parts[f.Name] = p
+		m.order = append(m.order, p)
 		restrictedRules = append(restrictedRules, p.rules...)
 		if p.chain != nil {
 			forwardChains = append(forwardChains, p.chain)
-		}
-	}
-	// Gather the sets' elements in forward order, each set allocated once.
-	parts := make([]*part, len(cfg.Forwards))
-	for i := range cfg.Forwards {
-		parts[i] = m.parts[cfg.Forwards[i].Name]
-	}
-	for si, s := range m.Sets {
-		n := 0
-		for _, p := range parts {
-			n += len(p.elems[si])
-		}
-		s.Elems = make([]Element, 0, n)
-		for _, p := range parts {
-			s.Elems = append(s.Elems, p.elems[si]...)
 		}
 	}
 

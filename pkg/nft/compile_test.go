@@ -141,9 +141,8 @@ func TestDiffOnlyChanges(t *testing.T) {
 
 func TestRangeMapsOneToOne(t *testing.T) {
 	m := compile(t, goldenConfig, nil)
-	s := m.Set("dnat4_port")
 	got := map[string]string{}
-	for _, e := range s.Elems {
+	for _, e := range m.Elements("dnat4_port") {
 		got[renderValues(e.Key)] = renderValues(e.Data)
 	}
 	for k, want := range map[string]string{

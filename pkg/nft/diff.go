@@ -50,21 +50,20 @@ func diff(old, m *Model) modelDiff {
 		if op == p {
 			continue
 		}
-		for si := range p.elems {
-			var oes []Element
-			if op != nil {
-				oes = op.elems[si]
-			}
-			a, r := diffElems(oes, p.elems[si])
+		var cur, prev [numSets][]Element
+		p.elements(&cur)
+		if op != nil {
+			op.elements(&prev)
+		}
+		for si := range cur {
+			a, r := diffElems(prev[si], cur[si])
 			add[si] = append(add[si], a...)
 			del[si] = append(del[si], r...)
 		}
 	}
 	for name, op := range old.parts {
 		if m.parts[name] == nil {
-			for si := range op.elems {
-				del[si] = append(del[si], op.elems[si]...)
-			}
+			op.elements(&del)
 		}
 	}
 	for si, s := range m.Sets {

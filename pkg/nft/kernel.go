@@ -126,7 +126,7 @@ func (b *batch) addElems(s *Set, es []Element, del bool) error {
 	return nil
 }
 
-func (b *batch) addSet(s *Set) error {
+func (b *batch) addSet(s *Set, elems []Element) error {
 	ks, err := kernelSet(b.table, s)
 	if err != nil {
 		return err
@@ -136,7 +136,7 @@ func (b *batch) addSet(s *Set) error {
 	}
 	b.messages++
 	b.sets[s.Name] = ks
-	return b.addElems(s, s.Elems, false)
+	return b.addElems(s, elems, false)
 }
 
 func (b *batch) addRules(c *Chain) error {
@@ -259,8 +259,9 @@ func (k *Kernel) Replace(m *Model) (Stats, error) {
 	b.conn.DelTable(b.table)
 	b.conn.AddTable(b.table)
 	b.messages += 3
-	for _, s := range m.Sets {
-		if err := b.addSet(s); err != nil {
+	all := m.elements()
+	for i, s := range m.Sets {
+		if err := b.addSet(s, all[i]); err != nil {
 			return Stats{}, err
 		}
 	}

@@ -153,7 +153,6 @@ type Set struct {
 	Data    []Field
 	Counter bool // every element carries a packet/byte counter
 	Comment string
-	Elems   []Element
 }
 
 // IsMap reports whether the set maps keys to data.
@@ -187,8 +186,28 @@ type Model struct {
 	Sets   []*Set
 	// IDs maps forward names to the ids their ct marks carry.
 	IDs map[string]uint32
-	// parts holds each forward's share of the sets, by forward name.
+	// parts holds each forward's share of the table, by forward name, and
+	// order the same in config order.
 	parts map[string]*part
+	order []*part
+}
+
+// elements makes the elements of every set, by set index, in forward order.
+func (m *Model) elements() [numSets][]Element {
+	var out [numSets][]Element
+	for _, p := range m.order {
+		p.elements(&out)
+	}
+	return out
+}
+
+// Elements returns the elements of the named set, in forward order.
+func (m *Model) Elements(set string) []Element {
+	i, ok := setIndex[set]
+	if !ok {
+		return nil
+	}
+	return m.elements()[i]
 }
 
 // Set returns the named set, or nil.
@@ -214,8 +233,8 @@ func (m *Model) Chain(name string) *Chain {
 // NumElements counts the elements of all sets.
 func (m *Model) NumElements() int {
 	n := 0
-	for _, s := range m.Sets {
-		n += len(s.Elems)
+	for _, p := range m.order {
+		n += p.numElems()
 	}
 	return n
 }

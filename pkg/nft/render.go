@@ -13,8 +13,9 @@ func (m *Model) Render(w io.Writer) error {
 	fmt.Fprintf(&b, "# fwdd's table: generated, do not edit. See `fwdd print`.\n")
 	fmt.Fprintf(&b, "table inet %s\ndelete table inet %s\n", m.Table, m.Table)
 	fmt.Fprintf(&b, "table inet %s {\n", m.Table)
-	for _, s := range m.Sets {
-		renderSet(&b, s)
+	all := m.elements()
+	for i, s := range m.Sets {
+		renderSet(&b, s, all[i])
 	}
 	for _, c := range m.Chains {
 		renderChain(&b, c)
@@ -39,7 +40,7 @@ func typeText(fs []Field) string {
 	return strings.Join(parts, " . ")
 }
 
-func renderSet(b *strings.Builder, s *Set) {
+func renderSet(b *strings.Builder, s *Set, elems []Element) {
 	kind := "set"
 	if s.IsMap() {
 		kind = "map"
@@ -55,8 +56,7 @@ func renderSet(b *strings.Builder, s *Set) {
 	if s.Comment != "" {
 		fmt.Fprintf(b, "\t\tcomment %q\n", s.Comment)
 	}
-	if len(s.Elems) > 0 {
-		elems := append([]Element(nil), s.Elems...)
+	if len(elems) > 0 {
 		sortElems(elems)
 		b.WriteString("\t\telements = {\n")
 		for i, e := range elems {
