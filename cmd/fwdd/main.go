@@ -177,7 +177,7 @@ func reload(cfgPath, stateDir string, timeout time.Duration, stdout io.Writer) e
 			fmt.Fprintf(stdout, "reloaded: %d forwards\n", st.Forwards)
 			return nil
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(2 * time.Millisecond)
 	}
 	return fmt.Errorf("fwdd (pid %d) did not finish the reload within %s", before.PID, timeout)
 }

@@ -17,6 +17,7 @@ func BenchmarkRecompile10000(b *testing.B) {
 	cfg := manyForwards(b, 10_000)
 	ids, _ := AssignIDs(nil, cfg)
 	old, _ := Compile(cfg, ids, nil)
+	cfg = manyForwards(b, 10_000) // configs are immutable: change a copy
 	cfg.Forwards[5].Port.Lo, cfg.Forwards[5].Port.Hi = 81, 81
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -30,6 +31,7 @@ func BenchmarkDiff10000(b *testing.B) {
 	cfg := manyForwards(b, 10_000)
 	ids, _ := AssignIDs(nil, cfg)
 	old, _ := Compile(cfg, ids, nil)
+	cfg = manyForwards(b, 10_000)
 	cfg.Forwards[5].Port.Lo, cfg.Forwards[5].Port.Hi = 81, 81
 	m, _ := Compile(cfg, ids, old)
 	b.ResetTimer()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"sync/atomic"
 
 	"github.com/google/nftables/expr"
 
@@ -83,10 +84,13 @@ func restricted(f *config.Forward) bool { return f.Interface != "" || len(f.Sour
 // made when a batch or a diff needs them, so the daemon's memory does not
 // grow with them (a 100,000-forward table has 400,000 elements).
 type part struct {
-	fwd   config.Forward
+	fwd   *config.Forward // points into the config compiled; configs are immutable
 	id    uint32
 	rules []Rule
 	chain *Chain
+	// same: equal to the part of the same name in the model compiled from
+	// (Model.base), so a diff against that model can skip it.
+	same bool
 }
 
 // setOrder lists the table's sets and maps; every model has them all, in
@@ -124,7 +128,7 @@ var setIndex = func() map[string]int {
 }()
 
 func newPart(f *config.Forward, id uint32) *part {
-	p := &part{fwd: *f, id: id}
+	p := &part{fwd: f, id: id}
 	if restricted(f) {
 		p.rules, p.chain = restrictedForward(f, familyOf(f.To), fwmark.ForID(id))
 	}
@@ -137,7 +141,7 @@ func (p *part) numElems() int {
 	if p.fwd.SNAT.Kind != config.SNATMasquerade {
 		n++
 	}
-	if !restricted(&p.fwd) {
+	if !restricted(p.fwd) {
 		n += 2 * len(p.fwd.Protos) * p.fwd.Port.Len()
 	}
 	return n
@@ -145,20 +149,20 @@ func (p *part) numElems() int {
 
 // elements makes the part's elements, by set index.
 func (p *part) elements(out *[numSets][]Element) {
-	f := &p.fwd
+	f := p.fwd
 	mark := fwmark.ForID(p.id)
 	fam := familyOf(f.To)
 	markV := Mark(mark)
 	add := func(set string, e Element) { i := setIndex[set]; out[i] = append(out[i], e) }
-	add(SetTrafficOrig, Element{Key: []Value{markV}, Comment: f.Name})
-	add(SetTrafficReply, Element{Key: []Value{markV}, Comment: f.Name})
+	add(SetTrafficOrig, elem([]Value{markV}, nil, f.Name))
+	add(SetTrafficReply, elem([]Value{markV}, nil, f.Name))
 	// Masquerade is the default and needs no element: only the exceptions
 	// are listed, which keeps a plain forward at four elements.
 	switch f.SNAT.Kind {
 	case config.SNATNone:
-		add(SetNoSNAT, Element{Key: []Value{markV}, Comment: f.Name})
+		add(SetNoSNAT, elem([]Value{markV}, nil, f.Name))
 	case config.SNATFixed:
-		add(setName("snat", fam, ""), Element{Key: []Value{markV}, Data: []Value{Addr(f.SNAT.Addr)}, Comment: f.Name})
+		add(setName("snat", fam, ""), elem([]Value{markV}, []Value{Addr(f.SNAT.Addr)}, f.Name))
 	}
 	if restricted(f) {
 		return
@@ -167,18 +171,36 @@ func (p *part) elements(out *[numSets][]Element) {
 	if f.Local() {
 		suffix = "port"
 	}
-	marks, dnats := setName("mark", fam, suffix), setName("dnat", fam, suffix)
+	marks, dnats := setIndex[setName("mark", fam, suffix)], setIndex[setName("dnat", fam, suffix)]
+	// Keys and data are written straight into one buffer per forward: a
+	// range forward has one element per port.
+	var addr []byte
+	if !f.Local() {
+		addr = f.Address.AsSlice()
+	}
+	to := f.To.AsSlice()
+	markB := binary.NativeEndian.AppendUint32(nil, mark)
+	kl := len(addr) + 8
+	dl := len(to) + 4
+	n := len(f.Protos) * f.Port.Len()
+	buf := make([]byte, n*(kl+dl))
 	for _, pr := range f.Protos {
 		for port := int(f.Port.Lo); port <= int(f.Port.Hi); port++ {
-			k := []Value{Proto(pr), Port(uint16(port))}
-			if !f.Local() {
-				k = append([]Value{Addr(f.Address)}, k...)
-			}
-			add(marks, Element{Key: k, Data: []Value{markV}})
-			add(dnats, Element{Key: k, Data: []Value{Addr(f.To), Port(f.TargetPort(uint16(port)))}})
+			k := buf[:kl:kl]
+			copy(k, addr)
+			k[len(addr)] = byte(pr)
+			binary.BigEndian.PutUint16(k[len(addr)+4:], uint16(port))
+			d := buf[kl : kl+dl : kl+dl]
+			copy(d, to)
+			binary.BigEndian.PutUint16(d[len(to):], f.TargetPort(uint16(port)))
+			buf = buf[kl+dl:]
+			out[marks] = append(out[marks], Element{Key: k, Data: markB})
+			out[dnats] = append(out[dnats], Element{Key: k, Data: d})
 		}
 	}
 }
+
+var modelSerial atomic.Uint64
 
 // Compile turns a validated config into the model of fwdd's table. It is
 // pure: the same config and ids always give the same model. prev, the model
@@ -186,7 +208,10 @@ func (p *part) elements(out *[numSets][]Element) {
 // taken from it.
 func Compile(cfg *config.Config, ids map[string]uint32, prev *Model) (*Model, error) {
 	m := &Model{Table: cfg.Daemon.Table, IDs: ids, parts: make(map[string]*part, len(cfg.Forwards)),
-		order: make([]*part, 0, len(cfg.Forwards))}
+		order: make([]*part, 0, len(cfg.Forwards)), serial: modelSerial.Add(1)}
+	if prev != nil {
+		m.base = prev.serial
+	}
 	for _, s := range setOrder {
 		c := *s
 		m.Sets = append(m.Sets, &c)
@@ -203,7 +228,9 @@ func Compile(cfg *config.Config, ids map[string]uint32, prev *Model) (*Model, er
 		var p *part
 		if prev != nil {
 			if pp := prev.parts[f.Name]; pp != nil && pp.id == id && pp.fwd.Equal(f) {
-				p = pp
+				// A fresh part pointing at the new config, so that the old
+				// config can be freed.
+				p = &part{fwd: f, id: id, rules: pp.rules, chain: pp.chain, same: true}
 			}
 		}
 		if p == nil {
@@ -286,7 +313,7 @@ func restrictedForward(f *config.Forward, fam Family, mark uint32) ([]Rule, *Cha
 	case f.ToPort.Len() > 1:
 		pm := dnatPortMap{fam: fam}
 		for p := int(f.Port.Lo); p <= int(f.Port.Hi); p++ {
-			pm.elems = append(pm.elems, Element{Key: []Value{Port(uint16(p))}, Data: []Value{Addr(f.To), Port(f.TargetPort(uint16(p)))}})
+			pm.elems = append(pm.elems, elem([]Value{Port(uint16(p))}, []Value{Addr(f.To), Port(f.TargetPort(uint16(p)))}, ""))
 		}
 		dnat = pm
 	case f.ToPort.Len() == 1:
@@ -326,8 +353,8 @@ func restrictedForward(f *config.Forward, fam Family, mark uint32) ([]Rule, *Cha
 	return rules, chain
 }
 
-func sortElems(es []Element) {
-	sort.Slice(es, func(i, j int) bool { return lessValues(es[i].Key, es[j].Key) })
+func sortElems(s *Set, es []Element) {
+	sort.Slice(es, func(i, j int) bool { return lessValues(decode(s.Key, es[i].Key), decode(s.Key, es[j].Key)) })
 }
 
 func lessValues(a, b []Value) bool {

@@ -142,8 +142,9 @@ func TestDiffOnlyChanges(t *testing.T) {
 func TestRangeMapsOneToOne(t *testing.T) {
 	m := compile(t, goldenConfig, nil)
 	got := map[string]string{}
+	s := m.Set("dnat4_port")
 	for _, e := range m.Elements("dnat4_port") {
-		got[renderValues(e.Key)] = renderValues(e.Data)
+		got[renderBytes(s.Key, e.Key)] = renderBytes(s.Data, e.Data)
 	}
 	for k, want := range map[string]string{
 		"tcp . 10000": "192.168.1.60 . 20000",

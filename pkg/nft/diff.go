@@ -45,9 +45,13 @@ func diff(old, m *Model) modelDiff {
 	}
 	// Elements: only forwards whose part changed are looked at.
 	var add, del [numSets][]Element
+	sameBase := m.base != 0 && m.base == old.serial
 	for name, p := range m.parts {
 		op := old.parts[name]
-		if op == p {
+		if sameBase && p.same {
+			continue
+		}
+		if op != nil && op.id == p.id && op.fwd.Equal(p.fwd) {
 			continue
 		}
 		var cur, prev [numSets][]Element

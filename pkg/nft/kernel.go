@@ -73,9 +73,9 @@ func kernelSet(t *nftables.Table, s *Set) (*nftables.Set, error) {
 func kernelElems(s *Set, es []Element) []nftables.SetElement {
 	out := make([]nftables.SetElement, len(es))
 	for i, e := range es {
-		out[i] = nftables.SetElement{Key: concatBytes(e.Key), Comment: e.Comment}
+		out[i] = nftables.SetElement{Key: e.Key, Comment: e.Comment}
 		if s.IsMap() {
-			out[i].Val = concatBytes(e.Data)
+			out[i].Val = e.Data
 		}
 	}
 	return out

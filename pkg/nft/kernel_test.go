@@ -226,6 +226,7 @@ func TestKernelRecoversFromENOBUFS(t *testing.T) {
 	}
 	// The next change on the same applier works (no stale acks).
 	e.kernel.ReceiveBuffer = 0
+	cfg = manyForwards(t, 10_000) // configs are immutable: change a copy
 	cfg.Forwards[7].ToPort = config.PortRange{Lo: 8003, Hi: 8003}
 	m2 := compileCfg(t, cfg, m)
 	if _, err := a.Apply(m2); err != nil {
@@ -254,6 +255,7 @@ func TestKernelTamperedTableIsReplaced(t *testing.T) {
 	if out, err := e.topo.Gateway.Run(context.Background(), "nft", "flush", "chain", "inet", "fwdd", "dispatch"); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
+	cfg = manyForwards(t, 10)
 	cfg.Forwards[0].ToPort = config.PortRange{Lo: 8005, Hi: 8005}
 	m2 := compileCfg(t, cfg, m)
 	st, err := a.Apply(m2)

@@ -7,7 +7,6 @@ package nft
 
 import (
 	"encoding/binary"
-	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -134,17 +133,47 @@ func renderValues(vals []Value) string {
 	return strings.Join(parts, " . ")
 }
 
-// Element is one element of a set or map.
+// Element is one element of a set or map, its key and data laid out as the
+// kernel takes them (see concatBytes): elements are made in bulk (400,000
+// for 100,000 forwards), so they carry bytes, not typed values.
 type Element struct {
-	Key     []Value
-	Data    []Value // nil in a plain set
+	Key     []byte
+	Data    []byte // nil in a plain set
 	Comment string
+}
+
+func elem(key, data []Value, comment string) Element {
+	e := Element{Key: concatBytes(key), Comment: comment}
+	if data != nil {
+		e.Data = concatBytes(data)
+	}
+	return e
 }
 
 // id identifies an element for diffing: key, data and comment.
 func (e Element) id() string {
-	return hex.EncodeToString(concatBytes(e.Key)) + "/" + hex.EncodeToString(concatBytes(e.Data)) + "/" + e.Comment
+	return string(e.Key) + "\x00" + string(e.Data) + "\x00" + e.Comment
 }
+
+// decode splits key or data bytes back into typed values.
+func decode(fields []Field, b []byte) []Value {
+	vals := make([]Value, 0, len(fields))
+	off := 0
+	for _, f := range fields {
+		n := f.size()
+		if off+n > len(b) {
+			break
+		}
+		vals = append(vals, Value{f, b[off : off+n]})
+		off += n
+		if len(fields) > 1 {
+			off = (off + 3) &^ 3
+		}
+	}
+	return vals
+}
+
+func renderBytes(fields []Field, b []byte) string { return renderValues(decode(fields, b)) }
 
 // Set is a named set (Data == nil) or map of fwdd's table.
 type Set struct {
@@ -190,6 +219,9 @@ type Model struct {
 	// order the same in config order.
 	parts map[string]*part
 	order []*part
+	// serial identifies the model; base is the serial of the model it was
+	// compiled from (0: none).
+	serial, base uint64
 }
 
 // elements makes the elements of every set, by set index, in forward order.

@@ -57,11 +57,11 @@ func renderSet(b *strings.Builder, s *Set, elems []Element) {
 		fmt.Fprintf(b, "\t\tcomment %q\n", s.Comment)
 	}
 	if len(elems) > 0 {
-		sortElems(elems)
+		sortElems(s, elems)
 		b.WriteString("\t\telements = {\n")
 		for i, e := range elems {
 			b.WriteString("\t\t\t")
-			b.WriteString(renderValues(e.Key))
+			b.WriteString(renderBytes(s.Key, e.Key))
 			if s.Counter {
 				b.WriteString(" counter packets 0 bytes 0")
 			}
@@ -70,7 +70,7 @@ func renderSet(b *strings.Builder, s *Set, elems []Element) {
 			}
 			if s.IsMap() {
 				b.WriteString(" : ")
-				b.WriteString(renderValues(e.Data))
+				b.WriteString(renderBytes(s.Data, e.Data))
 			}
 			if i < len(elems)-1 {
 				b.WriteString(",")

@@ -394,7 +394,7 @@ type dnatPortMap struct {
 func (d dnatPortMap) text() string {
 	parts := make([]string, len(d.elems))
 	for i, e := range d.elems {
-		parts[i] = renderValues(e.Key) + " : " + renderValues(e.Data)
+		parts[i] = renderBytes([]Field{FieldPort}, e.Key) + " : " + renderBytes([]Field{d.fam.addrField(), FieldPort}, e.Data)
 	}
 	return fmt.Sprintf("dnat %s to th dport map { %s }", d.fam.word(), strings.Join(parts, ", "))
 }
@@ -408,7 +408,7 @@ func (d dnatPortMap) exprs(c *compileCtx) ([]expr.Any, error) {
 		KeyType: nftables.TypeInetService, DataType: dt}
 	elems := make([]nftables.SetElement, len(d.elems))
 	for i, e := range d.elems {
-		elems[i] = nftables.SetElement{Key: concatBytes(e.Key), Val: concatBytes(e.Data)}
+		elems[i] = nftables.SetElement{Key: e.Key, Val: e.Data}
 	}
 	if err := c.addSet(s, elems); err != nil {
 		return nil, fmt.Errorf("add port map: %w", err)
