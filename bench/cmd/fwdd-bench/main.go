@@ -184,13 +184,16 @@ func benchMain(args []string) int {
 	if res.Machine, err = describeMachine(o.fwdd); err != nil {
 		logf("machine description incomplete: %v", err)
 	}
+	mon := startMonitor()
 	e, err := newEnv(ctx, o.fwdd, o.verbose, logf)
 	if err != nil {
+		mon.close()
 		fmt.Fprintln(os.Stderr, "fwdd-bench:", err)
 		return 1
 	}
 	logf("sandbox %s ready", e.topo.Prefix)
-	err = runPhases(e, o, res)
+	err = runPhases(e, o, res, mon)
+	res.Foreign = mon.close()
 	if cerr := e.close(); cerr != nil {
 		logf("cleanup: %v", cerr)
 	}
@@ -211,28 +214,32 @@ func benchMain(args []string) int {
 	return 0
 }
 
-func runPhases(e *env, o *options, res *results) error {
+func runPhases(e *env, o *options, res *results, mon *cpuMonitor) error {
 	var err error
 	if res.ExecOverhead, err = e.execOverhead(); err != nil {
 		return err
 	}
 	if o.has(phaseThroughput) {
+		mon.setPhase(phaseThroughput)
 		if res.Throughput, err = e.measureThroughput(o.rounds, o.tputSeconds); err != nil {
 			return err
 		}
 	}
 	if o.has(phaseConns) {
+		mon.setPhase(phaseConns)
 		if res.Conns, err = e.measureConns(connOptions{sizes: o.sizes, rounds: o.rounds,
 			duration: o.connDuration, warmup: o.connWarmup, workers: o.workers}); err != nil {
 			return err
 		}
 	}
 	if o.has(phaseApply) {
+		mon.setPhase(phaseApply)
 		if res.Apply, err = e.measureApply(o.applySizes, o.applyRounds); err != nil {
 			return err
 		}
 	}
 	if o.has(phaseIdle) {
+		mon.setPhase(phaseIdle)
 		n := slices.Max(append(slices.Clone(o.applySizes), o.sizes...))
 		r, err := e.measureIdle(n, o.idle)
 		if err != nil {

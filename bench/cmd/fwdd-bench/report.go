@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,6 +32,7 @@ type results struct {
 	Conns        connResults   `json:",omitempty"`
 	Apply        applyResults  `json:",omitempty"`
 	Idle         *idleResult   `json:",omitempty"`
+	Foreign      []*foreignLoad
 }
 
 // MarshalText lets connResults be a JSON object keyed "fwdd-1000" etc.
@@ -240,6 +242,7 @@ func markdown(res *results, plotted bool) string {
 		"Everything runs on this one machine: client, gateway and backend are network namespaces joined by veth pairs, so the client and server share the CPUs with the forwarding path.\n\n",
 		o.rounds, o.tputSeconds, o.connDuration, o.connWarmup, o.workers, o.applyRounds, o.idle)
 
+	writeForeign(&b, res)
 	writeTargets(&b, res)
 	if res.Throughput != nil {
 		writeThroughput(&b, res)
@@ -517,4 +520,31 @@ plot routing w l lw 2 dt 2 lc rgb "#555555" t "routing, no NAT (median)", \
 		return fmt.Errorf("gnuplot: %w: %s", err, out)
 	}
 	return nil
+}
+
+func writeForeign(b *strings.Builder, res *results) {
+	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
+	p("Other work on the machine during the run: CPU time of processes the benchmark did not start (sampled from /proc every second; kernel threads left out), per phase:\n\n")
+	p("| phase | duration | their CPU | share of the %d CPUs | busiest |\n|---|---:|---:|---:|---|\n", res.Machine.CPUs)
+	for _, l := range res.Foreign {
+		if l.Wall < time.Second {
+			continue
+		}
+		cmds := slices.SortedFunc(maps.Keys(l.ByCommand), func(a, b string) int {
+			return cmp.Compare(l.ByCommand[b], l.ByCommand[a])
+		})
+		var top []string
+		for _, c := range cmds {
+			if len(top) == 4 || l.ByCommand[c] < 0.05 {
+				break
+			}
+			top = append(top, fmt.Sprintf("%s %.1f s", c, l.ByCommand[c]))
+		}
+		share := 0.0
+		if l.Wall > 0 && res.Machine.CPUs > 0 {
+			share = 100 * l.CPUSeconds / l.Wall.Seconds() / float64(res.Machine.CPUs)
+		}
+		p("| %s | %s | %.1f s | %.1f %% | %s |\n", l.Phase, l.Wall.Round(time.Second), l.CPUSeconds, share, strings.Join(top, ", "))
+	}
+	p("\n")
 }
