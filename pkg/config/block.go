@@ -2,7 +2,6 @@ package config
 
 import (
 	"fmt"
-	"runtime"
 	"slices"
 	"sort"
 	"strings"
@@ -14,9 +13,9 @@ import (
 
 // Block-wise decoding.
 //
-// BurntSushi/toml needs about 130 ms to decode a file of 10,000 forwards on
-// a 2-core box (100,000: about 1.5 s), and a reload must be live within
-// 100 ms. BurntSushi has no incremental or parallel mode: one Decode call
+// BurntSushi/toml needs about 120-200 ms to decode a file of 10,000
+// forwards on a 2-core box (100,000: 1.3-3 s), and a reload must be live
+// within 100 ms. BurntSushi has no incremental or parallel mode: one Decode call
 // reads one whole document on one goroutine, and nothing of it can be kept
 // for the next call. So this file does by hand what the library cannot:
 //
@@ -28,10 +27,14 @@ import (
 //     block's exact text, so a reload decodes only the blocks whose text
 //     changed. It also keeps the previous file's split, so that a reload only
 //     scans again the part of the file that changed (splitAgain).
-//   - Runs of consecutive blocks to decode go to BurntSushi a few at a time,
+//   - Most blocks are a header and `key = value` lines, and many values
+//     repeat (protocols, ports, backends, sources): for those blocks only
+//     the distinct values are decoded, many to a Decode call (values.go).
+//     Other blocks go to BurntSushi a few consecutive blocks at a time,
 //     since a Decode call has a fixed cost comparable to decoding a small
-//     block; the result is only used when it provably is what each block
-//     decodes to alone (decodeChunk), since that is what gets cached.
+//     block. Either way a result is only used when it provably is what the
+//     block decodes to alone (decodeChunk, readSimple), since that is what
+//     gets cached.
 //
 // This is only equivalent to decoding the whole file when every header after
 // the first [[forward]] is another [[forward]] and the preamble does not
@@ -382,61 +385,94 @@ const chunkSize = 16
 
 // decodeMissing decodes the blocks listed in miss (in file order) into
 // results, on up to GOMAXPROCS goroutines, and the preamble if pre is nil;
-// it returns the preamble. Once a block turns out to need the whole file, the
-// remaining blocks are left nil.
+// it returns the preamble. Once the preamble or a block turns out to need the
+// whole file, the remaining blocks are left nil.
 func decodeMissing(text string, preEnd int, pre *preambleResult, blocks []block, miss []int, results []*blockResult) *preambleResult {
-	// Work items: runs of up to chunkSize consecutive blocks.
-	var chunks [][]int
-	for lo := 0; lo < len(miss); {
-		hi := lo + 1
-		for hi < len(miss) && hi-lo < chunkSize && miss[hi] == miss[hi-1]+1 {
-			hi++
-		}
-		chunks = append(chunks, miss[lo:hi])
-		lo = hi
-	}
-	var (
-		stop atomic.Bool
-		next atomic.Int64
-	)
-	work := func() {
-		for !stop.Load() {
-			c := int(next.Add(1)) - 1
-			if c >= len(chunks) {
-				return
-			}
-			idx := chunks[c]
-			if len(idx) > 1 {
-				if rs := decodeChunk(text, blocks[idx[0]:idx[len(idx)-1]+1]); rs != nil {
-					copy(results[idx[0]:], rs)
-					continue
-				}
-			}
-			for _, i := range idx {
-				r := decodeBlock(text[blocks[i].start:blocks[i].end])
-				results[i] = r
-				if r.whole {
-					stop.Store(true)
-					return
-				}
-			}
-		}
-	}
-	workers := min(runtime.GOMAXPROCS(0), len(chunks))
-	var wg sync.WaitGroup
-	if workers > 1 {
-		for range workers {
-			wg.Go(work)
-		}
-	}
 	if pre == nil {
 		pre = decodePreamble(text[:preEnd])
 	}
-	if workers > 1 {
-		wg.Wait()
-	} else if !pre.whole {
-		work()
+	if pre.whole || len(miss) == 0 {
+		return pre
 	}
+	blockText := func(i int) string { return text[blocks[i].start:blocks[i].end] }
+
+	// Blocks made of lines that stand alone: decode each distinct value once.
+	simple := make([]*simpleBlock, len(miss))
+	parallel(len(miss), 64, new(atomic.Bool), func(lo, hi int) {
+		for j := lo; j < hi; j++ {
+			simple[j] = readSimple(blockText(miss[j]))
+		}
+	})
+	ids := make(map[string]int)
+	var values []string
+	for _, s := range simple {
+		if s == nil {
+			continue
+		}
+		for k, v := range s.vals[:s.n] {
+			// Names are unique (or the file is wrong): not worth a lookup.
+			id, ok := 0, false
+			if s.keys[k] != "name" {
+				id, ok = ids[v]
+			}
+			if !ok {
+				id = len(values)
+				if s.keys[k] != "name" {
+					ids[v] = id
+				}
+				values = append(values, v)
+			}
+			s.ids[k] = id
+		}
+	}
+	decoded := make([]any, len(values))
+	bad := make([]bool, len(values))
+	parallel(len(values), valueBatch, new(atomic.Bool), func(lo, hi int) {
+		decodeValues(values[lo:hi], decoded[lo:hi], bad[lo:hi])
+	})
+	var rest []int // blocks to decode with BurntSushi
+	for j, s := range simple {
+		if s == nil || slices.ContainsFunc(s.ids[:s.n], func(id int) bool { return bad[id] }) {
+			simple[j] = nil
+			rest = append(rest, miss[j])
+		}
+	}
+	parallel(len(miss), 64, new(atomic.Bool), func(lo, hi int) {
+		for j := lo; j < hi; j++ {
+			if s := simple[j]; s != nil {
+				results[miss[j]] = s.result(decoded)
+			}
+		}
+	})
+
+	// The rest, in runs of up to chunkSize consecutive blocks.
+	var chunks [][]int
+	for lo := 0; lo < len(rest); {
+		hi := lo + 1
+		for hi < len(rest) && hi-lo < chunkSize && rest[hi] == rest[hi-1]+1 {
+			hi++
+		}
+		chunks = append(chunks, rest[lo:hi])
+		lo = hi
+	}
+	var stop atomic.Bool
+	parallel(len(chunks), 1, &stop, func(c, _ int) {
+		idx := chunks[c]
+		if len(idx) > 1 {
+			if rs := decodeChunk(text, blocks[idx[0]:idx[len(idx)-1]+1]); rs != nil {
+				copy(results[idx[0]:], rs)
+				return
+			}
+		}
+		for _, i := range idx {
+			r := decodeBlock(blockText(i))
+			results[i] = r
+			if r.whole {
+				stop.Store(true)
+				return
+			}
+		}
+	})
 	return pre
 }
 

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/BurntSushi/toml"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 )
@@ -236,6 +237,102 @@ func checkChunks(t *testing.T, in string) bool {
 		}
 	}
 	return true
+}
+
+// TestSimpleBlocks checks that decoding the values of a block whose lines
+// stand alone gives what decoding the block gives.
+func TestSimpleBlocks(t *testing.T) {
+	inputs := slices.Clone(structureTests)
+	for _, tt := range parseBadTests() {
+		inputs = append(inputs, tt.in)
+	}
+	rng := rand.New(rand.NewPCG(11, 12))
+	for range 300 {
+		inputs = append(inputs, randomConfig(rng, 1+rng.IntN(20), rng.IntN(2) == 0))
+	}
+	inputs = append(inputs, "[[forward]]\n", "[[forward]]", "[[forward]] # x\n\n# y\n\t\n", "[[forward]]\nname = 'a' # b\n[[forward]]\n")
+	simple, blocks := 0, 0
+	for _, in := range inputs {
+		s, n := checkSimple(t, in)
+		simple += s
+		blocks += n
+	}
+	t.Logf("%d of %d blocks decoded value by value", simple, blocks)
+	if simple < blocks/3 {
+		t.Errorf("only %d of %d blocks decoded value by value", simple, blocks)
+	}
+}
+
+// checkSimple decodes each block of in that readSimple takes value by value,
+// and compares with decodeBlock. It returns how many blocks it compared, of
+// how many.
+func checkSimple(t *testing.T, in string) (simple, blocks int) {
+	t.Helper()
+	_, bs, ok := splitForwards(in)
+	if !ok {
+		return 0, 0
+	}
+	opts := []cmp.Option{cmp.AllowUnexported(blockResult{}, keyLines{}), cmpOpts, cmpopts.EquateEmpty()}
+	for _, b := range bs {
+		text := in[b.start:b.end]
+		want := decodeBlock(text)
+		s := readSimple(text)
+		if s == nil {
+			continue
+		}
+		if pos := scanPositions(text); len(pos.forwards) != 1 || !cmp.Equal(pos.forwards[0], s.keyLines(), opts...) {
+			t.Fatalf("readSimple's key lines differ from the scanner's:\n%s", cmp.Diff(pos.forwards, s.keyLines(), opts...))
+		}
+		values := make([]any, s.n)
+		bad := make([]bool, s.n)
+		decodeValues(s.vals[:s.n], values, bad)
+		if slices.Contains(bad, true) {
+			continue
+		}
+		for i := range s.n {
+			s.ids[i] = i
+		}
+		got := s.result(values)
+		if d := cmp.Diff(want, got, opts...); d != "" {
+			t.Fatalf("block decoded value by value differs (-block +values):\n%s\nblock:\n%s", d, text)
+		}
+		simple++
+	}
+	return simple, len(bs)
+}
+
+// TestSetRawField checks that setRawField knows every key of a forward, and
+// sets the field BurntSushi would.
+func TestSetRawField(t *testing.T) {
+	if n := len(allowedKeys["forward"]); n != maxForwardKeys {
+		t.Fatalf("a forward has %d keys, maxForwardKeys is %d", n, maxForwardKeys)
+	}
+	for _, key := range allowedKeys["forward"] {
+		var raw rawForward
+		setRawField(&raw, key, key)
+		var want rawForward
+		if _, err := toml.Decode(key+" = \""+key+"\"", &want); err != nil {
+			t.Fatal(err)
+		}
+		if !cmp.Equal(raw, want) {
+			t.Errorf("%s: %+v, want %+v", key, raw, want)
+		}
+	}
+}
+
+// TestDecodeValues checks that one bad value in a batch only marks itself.
+func TestDecodeValues(t *testing.T) {
+	vals := []string{` "a"`, ` 1 # one`, ` """x`, ` [1,`, ` ["x", 'y']`, ``, ` 2`, ` "b"` + "\nv99 = 1", ` {a = 1}`}
+	out := make([]any, len(vals))
+	bad := make([]bool, len(vals))
+	decodeValues(vals, out, bad)
+	wantBad := []bool{false, false, true, true, false, true, false, true, false}
+	if !slices.Equal(bad, wantBad) {
+		t.Errorf("bad = %v, want %v", bad, wantBad)
+	}
+	if out[0] != "a" || out[1] != int64(1) || out[6] != int64(2) {
+		t.Errorf("values = %#v", out)
+	}
 }
 
 // TestScanPositionsUnchanged checks the rewritten scanner against the one

@@ -34,6 +34,7 @@ func FuzzParse(f *testing.F) {
 		c, err := Parse("fuzz.toml", data)
 		checkScanner(t, string(data))
 		checkChunks(t, string(data))
+		checkSimple(t, string(data))
 		compareWithWhole(t, data, c, err)
 		switch {
 		case err == nil && c == nil:
