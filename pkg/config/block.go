@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"hash/maphash"
 	"slices"
 	"sort"
 	"strings"
@@ -58,8 +59,9 @@ import (
 
 // Parser parses successive versions of a configuration file, decoding again
 // only the [[forward]] blocks whose text changed since the previous call. It
-// keeps the results of the blocks in the latest file only. The zero Parser is
-// ready to use; a Parser is safe for concurrent use (calls are serialized).
+// keeps the latest file and the results of its blocks only: about the file's
+// size plus 300 bytes per forward. The zero Parser is ready to use; a Parser
+// is safe for concurrent use (calls are serialized).
 //
 // Results are the same as Parse's, error messages included. The Forwards of
 // successive Configs share the backing arrays of Protos and Sources where a
@@ -69,7 +71,8 @@ type Parser struct {
 	mu      sync.Mutex
 	noCache bool // Parse's throwaway Parser: remember nothing
 	gen     uint64
-	blocks  map[string]*blockResult // by the block's exact text
+	seed    maphash.Seed
+	blocks  map[uint64]*blockResult // by the hash of the block's text; see cached
 	pre     *preambleResult
 	last    *splitFile // the latest file, when it could be split
 	// For tests: why the latest parse decoded the whole file ("" when it
@@ -97,19 +100,20 @@ func (p *Parser) Load(path string) (*Config, error) {
 // blockResult is one [[forward]] block, decoded and validated on its own.
 // Lines are relative to the block: its header is line 1.
 type blockResult struct {
+	text string // the block, within the latest file it was in
+
+	fwd      Forward
+	nameLine int        // line of the name key (the header's when there is none)
+	problems []*Problem // Path unset
+	gen      uint64     // last parse that used the block
+
 	// whole means the block cannot be decoded on its own (or must not be):
 	// the file has to be decoded whole. Nothing else is set.
 	whole bool
-
-	fwd      Forward
-	nameLine int  // line of the name key (the header's when there is none)
-	valid    bool // parseForward found nothing wrong
+	valid bool // parseForward found nothing wrong
 	// indexed means the forward has no usable name, so its problems say
 	// "forward #N" and must be renumbered with the block's index.
-	indexed  bool
-	problems []*Problem // Path unset
-
-	gen uint64 // last parse that used the block
+	indexed bool
 }
 
 // preambleResult is the text before the first [[forward]], decoded and
@@ -301,28 +305,19 @@ func (p *Parser) parse(path, text string) (*Config, error) {
 		p.lastWhole, p.lastDecoded = "a header other than [[forward]] after the first [[forward]]", 0
 		return parseWhole(path, text)
 	}
-	p.gen++
 
 	results := make([]*blockResult, len(blocks))
-	var (
-		miss []int
-		live int // distinct cache entries used by this parse
-	)
+	var miss []int
 	for i, b := range blocks {
-		r := (*blockResult)(nil)
+		var r *blockResult
 		if known != nil {
 			r = known[i]
 		}
-		if r == nil && p.blocks != nil {
-			r = p.blocks[text[b.start:b.end]]
+		if r == nil {
+			r = p.cached(text[b.start:b.end])
 		}
 		if r == nil {
 			miss = append(miss, i)
-			continue
-		}
-		if r.gen != p.gen {
-			r.gen = p.gen
-			live++
 		}
 		results[i] = r
 	}
@@ -330,44 +325,14 @@ func (p *Parser) parse(path, text string) (*Config, error) {
 	if pre != nil && pre.text != text[:preEnd] {
 		pre = nil
 	}
-	newPre := pre == nil
 	pre = decodeMissing(text, preEnd, pre, blocks, miss, results)
 	p.lastDecoded = len(miss)
-
 	if !p.noCache {
-		if p.blocks == nil {
-			p.blocks = make(map[string]*blockResult, len(blocks))
-		}
-		for _, i := range miss {
-			r := results[i]
-			if r == nil {
-				continue // not decoded: another block made the file whole
-			}
-			key := text[blocks[i].start:blocks[i].end]
-			if prev := p.blocks[key]; prev != nil && prev.gen == p.gen {
-				results[i] = prev // the same text twice: keep one
-				continue
-			}
-			r.gen = p.gen
-			p.blocks[strings.Clone(key)] = r
-			live++
-		}
-		if len(p.blocks) > live {
-			for key, r := range p.blocks {
-				if r.gen != p.gen {
-					delete(p.blocks, key)
-				}
-			}
-		}
-		if newPre {
-			pre.text = strings.Clone(pre.text)
-			p.pre = pre
-		}
-		p.last = &splitFile{text: text, preEnd: preEnd, blocks: blocks, results: results}
+		p.remember(text, preEnd, pre, blocks, results)
 	}
 
 	switch {
-	case pre == nil || pre.whole:
+	case pre.whole:
 		p.lastWhole = "the preamble does not decode on its own or defines forward"
 		return parseWhole(path, text)
 	case slices.ContainsFunc(results, func(r *blockResult) bool { return r == nil || r.whole }):
@@ -376,6 +341,51 @@ func (p *Parser) parse(path, text string) (*Config, error) {
 	}
 	p.lastWhole = ""
 	return assemble(path, pre, blocks, results)
+}
+
+// cached returns the result for a block's text, or nil.
+func (p *Parser) cached(text string) *blockResult {
+	if p.blocks == nil {
+		return nil
+	}
+	if r := p.blocks[maphash.String(p.seed, text)]; r != nil && r.text == text {
+		return r
+	}
+	return nil
+}
+
+// remember keeps the results of the latest file, and only those. Each
+// result's text is made to point into the latest file, so that no earlier
+// file stays in memory for it.
+func (p *Parser) remember(text string, preEnd int, pre *preambleResult, blocks []block, results []*blockResult) {
+	if p.blocks == nil {
+		p.blocks = make(map[uint64]*blockResult, len(blocks))
+		p.seed = maphash.MakeSeed()
+	}
+	p.gen++
+	for i, r := range results {
+		if r == nil {
+			continue // not decoded: the preamble or another block made the file whole
+		}
+		r.text = text[blocks[i].start:blocks[i].end]
+		r.gen = p.gen
+		h := maphash.String(p.seed, r.text)
+		if prev := p.blocks[h]; prev != r {
+			if prev != nil && prev.gen == p.gen && prev.text == r.text {
+				results[i] = prev // the same text twice: keep one
+				continue
+			}
+			p.blocks[h] = r
+		}
+	}
+	for h, r := range p.blocks {
+		if r.gen != p.gen {
+			delete(p.blocks, h)
+		}
+	}
+	pre.text = text[:preEnd]
+	p.pre = pre
+	p.last = &splitFile{text: text, preEnd: preEnd, blocks: blocks, results: results}
 }
 
 // chunkSize is how many consecutive blocks go to one toml.Decode call.
