@@ -94,7 +94,9 @@ func startFwdd(t *testing.T, topo *sandbox.Topology, cfg string) *daemon {
 			return fmt.Errorf("fwdd exited: %s", p.Output())
 		default:
 		}
-		if !strings.Contains(p.Output(), "forwarding") {
+		// "ready" follows the conntrack watcher's start: connections made
+		// from then on are counted and logged.
+		if !strings.Contains(p.Output(), "\tready\t") {
 			return fmt.Errorf("not ready yet")
 		}
 		return nil

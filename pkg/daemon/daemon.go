@@ -303,6 +303,7 @@ func (d *Daemon) Run(ctx context.Context, sigs <-chan os.Signal) error {
 		d.log.Warn("conntrack watcher not ready after 10s; forwarding works, connection counts may lag")
 	}
 	d.opts.Notify("READY=1")
+	d.log.Info("ready", zap.Int("pid", os.Getpid()))
 	for {
 		select {
 		case <-ctx.Done():
