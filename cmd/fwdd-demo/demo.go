@@ -23,7 +23,7 @@ const sandboxBase = "fwdd_demo"
 
 // Time limits of single steps.
 const (
-	readyTimeout   = 20 * time.Second // fwdd start until "forwarding"
+	readyTimeout   = 20 * time.Second // fwdd start until "ready"
 	commandTimeout = 30 * time.Second // one fwdd/nft command
 	probeTimeout   = 3 * time.Second  // one connection or datagram
 	logTimeout     = 5 * time.Second  // a log line to appear
@@ -44,7 +44,7 @@ type demo struct {
 	cfgPath  string
 	stateDir string
 	proc     *sandbox.Proc // the fwdd daemon
-	ready    bool          // the daemon logged "forwarding"
+	ready    bool          // the daemon logged "ready"
 	logShown int           // bytes of the daemon's output already shown
 	servers  []*server
 	hasNft   bool
@@ -208,7 +208,7 @@ func (d *demo) startFwdd(ctx context.Context) error {
 		return err
 	}
 	d.proc = p
-	if _, err := d.waitLog(ctx, readyTimeout, "forwarding"); err != nil {
+	if _, err := d.waitLog(ctx, readyTimeout, "ready"); err != nil {
 		return fmt.Errorf("fwdd did not start: %w", err)
 	}
 	d.ready = true
