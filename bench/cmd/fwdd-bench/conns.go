@@ -3,8 +3,10 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -13,6 +15,10 @@ const (
 	kindRouting = "routing" // no NAT, no table: the client connects to the backend itself
 	kindFwdd    = "fwdd"    // fwdd with n forwards
 	kindLinear  = "linear"  // n DNAT rules in one chain, the measured one last
+	// kindTable is fwdd's table for n forwards loaded with nft -f (from
+	// `fwdd print`) with no daemon running: the kernel's share of fwdd's
+	// cost without the daemon's own work (its conntrack event watcher).
+	kindTable = "fwddtable"
 )
 
 type connVariant struct {
@@ -60,15 +66,18 @@ func (e *env) measureConns(o connOptions) (connResults, error) {
 	files := map[connVariant]string{}
 	variants := []connVariant{{Kind: kindRouting}}
 	for _, n := range o.sizes {
-		fv, lv := connVariant{kindFwdd, n}, connVariant{kindLinear, n}
+		fv, tv, lv := connVariant{kindFwdd, n}, connVariant{kindTable, n}, connVariant{kindLinear, n}
 		var err error
 		if files[fv], err = e.writeConfig(fmt.Sprintf("conns-%d.toml", n), fwddConfig(n, false)); err != nil {
+			return nil, err
+		}
+		if files[tv], err = e.printTable(files[fv]); err != nil {
 			return nil, err
 		}
 		if files[lv], err = e.writeConfig(fmt.Sprintf("linear-%d.nft", n), linearRuleset(n)); err != nil {
 			return nil, err
 		}
-		variants = append(variants, fv, lv)
+		variants = append(variants, fv, tv, lv)
 	}
 	res := connResults{}
 	for r := range o.rounds {
@@ -115,14 +124,18 @@ func (e *env) connSample(v connVariant, file string, o connOptions) (s connSampl
 		}()
 		s.Setup = d.Wall
 		daemonPID = d.proc.PID()
-	case kindLinear:
+	case kindLinear, kindTable:
 		wall, out, err := e.timed(e.topo.Gateway, 5*time.Minute, "nft", "-f", file)
 		if err != nil {
 			return s, fmt.Errorf("nft -f %s: %w: %s", filepath.Base(file), err, out)
 		}
 		s.Setup = wall
+		table := []string{"ip", linearTable}
+		if v.Kind == kindTable {
+			table = []string{"inet", "fwdd"}
+		}
 		defer func() {
-			_, _ = e.run(e.topo.Gateway, 5*time.Minute, "nft", "delete", "table", "ip", linearTable)
+			_, _ = e.run(e.topo.Gateway, 5*time.Minute, append([]string{"nft", "delete", "table"}, table...)...)
 		}()
 	}
 	var ticks0 int64
@@ -157,4 +170,18 @@ func (e *env) connSample(v connVariant, file string, o connOptions) (s connSampl
 	s.Rate = float64(r.OK) / r.Seconds
 	s.Failed, s.Err = r.Failed, r.FirstErr
 	return s, nil
+}
+
+// printTable writes `fwdd print -c cfg` (run in the gateway with no fwdd
+// table, so ids are fresh as at a daemon's start) next to cfg.
+func (e *env) printTable(cfg string) (string, error) {
+	if err := e.resetGateway(); err != nil {
+		return "", err
+	}
+	out, err := e.run(e.topo.Gateway, 5*time.Minute, e.fwdd, "print", "-c", cfg)
+	if err != nil {
+		return "", fmt.Errorf("fwdd print -c %s: %w: %.500s", cfg, err, out)
+	}
+	path := strings.TrimSuffix(cfg, ".toml") + ".nft"
+	return path, os.WriteFile(path, out, 0o644)
 }

@@ -337,30 +337,40 @@ func writeConns(b *strings.Builder, res *results, plotted bool) {
 		"the measured one **last**, plus a masquerade rule; the other variant's table is removed before each sample.\n\n",
 		o.workers, o.connDuration, o.connWarmup)
 	rt := connRates(c[connVariant{Kind: kindRouting}])
-	f1, l1 := connRates(c[connVariant{kindFwdd, 1}]), connRates(c[connVariant{kindLinear, 1}])
-	p("| forwards | fwdd conn/s | min – max | vs fwdd with 1 | fwdd's own CPU | linear rules conn/s | min – max | vs linear with 1 | fwdd / linear | setup: fwdd start | setup: `nft -f` of the rules |\n")
-	p("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-	for _, n := range o.sizes {
-		fs, ls := c[connVariant{kindFwdd, n}], c[connVariant{kindLinear, n}]
-		f, l := connRates(fs), connRates(ls)
-		cpu := summarize(slices.Collect(func(yield func(float64) bool) {
-			for _, x := range fs {
-				if !yield(100 * x.DaemonCPU) {
-					return
-				}
-			}
-		}))
-		p("| %s | %s | %s | %s | %.0f %% | %s | %s | %s | %s | %s | %s |\n", fmtNum(float64(n)),
-			fmtNum(f.Median), spread(f, fmtNum), fmtX(ratio(f, f1)), cpu.Median,
-			fmtNum(l.Median), spread(l, fmtNum), fmtX(ratio(l, l1)), fmtX(ratio(f, l)),
-			fmtDur(durs(fs, func(s connSample) time.Duration { return s.Setup }).Median),
-			fmtDur(durs(ls, func(s connSample) time.Duration { return s.Setup }).Median))
+	f1, t1, l1 := connRates(c[connVariant{kindFwdd, 1}]), connRates(c[connVariant{kindTable, 1}]), connRates(c[connVariant{kindLinear, 1}])
+	cell := func(x summary) string {
+		if x.missing {
+			return "–"
+		}
+		return fmt.Sprintf("%s (%s)", fmtNum(x.Median), spread(x, fmtNum))
 	}
-	p("\n*fwdd's own CPU*: the daemon process's user+system CPU during the sample (median, %% of one CPU): it shares the 2 CPUs with the clients, " +
-		"the server and the kernel's forwarding, so the CPU its conntrack event watcher spends on every new connection is taken from the connection rate; " +
-		"the linear rules have no process at all.\n")
-	p("\nPlain routing, no NAT, no table (client to 10.22.0.2:5000): **%s** conn/s (%s). fwdd with 1 forward: %s of that.\n\n",
-		fmtNum(rt.Median), spread(rt, fmtNum), fmtX(ratio(f1, rt)))
+	p("Connections per second, median (min – max):\n\n")
+	p("| forwards | fwdd | vs fwdd with 1 | fwdd's table alone, no daemon | vs with 1 | linear rules | vs linear with 1 | fwdd / linear |\n")
+	p("|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for _, n := range o.sizes {
+		f, t, l := connRates(c[connVariant{kindFwdd, n}]), connRates(c[connVariant{kindTable, n}]), connRates(c[connVariant{kindLinear, n}])
+		p("| %s | %s | %s | %s | %s | %s | %s | %s |\n", fmtNum(float64(n)),
+			cell(f), fmtX(ratio(f, f1)), cell(t), fmtX(ratio(t, t1)), cell(l), fmtX(ratio(l, l1)), fmtX(ratio(f, l)))
+	}
+	p("| routing, no NAT | %s | | | | | | |\n", cell(rt))
+	p("\n*fwdd's table alone*: the same table, from `fwdd print`, loaded with `nft -f` and no fwdd process running: the kernel's share of fwdd's cost. " +
+		"The difference to *fwdd* is the daemon's own work per connection (its conntrack event watcher), which competes for the same 2 CPUs as the clients, the server and the forwarding.\n\n")
+	p("| forwards | fwdd's own CPU during the sample | setup: fwdd start to applied | setup: `nft -f` of fwdd's table | setup: `nft -f` of the linear rules |\n")
+	p("|---:|---:|---:|---:|---:|\n")
+	setup := func(v connVariant) string {
+		return fmtDur(durs(c[v], func(s connSample) time.Duration { return s.Setup }).Median)
+	}
+	for _, n := range o.sizes {
+		var cpu []float64
+		for _, x := range c[connVariant{kindFwdd, n}] {
+			cpu = append(cpu, 100*x.DaemonCPU)
+		}
+		cs := summarize(cpu)
+		p("| %s | %.0f %% of one CPU (%.0f – %.0f) | %s | %s | %s |\n", fmtNum(float64(n)), cs.Median, cs.Min, cs.Max,
+			setup(connVariant{kindFwdd, n}), setup(connVariant{kindTable, n}), setup(connVariant{kindLinear, n}))
+	}
+	p("\nWith 1 forward, against plain routing (client straight to 10.22.0.2:5000, no table, no conntrack): fwdd %s, fwdd's table alone %s, linear rules %s.\n\n",
+		fmtX(ratio(f1, rt)), fmtX(ratio(t1, rt)), fmtX(ratio(l1, rt)))
 	var failed []string
 	for _, v := range slices.SortedFunc(maps.Keys(c), func(a, b connVariant) int { return strings.Compare(a.String(), b.String()) }) {
 		var n int64
@@ -478,16 +488,20 @@ func plotConns(dir string, res *results) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
+	top := 0.0
 	var data bytes.Buffer
-	data.WriteString("# forwards fwdd_median fwdd_min fwdd_max linear_median linear_min linear_max\n")
+	data.WriteString("# forwards fwdd_median fwdd_min fwdd_max linear_median linear_min linear_max table_median table_min table_max\n")
 	for _, n := range res.Options.sizes {
 		f, l := connRates(res.Conns[connVariant{kindFwdd, n}]), connRates(res.Conns[connVariant{kindLinear, n}])
-		fmt.Fprintf(&data, "%d %.0f %.0f %.0f %.0f %.0f %.0f\n", n, f.Median, f.Min, f.Max, l.Median, l.Min, l.Max)
+		t := connRates(res.Conns[connVariant{kindTable, n}])
+		fmt.Fprintf(&data, "%d %.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f %.0f\n", n, f.Median, f.Min, f.Max, l.Median, l.Min, l.Max, t.Median, t.Min, t.Max)
+		top = max(top, f.Max, l.Max, t.Max)
 	}
 	if err := os.WriteFile(filepath.Join(tmp, "conns.dat"), data.Bytes(), 0o644); err != nil {
 		return err
 	}
 	rt := connRates(res.Conns[connVariant{Kind: kindRouting}])
+	top = max(top, rt.Max)
 	maxN := float64(slices.Max(res.Options.sizes))
 	script := fmt.Sprintf(`set terminal pngcairo size 960,600 font "sans,11"
 set output %q
@@ -497,20 +511,22 @@ set xrange [0.6:%g]
 set xtics ("1" 1, "10" 10, "100" 100, "1k" 1000, "10k" 10000, "100k" 100000)
 set xlabel "forwards (fwdd) / DNAT rules (linear), measured one last"
 set ylabel "connections per second"
-set yrange [0:*]
+set yrange [0:%.0f]
 set format y "%%.0f"
 set grid
-set key left bottom box opaque
+set key left bottom box opaque font ",10"
 routing = %f
 routing_min = %f
 routing_max = %f
-plot routing w l lw 2 dt 2 lc rgb "#555555" t "routing, no NAT (median)", \
-     routing_min w l lw 1 dt 3 lc rgb "#aaaaaa" t "routing min / max", \
-     routing_max w l lw 1 dt 3 lc rgb "#aaaaaa" notitle, \
-     %q u 1:2:3:4 w yerrorlines lw 2 pt 7 ps 1.3 lc rgb "#1f77b4" t "fwdd (map lookup)", \
-     %q u 1:5:6:7 w yerrorlines lw 2 pt 5 ps 1.3 lc rgb "#d62728" t "linear nft DNAT rules (iptables-style)"
-`, filepath.Join(dir, "conns.png"), res.Options.rounds, maxN*1.6, rt.Median, rt.Min, rt.Max,
-		filepath.Join(tmp, "conns.dat"), filepath.Join(tmp, "conns.dat"))
+set style fill transparent solid 0.35 noborder
+set samples 200
+plot '+' u 1:(routing_min):(routing_max) w filledcurves lc rgb "#bbbbbb" t "routing, no NAT: min - max", \
+     routing w l lw 2 dt 2 lc rgb "#555555" t "routing, no NAT: median", \
+     %[8]q u ($1*0.92):2:3:4 w yerrorlines lw 2 pt 7 ps 1.3 lc rgb "#1f77b4" t "fwdd (daemon running: map lookup + conntrack watcher)", \
+     %[8]q u 1:8:9:10 w yerrorlines lw 2 dt 4 pt 6 ps 1.3 lc rgb "#2ca02c" t "fwdd's table alone (nft -f of fwdd print, no daemon)", \
+     %[8]q u ($1*1.08):5:6:7 w yerrorlines lw 2 pt 5 ps 1.3 lc rgb "#d62728" t "linear nft DNAT rules (iptables-style)"
+`, filepath.Join(dir, "conns.png"), res.Options.rounds, maxN*1.6, top*1.08, rt.Median, rt.Min, rt.Max,
+		filepath.Join(tmp, "conns.dat"))
 	gpFile := filepath.Join(tmp, "conns.gp")
 	if err := os.WriteFile(gpFile, []byte(script), 0o644); err != nil {
 		return err
