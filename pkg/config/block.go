@@ -16,9 +16,9 @@ import (
 //
 // BurntSushi/toml needs about 120-200 ms to decode a file of 10,000
 // forwards on a 2-core box (100,000: 1.3-3 s), and a reload must be live
-// within 100 ms. BurntSushi has no incremental or parallel mode: one Decode call
-// reads one whole document on one goroutine, and nothing of it can be kept
-// for the next call. So this file does by hand what the library cannot:
+// within 100 ms. BurntSushi has no incremental or parallel mode: one Decode
+// call reads one whole document on one goroutine, and nothing of it can be
+// kept for the next call. So this file does by hand what the library cannot:
 //
 //   - It cuts the text into the preamble (everything before the first
 //     [[forward]] header) and one block per [[forward]] (from its header to
