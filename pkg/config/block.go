@@ -68,6 +68,11 @@ import (
 // forward did not change; like the rest of a Config, they must not be
 // modified.
 type Parser struct {
+	// CacheLimit is the most [[forward]] blocks the Parser remembers
+	// (0: no limit). A file with more is parsed afresh each time and
+	// nothing of it is kept: memory is then the Config's alone.
+	CacheLimit int
+
 	mu      sync.Mutex
 	noCache bool // Parse's throwaway Parser: remember nothing
 	gen     uint64
@@ -327,8 +332,10 @@ func (p *Parser) parse(path, text string) (*Config, error) {
 	}
 	pre = decodeMissing(text, preEnd, pre, blocks, miss, results)
 	p.lastDecoded = len(miss)
-	if !p.noCache {
+	if !p.noCache && (p.CacheLimit == 0 || len(blocks) <= p.CacheLimit) {
 		p.remember(text, preEnd, pre, blocks, results)
+	} else {
+		p.blocks, p.pre, p.last = nil, nil, nil
 	}
 
 	switch {

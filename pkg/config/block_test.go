@@ -773,3 +773,25 @@ func BenchmarkParse100000(b *testing.B) {
 		}
 	}
 }
+
+// TestParserCacheLimit checks that a file over the limit is parsed afresh,
+// correctly, and leaves nothing cached.
+func TestParserCacheLimit(t *testing.T) {
+	base := &randomFile{pre: "[daemon]\ntable = \"fwdd\"\n\n"}
+	rng := rand.New(rand.NewPCG(9, 10))
+	for i := range 50 {
+		base.blocks = append(base.blocks, randomForward(rng, i, false))
+	}
+	p := Parser{CacheLimit: 40}
+	for range 2 {
+		checkParsers(t, "over the limit", base.text(), &p)
+		if p.lastDecoded != 50 || len(p.blocks) != 0 || p.last != nil {
+			t.Errorf("decoded %d blocks, %d cached; want 50 decoded, none cached", p.lastDecoded, len(p.blocks))
+		}
+	}
+	base.blocks = base.blocks[:30]
+	checkParsers(t, "under the limit", base.text(), &p)
+	if len(p.blocks) != 30 {
+		t.Errorf("%d blocks cached under the limit, want 30", len(p.blocks))
+	}
+}
