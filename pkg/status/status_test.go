@@ -1,0 +1,68 @@
+package status
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/fwdd/fwdd/pkg/config"
+)
+
+func TestDescriptions(t *testing.T) {
+	cfg, err := config.Parse("fwdd.toml", []byte(`
+[[forward]]
+name = "web"
+port = 80
+to = "192.168.1.50:8080"
+
+[[forward]]
+name = "dns"
+proto = ["tcp", "udp"]
+port = 53
+address = "10.0.0.1"
+to = "192.168.1.53"
+snat = "none"
+
+[[forward]]
+name = "lab"
+port = "2200-2201"
+to = "[fd00::7]:22"
+interface = "eth1"
+sources = ["fd01::/64"]
+snat = "fd00::1"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range [][3]string{
+		{"tcp 80 on any local address", "192.168.1.50:8080", "masquerade"},
+		{"tcp,udp 53 on 10.0.0.1", "192.168.1.53 (same port)", "none"},
+		{"tcp 2200-2201 on any local address via eth1 from fd01::/64", "[fd00::7]:22", "fd00::1"},
+	} {
+		f := &cfg.Forwards[i]
+		if got := [3]string{Match(f), Target(f), SNAT(f)}; got != want {
+			t.Errorf("%s: got %q, want %q", f.Name, got, want)
+		}
+	}
+}
+
+func TestWriteText(t *testing.T) {
+	r := &Report{Config: "/etc/fwdd/fwdd.toml", Table: Table{Name: "inet fwdd", Present: true, MatchesConfig: true},
+		IPForward: true, Conntrack: Conntrack{Count: 10, Max: 1000},
+		Forwards: []Forward{{Name: "web", Match: "tcp 80 on any local address", Target: "10.0.0.2:8080", SNAT: "masquerade",
+			Packets: 12, Bytes: 3 << 20, Connections: 2}}}
+	var b bytes.Buffer
+	if err := r.WriteText(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"table inet fwdd: present, matches /etc/fwdd/fwdd.toml",
+		"forwarding: ipv4 on, ipv6 off",
+		"conntrack: 10 of 1000 entries (1.0%)",
+		"web      tcp 80 on any local address  10.0.0.2:8080  masquerade  2      12       3.0 MiB",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("text lacks %q:\n%s", want, b.String())
+		}
+	}
+}
