@@ -284,8 +284,10 @@ func writeTargets(b *strings.Builder, res *results) {
 				fmtX(r), fmtDur(fw.Median), fmtDur(nf.Median), fmtDur(lg.Median), fmtX(ratio(lg, nf)), verdict(r <= 1.0, !math.IsNaN(r)))
 			rl := durs(s, func(x applySample) time.Duration { return x.ReloadWall })
 			sg := durs(s, func(x applySample) time.Duration { return x.SignalWall })
-			p("| reload after changing one of 10,000 <= 100 ms | `fwdd reload` %s; SIGHUP to applied %s | %s |\n",
-				fmtDur(rl.Median), fmtDur(sg.Median), verdict(rl.Median <= float64(100*time.Millisecond), !rl.missing))
+			// The target is SIGHUP to live, parsing included; `fwdd reload`
+			// adds its own check of the file and polling, shown beside it.
+			p("| reload after changing one of 10,000, SIGHUP to live <= 100 ms | SIGHUP to applied %s; `fwdd reload` (checks the file first) %s | %s |\n",
+				fmtDur(sg.Median), fmtDur(rl.Median), verdict(sg.Median <= float64(100*time.Millisecond), !sg.missing))
 		}
 		if s, ok := a[100_000]; ok {
 			fw := durs(s, func(x applySample) time.Duration { return x.StartWall })
