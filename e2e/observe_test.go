@@ -251,4 +251,57 @@ to = "10.22.0.2:8080"`, 1)
 			t.Errorf("the warning does not name the forward holding the entries")
 		}
 	})
+
+	t.Run("burst of 20,000 flows: the daemon's count converges to the kernel's", func(t *testing.T) {
+		// Fire-and-forget datagrams from 20,000 source ports, as fast as
+		// the client can send them: more events than the watcher's socket
+		// holds at once on a busy machine.
+		if err := topo.Client.Do(func() error {
+			dst := &net.UDPAddr{IP: net.ParseIP("10.11.0.1"), Port: 53}
+			for i := 0; i < 20_000; i++ {
+				c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP("10.11.0.2"), Port: 30000 + i})
+				if err != nil {
+					return err
+				}
+				_, err = c.WriteToUDP([]byte("b"), dst)
+				c.Close()
+				if err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		var watched, dumped int
+		if err := sandbox.Eventually(60*time.Second, func() error {
+			_, _, _, _, dumped = forwardStatus(readStatus(t, topo, d.cfgPath), "dgram")
+			body := scrape(t, topo)
+			watched = -1
+			for _, l := range strings.Split(body, "\n") {
+				if strings.HasPrefix(l, `fwdd_forward_connections{forward="dgram"} `) {
+					fmt.Sscan(strings.Fields(l)[1], &watched)
+				}
+			}
+			if watched != dumped {
+				return fmt.Errorf("watcher counts %d, conntrack dump %d", watched, dumped)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("dgram: %d live flows, watcher and dump agree; %s", dumped, metricLine(scrape(t, topo), "fwdd_conntrack_event_overflows_total"))
+		if dumped < 10_000 {
+			t.Errorf("only %d flows tracked: not much of a burst", dumped)
+		}
+	})
+}
+
+func metricLine(body, name string) string {
+	for _, l := range strings.Split(body, "\n") {
+		if strings.HasPrefix(l, name+" ") {
+			return l
+		}
+	}
+	return name + " absent"
 }
