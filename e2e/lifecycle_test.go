@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"io"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -219,4 +220,35 @@ table ip strict {
 	mustNotReach(t, topo.Client, "10.11.0.1:80")
 	nftRun(t, topo, "add rule ip strict forward ct mark and 0xff000000 == 0xfd000000 accept\n")
 	mustGreet(t, topo.Client, "10.11.0.1:80", "backend 10.22.0.1:")
+}
+
+// forward_policy = "drop": the drop-by-default FORWARD chain of the manual
+// procedure, owned by fwdd: only fwdd's connections are forwarded.
+func TestKernelForwardPolicyDrop(t *testing.T) {
+	topo := sandbox.New(t, sandbox.Options{NoClient2: true})
+	listenTCP(t, topo.Backend, "10.22.0.2:8080")
+	listenTCP(t, topo.Other, "10.44.0.2:80")
+	cfg := "[daemon]\nforward_policy = \"drop\"\n" + reloadBefore
+	d := startFwdd(t, topo, cfg)
+	mustGreet(t, topo.Client, "10.11.0.1:80", "backend 10.22.0.1:")
+	mustNotReach(t, topo.Client, "10.44.0.2:80") // transit: not fwdd's, dropped
+	printed, err := fwdd(t, topo, "print", "-c", d.cfgPath)
+	if err != nil || !strings.Contains(printed, "policy drop;") {
+		t.Fatalf("fwdd print: %v\n%s", err, printed)
+	}
+	script := filepath.Join(t.TempDir(), "print.nft")
+	writeConfig(t, script, printed)
+	if res, err := topo.Gateway.Run(ctxT(t), "nft", "-c", "-f", script); err != nil {
+		t.Fatalf("nft -c -f rejects fwdd print with forward_policy = drop: %v\n%s", err, res)
+	}
+
+	out, err := d.reload(reloadBefore) // back to the default, accept
+	if err != nil {
+		t.Fatalf("reload: %v\n%s", err, out)
+	}
+	mustGreet(t, topo.Client, "10.44.0.2:80", "other 10.11.0.2:")
+	mustGreet(t, topo.Client, "10.11.0.1:80", "backend 10.22.0.1:")
+	if !strings.Contains(d.proc.Output(), `"fullReplace": true`) {
+		t.Errorf("a policy change was not applied by replacing the table:\n%s", d.proc.Output())
+	}
 }

@@ -35,6 +35,8 @@ type rawDaemon struct {
 	OnStop   any `toml:"on_stop"`
 	LogLevel any `toml:"log_level"`
 	Metrics  any `toml:"metrics"`
+	// ForwardPolicy is forward_policy.
+	ForwardPolicy any `toml:"forward_policy"`
 }
 
 type rawSysctl struct {
@@ -63,7 +65,7 @@ type rawForward struct {
 // allowedKeys lists the keys of the file ("") and of each section.
 var allowedKeys = map[string][]string{
 	"":          {"daemon", "sysctl", "conntrack", "forward"},
-	"daemon":    {"table", "on_stop", "log_level", "metrics"},
+	"daemon":    {"table", "on_stop", "log_level", "metrics", "forward_policy"},
 	"sysctl":    {"ip_forward", "rp_filter", "conntrack_max"},
 	"conntrack": {"warn_percent", "critical_percent"},
 	"forward":   {"name", "proto", "port", "address", "to", "interface", "sources", "snat", "log"},
@@ -367,6 +369,8 @@ func parseDaemon(ps *problems, raw *rawDaemon, lines *keyLines) Daemon {
 	d := Daemon{
 		OnStop:   OnStop(fs.oneOf("on_stop", raw.OnStop, string(OnStopFlush), string(OnStopFlush), string(OnStopKeep))),
 		LogLevel: fs.oneOf("log_level", raw.LogLevel, "info", "debug", "info", "warn", "error"),
+		ForwardPolicy: ForwardPolicy(fs.oneOf("forward_policy", raw.ForwardPolicy, string(ForwardAccept),
+			string(ForwardAccept), string(ForwardDrop))),
 	}
 	if t, ok := fs.str("table", raw.Table, "fwdd"); ok {
 		if tableNameRE.MatchString(t) {

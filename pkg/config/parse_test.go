@@ -15,7 +15,7 @@ import (
 func defaultConfig() Config {
 	return Config{
 		Path:      "fwdd.toml",
-		Daemon:    Daemon{Table: "fwdd", OnStop: OnStopFlush, LogLevel: "info"},
+		Daemon:    Daemon{Table: "fwdd", OnStop: OnStopFlush, LogLevel: "info", ForwardPolicy: ForwardAccept},
 		Sysctl:    Sysctl{IPForward: true, RPFilter: RPFilterKeep},
 		Conntrack: Conntrack{WarnPercent: 80, CriticalPercent: 95},
 	}
@@ -54,6 +54,7 @@ table = "nat-fwd"
 on_stop = "keep"
 log_level = "debug"
 metrics = "[::1]:9650"
+forward_policy = "drop"
 [sysctl]
 ip_forward = false
 rp_filter = "loose"
@@ -64,7 +65,7 @@ critical_percent = 100
 `,
 			want: &Config{
 				Path:      "fwdd.toml",
-				Daemon:    Daemon{Table: "nat-fwd", OnStop: OnStopKeep, LogLevel: "debug", Metrics: "[::1]:9650"},
+				Daemon:    Daemon{Table: "nat-fwd", OnStop: OnStopKeep, LogLevel: "debug", Metrics: "[::1]:9650", ForwardPolicy: ForwardDrop},
 				Sysctl:    Sysctl{IPForward: false, RPFilter: RPFilterLoose, ConntrackMax: 262144},
 				Conntrack: Conntrack{WarnPercent: 50, CriticalPercent: 100},
 			},
@@ -310,6 +311,7 @@ func parseBadTests() []parseBadTest {
 		{"table too long", "[daemon]\ntable = \"" + strings.Repeat("a", 33) + "\"\n", []string{"is not a valid table name"}},
 		{"table type", "[daemon]\ntable = 5\n", []string{"fwdd.toml:2: daemon: table: must be a string, not an integer"}},
 		{"on_stop", "[daemon]\n\non_stop = \"maybe\"\n", []string{`fwdd.toml:3: daemon: on_stop: "maybe" is not allowed; must be "flush" or "keep"`}},
+		{"forward_policy", "[daemon]\nforward_policy = \"reject\"\n", []string{`fwdd.toml:2: daemon: forward_policy: "reject" is not allowed; must be "accept" or "drop"`}},
 		{"log_level", "[daemon]\nlog_level = \"trace\"\n", []string{`daemon: log_level: "trace" is not allowed; must be "debug", "info", "warn" or "error"`}},
 		{"metrics no port", "[daemon]\nmetrics = \"localhost\"\n", []string{`daemon: metrics: "localhost": missing port in address; must be "" (off) or host:port`}},
 		{"metrics named port", "[daemon]\nmetrics = \":http\"\n", []string{`metrics: ":http": port "http" is not a number between 1 and 65535`}},

@@ -38,7 +38,23 @@ type Daemon struct {
 	OnStop   OnStop // default flush
 	LogLevel string // debug | info | warn | error; default info
 	Metrics  string // listen address for /metrics, "" = off
+	// ForwardPolicy is what fwdd's forward-hook chain does with forwarded
+	// packets of connections fwdd did not forward; default accept.
+	ForwardPolicy ForwardPolicy
 }
+
+// ForwardPolicy is the verdict of fwdd's forward chain for traffic that is
+// not fwdd's.
+type ForwardPolicy string
+
+const (
+	// ForwardAccept leaves other forwarded traffic to the rest of the host's
+	// firewall.
+	ForwardAccept ForwardPolicy = "accept"
+	// ForwardDrop drops every forwarded packet that does not belong to a
+	// connection fwdd forwarded: a drop-by-default FORWARD chain.
+	ForwardDrop ForwardPolicy = "drop"
+)
 
 // RPFilter is the reverse-path filter mode fwdd applies.
 type RPFilter string

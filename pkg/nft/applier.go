@@ -28,7 +28,7 @@ func (a *Applier) Forget() { a.last = nil }
 func (a *Applier) Apply(m *Model) (st Stats, err error) {
 	start := time.Now()
 	defer func() { st.Elapsed = time.Since(start) }()
-	full := a.last == nil || a.last.Table != m.Table
+	full := a.last == nil || a.last.Table != m.Table || !sameHooks(a.last, m)
 	if !full {
 		if err := a.Kernel.Verify(a.last); err != nil {
 			full = true
@@ -161,4 +161,20 @@ func (k *Kernel) VerifyContent(m *Model) error {
 		}
 	}
 	return nil
+}
+
+// sameHooks reports whether two models have the same base chains with the
+// same policies: a diff only changes rules and elements, so anything else
+// is applied by replacing the table.
+func sameHooks(a, b *Model) bool {
+	hooks := func(m *Model) string {
+		var s string
+		for _, c := range m.Chains {
+			if c.Hook != nil {
+				s += fmt.Sprintf("%s:%+v;", c.Name, *c.Hook)
+			}
+		}
+		return s
+	}
+	return hooks(a) == hooks(b)
 }

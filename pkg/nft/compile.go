@@ -245,10 +245,10 @@ func Compile(cfg *config.Config, ids map[string]uint32, prev *Model) (*Model, er
 	}
 
 	m.Chains = append(m.Chains,
-		&Chain{Name: "prerouting", Hook: &Hook{"nat", "prerouting", -100},
+		&Chain{Name: "prerouting", Hook: &Hook{Type: "nat", Hook: "prerouting", Priority: -100},
 			Comment: "DNAT of connections arriving from the network",
 			Rules:   []Rule{{Stmts: []Stmt{verdict{kind: expr.VerdictJump, chain: chainDispatch}}}}},
-		&Chain{Name: "output", Hook: &Hook{"nat", "output", -100},
+		&Chain{Name: "output", Hook: &Hook{Type: "nat", Hook: "output", Priority: -100},
 			Comment: "DNAT of the host's own connections to its forwarded addresses",
 			Rules: []Rule{
 				{Stmts: []Stmt{matchNFProto{IPv4}, matchAddr{dst: true, prefix: netip.MustParsePrefix("127.0.0.0/8")}, verdict{kind: expr.VerdictReturn}}},
@@ -272,7 +272,7 @@ func Compile(cfg *config.Config, ids map[string]uint32, prev *Model) (*Model, er
 	m.Chains = append(m.Chains, forwardChains...)
 	ctMark := key{loadCtMrk}
 	m.Chains = append(m.Chains,
-		&Chain{Name: "postrouting", Hook: &Hook{"nat", "postrouting", 100},
+		&Chain{Name: "postrouting", Hook: &Hook{Type: "nat", Hook: "postrouting", Priority: 100},
 			Comment: "source NAT only for connections fwdd forwarded",
 			Rules: []Rule{
 				{Stmts: []Stmt{matchNFProto{IPv4}, natMap{snat: true, fam: IPv4, key: ctMark, set: setName("snat", IPv4, "")}}},
@@ -280,17 +280,29 @@ func Compile(cfg *config.Config, ids map[string]uint32, prev *Model) (*Model, er
 				{Stmts: []Stmt{matchSet{ctMark, SetNoSNAT}, verdict{kind: expr.VerdictReturn}}},
 				{Stmts: []Stmt{matchCtMarkMasked{mask: fwmark.Mask, value: fwmark.Tag}, masquerade{}}},
 			}},
-		&Chain{Name: "count_forward", Hook: &Hook{"filter", "forward", 10},
-			Comment: "per-forward packet and byte counters, both directions",
-			Rules:   countRules(true, true)},
-		&Chain{Name: "count_input", Hook: &Hook{"filter", "input", 10},
+		forwardChain(cfg.Daemon.ForwardPolicy),
+		&Chain{Name: "count_input", Hook: &Hook{Type: "filter", Hook: "input", Priority: 10},
 			Comment: "replies to the host's own forwarded connections",
 			Rules:   countRules(false, true)},
-		&Chain{Name: "count_output", Hook: &Hook{"filter", "output", 10},
+		&Chain{Name: "count_output", Hook: &Hook{Type: "filter", Hook: "output", Priority: 10},
 			Comment: "the host's own forwarded connections",
 			Rules:   countRules(true, false)},
 	)
 	return m, nil
+}
+
+// forwardChain counts fwdd's forwarded packets and, with forward_policy =
+// "drop", drops every forwarded packet of a connection fwdd did not forward.
+func forwardChain(policy config.ForwardPolicy) *Chain {
+	c := &Chain{Name: "count_forward", Hook: &Hook{Type: "filter", Hook: "forward", Priority: 10},
+		Comment: "per-forward packet and byte counters, both directions",
+		Rules:   countRules(true, true)}
+	if policy == config.ForwardDrop {
+		c.Hook.Drop = true
+		c.Comment += "; drop by default: only fwdd's connections pass"
+		c.Rules = append(c.Rules, Rule{Stmts: []Stmt{matchCtMarkMasked{mask: fwmark.Mask, value: fwmark.Tag}, verdict{kind: expr.VerdictAccept}}})
+	}
+	return c
 }
 
 func countRules(orig, reply bool) []Rule {

@@ -91,8 +91,11 @@ func kernelChain(t *nftables.Table, c *Chain) *nftables.Chain {
 			"postrouting": nftables.ChainHookPostrouting,
 		}[c.Hook.Hook]
 		kc.Priority = nftables.ChainPriorityRef(nftables.ChainPriority(c.Hook.Priority))
-		accept := nftables.ChainPolicyAccept
-		kc.Policy = &accept
+		policy := nftables.ChainPolicyAccept
+		if c.Hook.Drop {
+			policy = nftables.ChainPolicyDrop
+		}
+		kc.Policy = &policy
 	}
 	return kc
 }

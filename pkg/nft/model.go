@@ -192,6 +192,7 @@ type Hook struct {
 	Type     string // nat | filter
 	Hook     string // prerouting | output | postrouting | forward | input
 	Priority int
+	Drop     bool // policy drop (else accept)
 }
 
 // Chain is a chain of fwdd's table; its rules are lists of statements.

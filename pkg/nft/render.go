@@ -88,7 +88,11 @@ func renderChain(b *strings.Builder, c *Chain) {
 		fmt.Fprintf(b, "\t\tcomment %q\n", c.Comment)
 	}
 	if c.Hook != nil {
-		fmt.Fprintf(b, "\t\ttype %s hook %s priority %d; policy accept;\n", c.Hook.Type, c.Hook.Hook, c.Hook.Priority)
+		policy := "accept"
+		if c.Hook.Drop {
+			policy = "drop"
+		}
+		fmt.Fprintf(b, "\t\ttype %s hook %s priority %d; policy %s;\n", c.Hook.Type, c.Hook.Hook, c.Hook.Priority, policy)
 	}
 	for _, r := range c.Rules {
 		b.WriteString("\t\t")
