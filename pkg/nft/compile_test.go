@@ -61,20 +61,7 @@ func mustParse(t *testing.T, text string) *config.Config {
 
 func compile(t *testing.T, text string, prev *Model) *Model {
 	t.Helper()
-	cfg := mustParse(t, text)
-	var prevIDs map[string]uint32
-	if prev != nil {
-		prevIDs = prev.IDs
-	}
-	ids, err := AssignIDs(prevIDs, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := Compile(cfg, ids, prev)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
+	return compileCfg(t, mustParse(t, text), prev)
 }
 
 func TestCompileGolden(t *testing.T) {
