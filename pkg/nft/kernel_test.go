@@ -268,3 +268,47 @@ func TestKernelTamperedTableIsReplaced(t *testing.T) {
 	e.checkTCP(t, 5)
 	e.checkTCP(t, 1)
 }
+
+// A reload that adds, changes and removes forwards with their own chains
+// (interface/sources) goes through the diff path and leaves the table exact.
+func TestKernelRestrictedForwardsReload(t *testing.T) {
+	e := newScaleEnv(t)
+	a := &Applier{Kernel: e.kernel}
+	parse := func(text string) *config.Config {
+		cfg, err := config.Parse("fwdd.toml", []byte(text))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	const base = `
+[[forward]]
+name = "plain"
+port = 80
+address = "10.100.0.0"
+to = "10.22.0.2:8000"
+`
+	steps := []string{
+		base + "[[forward]]\nname = \"lab\"\nport = 81\nto = \"10.22.0.2:8001\"\nsources = [\"10.11.0.0/24\"]\n",
+		base + "[[forward]]\nname = \"lab\"\nport = 81\nto = \"10.22.0.2:8002\"\ninterface = \"cli0\"\n",
+		base,
+	}
+	var m *Model
+	for i, text := range steps {
+		m = compileCfg(t, parse(text), m)
+		st, err := a.Apply(m)
+		if err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+		if i > 0 && st.Full {
+			t.Errorf("step %d: replaced the table instead of a diff", i)
+		}
+		if err := e.kernel.VerifyContent(m); err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+	}
+	e.checkTCP(t, 0)
+	if _, _, err := e.topo.Client.DialTCP(context.Background(), "10.11.0.1:81"); err == nil {
+		t.Error("the removed forward still forwards")
+	}
+}
