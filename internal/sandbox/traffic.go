@@ -390,28 +390,11 @@ func deadline(ctx context.Context) time.Time {
 // after closing fails with EADDRNOTAVAIL while the old connection is in
 // TIME_WAIT; call SetLinger(0) before Close to avoid that.
 func (h *Host) DialTCP(ctx context.Context, addr string, opts ...DialOption) (net.Conn, string, error) {
-	nw, err := network("tcp", addr)
-	if err != nil {
-		return nil, "", err
-	}
-	var cfg dialConfig
-	for _, o := range opts {
-		o(&cfg)
-	}
 	ctx, cancel := context.WithDeadline(ctx, deadline(ctx))
 	defer cancel()
-	d := net.Dialer{Control: reuseAddr}
-	if cfg.localPort != 0 || cfg.localIP.IsValid() {
-		d.LocalAddr = &net.TCPAddr{IP: cfg.local(), Port: cfg.localPort}
-	}
-	var c net.Conn
-	err = h.Do(func() error {
-		var err error
-		c, err = d.DialContext(ctx, nw, addr)
-		return err
-	})
+	c, err := h.dialIn(ctx, "tcp", addr, opts)
 	if err != nil {
-		return nil, "", fmt.Errorf("dial tcp %s from %s: %w", addr, h.Name, err)
+		return nil, "", err
 	}
 	if err := h.trackConn(c.(*net.TCPConn)); err != nil {
 		c.Close()
@@ -426,6 +409,37 @@ func (h *Host) DialTCP(ctx context.Context, addr string, opts ...DialOption) (ne
 		return nil, "", fmt.Errorf("read greeting from %s via %s: %w", addr, h.Name, err)
 	}
 	return c, greeting, nil
+}
+
+// dialIn connects from the namespace (the socket is made there, on a
+// thread switched into it) to addr over proto, "tcp" or "udp".
+func (h *Host) dialIn(ctx context.Context, proto, addr string, opts []DialOption) (net.Conn, error) {
+	nw, err := network(proto, addr)
+	if err != nil {
+		return nil, err
+	}
+	var cfg dialConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
+	d := net.Dialer{Control: reuseAddr}
+	if cfg.localPort != 0 || cfg.localIP.IsValid() {
+		if proto == "tcp" {
+			d.LocalAddr = &net.TCPAddr{IP: cfg.local(), Port: cfg.localPort}
+		} else {
+			d.LocalAddr = &net.UDPAddr{IP: cfg.local(), Port: cfg.localPort}
+		}
+	}
+	var c net.Conn
+	err = h.Do(func() error {
+		var err error
+		c, err = d.DialContext(ctx, nw, addr)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("dial %s %s from %s: %w", proto, addr, h.Name, err)
+	}
+	return c, nil
 }
 
 // readLine reads up to '\n' byte by byte, so nothing after it is consumed.
@@ -449,28 +463,11 @@ func readLine(r io.Reader) (string, error) {
 // bounds the wait; without a deadline DefaultTimeout applies. There are no
 // retries: wrap it in Eventually where loss is expected.
 func (h *Host) AskUDP(ctx context.Context, addr string, payload []byte, opts ...DialOption) (string, error) {
-	nw, err := network("udp", addr)
-	if err != nil {
-		return "", err
-	}
-	var cfg dialConfig
-	for _, o := range opts {
-		o(&cfg)
-	}
 	ctx, cancel := context.WithDeadline(ctx, deadline(ctx))
 	defer cancel()
-	d := net.Dialer{Control: reuseAddr}
-	if cfg.localPort != 0 || cfg.localIP.IsValid() {
-		d.LocalAddr = &net.UDPAddr{IP: cfg.local(), Port: cfg.localPort}
-	}
-	var c net.Conn
-	err = h.Do(func() error {
-		var err error
-		c, err = d.DialContext(ctx, nw, addr)
-		return err
-	})
+	c, err := h.dialIn(ctx, "udp", addr, opts)
 	if err != nil {
-		return "", fmt.Errorf("dial udp %s from %s: %w", addr, h.Name, err)
+		return "", err
 	}
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
 	"github.com/fwdd/fwdd/pkg/config"
 	"github.com/fwdd/fwdd/pkg/conntrack"
@@ -371,8 +372,10 @@ func (d *Daemon) stop(sigs <-chan os.Signal) error {
 	}
 }
 
+// monotonicUsec reads CLOCK_MONOTONIC, which systemd expects in
+// MONOTONIC_USEC.
 func monotonicUsec() int64 {
-	var ts syscall.Timespec
-	_ = clockGettime(&ts)
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
 	return ts.Sec*1e6 + ts.Nsec/1e3
 }

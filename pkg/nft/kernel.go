@@ -56,8 +56,7 @@ func kernelSet(t *nftables.Table, s *Set) (*nftables.Set, error) {
 		return nil, fmt.Errorf("key type of set %s: %w", s.Name, err)
 	}
 	ks := &nftables.Set{Table: t, Name: s.Name, KeyType: kt, Concatenation: len(s.Key) > 1,
-		Counter: s.Comment != "" && s.Counter, Comment: s.Comment}
-	ks.Counter = s.Counter
+		Counter: s.Counter, Comment: s.Comment}
 	if len(s.Key) == 1 && s.Key[0] == FieldMark {
 		ks.KeyByteOrder = binaryutil.NativeEndian
 	}

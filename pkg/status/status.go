@@ -79,9 +79,14 @@ func Collect(cfg *config.Config, src Sources) (*Report, error) {
 	r.Table.Present = present
 	traffic := map[string]*nft.Traffic{}
 	if present {
-		ids, err := src.Kernel.ReadIDs(cfg.Daemon.Table)
-		if err != nil {
+		// One read of the counters gives both the traffic and the ids the
+		// kernel's table uses.
+		if traffic, err = src.Kernel.ReadTraffic(cfg.Daemon.Table); err != nil {
 			return nil, err
+		}
+		ids := make(map[string]uint32, len(traffic))
+		for name, t := range traffic {
+			ids[name] = t.ID
 		}
 		assigned, err := nft.AssignIDs(ids, cfg)
 		if err != nil {
@@ -95,9 +100,6 @@ func Collect(cfg *config.Config, src Sources) (*Report, error) {
 			r.Table.Problem = err.Error()
 		} else {
 			r.Table.MatchesConfig = true
-		}
-		if traffic, err = src.Kernel.ReadTraffic(cfg.Daemon.Table); err != nil {
-			return nil, err
 		}
 	} else {
 		r.Table.Problem = "table not in the kernel: is fwdd running?"
