@@ -101,19 +101,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 2
 }
 
-// compileFile compiles the config with the ids the kernel's table already
-// uses, so that the printed table matches the running one.
+// compileFile compiles the config; forward ids are a function of the file,
+// so the printed table is the one the daemon programs.
 func compileFile(path string) (*nft.Model, error) {
 	cfg, err := config.Load(path)
 	if err != nil {
 		return nil, err
 	}
-	k := &nft.Kernel{}
-	prev, err := k.ReadIDs(cfg.Daemon.Table)
-	if err != nil {
-		prev = nil // not root or no nftables: print with fresh ids
-	}
-	ids, err := nft.AssignIDs(prev, cfg)
+	ids, err := nft.AssignIDs(cfg)
 	if err != nil {
 		return nil, err
 	}

@@ -146,14 +146,9 @@ func (d *Daemon) Start() error {
 		d.record(err)
 		return err
 	}
-	// Keep the ids of a table left by an earlier run (on_stop = "keep"), so
-	// its live connections stay attributed.
-	prev, err := d.opts.Kernel.ReadIDs(cfg.Daemon.Table)
-	if err != nil {
-		d.log.Warn("cannot read forward ids of the existing table; assigning new ones", zap.Error(err))
-		prev = nil
-	}
-	ids, err := nft.AssignIDs(prev, cfg)
+	// Ids are a function of the file: a table left by an earlier run
+	// (on_stop = "keep") or by the other node of an HA pair uses the same.
+	ids, err := nft.AssignIDs(cfg)
 	if err != nil {
 		d.record(err)
 		return err
@@ -217,7 +212,7 @@ func (d *Daemon) reload(start time.Time) error {
 	if cfg.Daemon.Table != d.cfg.Daemon.Table {
 		return fmt.Errorf("daemon: table: changing the table name from %q to %q needs a restart", d.cfg.Daemon.Table, cfg.Daemon.Table)
 	}
-	ids, err := nft.AssignIDs(d.ids, cfg)
+	ids, err := nft.AssignIDs(cfg)
 	if err != nil {
 		return err
 	}

@@ -4,7 +4,7 @@ import "testing"
 
 func BenchmarkCompile10000(b *testing.B) {
 	cfg := manyForwards(b, 10_000)
-	ids, _ := AssignIDs(nil, cfg)
+	ids, _ := AssignIDs(cfg)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if _, err := Compile(cfg, ids, nil); err != nil {
@@ -15,7 +15,7 @@ func BenchmarkCompile10000(b *testing.B) {
 
 func BenchmarkRecompile10000(b *testing.B) {
 	cfg := manyForwards(b, 10_000)
-	ids, _ := AssignIDs(nil, cfg)
+	ids, _ := AssignIDs(cfg)
 	old, _ := Compile(cfg, ids, nil)
 	cfg = manyForwards(b, 10_000) // configs are immutable: change a copy
 	cfg.Forwards[5].Port.Lo, cfg.Forwards[5].Port.Hi = 81, 81
@@ -29,7 +29,7 @@ func BenchmarkRecompile10000(b *testing.B) {
 
 func BenchmarkDiff10000(b *testing.B) {
 	cfg := manyForwards(b, 10_000)
-	ids, _ := AssignIDs(nil, cfg)
+	ids, _ := AssignIDs(cfg)
 	old, _ := Compile(cfg, ids, nil)
 	cfg = manyForwards(b, 10_000)
 	cfg.Forwards[5].Port.Lo, cfg.Forwards[5].Port.Hi = 81, 81

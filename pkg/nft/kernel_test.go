@@ -38,11 +38,7 @@ func fwdAddr(i int) string {
 
 func compileCfg(t testing.TB, cfg *config.Config, prev *Model) *Model {
 	t.Helper()
-	var prevIDs map[string]uint32
-	if prev != nil {
-		prevIDs = prev.IDs
-	}
-	ids, err := AssignIDs(prevIDs, cfg)
+	ids, err := AssignIDs(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
