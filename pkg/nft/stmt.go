@@ -270,6 +270,33 @@ func (m matchCtDirection) exprs(*compileCtx) ([]expr.Any, error) {
 	return []expr.Any{&expr.Ct{Key: expr.CtKeyDIRECTION, Register: 1}, cmpEq(1, []byte{d})}, nil
 }
 
+// matchCtStateNewOrInvalid matches packets conntrack has no entry for
+// (new, including a mid-stream packet picked up as new) or could not track.
+type matchCtStateNewOrInvalid struct{}
+
+func (matchCtStateNewOrInvalid) text() string { return "ct state invalid,new" }
+func (matchCtStateNewOrInvalid) exprs(*compileCtx) ([]expr.Any, error) {
+	bits := binary.NativeEndian.AppendUint32(nil, expr.CtStateBitINVALID|expr.CtStateBitNEW)
+	return []expr.Any{
+		&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: bits, Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+	}, nil
+}
+
+// matchTCPNoSyn matches TCP segments without SYN; it must follow a match
+// on meta l4proto tcp.
+type matchTCPNoSyn struct{}
+
+func (matchTCPNoSyn) text() string { return "tcp flags & syn == 0" }
+func (matchTCPNoSyn) exprs(*compileCtx) ([]expr.Any, error) {
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0x02}, Xor: []byte{0}},
+		cmpEq(1, []byte{0}),
+	}, nil
+}
+
 // matchSet matches when the key is in a named set; for a set with counters
 // the matched element's counter counts the packet.
 type matchSet struct {
@@ -441,6 +468,8 @@ func (v verdict) text() string {
 		return "return"
 	case expr.VerdictAccept:
 		return "accept"
+	case expr.VerdictDrop:
+		return "drop"
 	}
 	return "?"
 }
