@@ -109,8 +109,9 @@ func run(t *testing.T, h *sandbox.Host, args ...string) string {
 	return string(out)
 }
 
-// newHANode writes the node's files from deploy/ha.
-func newHANode(t *testing.T, h *sandbox.Host, name string) *haNode {
+// newHANode writes the node's files from deploy/ha; health is the fwdd
+// binary keepalived's track script runs.
+func newHANode(t *testing.T, h *sandbox.Host, name, health string) *haNode {
 	t.Helper()
 	dir := t.TempDir()
 	if err := os.Chmod(dir, 0o755); err != nil {
@@ -133,7 +134,7 @@ func newHANode(t *testing.T, h *sandbox.Host, name string) *haNode {
 	notify := filepath.Join(dir, "fwdd-notify.sh")
 	writeFile(t, notify, haFile(t, "fwdd-notify.sh", "/etc/conntrackd/conntrackd.conf", ctConf), 0o755)
 	writeFile(t, filepath.Join(dir, "keepalived.conf"), haFile(t, "keepalived.conf",
-		"/usr/local/bin/fwdd health -c /etc/fwdd/fwdd.toml", fwddBin+" health -c "+n.cfgPath+" --state-dir "+n.stateDir,
+		"/usr/local/bin/fwdd health -c /etc/fwdd/fwdd.toml", health+" health -c "+n.cfgPath+" --state-dir "+n.stateDir,
 		"/etc/keepalived/fwdd-notify.sh", notify), 0o644)
 	return n
 }
@@ -282,6 +283,7 @@ type probe struct {
 type prober struct {
 	mu     sync.Mutex
 	probes []probe
+	errs   []string // the first few errors
 	stop   chan struct{}
 	wg     sync.WaitGroup
 }
@@ -313,11 +315,20 @@ func startProber(h *sandbox.Host, addr string) *prober {
 				pr.end, pr.err = time.Now(), err
 				p.mu.Lock()
 				p.probes = append(p.probes, pr)
+				if err != nil && len(p.errs) < 5 {
+					p.errs = append(p.errs, fmt.Sprintf("%s: %v", pr.start.Format("15:04:05.000"), err))
+				}
 				p.mu.Unlock()
 			}()
 		}
 	}()
 	return p
+}
+
+func (p *prober) errors() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.errs)
 }
 
 func (p *prober) end() {
@@ -420,7 +431,15 @@ func TestKernelHA(t *testing.T) {
 	if _, err := backend.ListenTCP("10.0.0.2:5000"); err != nil {
 		t.Fatal(err)
 	}
-	gw1, gw2 := newHANode(t, gws[0], "gw1"), newHANode(t, gws[1], "gw2")
+	// The track script runs fwdd health every second. Built with -race it
+	// took over keepalived's 5 s timeout on two overloaded cores, which
+	// failed healthy nodes over: it runs a plain build (the daemons still
+	// run the race build).
+	health := filepath.Join(t.TempDir(), "fwdd")
+	if out, err := exec.Command("go", "build", "-o", health, "../cmd/fwdd").CombinedOutput(); err != nil {
+		t.Fatalf("build fwdd: %v\n%s", err, out)
+	}
+	gw1, gw2 := newHANode(t, gws[0], "gw1", health), newHANode(t, gws[1], "gw2", health)
 	gw1.up(t)
 	gw1.waitMaster(t, 20*time.Second)
 	gw2.up(t)
@@ -462,7 +481,7 @@ func TestKernelHA(t *testing.T) {
 		t.Errorf("new connections out for %v (-1: never back) when the master died, want back within 1s (1.5s with a margin for a loaded machine)", outage)
 	}
 	if failed > 0 {
-		t.Errorf("%d of %d new connections failed during failover", failed, total)
+		t.Errorf("%d of %d new connections failed during failover: %v", failed, total, probes.errors())
 	}
 
 	// The synced connections are attributed to their forwards on gw2.
@@ -518,7 +537,7 @@ func TestKernelHA(t *testing.T) {
 	t.Logf("failback: gw1 master %v after its restart began; of %d new connections %d failed, %d took over %v; longest stall: download %v, echo %v; %d download and %d echo steps in all",
 		tookOver.Sub(back).Round(time.Millisecond), totalBack, failedBack, slowBack, promptly, dlBack.Round(time.Millisecond), ecBack.Round(time.Millisecond), dl.count(), ec.count())
 	if failedBack > 0 {
-		t.Errorf("%d of %d new connections failed during failback", failedBack, totalBack)
+		t.Errorf("%d of %d new connections failed during failback: %v", failedBack, totalBack, probes.errors())
 	}
 }
 

@@ -314,19 +314,22 @@ func Compile(cfg *config.Config, ids map[string]uint32, prev *Model) (*Model, er
 	return m, nil
 }
 
-// snatGuard drops TCP segments without SYN that conntrack does not know,
-// addressed to a fixed snat address (an HA pair's backend-side VIP). After a
+// snatGuard drops TCP segments that conntrack does not know and that do
+// not open a connection (anything but a SYN without ACK), addressed to a
+// fixed snat address (an HA pair's backend-side VIP). After a
 // failover keepalived takes the VIP over before its notify hook commits the
 // connections conntrackd synced: a backend's retransmission reaching the new
 // master in between would match no entry, be delivered to the local stack
 // (the VIP is local) and be answered with a reset, killing the connection.
 // Dropped instead, the backend retransmits again after the commit and the
-// connection survives. New connections (SYN) and known ones are untouched.
+// connection survives. A SYN-ACK of a connection the other node saw open
+// just before the switch is dropped too: the client's retransmitted SYN
+// then opens it here. New connections (SYN) and known ones are untouched.
 // The chain runs before fwdd's DNAT (priority -150, after conntrack), so
 // such a segment cannot match a forward either.
 func snatGuard(cfg *config.Config) *Chain {
 	c := &Chain{Name: "snat_guard", Hook: &Hook{Type: "filter", Hook: "prerouting", Priority: -150},
-		Comment: "untracked non-SYN TCP to a fixed snat address: drop, not reset (HA failover)"}
+		Comment: "untracked TCP other than a SYN to a fixed snat address: drop, not reset (HA failover)"}
 	var addrs []netip.Addr
 	for i := range cfg.Forwards {
 		if sn := cfg.Forwards[i].SNAT; sn.Kind == config.SNATFixed && !slices.Contains(addrs, sn.Addr) {
@@ -337,7 +340,7 @@ func snatGuard(cfg *config.Config) *Chain {
 	for _, a := range addrs {
 		fam := familyOf(a)
 		c.Rules = append(c.Rules, Rule{Stmts: []Stmt{matchNFProto{fam}, matchAddr{dst: true, prefix: netip.PrefixFrom(a, a.BitLen())},
-			matchL4Proto{config.TCP}, matchCtStateNewOrInvalid{}, matchTCPNoSyn{}, verdict{kind: expr.VerdictDrop}}})
+			matchL4Proto{config.TCP}, matchCtStateNewOrInvalid{}, matchTCPNotSyn{}, verdict{kind: expr.VerdictDrop}}})
 	}
 	return c
 }

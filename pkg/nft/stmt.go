@@ -284,16 +284,17 @@ func (matchCtStateNewOrInvalid) exprs(*compileCtx) ([]expr.Any, error) {
 	}, nil
 }
 
-// matchTCPNoSyn matches TCP segments without SYN; it must follow a match
-// on meta l4proto tcp.
-type matchTCPNoSyn struct{}
+// matchTCPNotSyn matches TCP segments other than a connection's first (a
+// SYN without ACK): mid-stream segments and SYN-ACKs. It must follow a
+// match on meta l4proto tcp.
+type matchTCPNotSyn struct{}
 
-func (matchTCPNoSyn) text() string { return "tcp flags & syn == 0" }
-func (matchTCPNoSyn) exprs(*compileCtx) ([]expr.Any, error) {
+func (matchTCPNotSyn) text() string { return "tcp flags & (syn | ack) != syn" }
+func (matchTCPNotSyn) exprs(*compileCtx) ([]expr.Any, error) {
 	return []expr.Any{
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0x02}, Xor: []byte{0}},
-		cmpEq(1, []byte{0}),
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0x12}, Xor: []byte{0}},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0x02}},
 	}, nil
 }
 
