@@ -10,7 +10,7 @@ import (
 	"github.com/google/nftables/expr"
 
 	"github.com/fwdd/fwdd/pkg/config"
-	"github.com/fwdd/fwdd/pkg/fwmark"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 )
 
 // Names of the table's fixed sets and maps. Per family f (4 or 6):
@@ -61,8 +61,8 @@ func AssignIDs(prev map[string]uint32, cfg *config.Config) (map[string]uint32, e
 		for used[next] {
 			next++
 		}
-		if next > fwmark.MaxID {
-			return nil, fmt.Errorf("assign forward ids: more than %d forwards", fwmark.MaxID)
+		if next > ctmark.MaxID {
+			return nil, fmt.Errorf("assign forward ids: more than %d forwards", ctmark.MaxID)
 		}
 		ids[f.Name] = next
 		used[next] = true
@@ -130,7 +130,7 @@ var setIndex = func() map[string]int {
 func newPart(f *config.Forward, id uint32) *part {
 	p := &part{fwd: f, id: id}
 	if restricted(f) {
-		p.rules, p.chain = restrictedForward(f, familyOf(f.To), fwmark.ForID(id))
+		p.rules, p.chain = restrictedForward(f, familyOf(f.To), ctmark.ForID(id))
 	}
 	return p
 }
@@ -150,7 +150,7 @@ func (p *part) numElems() int {
 // elements makes the part's elements, by set index.
 func (p *part) elements(out *[numSets][]Element) {
 	f := p.fwd
-	mark := fwmark.ForID(p.id)
+	mark := ctmark.ForID(p.id)
 	fam := familyOf(f.To)
 	markV := Mark(mark)
 	add := func(set string, e Element) { i := setIndex[set]; out[i] = append(out[i], e) }
@@ -278,7 +278,7 @@ func Compile(cfg *config.Config, ids map[string]uint32, prev *Model) (*Model, er
 				{Stmts: []Stmt{matchNFProto{IPv4}, natMap{snat: true, fam: IPv4, key: ctMark, set: setName("snat", IPv4, "")}}},
 				{Stmts: []Stmt{matchNFProto{IPv6}, natMap{snat: true, fam: IPv6, key: ctMark, set: setName("snat", IPv6, "")}}},
 				{Stmts: []Stmt{matchSet{ctMark, SetNoSNAT}, verdict{kind: expr.VerdictReturn}}},
-				{Stmts: []Stmt{matchCtMarkMasked{mask: fwmark.Mask, value: fwmark.Tag}, masquerade{}}},
+				{Stmts: []Stmt{matchCtMarkMasked{mask: ctmark.Mask, value: ctmark.Tag}, masquerade{}}},
 			}},
 		forwardChain(cfg.Daemon.ForwardPolicy),
 		&Chain{Name: "count_input", Hook: &Hook{Type: "filter", Hook: "input", Priority: 10},
@@ -300,7 +300,7 @@ func forwardChain(policy config.ForwardPolicy) *Chain {
 	if policy == config.ForwardDrop {
 		c.Hook.Drop = true
 		c.Comment += "; drop by default: only fwdd's connections pass"
-		c.Rules = append(c.Rules, Rule{Stmts: []Stmt{matchCtMarkMasked{mask: fwmark.Mask, value: fwmark.Tag}, verdict{kind: expr.VerdictAccept}}})
+		c.Rules = append(c.Rules, Rule{Stmts: []Stmt{matchCtMarkMasked{mask: ctmark.Mask, value: ctmark.Tag}, verdict{kind: expr.VerdictAccept}}})
 	}
 	return c
 }

@@ -6,7 +6,7 @@ import (
 
 	"github.com/google/nftables"
 
-	"github.com/fwdd/fwdd/pkg/fwmark"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 )
 
 // Traffic is what the kernel counted for one forward.
@@ -46,7 +46,7 @@ func (k *Kernel) ReadTraffic(table string) (map[string]*Traffic, error) {
 			if len(e.Key) != 4 || e.Comment == "" {
 				continue
 			}
-			id, ok := fwmark.ID(binary.NativeEndian.Uint32(e.Key))
+			id, ok := ctmark.ID(binary.NativeEndian.Uint32(e.Key))
 			if !ok {
 				continue
 			}
