@@ -36,6 +36,7 @@ func fwdAddr(i int) string {
 	return fmt.Sprintf("10.%d.%d.%d", 100+i/65536, i/256%256, i%256)
 }
 
+// compileCfg compiles cfg keeping the ids of prev (may be nil).
 func compileCfg(t testing.TB, cfg *config.Config, prev *Model) *Model {
 	t.Helper()
 	var prevIDs map[string]uint32
@@ -46,7 +47,7 @@ func compileCfg(t testing.TB, cfg *config.Config, prev *Model) *Model {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := Compile(cfg, ids, prev)
+	m, err := Compile(cfg, ids)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +56,7 @@ func compileCfg(t testing.TB, cfg *config.Config, prev *Model) *Model {
 
 type scaleEnv struct {
 	topo    *sandbox.Topology
-	kernel  *Kernel
+	kernel  *Netlink
 	servers []*sandbox.TCPServer
 	udp     []*sandbox.UDPServer
 }
@@ -65,7 +66,7 @@ func newScaleEnv(t *testing.T) *scaleEnv {
 	if err := topo.Gateway.SetSysctl("net.ipv4.ip_forward", "1"); err != nil {
 		t.Fatal(err)
 	}
-	e := &scaleEnv{topo: topo, kernel: &Kernel{NetNS: topo.Gateway.Fd()}}
+	e := &scaleEnv{topo: topo, kernel: &Netlink{NetNS: topo.Gateway.Fd()}}
 	for p := 8000; p < 8010; p++ {
 		s, err := topo.Backend.ListenTCP(fmt.Sprintf("10.22.0.2:%d", p))
 		if err != nil {
@@ -107,7 +108,7 @@ func TestKernel100kForwards(t *testing.T) {
 	cfg := manyForwards(t, 100_000)
 	parsed := time.Since(start)
 	m := compileCfg(t, cfg, nil)
-	a := &Applier{Kernel: e.kernel}
+	a := &Applier{Backend: e.kernel}
 	st, err := a.Apply(m)
 	if err != nil {
 		t.Fatal(err)
@@ -133,7 +134,7 @@ func TestKernelReloadSendsOnlyChanges(t *testing.T) {
 	e := newScaleEnv(t)
 	cfg := manyForwards(t, 10_000)
 	m := compileCfg(t, cfg, nil)
-	a := &Applier{Kernel: e.kernel}
+	a := &Applier{Backend: e.kernel}
 	if _, err := a.Apply(m); err != nil {
 		t.Fatal(err)
 	}
@@ -210,7 +211,7 @@ func TestKernelRecoversFromENOBUFS(t *testing.T) {
 	e.kernel.ReceiveBuffer = 4096
 	cfg := manyForwards(t, 10_000)
 	m := compileCfg(t, cfg, nil)
-	a := &Applier{Kernel: e.kernel}
+	a := &Applier{Backend: e.kernel}
 	st, err := a.Apply(m)
 	if err != nil {
 		t.Fatalf("apply with ENOBUFS: %v", err)
@@ -247,7 +248,7 @@ func TestKernelTamperedTableIsReplaced(t *testing.T) {
 	e := newScaleEnv(t)
 	cfg := manyForwards(t, 10)
 	m := compileCfg(t, cfg, nil)
-	a := &Applier{Kernel: e.kernel}
+	a := &Applier{Backend: e.kernel}
 	if _, err := a.Apply(m); err != nil {
 		t.Fatal(err)
 	}
@@ -273,7 +274,7 @@ func TestKernelTamperedTableIsReplaced(t *testing.T) {
 // (interface/sources) goes through the diff path and leaves the table exact.
 func TestKernelRestrictedForwardsReload(t *testing.T) {
 	e := newScaleEnv(t)
-	a := &Applier{Kernel: e.kernel}
+	a := &Applier{Backend: e.kernel}
 	parse := func(text string) *config.Config {
 		cfg, err := config.Parse("fwdd.toml", []byte(text))
 		if err != nil {
