@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/fwdd/fwdd/internal/sandbox"
 	"github.com/fwdd/fwdd/pkg/config"
 )
@@ -311,5 +313,51 @@ to = "10.22.0.2:8000"
 	e.checkTCP(t, 0)
 	if _, _, err := e.topo.Client.DialTCP(context.Background(), "10.11.0.1:81"); err == nil {
 		t.Error("the removed forward still forwards")
+	}
+}
+
+// A table read back from the kernel (rule tags, elements) reconciles to
+// nothing when it holds the model, and to a batch that keeps the table when
+// the config changed (what a restart with on_stop = "keep" does).
+func TestKernelReconcileReadBack(t *testing.T) {
+	e := newScaleEnv(t)
+	text := goldenConfig + "[[forward]]\nname = \"many\"\nport = 81\nto = \"10.22.0.2:8001\"\n"
+	m := compile(t, text, nil)
+	a := &Applier{Backend: e.kernel}
+	if _, err := a.Apply(m); err != nil {
+		t.Fatal(err)
+	}
+	tb, err := e.kernel.Read("fwdd", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.Differs(m); err != nil {
+		t.Fatalf("read back: %v", err)
+	}
+	if p := Reconcile(tb, m); !p.Empty() {
+		t.Fatalf("the table fwdd programmed reconciles to a batch:\n%s", p)
+	}
+	if d := cmp.Diff(m.IDs, tb.IDs()); d != "" {
+		t.Errorf("ids read back (-want +got):\n%s", d)
+	}
+	changed := strings.Replace(strings.Replace(text, `interface = "eth1"`, `interface = "cli0"`, 1), "10.22.0.2:8001", "10.22.0.2:8002", 1)
+	m2 := compile(t, changed, m)
+	p := Reconcile(tb, m2)
+	if p.Full {
+		t.Fatalf("reconcile replaced the table:\n%s", p)
+	}
+	if _, err := a.Run(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.kernel.VerifyContent(m2); err != nil {
+		t.Fatal(err)
+	}
+	s := e.servers[2]
+	before := len(s.Peers())
+	if _, _, err := e.topo.Client.DialTCP(context.Background(), "10.11.0.1:81"); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Peers()) != before+1 {
+		t.Error("the reconciled forward does not reach its new backend")
 	}
 }

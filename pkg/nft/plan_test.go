@@ -29,7 +29,7 @@ func hostile(iface, name string) *config.Config {
 // by fwdd print and by Plan.Render alike, never printed.
 func TestRenderRefusesWhatNftCannotExpress(t *testing.T) {
 	for _, tc := range []struct{ iface, name, want string }{
-		{`x";drop#`, "web", `cannot write "x\";drop#" as an nft string: it contains '"'`},
+		{`x";drop#`, "web", `forward "web": cannot write interface name "x\";drop#": it contains '"'`},
 		{`eth*`, "web", `nft would read '*' as a wildcard`},
 		{`a\b`, "web", `it contains '\'`},
 		{"a\nb", "web", "byte 0x0a"},

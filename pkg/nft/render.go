@@ -144,6 +144,14 @@ func renderChain(w *nftText, c *Chain) {
 }
 
 func (r *Rule) render(w *nftText) {
+	if w.err == nil && r.Comment != "" {
+		// A forward's rules carry its name: say which forward failed.
+		defer func() {
+			if w.err != nil {
+				w.err = fmt.Errorf("forward %s: %w", shorten(r.Comment), w.err)
+			}
+		}()
+	}
 	for i, s := range r.Stmts {
 		if i > 0 {
 			w.WriteByte(' ')

@@ -48,11 +48,17 @@ func (w *nftText) commentLine(s string) {
 // (netlink sends it as a literal character) and `\*` as a literal one, so
 // neither may appear; the kernel's names have at most 15 bytes.
 func (w *nftText) ifname(s string) {
+	why := unquotable(s)
 	switch {
 	case len(s) == 0 || len(s) > 15:
-		w.fail(fmt.Errorf("cannot write interface name %s: must be 1-15 bytes", shorten(s)))
+		why = "must be 1-15 bytes"
 	case strings.ContainsAny(s, "*"):
-		w.fail(fmt.Errorf("cannot write interface name %s: nft would read '*' as a wildcard", shorten(s)))
+		why = "nft would read '*' as a wildcard"
+	}
+	if why != "" {
+		w.fail(fmt.Errorf("cannot write interface name %s: %s", shorten(s), why))
+		w.WriteString(`""`)
+		return
 	}
 	w.quote(s)
 }
