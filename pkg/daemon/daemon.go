@@ -270,11 +270,13 @@ func (d *Daemon) reload(start time.Time) error {
 	if err := d.applySysctls(cfg); err != nil {
 		return err
 	}
+	applyStart := time.Now()
 	p, err := d.applier.Plan(m)
 	if err != nil {
 		return fmt.Errorf("plan table: %w", err)
 	}
 	st, err := d.applier.Run(p)
+	st.Elapsed = time.Since(applyStart) // the check of the kernel's table included
 	if err != nil {
 		return fmt.Errorf("apply table: %w", err)
 	}

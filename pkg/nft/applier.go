@@ -36,29 +36,34 @@ type Applier struct {
 // is safe to call from any goroutine.
 func (a *Applier) Last() *Model { return a.last.Load() }
 
-// Plan returns the batch that Apply(m) would send now: a full replace when
+// Plan returns the batch that Apply(m) would send now: only the
+// differences from the model in force (Diff), or a full replace when
 // nothing was applied yet, after a failure, or when the table was changed
-// behind fwdd's back (checked by a cheap read of chains, rules and sets);
-// otherwise only the differences from the model in force. It only reads.
+// behind fwdd's back (checked by a cheap read of chains, rules and sets).
+// It only reads.
 func (a *Applier) Plan(m *Model) (*Plan, error) {
 	last := a.Last()
-	if last == nil || a.unsure {
-		p := Replace(m)
-		if last != nil {
-			p.Changes = Diff(last, m).Changes
+	if last == nil {
+		return Replace(m), nil
+	}
+	p := Diff(last, m)
+	if p.Full {
+		return p, nil
+	}
+	replace := a.unsure
+	if !replace {
+		t, err := a.Backend.Read(last.Table, false)
+		if err != nil {
+			return nil, fmt.Errorf("read table inet %s: %w", last.Table, err)
 		}
-		return p, nil
+		replace = t == nil || t.shapeDiffers(last) != ""
 	}
-	t, err := a.Backend.Read(last.Table, false)
-	if err != nil {
-		return nil, fmt.Errorf("read table inet %s: %w", last.Table, err)
+	if replace {
+		r := Replace(m)
+		r.Changes = p.Changes
+		return r, nil
 	}
-	if t == nil || t.shapeDiffers(last) != "" {
-		p := Replace(m)
-		p.Changes = Diff(last, m).Changes
-		return p, nil
-	}
-	return Diff(last, m), nil
+	return p, nil
 }
 
 // Apply makes the kernel's table equal to m: Plan, then Run.

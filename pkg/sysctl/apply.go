@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io/fs"
 	"strconv"
+	"strings"
 
 	"go.uber.org/zap"
 )
@@ -98,5 +99,21 @@ func Apply(s Sysctls, p Plan, log *zap.Logger) error {
 				zap.String("old", old), zap.String("new", st.value))
 		}
 	}
-	return errors.Join(errs...)
+	if len(errs) == 0 {
+		return nil
+	}
+	return joined(errs)
 }
+
+// joined is errors.Join on one line: errors carry no newlines.
+type joined []error
+
+func (j joined) Error() string {
+	parts := make([]string, len(j))
+	for i, e := range j {
+		parts[i] = e.Error()
+	}
+	return strings.Join(parts, "; ")
+}
+
+func (j joined) Unwrap() []error { return j }

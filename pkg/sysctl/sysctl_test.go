@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -291,4 +292,16 @@ func errString(err error) string {
 		return ""
 	}
 	return err.Error()
+}
+
+// Several failed settings are one error on one line, each still matchable.
+func TestApplyErrorsOnOneLine(t *testing.T) {
+	f := NewFake(map[string]string{"net.ipv4.ip_forward": "0", "net.netfilter.nf_conntrack_max": "100"})
+	f.SetReadOnly("net.ipv4.ip_forward", "net.netfilter.nf_conntrack_max")
+	err := Apply(f, Plan{IPForward: true, ConntrackMax: 5}, zap.NewNop())
+	var ro *ReadOnlyError
+	if err == nil || strings.Contains(err.Error(), "\n") || !errors.As(err, &ro) ||
+		!strings.Contains(err.Error(), "ip_forward") || !strings.Contains(err.Error(), "nf_conntrack_max") {
+		t.Errorf("Apply = %q", err)
+	}
 }
