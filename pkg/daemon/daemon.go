@@ -216,7 +216,7 @@ func (d *Daemon) Start() error {
 	d.log.Info("forwarding",
 		zap.String("config", cfg.Path), zap.String("table", "inet "+cfg.Daemon.Table),
 		zap.Int("numForwards", len(cfg.Forwards)), zap.Int("elements", m.NumElements()),
-		zap.Bool("adopted", have != nil), zap.Bool("fullReplace", st.Full),
+		zap.Bool("adopted", have != nil && !st.Full),
 		zap.Int("messages", st.Messages), zap.Duration("elapsed", st.Elapsed))
 	return nil
 }
