@@ -14,12 +14,12 @@ const (
 )
 
 // parseForward validates one [[forward]]; problems go to ps.
-func parseForward(ps *problems, i int, raw *rawForward, lines *keyLines) Forward {
+func parseForward(ps *problems, i int, t map[string]any, lines *keyLines) Forward {
 	f := Forward{Line: lines.header}
 	// where is only spelled out for a problem: most forwards have none.
 	fs := &fields{ps: ps, forward: i + 1, lines: lines}
 
-	switch name, ok := fs.str("name", raw.Name, ""); {
+	switch name, ok := fs.str("name", t["name"], ""); {
 	case !ok:
 	case name == "":
 		fs.errorf("name", "required; must be 1-32 of a-z, 0-9, '_' or '-', starting with a letter or digit")
@@ -32,10 +32,10 @@ func parseForward(ps *problems, i int, raw *rawForward, lines *keyLines) Forward
 		}
 	}
 
-	f.Protos = parseProtos(fs, raw.Proto)
-	f.Port = parsePortValue(fs, raw.Port)
+	f.Protos = parseProtos(fs, t["proto"])
+	f.Port = parsePortValue(fs, t["port"])
 
-	switch s, ok := fs.str("to", raw.To, ""); {
+	switch s, ok := fs.str("to", t["to"], ""); {
 	case !ok:
 	case s == "":
 		fs.errorf("to", "required; %s", toHint)
@@ -54,7 +54,7 @@ func parseForward(ps *problems, i int, raw *rawForward, lines *keyLines) Forward
 		}
 	}
 
-	if s, ok := fs.str("address", raw.Address, ""); ok && s != "" {
+	if s, ok := fs.str("address", t["address"], ""); ok && s != "" {
 		if a, ok := parseAddrField(fs, "address", s); ok {
 			switch {
 			case a.IsUnspecified():
@@ -67,7 +67,7 @@ func parseForward(ps *problems, i int, raw *rawForward, lines *keyLines) Forward
 		}
 	}
 
-	if s, ok := fs.str("interface", raw.Interface, ""); ok && s != "" {
+	if s, ok := fs.str("interface", t["interface"], ""); ok && s != "" {
 		if why := checkInterfaceName(s); why != "" {
 			fs.errorf("interface", "%q is not a valid interface name: %s", s, why)
 		} else {
@@ -75,9 +75,9 @@ func parseForward(ps *problems, i int, raw *rawForward, lines *keyLines) Forward
 		}
 	}
 
-	f.Sources = parseSources(fs, raw.Sources, f.To)
-	f.SNAT = parseSNAT(fs, raw.SNAT, f.To)
-	f.Log = fs.boolean("log", raw.Log, false)
+	f.Sources = parseSources(fs, t["sources"], f.To)
+	f.SNAT = parseSNAT(fs, t["snat"], f.To)
+	f.Log = fs.boolean("log", t["log"], false)
 	return f
 }
 

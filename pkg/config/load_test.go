@@ -72,6 +72,23 @@ func writeConfig(t *testing.T, mode os.FileMode) string {
 	return path
 }
 
+// testRules are Load's rules for a test's files: owned by the user running
+// the test, in directories up to the test's temporary directory.
+func testRules(path string) fileRules {
+	return fileRules{uid: uint32(os.Getuid()), top: filepath.Dir(path)}
+}
+
+// loadWithOwner is Load with the files owned by uid.
+func loadWithOwner(path string, uid uint32) (*Config, error) {
+	rules := testRules(path)
+	rules.uid = uid
+	srcs, err := readConfig(path, rules)
+	if err != nil {
+		return nil, err
+	}
+	return parseFiles(srcs)
+}
+
 func TestLoad(t *testing.T) {
 	me := uint32(os.Getuid())
 	tests := []struct {
@@ -151,7 +168,8 @@ func TestLoadRefusesBeforeParsing(t *testing.T) {
 }
 
 func TestLoadNotRegular(t *testing.T) {
-	_, err := loadWithOwner(t.TempDir(), uint32(os.Getuid()))
+	dir := t.TempDir()
+	_, err := loadWithOwner(dir, uint32(os.Getuid()))
 	if err == nil || !strings.Contains(err.Error(), "not a regular file") {
 		t.Errorf("got %v, want not a regular file", err)
 	}

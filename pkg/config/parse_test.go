@@ -23,6 +23,9 @@ func defaultConfig() Config {
 
 func withForwards(fs ...Forward) *Config {
 	c := defaultConfig()
+	for i := range fs {
+		fs[i].File = c.Path
+	}
 	c.Forwards = fs
 	return &c
 }
@@ -73,7 +76,13 @@ critical_percent = 100
 		{
 			name: "metrics any address",
 			in:   "[daemon]\nmetrics = \":9650\"\n",
-			want: func() *Config { c := withForwards(); c.Daemon.Metrics = ":9650"; return c }(),
+			want: func() *Config {
+				c := withForwards()
+				c.Daemon.Metrics = ":9650"
+				c.Warnings = []Problem{{Path: "fwdd.toml", Line: 2, Where: "daemon", Field: "metrics",
+					Msg: `":9650" is not a loopback address: /metrics has no authentication, so anyone who can reach it reads every forward's name, backend and traffic; listen on 127.0.0.1 or [::1], or restrict who can connect`}}
+				return c
+			}(),
 		},
 		{
 			name: "forward defaults",
