@@ -13,7 +13,6 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-
 // problemText is what a caller can see of an error: every problem's fields.
 func problemText(err error) []string {
 	if err == nil {
@@ -30,7 +29,6 @@ func problemText(err error) []string {
 	}
 	return out
 }
-
 
 // diffParse compares a Parser's result with what Parse gives.
 func diffParse(path, text string, got *Config, gotErr error) string {
@@ -64,7 +62,6 @@ func checkParser(t *testing.T, label, text string, p *Parser) {
 func shared(a, b *Config, i, j int) bool {
 	return &a.Forwards[i].Protos[0] == &b.Forwards[j].Protos[0]
 }
-
 
 // structureTests are files that exercise the fallback to the whole-file
 // decode and the scanner's corner cases.
@@ -140,7 +137,6 @@ func TestParserMatchesParse(t *testing.T) {
 		checkParser(t, fmt.Sprintf("input %d", i), in, &p)
 	}
 }
-
 
 // carry one mistake.
 func randomForward(rng *rand.Rand, i int, inject bool) string {
@@ -304,7 +300,6 @@ func TestParserRandom(t *testing.T) {
 	}
 }
 
-
 // edit changes f in one of the ways a file is edited between reloads and
 // says how.
 func (f *randomFile) edit(rng *rand.Rand, serial int, inject bool) string {
@@ -364,7 +359,6 @@ func TestParserIncremental(t *testing.T) {
 		}
 	}
 }
-
 
 // TestParserReload is the reload of a daemon: one forward changes, is
 // added, removed or moved, and only what changed is decoded again: the
