@@ -51,6 +51,9 @@ func FuzzParse(f *testing.F) {
 				if p.Path != "fuzz.toml" || p.Line == 0 && p.Where == "" || strings.Contains(p.Error(), "\n") {
 					t.Fatalf("problem without a position, or on several lines: %q", p)
 				}
+				if strings.Contains(p.Msg, "map[") || strings.Contains(p.Msg, "toml:") || strings.Contains(p.Msg, "interface {}") {
+					t.Fatalf("library text in a message: %q", p)
+				}
 			}
 		default:
 			for i := range c.Forwards {

@@ -119,7 +119,10 @@ func checkFileSafe(path string, fi os.FileInfo, wantUID uint32) error {
 }
 
 // checkOwner requires fi to be owned by wantUID and not writable by group or
-// others. what is "" for a file, "directory " for a directory.
+// others. what is "" for a file, "directory " for a directory. A directory
+// writable by others with the sticky bit (/tmp) is fine: only the owner of an
+// entry can rename or remove it, and the entries on the path below are
+// checked to be root's.
 func checkOwner(path string, fi os.FileInfo, wantUID uint32, what string) error {
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	if !ok {
@@ -132,7 +135,7 @@ func checkOwner(path string, fi os.FileInfo, wantUID uint32, what string) error 
 		}
 		return fmt.Errorf("%s: %sowned by uid %d, not %s; run: chown %s %s", path, what, st.Uid, want, fix, path)
 	}
-	if perm := fi.Mode().Perm(); perm&0o022 != 0 {
+	if perm := fi.Mode().Perm(); perm&0o022 != 0 && !(fi.IsDir() && fi.Mode()&os.ModeSticky != 0) {
 		return fmt.Errorf("%s: %swritable by group or others (mode %04o); run: chmod go-w %s", path, what, perm, path)
 	}
 	return nil

@@ -137,6 +137,9 @@ func (d *Daemon) Start() error {
 		d.record(err)
 		return err
 	}
+	for _, w := range cfg.Warnings {
+		d.log.Warn("config warning", zap.String("problem", w.Error()))
+	}
 	if d.opts.SetLevel != nil {
 		if err := d.opts.SetLevel(cfg.Daemon.LogLevel); err != nil {
 			return err
@@ -213,6 +216,9 @@ func (d *Daemon) reload(start time.Time) error {
 	cfg, err := d.parser.Load(d.opts.ConfigPath)
 	if err != nil {
 		return err
+	}
+	for _, w := range cfg.Warnings {
+		d.log.Warn("config warning", zap.String("problem", w.Error()))
 	}
 	if cfg.Daemon.Table != d.cfg.Daemon.Table {
 		return fmt.Errorf("daemon: table: changing the table name from %q to %q needs a restart", d.cfg.Daemon.Table, cfg.Daemon.Table)
