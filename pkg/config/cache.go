@@ -100,8 +100,13 @@ func splitBlocks(text string) (preEnd int, blocks []block) {
 			break
 		}
 		i += from
-		from = i + 2
-		start := strings.LastIndexByte(text[:i], '\n') + 1
+		// from is always the start of a line.
+		start := strings.LastIndexByte(text[from:i], '\n') + 1 + from
+		from = len(text) // go on after this line: no line holds two headers
+
+		if end := strings.IndexByte(text[i:], '\n'); end >= 0 {
+			from = i + end + 1
+		}
 		if strings.TrimLeft(text[start:i], " \t") != "" || !isForwardHeader(text[i:]) {
 			continue
 		}
