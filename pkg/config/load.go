@@ -101,6 +101,10 @@ func readFile(path string, rules fileRules, limit int) (string, error) {
 	if err := checkDirs(path, rules); err != nil {
 		return "", err
 	}
+	if fi.Size() > int64(limit) {
+		return "", fmt.Errorf("%s: the configuration is larger than %d bytes (%d MiB), the limit", path, MaxFileSize, MaxFileSize>>20)
+	}
+	// Limited still: the file may grow while it is read.
 	data, err := io.ReadAll(io.LimitReader(f, int64(limit)+1))
 	if err != nil {
 		return "", fmt.Errorf("read config: %w", err)
