@@ -21,7 +21,7 @@ import (
 const MaxElements = 2_000_000
 
 // MaxForwards is the most forwards a configuration may hold: each needs its
-// own id in the ct mark (see pkg/fwmark).
+// own id in the ct mark (see pkg/ctmark).
 const MaxForwards = int(ctmark.MaxID)
 
 // MaxFileSize is the largest file fwdd reads (64 MiB), so that a huge file
