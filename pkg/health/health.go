@@ -37,7 +37,7 @@ type Result struct {
 type Options struct {
 	ConfigPath string
 	StateDir   string
-	Kernel     *nft.Kernel
+	Kernel     *nft.Netlink
 	// Proc is the proc file system (default /proc), to check the daemon's PID.
 	Proc string
 }
@@ -45,7 +45,7 @@ type Options struct {
 // Check runs the checks in order and returns the first failure.
 func Check(o Options) Result {
 	if o.Kernel == nil {
-		o.Kernel = &nft.Kernel{}
+		o.Kernel = &nft.Netlink{}
 	}
 	if o.StateDir == "" {
 		o.StateDir = daemon.DefaultStateDir
@@ -69,7 +69,7 @@ func Check(o Options) Result {
 	if err != nil {
 		return Result{ConfigInvalid, err.Error()}
 	}
-	m, err := nft.Compile(cfg, ids, nil)
+	m, err := nft.Compile(cfg, ids)
 	if err != nil {
 		return Result{ConfigInvalid, fmt.Sprintf("compile table: %v", err)}
 	}

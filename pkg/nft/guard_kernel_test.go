@@ -37,7 +37,7 @@ port = 80
 to = "10.22.0.2:8080"
 snat = "10.22.0.100"
 `, nil)
-	if _, err := (&Applier{Kernel: &Kernel{NetNS: gw.Fd()}}).Apply(m); err != nil {
+	if _, err := (&Applier{Backend: &Netlink{NetNS: gw.Fd()}}).Apply(m); err != nil {
 		t.Fatal(err)
 	}
 	var ln net.Listener

@@ -7,7 +7,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/fwdd/fwdd/pkg/fwmark"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 )
 
 func forwardsConfig(names ...string) string {
@@ -50,8 +50,8 @@ func TestAssignIDsSameFileSameIDs(t *testing.T) {
 	}
 	seen := map[uint32]string{}
 	for name, id := range want {
-		if id == 0 || id > fwmark.MaxID {
-			t.Errorf("%s: id %d out of 1..%d", name, id, fwmark.MaxID)
+		if id == 0 || id > ctmark.MaxID {
+			t.Errorf("%s: id %d out of 1..%d", name, id, ctmark.MaxID)
 		}
 		if other, dup := seen[id]; dup {
 			t.Errorf("id %d given to %s and %s", id, name, other)
@@ -69,11 +69,11 @@ func TestAssignIDsCollisions(t *testing.T) {
 		case 'a', 'b', 'c':
 			return 7
 		case 'w':
-			return fwmark.MaxID
+			return ctmark.MaxID
 		}
 		return 8
 	}
-	want := map[string]uint32{"a": 7, "b": 8, "c": 9, "d": 10, "w1": fwmark.MaxID, "w2": 1}
+	want := map[string]uint32{"a": 7, "b": 8, "c": 9, "d": 10, "w1": ctmark.MaxID, "w2": 1}
 	for _, order := range [][]string{
 		{"a", "b", "c", "d", "w1", "w2"},
 		{"w2", "d", "c", "w1", "b", "a"},
@@ -107,7 +107,7 @@ func TestAssignIDsStable(t *testing.T) {
 	moved := 0
 	for _, n := range names {
 		id := ids[n]
-		if id == 0 || id > fwmark.MaxID || seen[id] {
+		if id == 0 || id > ctmark.MaxID || seen[id] {
 			t.Fatalf("%s: id %d out of range or taken twice", n, id)
 		}
 		seen[id] = true
