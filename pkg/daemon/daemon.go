@@ -298,6 +298,21 @@ func (d *Daemon) reload(start time.Time) error {
 	return nil
 }
 
+// Repair applies what is in force again after fwdd's table was changed
+// behind its back (self-healing), in one batch that keeps what is still
+// right. Call it from the goroutine that reloads.
+func (d *Daemon) Repair() error {
+	st, err := d.applier.Repair()
+	d.record(err)
+	if err != nil {
+		return fmt.Errorf("repair table: %w", err)
+	}
+	d.log.Info("table repaired", zap.String("table", "inet "+d.InForce().Table),
+		zap.Bool("fullReplace", st.Full), zap.Int("messages", st.Messages), zap.Int("elements", st.Elements),
+		zap.Duration("elapsed", st.Elapsed))
+	return nil
+}
+
 // Stop honours on_stop: remove the table, or leave it in the kernel.
 func (d *Daemon) Stop() error {
 	cur := d.InForce()
