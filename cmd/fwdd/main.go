@@ -69,6 +69,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, err)
 			return 1
 		}
+		for _, w := range cfg.Warnings {
+			fmt.Fprintf(stderr, "warning: %s\n", w.Error())
+		}
 		fmt.Fprintf(stdout, "%s: ok, %d forwards\n", cfgPath, len(cfg.Forwards))
 		return 0
 	case "print":

@@ -175,6 +175,9 @@ func (d *Daemon) Start() error {
 		d.record(err)
 		return err
 	}
+	for _, w := range cfg.Warnings {
+		d.log.Warn("config warning", zap.String("problem", w.Error()))
+	}
 	if d.opts.SetLevel != nil {
 		if err := d.opts.SetLevel(cfg.Daemon.LogLevel); err != nil {
 			return err
@@ -254,6 +257,9 @@ func (d *Daemon) reload(start time.Time) error {
 	cfg, err := d.opts.Load()
 	if err != nil {
 		return err
+	}
+	for _, w := range cfg.Warnings {
+		d.log.Warn("config warning", zap.String("problem", w.Error()))
 	}
 	cur := d.InForce()
 	if cfg.Daemon.Table != cur.Table {
