@@ -111,7 +111,7 @@ func compileFile(path string) (*nft.Model, error) {
 	if err != nil {
 		return nil, err
 	}
-	k := &nft.Kernel{}
+	k := &nft.Netlink{}
 	prev, err := k.ReadIDs(cfg.Daemon.Table)
 	if err != nil {
 		prev = nil // not root or no nftables: print with fresh ids
@@ -120,7 +120,7 @@ func compileFile(path string) (*nft.Model, error) {
 	if err != nil {
 		return nil, err
 	}
-	return nft.Compile(cfg, ids, nil)
+	return nft.Compile(cfg, ids)
 }
 
 func runDaemon(cfgPath, stateDir string, stdout io.Writer) int {

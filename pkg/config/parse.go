@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
-	"github.com/fwdd/fwdd/pkg/fwmark"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 )
 
 // MaxElements caps the nftables map elements a configuration may expand to:
@@ -21,8 +21,8 @@ import (
 const MaxElements = 2_000_000
 
 // MaxForwards is the most forwards a configuration may hold: each needs its
-// own id in the ct mark (see pkg/fwmark).
-const MaxForwards = int(fwmark.MaxID)
+// own id in the ct mark (see pkg/ctmark).
+const MaxForwards = int(ctmark.MaxID)
 
 // MaxFileSize is the largest file fwdd reads (64 MiB), so that a huge file
 // cannot exhaust memory.
