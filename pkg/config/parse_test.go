@@ -302,6 +302,7 @@ func parseBadTests() []parseBadTest {
 		{"daemon array of tables", "\n[[daemon]]\n", []string{"fwdd.toml:2: daemon: must be a table ([daemon]), not an array of tables"}},
 		{"forward string", "forward = \"x\"\n", []string{"fwdd.toml:1: forward: must be an array of tables ([[forward]]), not a string"}},
 		{"unknown top key", "\nbogus = 1\n", []string{`fwdd.toml:2: unknown key "bogus"; allowed: daemon, sysctl, conntrack, forward`}},
+		{"unknown escaped key", "\n\"a\\\"b\" = 1\n", []string{`fwdd.toml:2: unknown key "a\"b"`}},
 		{"unknown section", "[dameon]\ntable = \"x\"\n", []string{`fwdd.toml:1: unknown key "dameon"`}},
 		{"unknown daemon key", "[daemon]\ntable = \"x\"\ntabel = \"y\"\n", []string{`fwdd.toml:3: daemon: unknown key "tabel"; allowed: table, on_stop, log_level, metrics`}},
 		{"unknown sub-table", "[daemon]\n[daemon.extra]\na = 1\n", []string{`fwdd.toml:2: daemon: unknown key "extra"`}},
