@@ -9,8 +9,8 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
-	"syscall"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -201,7 +201,6 @@ func (s *scripted) dial(ctx context.Context, _, addr string) (net.Conn, error) {
 	b.Close()
 	return a, nil
 }
-
 
 // TestFallRise counts the checks: down exactly at the fall-th failure in a
 // row, up again exactly at the rise-th success in a row, and a single
