@@ -241,7 +241,9 @@ func (d *Daemon) reload(start time.Time) error {
 	if cfg.Daemon.Metrics != d.cfg.Daemon.Metrics || cfg.Conntrack != d.cfg.Conntrack {
 		d.log.Warn("changes to [daemon] metrics and [conntrack] take effect at the next restart")
 	}
+	stale := staleFlows(d.cfg, cfg, d.ids)
 	d.inForce(cfg, ids, m, st, true)
+	d.deleteStaleFlows(stale)
 	d.log.Info("reloaded",
 		zap.Int("numForwards", len(cfg.Forwards)),
 		zap.Strings("added", added), zap.Strings("removed", removed), zap.Strings("changed", changed),

@@ -1,0 +1,78 @@
+package daemon
+
+import (
+	"slices"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/fwdd/fwdd/pkg/config"
+	"github.com/fwdd/fwdd/pkg/conntrack"
+	"github.com/fwdd/fwdd/pkg/fwmark"
+)
+
+// staleFlow is a forward whose established connections a reload strands.
+type staleFlow struct {
+	forward string
+	sel     conntrack.Selector
+}
+
+// staleFlows returns the conntrack entries to delete after a reload from
+// old to cur: the UDP entries of every UDP forward that was removed or
+// whose forwarding changed (anything but log). NAT is decided on a flow's
+// first packet and kept in its conntrack entry, so without this a client
+// sending a steady UDP stream keeps reaching the old target until the entry
+// times out; once its entry is deleted, its next datagram is a new flow
+// that the new rules translate. TCP connections keep their backend.
+// Forwards that did not change are never selected.
+func staleFlows(old, cur *config.Config, oldIDs map[string]uint32) []staleFlow {
+	now := cur.ForwardsByName()
+	var out []staleFlow
+	for i := range old.Forwards {
+		f := &old.Forwards[i]
+		id, ok := oldIDs[f.Name]
+		if !ok || !slices.Contains(f.Protos, config.UDP) {
+			continue
+		}
+		if g, ok := now[f.Name]; ok && sameForwarding(f, g) {
+			continue
+		}
+		sel := conntrack.Selector{Mark: fwmark.ForID(id)}
+		if len(f.Protos) > 1 {
+			sel.Proto = uint8(config.UDP) // and only UDP: TCP keeps its backend
+		}
+		out = append(out, staleFlow{forward: f.Name, sel: sel})
+	}
+	return out
+}
+
+// sameForwarding reports whether f and g translate packets the same way
+// (log does not matter to established flows).
+func sameForwarding(f, g *config.Forward) bool {
+	a := *f
+	a.Log = g.Log
+	return a.Equal(g)
+}
+
+// deleteStaleFlows deletes the conntrack entries a reload stranded (see
+// staleFlows). A failure is logged: the new rules are in force and the
+// entries time out on their own.
+func (d *Daemon) deleteStaleFlows(stale []staleFlow) {
+	if len(stale) == 0 {
+		return
+	}
+	start := time.Now()
+	sels := make([]conntrack.Selector, len(stale))
+	names := make([]string, len(stale))
+	for i, s := range stale {
+		sels[i], names[i] = s.sel, s.forward
+	}
+	n, err := conntrack.Delete(d.opts.Kernel.NetNS, sels...)
+	if err != nil {
+		d.log.Warn("cannot delete the conntrack entries of changed forwards; they follow the old target until they time out",
+			zap.Strings("forwards", names), zap.Int("deleted", n), zap.Error(err))
+		return
+	}
+	d.log.Info("deleted conntrack entries of changed forwards",
+		zap.Strings("forwards", names), zap.Int("deleted", n), zap.Duration("elapsed", time.Since(start)))
+}
