@@ -161,6 +161,15 @@ func TestKernelDeleteEntries(t *testing.T) {
 	}
 	check("before")
 
+	live, err := LiveByBackend(gw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantLive := map[BackendKey]int{{m3, b50}: 5, {m3, b51}: 5, {m3, tcpBackend}: 3, {m4, b52}: 4}
+	if fmt.Sprint(live) != fmt.Sprint(wantLive) {
+		t.Errorf("LiveByBackend = %v, want %v", live, wantLive)
+	}
+
 	del := func(step string, wantN int, sels ...Selector) {
 		t.Helper()
 		n, err := Delete(gw, sels...)
