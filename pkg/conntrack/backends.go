@@ -7,7 +7,7 @@ import (
 	"github.com/mdlayher/netlink"
 	ct "github.com/ti-mo/conntrack"
 
-	"github.com/fwdd/fwdd/pkg/fwmark"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 )
 
 // BackendKey is where one forward's connections went: its ct mark and the
@@ -26,13 +26,13 @@ func LiveByBackend(netns int) (map[BackendKey]int, error) {
 		return nil, fmt.Errorf("count connections by backend: dial: %w", err)
 	}
 	defer c.Close()
-	flows, err := c.DumpFilter(ct.NewFilter().Mark(fwmark.Tag).MarkMask(fwmark.Mask), nil)
+	flows, err := c.DumpFilter(ct.NewFilter().Mark(ctmark.Tag).MarkMask(ctmark.Mask), nil)
 	if err != nil {
 		return nil, fmt.Errorf("count connections by backend: dump: %w", err)
 	}
 	out := map[BackendKey]int{}
 	for _, f := range flows {
-		if _, ok := fwmark.ID(f.Mark); !ok {
+		if _, ok := ctmark.ID(f.Mark); !ok {
 			continue
 		}
 		b := netip.AddrPortFrom(f.TupleReply.IP.SourceAddress.Unmap(), f.TupleReply.Proto.SourcePort)

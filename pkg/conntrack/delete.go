@@ -9,7 +9,7 @@ import (
 	ct "github.com/ti-mo/conntrack"
 	"golang.org/x/sys/unix"
 
-	"github.com/fwdd/fwdd/pkg/fwmark"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 )
 
 // Selector picks conntrack entries of one forward: those whose ct mark is
@@ -85,7 +85,7 @@ func Delete(netns int, sels ...Selector) (int, error) {
 		return 0, fmt.Errorf("delete conntrack entries: dial: %w", err)
 	}
 	defer c.Close()
-	filter := ct.NewFilter().Mark(fwmark.Tag).MarkMask(fwmark.Mask)
+	filter := ct.NewFilter().Mark(ctmark.Tag).MarkMask(ctmark.Mask)
 	if len(sels) == 1 {
 		filter = ct.NewFilter().Mark(sels[0].Mark)
 	}

@@ -13,7 +13,7 @@ import (
 	ct "github.com/ti-mo/conntrack"
 	"golang.org/x/sys/unix"
 
-	"github.com/fwdd/fwdd/pkg/fwmark"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 	"github.com/fwdd/fwdd/pkg/sysctl"
 )
 
@@ -48,7 +48,7 @@ func deleteTopo(t *testing.T) (cli, gw int) {
 			t.Fatal(err)
 		}
 	}
-	m3, m4 := fwmark.ForID(3), fwmark.ForID(4)
+	m3, m4 := ctmark.ForID(3), ctmark.ForID(4)
 	rules := fmt.Sprintf(`table ip test {
 	chain pre {
 		type nat hook prerouting priority dstnat;
@@ -88,7 +88,7 @@ func dumpEntries(t *testing.T, gw int) map[entryKey]int {
 	}
 	out := map[entryKey]int{}
 	for _, f := range flows {
-		if _, ok := fwmark.ID(f.Mark); ok {
+		if _, ok := ctmark.ID(f.Mark); ok {
 			out[entryKey{f.Mark, f.TupleOrig.Proto.Protocol,
 				netip.AddrPortFrom(f.TupleReply.IP.SourceAddress, f.TupleReply.Proto.SourcePort)}]++
 		}
@@ -99,7 +99,7 @@ func dumpEntries(t *testing.T, gw int) map[entryKey]int {
 func TestKernelDeleteEntries(t *testing.T) {
 	requireRoot(t)
 	cli, gw := deleteTopo(t)
-	m3, m4 := fwmark.ForID(3), fwmark.ForID(4)
+	m3, m4 := ctmark.ForID(3), ctmark.ForID(4)
 	b50 := netip.MustParseAddrPort("10.213.0.50:7000")
 	b51 := netip.MustParseAddrPort("10.213.0.51:7000")
 	b52 := netip.MustParseAddrPort("10.213.0.52:7002")

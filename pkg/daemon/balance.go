@@ -9,7 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/fwdd/fwdd/pkg/conntrack"
-	"github.com/fwdd/fwdd/pkg/fwmark"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 	"github.com/fwdd/fwdd/pkg/health"
 )
 
@@ -139,7 +139,7 @@ func (b *balancer) onChange(c health.Change) {
 	if c.Up || allDown {
 		return // in fail open the backend still receives connections
 	}
-	sel := conntrack.Selector{Mark: fwmark.ForID(p.id), Backend: c.Backend.Addr()}
+	sel := conntrack.Selector{Mark: ctmark.ForID(p.id), Backend: c.Backend.Addr()}
 	if port := c.Backend.Port(); port != 0 {
 		sel.PortFirst, sel.PortLast = port, port+uint16(max(p.portSpan, 1)-1)
 	}

@@ -13,7 +13,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/fwdd/fwdd/pkg/conntrack"
-	"github.com/fwdd/fwdd/pkg/fwmark"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 	"github.com/fwdd/fwdd/pkg/health"
 )
 
@@ -85,7 +85,7 @@ func TestBalancer(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("no entries deleted within 5s of backend 1 going down")
 	}
-	want := []conntrack.Selector{{Mark: fwmark.ForID(7), Proto: 17, Backend: a1.Addr(), PortFirst: a1.Port(), PortLast: a1.Port()}}
+	want := []conntrack.Selector{{Mark: ctmark.ForID(7), Proto: 17, Backend: a1.Addr(), PortFirst: a1.Port(), PortLast: a1.Port()}}
 	if d := cmp.Diff(want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); d != "" {
 		t.Errorf("deleted (-want +got):\n%s", d)
 	}

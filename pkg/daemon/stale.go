@@ -8,7 +8,8 @@ import (
 
 	"github.com/fwdd/fwdd/pkg/config"
 	"github.com/fwdd/fwdd/pkg/conntrack"
-	"github.com/fwdd/fwdd/pkg/fwmark"
+	"github.com/fwdd/fwdd/pkg/ctmark"
+	"github.com/fwdd/fwdd/pkg/nft"
 )
 
 // staleFlow is a forward whose established connections a reload strands.
@@ -37,7 +38,7 @@ func staleFlows(old, cur *config.Config, oldIDs map[string]uint32) []staleFlow {
 		if g, ok := now[f.Name]; ok && sameForwarding(f, g) {
 			continue
 		}
-		sel := conntrack.Selector{Mark: fwmark.ForID(id)}
+		sel := conntrack.Selector{Mark: ctmark.ForID(id)}
 		if len(f.Protos) > 1 {
 			sel.Proto = uint8(config.UDP) // and only UDP: TCP keeps its backend
 		}
@@ -54,6 +55,20 @@ func sameForwarding(f, g *config.Forward) bool {
 	return a.Equal(g)
 }
 
+// deleteFlows deletes conntrack entries in the namespace of the daemon's
+// netlink kernel; with any other kernel (the fake of the tests) it does
+// nothing unless Options.DeleteFlows says what to do, so that a test never
+// touches the conntrack table of the namespace it runs in.
+func (d *Daemon) deleteFlows(sels ...conntrack.Selector) (int, error) {
+	if d.opts.DeleteFlows != nil {
+		return d.opts.DeleteFlows(sels...)
+	}
+	if k, ok := d.opts.Kernel.(*nft.Netlink); ok {
+		return conntrack.Delete(k.NetNS, sels...)
+	}
+	return 0, nil
+}
+
 // deleteStaleFlows deletes the conntrack entries a reload stranded (see
 // staleFlows). A failure is logged: the new rules are in force and the
 // entries time out on their own.
@@ -67,7 +82,7 @@ func (d *Daemon) deleteStaleFlows(stale []staleFlow) {
 	for i, s := range stale {
 		sels[i], names[i] = s.sel, s.forward
 	}
-	n, err := conntrack.Delete(d.opts.Kernel.NetNS, sels...)
+	n, err := d.deleteFlows(sels...)
 	if err != nil {
 		d.log.Warn("cannot delete the conntrack entries of changed forwards; they follow the old target until they time out",
 			zap.Strings("forwards", names), zap.Int("deleted", n), zap.Error(err))
