@@ -8,9 +8,11 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/fwdd/fwdd/pkg/config"
 	"github.com/fwdd/fwdd/pkg/conntrack"
 	"github.com/fwdd/fwdd/pkg/ctmark"
 	"github.com/fwdd/fwdd/pkg/health"
+	"github.com/fwdd/fwdd/pkg/nft"
 )
 
 // pool is a forward with several backends, as the balancer sees it.
@@ -157,4 +159,68 @@ func (b *balancer) onChange(c health.Change) {
 	}
 	b.log.Info("deleted the conntrack entries of a down backend",
 		zap.String("forward", p.forward), zap.Stringer("backend", c.Backend), zap.Bool("tcpToo", p.cut), zap.Int("deleted", n))
+}
+
+// poolsOf returns the health-checked forwards of cfg with several
+// backends. A backend is checked at its port (the forward's own for one
+// that keeps the port; the first of a range); a UDP forward's checks
+// connect over TCP to the same address and port.
+func poolsOf(cfg *config.Config, ids map[string]uint32) []pool {
+	var out []pool
+	for i := range cfg.Forwards {
+		f := &cfg.Forwards[i]
+		if !f.Balanced() || f.Health.Check == config.CheckNone {
+			continue
+		}
+		p := pool{forward: f.Name, id: ids[f.Name], portSpan: 1, udp: slices.Contains(f.Protos, config.UDP),
+			cut: f.OnChange == config.OnChangeCut,
+			spec: health.Spec{Kind: health.Kind(f.Health.Check), Interval: f.Health.Interval, Timeout: f.Health.Timeout,
+				Fall: f.Health.Fall, Rise: f.Health.Rise, Path: f.Health.Path}}
+		for _, b := range f.Backends {
+			port := b.ToPort.Lo
+			switch {
+			case b.ToPort.IsZero():
+				port, p.portSpan = f.Port.Lo, f.Port.Len()
+			case b.ToPort.Len() > 1:
+				p.portSpan = b.ToPort.Len()
+			}
+			p.backends = append(p.backends, netip.AddrPortFrom(b.To, port))
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// withHealth puts the health the balancer knows into a freshly compiled
+// model: backends found down stay out across a reload.
+func (b *balancer) withHealth(m *nft.Model) *nft.Model {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for name, st := range b.pools {
+		if slices.Contains(st.up, false) {
+			m = m.WithUp(name, inKernel(st.up))
+		}
+	}
+	return m
+}
+
+// programBackends is the balancer's program: one batch with only that
+// forward's balance elements, against the model in force.
+func (d *Daemon) programBackends(forward string, up []bool) error {
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
+	cur := d.applier.Last()
+	if cur == nil {
+		return nil
+	}
+	p, err := d.applier.Plan(cur.WithUp(forward, up))
+	if err != nil {
+		return err
+	}
+	st, err := d.applier.Run(p)
+	if err != nil {
+		return err
+	}
+	d.log.Debug("backends updated", zap.String("forward", forward), zap.Int("elements", st.Elements), zap.Duration("elapsed", st.Elapsed))
+	return nil
 }

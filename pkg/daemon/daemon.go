@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
+	"sync"
 	"syscall"
 	"time"
 
@@ -67,6 +68,8 @@ type Daemon struct {
 	state   State
 	metrics *metrics.Metrics
 	tasks   tasks
+	// applyMu serialises the batches of reloads and of health changes.
+	applyMu sync.Mutex
 	// parser keeps the decoded [[forward]] blocks of the last file, so a
 	// reload decodes only the blocks that changed.
 	parser config.Parser
@@ -97,6 +100,9 @@ func New(opts Options) *Daemon {
 		d.opts.Load = func() (*config.Config, error) { return d.parser.Load(d.opts.ConfigPath) }
 	}
 	d.tasks.conns = newConnLogger(opts.Log)
+	d.tasks.balancer = newBalancer(opts.Log, nil)
+	d.tasks.balancer.program = d.programBackends
+	d.tasks.balancer.deleteFlows = d.deleteFlows
 	d.tasks.watcher = conntrack.New(conntrack.Options{Log: opts.Log, OnNew: d.tasks.conns.onNew})
 	d.metrics = metrics.New(metrics.Sources{
 		Traffic: func() (map[string]*nft.Traffic, error) {
@@ -209,6 +215,7 @@ func (d *Daemon) Start() error {
 		d.record(err)
 		return fmt.Errorf("compile table: %w", err)
 	}
+	d.tasks.balancer.set(poolsOf(cfg, ids))
 	st, err := d.applier.Run(nft.Reconcile(have, m))
 	if err != nil {
 		d.record(err)
@@ -279,6 +286,10 @@ func (d *Daemon) reload(start time.Time) error {
 	if err := d.applySysctls(cfg); err != nil {
 		return err
 	}
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
+	d.tasks.balancer.set(poolsOf(cfg, ids))
+	m = d.tasks.balancer.withHealth(m)
 	applyStart := time.Now()
 	p, err := d.applier.Plan(m)
 	if err != nil {
@@ -374,6 +385,7 @@ func (d *Daemon) startTasks(ctx context.Context, g *errgroup.Group) {
 	g.Go(func() error { return d.tasks.watcher.Run(ctx) })
 	g.Go(func() error { return d.tasks.pressure.Run(ctx) })
 	g.Go(func() error { return d.tasks.conns.run(ctx) })
+	g.Go(func() error { return d.tasks.balancer.run(ctx) })
 	if addr := cfg.Daemon.Metrics; addr != "" {
 		g.Go(func() error {
 			// A metrics endpoint that cannot listen is logged, not fatal:

@@ -35,24 +35,53 @@ func staleFlows(old, cur *config.Config, oldIDs map[string]uint32) []staleFlow {
 		if !ok || !slices.Contains(f.Protos, config.UDP) {
 			continue
 		}
-		if g, ok := now[f.Name]; ok && sameForwarding(f, g) {
+		g, ok := now[f.Name]
+		if ok && sameForwarding(f, g) {
 			continue
 		}
 		sel := conntrack.Selector{Mark: ctmark.ForID(id)}
 		if len(f.Protos) > 1 {
 			sel.Proto = uint8(config.UDP) // and only UDP: TCP keeps its backend
 		}
+		if ok && (f.Balanced() || g.Balanced()) && sameButBackends(f, g) {
+			// Only the backends changed: the flows of backends that stay
+			// keep theirs.
+			for _, b := range f.Backends {
+				if slices.ContainsFunc(g.Backends, func(c config.Backend) bool { return c.To == b.To && c.ToPort == b.ToPort }) {
+					continue
+				}
+				s := sel
+				s.Proto = uint8(config.UDP)
+				s.Backend = b.To
+				s.PortFirst, s.PortLast = b.ToPort.Lo, b.ToPort.Hi
+				out = append(out, staleFlow{forward: f.Name, sel: s})
+			}
+			continue
+		}
 		out = append(out, staleFlow{forward: f.Name, sel: sel})
 	}
 	return out
 }
 
-// sameForwarding reports whether f and g translate packets the same way
-// (log does not matter to established flows).
+// sameForwarding reports whether f and g translate established flows the
+// same way: log, health checks, balance and weights do not matter to them.
 func sameForwarding(f, g *config.Forward) bool {
 	a := *f
-	a.Log = g.Log
+	a.Log, a.Health, a.Balance, a.OnChange = g.Log, g.Health, g.Balance, g.OnChange
+	if len(a.Backends) == len(g.Backends) {
+		a.Backends = slices.Clone(a.Backends)
+		for i := range a.Backends {
+			a.Backends[i].Weight = g.Backends[i].Weight
+		}
+	}
 	return a.Equal(g)
+}
+
+// sameButBackends reports whether f and g differ only in their backends.
+func sameButBackends(f, g *config.Forward) bool {
+	a := *f
+	a.Backends, a.To, a.ToPort = g.Backends, g.To, g.ToPort
+	return sameForwarding(&a, g)
 }
 
 // deleteFlows deletes conntrack entries in the namespace of the daemon's
