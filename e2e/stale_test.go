@@ -36,10 +36,17 @@ to = "10.22.0.2:8080"
 name = "api"
 port = 81
 to = "10.22.0.2:8081"
+
+[[forward]]
+name = "cutme"
+port = 83
+to = "10.22.0.2:8083"
+on_change = "cut"
 `
 
 // staleAfter moves dns and api to other backends; syslog and web stay.
-var staleAfter = strings.NewReplacer("10.22.0.2:5353", "10.22.0.2:6353", "10.22.0.2:8081", "10.22.0.2:9081").Replace(staleBefore)
+var staleAfter = strings.NewReplacer("10.22.0.2:5353", "10.22.0.2:6353", "10.22.0.2:8081", "10.22.0.2:9081",
+	"10.22.0.2:8083", "10.22.0.2:9083").Replace(staleBefore)
 
 // udpStream sends a datagram every 50 ms from one socket (one conntrack
 // flow) and counts the replies.
@@ -151,8 +158,9 @@ func countFrom(s *sandbox.UDPServer, port uint16) int {
 // TestKernelReloadMovesUDPStream: a reload that moves a UDP forward deletes
 // that forward's conntrack entries, so a steady stream reaches the new
 // backend within a second; the stream of an unchanged UDP forward keeps its
-// entry, a held TCP connection of an unchanged forward survives, and a held
-// TCP connection of a moved forward keeps its old backend.
+// entry, a held TCP connection of an unchanged forward survives, a held TCP
+// connection of a moved forward keeps its old backend, and one of a moved
+// forward with on_change = "cut" is cut.
 func TestKernelReloadMovesUDPStream(t *testing.T) {
 	topo := sandbox.New(t, sandbox.Options{NoClient2: true, NoOther: true})
 	be, cl := topo.Backend, topo.Client
@@ -162,12 +170,15 @@ func TestKernelReloadMovesUDPStream(t *testing.T) {
 	listenTCP(t, be, "10.22.0.2:8080")
 	listenTCP(t, be, "10.22.0.2:8081")
 	listenTCP(t, be, "10.22.0.2:9081")
+	listenTCP(t, be, "10.22.0.2:8083")
+	listenTCP(t, be, "10.22.0.2:9083")
 	d := startFwdd(t, topo, staleBefore)
 
 	dns := startUDPStream(t, cl, "10.11.0.1:53")
 	other := startUDPStream(t, cl, "10.11.0.1:514")
 	web := heldTCP(t, cl, "10.11.0.1:80")
 	api := heldTCP(t, cl, "10.11.0.1:81")
+	cutme := heldTCP(t, cl, "10.11.0.1:83")
 	if err := sandbox.Eventually(5*time.Second, func() error {
 		if dns.replies.Load() < 3 || other.replies.Load() < 3 {
 			return fmt.Errorf("replies: dns %d, syslog %d", dns.replies.Load(), other.replies.Load())
@@ -218,6 +229,10 @@ func TestKernelReloadMovesUDPStream(t *testing.T) {
 	}
 	if err := alive(api); err != nil {
 		t.Errorf("held TCP connection of the moved forward: %v", err)
+	}
+	// on_change = "cut": its entry was deleted, so the connection is reset.
+	if err := alive(cutme); err == nil {
+		t.Error("held TCP connection of a moved forward with on_change = \"cut\" still works")
 	}
 	if !strings.Contains(d.proc.Output(), "deleted conntrack entries of changed forwards") {
 		t.Errorf("no log line about the deleted entries:\n%s", d.proc.Output())

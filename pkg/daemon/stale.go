@@ -24,23 +24,29 @@ type staleFlow struct {
 // first packet and kept in its conntrack entry, so without this a client
 // sending a steady UDP stream keeps reaching the old target until the entry
 // times out; once its entry is deleted, its next datagram is a new flow
-// that the new rules translate. TCP connections keep their backend.
-// Forwards that did not change are never selected.
+// that the new rules translate. TCP connections keep their backend, unless
+// the forward says on_change = "cut": then all its entries are deleted (its
+// TCP connections are reset at their next packet). Forwards that did not
+// change are never selected.
 func staleFlows(old, cur *config.Config, oldIDs map[string]uint32) []staleFlow {
 	now := cur.ForwardsByName()
 	var out []staleFlow
 	for i := range old.Forwards {
 		f := &old.Forwards[i]
-		id, ok := oldIDs[f.Name]
-		if !ok || !slices.Contains(f.Protos, config.UDP) {
+		id, known := oldIDs[f.Name]
+		g, ok := now[f.Name]
+		cut := f.OnChange == config.OnChangeCut
+		if ok {
+			cut = g.OnChange == config.OnChangeCut // the setting now in force
+		}
+		if !known || !cut && !slices.Contains(f.Protos, config.UDP) {
 			continue
 		}
-		g, ok := now[f.Name]
 		if ok && sameForwarding(f, g) {
 			continue
 		}
 		sel := conntrack.Selector{Mark: ctmark.ForID(id)}
-		if len(f.Protos) > 1 {
+		if len(f.Protos) > 1 && !cut {
 			sel.Proto = uint8(config.UDP) // and only UDP: TCP keeps its backend
 		}
 		if ok && (f.Balanced() || g.Balanced()) && sameButBackends(f, g) {
@@ -51,7 +57,9 @@ func staleFlows(old, cur *config.Config, oldIDs map[string]uint32) []staleFlow {
 					continue
 				}
 				s := sel
-				s.Proto = uint8(config.UDP)
+				if !cut {
+					s.Proto = uint8(config.UDP)
+				}
 				s.Backend = b.To
 				s.PortFirst, s.PortLast = b.ToPort.Lo, b.ToPort.Hi
 				out = append(out, staleFlow{forward: f.Name, sel: s})
