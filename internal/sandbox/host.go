@@ -27,6 +27,9 @@ type Host struct {
 	IPv6 netip.Addr
 	// Links lists the host's interfaces toward other hosts.
 	Links []Link
+	// Extra lists the backend's further addresses (Options.BackendAddrs),
+	// IPv4 and IPv6 in turn.
+	Extra []netip.Addr
 
 	topo *Topology
 

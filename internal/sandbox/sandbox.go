@@ -52,6 +52,11 @@ type Options struct {
 	// IP is the path of the iproute2 "ip" binary (default: "ip" from PATH,
 	// falling back to /usr/sbin/ip).
 	IP string
+	// BackendAddrs gives the backend host this many more addresses on its
+	// eth0 (at most 200): 10.22.0.3, 10.22.0.4, ... and fd22::3, ...,
+	// listed in its Host.Extra. Servers bound to each stand for separate
+	// backends of one forward.
+	BackendAddrs int
 }
 
 // Link describes one interface of a host and the addresses on it.
@@ -328,6 +333,16 @@ func (t *Topology) connect(ctx context.Context, h *Host, s segment) error {
 		{"-n", h.NS, "link", "set", LeafIface, "up"},
 		{"-n", h.NS, "route", "add", "default", "via", gw4.Addr().String()},
 		{"-n", h.NS, "-6", "route", "add", "default", "via", gw6.Addr().String()},
+	}
+	if s.host == "backend" {
+		for i := range min(t.opts.BackendAddrs, 200) {
+			a4 := netip.MustParseAddr(fmt.Sprintf("10.%d.0.%d", s.subnet, 3+i))
+			a6 := netip.MustParseAddr(fmt.Sprintf("fd%d::%x", s.subnet, 3+i))
+			h.Extra = append(h.Extra, a4, a6)
+			cmds = append(cmds,
+				[]string{"-n", h.NS, "addr", "add", a4.String() + "/24", "dev", LeafIface},
+				[]string{"-n", h.NS, "-6", "addr", "add", a6.String() + "/64", "dev", LeafIface, "nodad"})
+		}
 	}
 	for _, c := range cmds {
 		if _, err := t.runIP(ctx, c...); err != nil {
