@@ -3,6 +3,7 @@ package sysctl
 import (
 	"errors"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
@@ -145,6 +146,8 @@ func TestReadOnlyError(t *testing.T) {
 		t.Errorf("err = %q, want %q", err, want)
 	}
 }
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
 
 func TestPlanFor(t *testing.T) {
 	c := &config.Config{
