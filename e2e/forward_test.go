@@ -95,7 +95,7 @@ func TestKernelForwarding(t *testing.T) {
 	if _, err := topo.Gateway.Run(ctxT(t), "ip", "addr", "add", "10.22.0.100/24", "dev", "bak0"); err != nil {
 		t.Fatal(err)
 	}
-	startFwdd(t, topo, forwardingConfig)
+	d := startFwdd(t, topo, forwardingConfig)
 
 	t.Run("tcp masquerade", func(t *testing.T) {
 		mustGreet(t, topo.Client, "10.11.0.1:80", "backend 10.22.0.1:")
@@ -160,14 +160,11 @@ func TestKernelForwarding(t *testing.T) {
 		mustGreet(t, topo.Backend, "10.22.0.1:80", "backend 10.22.0.1:")
 	})
 	t.Run("print loads with nft -c", func(t *testing.T) {
-		d := t.TempDir()
-		path := d + "/fwdd.toml"
-		writeConfig(t, path, forwardingConfig)
-		out, err := fwdd(t, topo, "print", "-c", path)
+		out, err := d.Command("print")
 		if err != nil {
 			t.Fatalf("fwdd print: %v\n%s", err, out)
 		}
-		script := d + "/print.nft"
+		script := t.TempDir() + "/print.nft"
 		writeConfig(t, script, out)
 		if res, err := topo.Gateway.Run(ctxT(t), "nft", "-c", "-f", script); err != nil {
 			t.Fatalf("nft -c -f rejects fwdd print: %v\n%s", err, res)

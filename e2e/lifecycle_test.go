@@ -4,7 +4,6 @@ import (
 	"io"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -99,7 +98,7 @@ func TestKernelReload(t *testing.T) {
 	}
 
 	t.Run("good change", func(t *testing.T) {
-		out, err := d.reload(reloadAfter)
+		out, err := reload(t, d, reloadAfter)
 		if err != nil {
 			t.Fatalf("fwdd reload: %v\n%s", err, out)
 		}
@@ -112,8 +111,8 @@ func TestKernelReload(t *testing.T) {
 		if err := echo("after"); err != nil {
 			t.Errorf("held connection of an unchanged forward broke across the reload: %v", err)
 		}
-		if !strings.Contains(d.proc.Output(), `"added": ["new"], "removed": ["goes"], "changed": ["moves"]`) {
-			t.Errorf("reload log does not name the changes:\n%s", d.proc.Output())
+		if !strings.Contains(d.Output(), `"added": ["new"], "removed": ["goes"], "changed": ["moves"]`) {
+			t.Errorf("reload log does not name the changes:\n%s", d.Output())
 		}
 		if got := nftList(t, topo, "table", "ip", "filter"); got != foreign {
 			t.Errorf("foreign table changed by reload:\n%s", got)
@@ -122,7 +121,7 @@ func TestKernelReload(t *testing.T) {
 
 	t.Run("broken file", func(t *testing.T) {
 		before := nftList(t, topo, "ruleset")
-		out, err := d.reload(reloadAfter + "\n[[forward]]\nname = \"bad\"\nport = 70000\nto = \"10.22.0.2\"\n")
+		out, err := reload(t, d, reloadAfter+"\n[[forward]]\nname = \"bad\"\nport = 70000\nto = \"10.22.0.2\"\n")
 		if err == nil {
 			t.Fatalf("fwdd reload accepted a broken file:\n%s", out)
 		}
@@ -130,24 +129,14 @@ func TestKernelReload(t *testing.T) {
 			t.Errorf("reload error does not say what is wrong:\n%s", out)
 		}
 		// Signal the daemon directly too: it must refuse, log and keep running.
-		if err := d.proc.Signal(syscall.SIGHUP); err != nil {
-			t.Fatal(err)
-		}
-		if err := sandbox.Eventually(10*time.Second, func() error {
-			if !strings.Contains(d.proc.Output(), "reload failed; the running rules are unchanged") {
-				return io.EOF
-			}
-			return nil
-		}); err != nil {
-			t.Fatalf("no reload error logged:\n%s", d.proc.Output())
+		if l, err := d.Reload(); err == nil || l.Msg != "reload failed; the running rules are unchanged" || !strings.Contains(err.Error(), "port") {
+			t.Fatalf("SIGHUP with a broken file: %v; logged %q", err, l.Text)
 		}
 		if after := nftList(t, topo, "ruleset"); after != before {
 			t.Errorf("ruleset changed by a broken reload:\n--- before\n%s\n--- after\n%s", before, after)
 		}
-		select {
-		case <-d.proc.Done():
-			t.Fatalf("daemon died on a broken reload:\n%s", d.proc.Output())
-		default:
+		if !d.Running() {
+			t.Fatalf("daemon died on a broken reload:\n%s", d.Output())
 		}
 		mustGreet(t, topo.Client, "10.11.0.1:83", "backend")
 		if err := echo("still"); err != nil {
@@ -156,7 +145,9 @@ func TestKernelReload(t *testing.T) {
 	})
 
 	t.Run("stop flushes", func(t *testing.T) {
-		d.stop()
+		if err := d.Stop(); err != nil {
+			t.Fatal(err)
+		}
 		if got := nftList(t, topo, "table", "inet", "fwdd"); got != "" {
 			t.Errorf("table still there after stop with on_stop = flush:\n%s", got)
 		}
@@ -172,17 +163,23 @@ func TestKernelOnStopKeep(t *testing.T) {
 	cfg := "[daemon]\non_stop = \"keep\"\n" + reloadBefore
 	d := startFwdd(t, topo, cfg)
 	table := nftList(t, topo, "table", "inet", "fwdd")
-	d.stop()
+	if err := d.Stop(); err != nil {
+		t.Fatal(err)
+	}
 	if got := nftList(t, topo, "table", "inet", "fwdd"); got == "" {
 		t.Fatal("table removed although on_stop = keep")
 	}
 	mustGreet(t, topo.Client, "10.11.0.1:80", "backend")
 	// A restart takes the kept table over, with the same forward ids.
-	d2 := startFwdd(t, topo, cfg)
+	if err := d.Restart(); err != nil {
+		t.Fatal(err)
+	}
 	if got := nftList(t, topo, "table", "inet", "fwdd"); stripCounters(got) != stripCounters(table) {
 		t.Errorf("restart changed the table:\n%s\nwant:\n%s", got, table)
 	}
-	d2.stop()
+	if err := d.Stop(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // stripCounters drops counter values and handles, which differ between runs.
@@ -213,9 +210,9 @@ table ip strict {
 }
 `)
 	d := startFwdd(t, topo, reloadBefore)
-	if !strings.Contains(d.proc.Output(), "another firewall drops forwarded packets by default") ||
-		!strings.Contains(d.proc.Output(), "table ip strict chain forward") {
-		t.Errorf("no warning about the foreign drop policy:\n%s", d.proc.Output())
+	if !strings.Contains(d.Output(), "another firewall drops forwarded packets by default") ||
+		!strings.Contains(d.Output(), "table ip strict chain forward") {
+		t.Errorf("no warning about the foreign drop policy:\n%s", d.Output())
 	}
 	mustNotReach(t, topo.Client, "10.11.0.1:80")
 	nftRun(t, topo, "add rule ip strict forward ct mark and 0xff000000 == 0xfd000000 accept\n")
@@ -232,7 +229,7 @@ func TestKernelForwardPolicyDrop(t *testing.T) {
 	d := startFwdd(t, topo, cfg)
 	mustGreet(t, topo.Client, "10.11.0.1:80", "backend 10.22.0.1:")
 	mustNotReach(t, topo.Client, "10.44.0.2:80") // transit: not fwdd's, dropped
-	printed, err := fwdd(t, topo, "print", "-c", d.cfgPath)
+	printed, err := d.Command("print")
 	if err != nil || !strings.Contains(printed, "policy drop;") {
 		t.Fatalf("fwdd print: %v\n%s", err, printed)
 	}
@@ -242,13 +239,13 @@ func TestKernelForwardPolicyDrop(t *testing.T) {
 		t.Fatalf("nft -c -f rejects fwdd print with forward_policy = drop: %v\n%s", err, res)
 	}
 
-	out, err := d.reload(reloadBefore) // back to the default, accept
+	out, err := reload(t, d, reloadBefore) // back to the default, accept
 	if err != nil {
 		t.Fatalf("reload: %v\n%s", err, out)
 	}
 	mustGreet(t, topo.Client, "10.44.0.2:80", "other 10.11.0.2:")
 	mustGreet(t, topo.Client, "10.11.0.1:80", "backend 10.22.0.1:")
-	if !strings.Contains(d.proc.Output(), `"fullReplace": true`) {
-		t.Errorf("a policy change was not applied by replacing the table:\n%s", d.proc.Output())
+	if !strings.Contains(d.Output(), `"fullReplace": true`) {
+		t.Errorf("a policy change was not applied by replacing the table:\n%s", d.Output())
 	}
 }
