@@ -1,11 +1,9 @@
 package e2e
 
 import (
-	"io"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/fwdd/fwdd/internal/sandbox"
 )
@@ -77,22 +75,7 @@ func TestKernelReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer held.Close()
-	echo := func(msg string) error {
-		if err := held.SetDeadline(time.Now().Add(3 * time.Second)); err != nil {
-			return err
-		}
-		if _, err := held.Write([]byte(msg)); err != nil {
-			return err
-		}
-		buf := make([]byte, len(msg))
-		if _, err := io.ReadFull(held, buf); err != nil {
-			return err
-		}
-		if string(buf) != msg {
-			t.Errorf("echo %q, got %q", msg, buf)
-		}
-		return nil
-	}
+	echo := func(msg string) error { return sandbox.Echo(held, msg) }
 	if err := echo("before"); err != nil {
 		t.Fatal(err)
 	}

@@ -100,9 +100,9 @@ func Start(h *sandbox.Host, config string, opts Options) (*Daemon, error) {
 			return nil, err
 		}
 	}
-	dir, err := os.MkdirTemp(h.Topology().Dir(), "fwdd-"+h.Name+"-")
+	dir, err := newDir(h)
 	if err != nil {
-		return nil, fmt.Errorf("fwdd dir: %w", err)
+		return nil, err
 	}
 	d := &Daemon{
 		Host: h, Dir: dir, ConfigPath: filepath.Join(dir, "fwdd.toml"), StateDir: filepath.Join(dir, "state"),
@@ -122,6 +122,25 @@ func Start(h *sandbox.Host, config string, opts Options) (*Daemon, error) {
 		return d, err
 	}
 	return d, nil
+}
+
+// newDir makes the daemon's directory in the sandbox's run dir: "fwdd-HOST",
+// "fwdd-HOST-2", ...
+func newDir(h *sandbox.Host) (string, error) {
+	base := filepath.Join(h.Topology().Dir(), "fwdd-"+h.Name)
+	for i := 1; ; i++ {
+		dir := base
+		if i > 1 {
+			dir = fmt.Sprintf("%s-%d", base, i)
+		}
+		err := os.Mkdir(dir, 0o755)
+		if !errors.Is(err, os.ErrExist) {
+			if err != nil {
+				return "", fmt.Errorf("fwdd dir: %w", err)
+			}
+			return dir, nil
+		}
+	}
 }
 
 // New starts a daemon for a test (see [Start]): it fails tb if the daemon
@@ -231,7 +250,7 @@ func (d *Daemon) start() error {
 	if d.opts.NoWait {
 		return nil
 	}
-	if _, err := d.waitNotify(mark, "READY", d.opts.ReadyTimeout); err != nil {
+	if _, _, err := d.waitNotify(mark, "READY", d.opts.ReadyTimeout); err != nil {
 		return fmt.Errorf("fwdd did not get ready: %w", err)
 	}
 	return nil
@@ -333,13 +352,14 @@ func (d *Daemon) WaitLine(since int, timeout time.Duration, match func(Line) boo
 }
 
 // waitNotify waits for a notification with key set to 1 from the current
-// process, at index since or later.
-func (d *Daemon) waitNotify(since int, key string, timeout time.Duration) (Notification, error) {
+// process, at index since or later, and returns its index.
+func (d *Daemon) waitNotify(since int, key string, timeout time.Duration) (Notification, int, error) {
 	var found Notification
+	idx := -1
 	err := d.waitFor(timeout, func() bool {
-		for _, n := range d.notes[min(since, len(d.notes)):] {
-			if n.Vars[key] == "1" && n.PID == d.proc.PID() {
-				found = n
+		for i := min(since, len(d.notes)); i < len(d.notes); i++ {
+			if n := d.notes[i]; n.Vars[key] == "1" && n.PID == d.proc.PID() {
+				found, idx = n, i
 				return true
 			}
 		}
@@ -348,7 +368,7 @@ func (d *Daemon) waitNotify(since int, key string, timeout time.Duration) (Notif
 	if err != nil {
 		err = fmt.Errorf("no %s=1 on NOTIFY_SOCKET: %w", key, err)
 	}
-	return found, err
+	return found, idx, err
 }
 
 // waitFor calls cond with d.mu held until it returns true, the current
@@ -412,14 +432,14 @@ func (d *Daemon) marks() (notes, lines int) {
 
 func (d *Daemon) reloadOutcome(mark, lmark int) (Line, error) {
 	const timeout = 2 * time.Minute
-	n, err := d.waitNotify(mark, "RELOADING", timeout)
+	n, i, err := d.waitNotify(mark, "RELOADING", timeout)
 	if err != nil {
 		return Line{}, err
 	}
 	if _, ok := n.Vars["MONOTONIC_USEC"]; !ok {
 		return Line{}, fmt.Errorf("RELOADING=1 without MONOTONIC_USEC: %v", n.Vars)
 	}
-	if _, err := d.waitNotify(mark, "READY", timeout); err != nil {
+	if _, _, err := d.waitNotify(i+1, "READY", timeout); err != nil {
 		return Line{}, err
 	}
 	l, err := d.WaitLine(lmark, timeout, func(l Line) bool {
@@ -492,7 +512,7 @@ func (d *Daemon) Stop() error {
 	if err := p.Wait(); err != nil {
 		return fmt.Errorf("fwdd (pid %d) exited with %v on SIGTERM:\n%s", p.PID(), err, d.tail(20))
 	}
-	if _, err := d.waitNotify(mark, "STOPPING", 5*time.Second); err != nil {
+	if _, _, err := d.waitNotify(mark, "STOPPING", 5*time.Second); err != nil {
 		return err
 	}
 	return nil

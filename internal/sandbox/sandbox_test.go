@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -92,16 +91,8 @@ func ctxT(t *testing.T) context.Context {
 // echo checks that c still echoes.
 func echo(t *testing.T, c net.Conn, msg string) {
 	t.Helper()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.WriteString(c, msg); err != nil {
-		t.Fatalf("write: %v", err)
-	}
-	buf := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, buf); err != nil {
-		t.Fatalf("read echo: %v", err)
-	}
-	if string(buf) != msg {
-		t.Fatalf("echo = %q, want %q", buf, msg)
+	if err := Echo(c, msg); err != nil {
+		t.Fatal(err)
 	}
 }
 
