@@ -415,7 +415,8 @@ func (d *Daemon) tail(n int) string {
 // Reload sends SIGHUP and waits for RELOADING=1 (with MONOTONIC_USEC, as
 // systemd's Type=notify-reload requires) and then READY=1. It returns the
 // daemon's "reloaded" line; when the daemon refused the file, it returns
-// the error line and an error carrying its message.
+// the error line and an error carrying its message. It reads the log, so
+// the daemon's log_level must be info or debug (the default is info).
 func (d *Daemon) Reload() (Line, error) {
 	mark, lmark := d.marks()
 	if err := d.Signal(syscall.SIGHUP); err != nil {
