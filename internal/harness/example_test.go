@@ -21,7 +21,7 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer d.Close() // stops it (SIGTERM) and removes its files
+	defer d.Close()                       // stops it (SIGTERM) and removes its files
 	if _, err := d.Reload(); err != nil { // SIGHUP
 		log.Fatal(err)
 	}
