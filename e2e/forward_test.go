@@ -95,7 +95,7 @@ func TestKernelForwarding(t *testing.T) {
 	if _, err := topo.Gateway.Run(ctxT(t), "ip", "addr", "add", "10.22.0.100/24", "dev", "bak0"); err != nil {
 		t.Fatal(err)
 	}
-	d := startFwdd(t, topo, forwardingConfig)
+	startFwdd(t, topo, forwardingConfig)
 
 	t.Run("tcp masquerade", func(t *testing.T) {
 		mustGreet(t, topo.Client, "10.11.0.1:80", "backend 10.22.0.1:")
@@ -160,11 +160,14 @@ func TestKernelForwarding(t *testing.T) {
 		mustGreet(t, topo.Backend, "10.22.0.1:80", "backend 10.22.0.1:")
 	})
 	t.Run("print loads with nft -c", func(t *testing.T) {
-		out, err := d.Command("print")
+		d := t.TempDir()
+		path := d + "/fwdd.toml"
+		writeConfig(t, path, forwardingConfig)
+		out, err := fwdd(t, topo, "print", "-c", path)
 		if err != nil {
 			t.Fatalf("fwdd print: %v\n%s", err, out)
 		}
-		script := t.TempDir() + "/print.nft"
+		script := d + "/print.nft"
 		writeConfig(t, script, out)
 		if res, err := topo.Gateway.Run(ctxT(t), "nft", "-c", "-f", script); err != nil {
 			t.Fatalf("nft -c -f rejects fwdd print: %v\n%s", err, res)

@@ -6,6 +6,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,7 +17,19 @@ import (
 	"github.com/fwdd/fwdd/internal/sandbox"
 )
 
-func TestMain(m *testing.M) { os.Exit(harness.Main(m)) }
+// fwddBin is the fwdd binary under test (built once by the harness).
+var fwddBin string
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() == 0 { // kernel tests only: make unit skips them
+		var err error
+		if fwddBin, err = harness.Binary(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	}
+	os.Exit(harness.Main(m))
+}
 
 func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -26,26 +39,53 @@ func ctxT(t *testing.T) context.Context {
 
 func writeConfig(t *testing.T, path, text string) {
 	t.Helper()
-	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+	if err := os.WriteFile(path, []byte(text), 0o640); err != nil {
 		t.Fatal(err)
 	}
 }
 
-// startFwdd starts the daemon in the gateway; it returns once the daemon
-// sent READY=1 (or fails the test).
-func startFwdd(t *testing.T, topo *sandbox.Topology, cfg string) *harness.Daemon {
+// fwdd runs `fwdd <args>` in the gateway namespace and returns its output.
+func fwdd(t *testing.T, topo *sandbox.Topology, args ...string) (string, error) {
 	t.Helper()
-	return harness.New(t, topo.Gateway, cfg)
+	out, err := topo.Gateway.Run(ctxT(t), append([]string{fwddBin}, args...)...)
+	return string(out), err
+}
+
+// daemon is fwdd in the gateway namespace, run by internal/harness (which
+// checks READY=1, RELOADING=1 and STOPPING=1 on its NOTIFY_SOCKET). The
+// short names keep tests terse.
+type daemon struct {
+	*harness.Daemon
+	t        *testing.T
+	proc     *sandbox.Proc // the first process; after Restart, d.Proc()
+	cfgPath  string
+	stateDir string
+}
+
+// startFwdd starts the daemon in the gateway with cfg; it returns once the
+// daemon is ready, and stops it in t.Cleanup.
+func startFwdd(t *testing.T, topo *sandbox.Topology, cfg string) *daemon {
+	t.Helper()
+	h := harness.New(t, topo.Gateway, cfg, harness.Options{Bin: fwddBin})
+	return &daemon{Daemon: h, t: t, proc: h.Proc(), cfgPath: h.ConfigPath, stateDir: h.StateDir}
 }
 
 // reload rewrites the config and runs `fwdd reload`, which returns once the
 // daemon applied it (or failed to).
-func reload(t *testing.T, d *harness.Daemon, cfg string) (string, error) {
-	t.Helper()
+func (d *daemon) reload(cfg string) (string, error) {
+	d.t.Helper()
 	if err := d.WriteConfig(cfg); err != nil {
-		t.Fatal(err)
+		d.t.Fatal(err)
 	}
 	return d.ReloadCommand()
+}
+
+// stop sends SIGTERM and fails the test unless the daemon stops cleanly.
+func (d *daemon) stop() {
+	d.t.Helper()
+	if err := d.Stop(); err != nil {
+		d.t.Fatal(err)
+	}
 }
 
 // nftList returns `nft list <what>` in the gateway namespace ("" if absent).

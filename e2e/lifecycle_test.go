@@ -81,7 +81,7 @@ func TestKernelReload(t *testing.T) {
 	}
 
 	t.Run("good change", func(t *testing.T) {
-		out, err := reload(t, d, reloadAfter)
+		out, err := d.reload(reloadAfter)
 		if err != nil {
 			t.Fatalf("fwdd reload: %v\n%s", err, out)
 		}
@@ -94,8 +94,8 @@ func TestKernelReload(t *testing.T) {
 		if err := echo("after"); err != nil {
 			t.Errorf("held connection of an unchanged forward broke across the reload: %v", err)
 		}
-		if !strings.Contains(d.Output(), `"added": ["new"], "removed": ["goes"], "changed": ["moves"]`) {
-			t.Errorf("reload log does not name the changes:\n%s", d.Output())
+		if !strings.Contains(d.proc.Output(), `"added": ["new"], "removed": ["goes"], "changed": ["moves"]`) {
+			t.Errorf("reload log does not name the changes:\n%s", d.proc.Output())
 		}
 		if got := nftList(t, topo, "table", "ip", "filter"); got != foreign {
 			t.Errorf("foreign table changed by reload:\n%s", got)
@@ -104,7 +104,7 @@ func TestKernelReload(t *testing.T) {
 
 	t.Run("broken file", func(t *testing.T) {
 		before := nftList(t, topo, "ruleset")
-		out, err := reload(t, d, reloadAfter+"\n[[forward]]\nname = \"bad\"\nport = 70000\nto = \"10.22.0.2\"\n")
+		out, err := d.reload(reloadAfter + "\n[[forward]]\nname = \"bad\"\nport = 70000\nto = \"10.22.0.2\"\n")
 		if err == nil {
 			t.Fatalf("fwdd reload accepted a broken file:\n%s", out)
 		}
@@ -118,8 +118,10 @@ func TestKernelReload(t *testing.T) {
 		if after := nftList(t, topo, "ruleset"); after != before {
 			t.Errorf("ruleset changed by a broken reload:\n--- before\n%s\n--- after\n%s", before, after)
 		}
-		if !d.Running() {
-			t.Fatalf("daemon died on a broken reload:\n%s", d.Output())
+		select {
+		case <-d.proc.Done():
+			t.Fatalf("daemon died on a broken reload:\n%s", d.proc.Output())
+		default:
 		}
 		mustGreet(t, topo.Client, "10.11.0.1:83", "backend")
 		if err := echo("still"); err != nil {
@@ -128,9 +130,7 @@ func TestKernelReload(t *testing.T) {
 	})
 
 	t.Run("stop flushes", func(t *testing.T) {
-		if err := d.Stop(); err != nil {
-			t.Fatal(err)
-		}
+		d.stop()
 		if got := nftList(t, topo, "table", "inet", "fwdd"); got != "" {
 			t.Errorf("table still there after stop with on_stop = flush:\n%s", got)
 		}
@@ -146,9 +146,7 @@ func TestKernelOnStopKeep(t *testing.T) {
 	cfg := "[daemon]\non_stop = \"keep\"\n" + reloadBefore
 	d := startFwdd(t, topo, cfg)
 	table := nftList(t, topo, "table", "inet", "fwdd")
-	if err := d.Stop(); err != nil {
-		t.Fatal(err)
-	}
+	d.stop()
 	if got := nftList(t, topo, "table", "inet", "fwdd"); got == "" {
 		t.Fatal("table removed although on_stop = keep")
 	}
@@ -160,9 +158,7 @@ func TestKernelOnStopKeep(t *testing.T) {
 	if got := nftList(t, topo, "table", "inet", "fwdd"); stripCounters(got) != stripCounters(table) {
 		t.Errorf("restart changed the table:\n%s\nwant:\n%s", got, table)
 	}
-	if err := d.Stop(); err != nil {
-		t.Fatal(err)
-	}
+	d.stop()
 }
 
 // stripCounters drops counter values and handles, which differ between runs.
@@ -193,9 +189,9 @@ table ip strict {
 }
 `)
 	d := startFwdd(t, topo, reloadBefore)
-	if !strings.Contains(d.Output(), "another firewall drops forwarded packets by default") ||
-		!strings.Contains(d.Output(), "table ip strict chain forward") {
-		t.Errorf("no warning about the foreign drop policy:\n%s", d.Output())
+	if !strings.Contains(d.proc.Output(), "another firewall drops forwarded packets by default") ||
+		!strings.Contains(d.proc.Output(), "table ip strict chain forward") {
+		t.Errorf("no warning about the foreign drop policy:\n%s", d.proc.Output())
 	}
 	mustNotReach(t, topo.Client, "10.11.0.1:80")
 	nftRun(t, topo, "add rule ip strict forward ct mark and 0xff000000 == 0xfd000000 accept\n")
@@ -212,7 +208,7 @@ func TestKernelForwardPolicyDrop(t *testing.T) {
 	d := startFwdd(t, topo, cfg)
 	mustGreet(t, topo.Client, "10.11.0.1:80", "backend 10.22.0.1:")
 	mustNotReach(t, topo.Client, "10.44.0.2:80") // transit: not fwdd's, dropped
-	printed, err := d.Command("print")
+	printed, err := fwdd(t, topo, "print", "-c", d.cfgPath)
 	if err != nil || !strings.Contains(printed, "policy drop;") {
 		t.Fatalf("fwdd print: %v\n%s", err, printed)
 	}
@@ -222,13 +218,13 @@ func TestKernelForwardPolicyDrop(t *testing.T) {
 		t.Fatalf("nft -c -f rejects fwdd print with forward_policy = drop: %v\n%s", err, res)
 	}
 
-	out, err := reload(t, d, reloadBefore) // back to the default, accept
+	out, err := d.reload(reloadBefore) // back to the default, accept
 	if err != nil {
 		t.Fatalf("reload: %v\n%s", err, out)
 	}
 	mustGreet(t, topo.Client, "10.44.0.2:80", "other 10.11.0.2:")
 	mustGreet(t, topo.Client, "10.11.0.1:80", "backend 10.22.0.1:")
-	if !strings.Contains(d.Output(), `"fullReplace": true`) {
-		t.Errorf("a policy change was not applied by replacing the table:\n%s", d.Output())
+	if !strings.Contains(d.proc.Output(), `"fullReplace": true`) {
+		t.Errorf("a policy change was not applied by replacing the table:\n%s", d.proc.Output())
 	}
 }

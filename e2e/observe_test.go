@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fwdd/fwdd/internal/harness"
 	"github.com/fwdd/fwdd/internal/sandbox"
 )
 
@@ -64,9 +63,9 @@ type statusJSON struct {
 	} `json:"forwards"`
 }
 
-func readStatus(t *testing.T, d *harness.Daemon) statusJSON {
+func readStatus(t *testing.T, topo *sandbox.Topology, cfgPath string) statusJSON {
 	t.Helper()
-	out, err := d.Command("status", "--json")
+	out, err := fwdd(t, topo, "status", "--json", "-c", cfgPath)
 	if err != nil {
 		t.Fatalf("fwdd status: %v\n%s", err, out)
 	}
@@ -144,7 +143,7 @@ func TestKernelObserve(t *testing.T) {
 	}
 
 	t.Run("status counts", func(t *testing.T) {
-		st := readStatus(t, d)
+		st := readStatus(t, topo, d.cfgPath)
 		if !st.Table.Present || !st.Table.MatchesConfig || !st.IPForward {
 			t.Errorf("status: table present %v, matches %v, ip_forward %v", st.Table.Present, st.Table.MatchesConfig, st.IPForward)
 		}
@@ -175,14 +174,14 @@ func TestKernelObserve(t *testing.T) {
 	})
 
 	t.Run("connection log", func(t *testing.T) {
-		out := d.Output()
+		out := d.proc.Output()
 		if got := strings.Count(out, `"forward": "web"`); got < n {
 			t.Errorf("%d connection log lines for web, want %d:\n%s", got, n, out)
 		}
 		mustGreet(t, topo.Client, "10.11.0.1:81", "backend")
 		time.Sleep(300 * time.Millisecond)
-		if strings.Contains(d.Output(), `"forward": "quiet"`) || strings.Contains(d.Output(), `"forward": "dgram"`) {
-			t.Errorf("connections of a forward with log = false were logged:\n%s", d.Output())
+		if strings.Contains(d.proc.Output(), `"forward": "quiet"`) || strings.Contains(d.proc.Output(), `"forward": "dgram"`) {
+			t.Errorf("connections of a forward with log = false were logged:\n%s", d.proc.Output())
 		}
 	})
 
@@ -215,10 +214,10 @@ func TestKernelObserve(t *testing.T) {
 		changed := strings.Replace(observeConfig, `port = 81
 to = "10.22.0.2:8080"`, `port = 82
 to = "10.22.0.2:8080"`, 1)
-		if out, err := reload(t, d, changed); err != nil {
+		if out, err := d.reload(changed); err != nil {
 			t.Fatalf("reload: %v\n%s", err, out)
 		}
-		st := readStatus(t, d)
+		st := readStatus(t, topo, d.cfgPath)
 		po, pr, _, _, _ := forwardStatus(st, "dgram")
 		if po != k || pr != k {
 			t.Errorf("dgram counters after reloading another forward: %d/%d, want %d/%d", po, pr, k, k)
@@ -230,7 +229,7 @@ to = "10.22.0.2:8080"`, 1)
 
 	t.Run("conntrack pressure warning", func(t *testing.T) {
 		// warn_percent = 1: 1% of nf_conntrack_max entries crosses it.
-		st := readStatus(t, d)
+		st := readStatus(t, topo, d.cfgPath)
 		need := st.Conntrack.Max/100 + 50 - st.Conntrack.Count
 		for i := 0; i < need; i++ {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -241,14 +240,14 @@ to = "10.22.0.2:8080"`, 1)
 			}
 		}
 		if err := sandbox.Eventually(20*time.Second, func() error {
-			if !strings.Contains(d.Output(), "WARN") || !strings.Contains(d.Output(), "conntrack") {
+			if !strings.Contains(d.proc.Output(), "WARN") || !strings.Contains(d.proc.Output(), "conntrack") {
 				return fmt.Errorf("no warning yet")
 			}
 			return nil
 		}); err != nil {
-			t.Fatalf("no conntrack warning logged after %d flows:\n%s", need, d.Output())
+			t.Fatalf("no conntrack warning logged after %d flows:\n%s", need, d.proc.Output())
 		}
-		if !strings.Contains(d.Output(), "dgram") {
+		if !strings.Contains(d.proc.Output(), "dgram") {
 			t.Errorf("the warning does not name the forward holding the entries")
 		}
 	})
@@ -276,7 +275,7 @@ to = "10.22.0.2:8080"`, 1)
 		}
 		var watched, dumped int
 		if err := sandbox.Eventually(60*time.Second, func() error {
-			_, _, _, _, dumped = forwardStatus(readStatus(t, d), "dgram")
+			_, _, _, _, dumped = forwardStatus(readStatus(t, topo, d.cfgPath), "dgram")
 			body := scrape(t, topo)
 			watched = -1
 			for _, l := range strings.Split(body, "\n") {
