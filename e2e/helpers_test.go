@@ -57,6 +57,7 @@ func fwdd(t *testing.T, topo *sandbox.Topology, args ...string) (string, error) 
 type daemon struct {
 	*harness.Daemon
 	t        *testing.T
+	topo     *sandbox.Topology
 	proc     *sandbox.Proc // the first process; after Restart, d.Proc()
 	cfgPath  string
 	stateDir string
@@ -67,7 +68,7 @@ type daemon struct {
 func startFwdd(t *testing.T, topo *sandbox.Topology, cfg string) *daemon {
 	t.Helper()
 	h := harness.New(t, topo.Gateway, cfg, harness.Options{Bin: fwddBin})
-	return &daemon{Daemon: h, t: t, proc: h.Proc(), cfgPath: h.ConfigPath, stateDir: h.StateDir}
+	return &daemon{Daemon: h, t: t, topo: topo, proc: h.Proc(), cfgPath: h.ConfigPath, stateDir: h.StateDir}
 }
 
 // reload rewrites the config and runs `fwdd reload`, which returns once the
