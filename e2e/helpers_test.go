@@ -6,6 +6,7 @@ package e2e
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -17,11 +18,14 @@ import (
 	"github.com/fwdd/fwdd/internal/sandbox"
 )
 
-// fwddBin is the fwdd binary under test (built once by the harness).
+// fwddBin is the fwdd binary under test, built once by the harness (not
+// for -short runs, which have no kernel tests; harness.Binary builds it
+// then on first use).
 var fwddBin string
 
 func TestMain(m *testing.M) {
-	if os.Geteuid() == 0 { // kernel tests only: make unit skips them
+	flag.Parse()
+	if os.Geteuid() == 0 && !testing.Short() {
 		var err error
 		if fwddBin, err = harness.Binary(); err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -47,7 +51,11 @@ func writeConfig(t *testing.T, path, text string) {
 // fwdd runs `fwdd <args>` in the gateway namespace and returns its output.
 func fwdd(t *testing.T, topo *sandbox.Topology, args ...string) (string, error) {
 	t.Helper()
-	out, err := topo.Gateway.Run(ctxT(t), append([]string{fwddBin}, args...)...)
+	bin, err := harness.Binary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := topo.Gateway.Run(ctxT(t), append([]string{bin}, args...)...)
 	return string(out), err
 }
 
