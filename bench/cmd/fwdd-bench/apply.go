@@ -12,7 +12,7 @@ import (
 
 // applySample is one round of the apply measurements for one size.
 type applySample struct {
-	// fwdd run: process start to state file written, and the logged apply.
+	// fwdd run: process start to the "forwarding" line, and the logged apply.
 	StartWall     time.Duration
 	StartLogged   time.Duration // "forwarding" elapsed: building and sending the batch
 	StartMessages int
@@ -23,7 +23,7 @@ type applySample struct {
 	ReloadMessages    int
 	ReloadElements    int
 	ReloadFull        bool
-	SignalWall        time.Duration // SIGHUP sent by us to state file written
+	SignalWall        time.Duration // SIGHUP sent by us to the "reloaded" line
 	SignalApplyLogged time.Duration
 	SignalLogged      time.Duration
 	SignalMessages    int
