@@ -417,12 +417,37 @@ func (d *Daemon) tail(n int) string {
 // daemon's "reloaded" line; when the daemon refused the file, it returns
 // the error line and an error carrying its message. It reads the log, so
 // the daemon's log_level must be info or debug (the default is info).
+//
+// It first waits until the daemon is ready (its last state notification is
+// READY=1, not RELOADING=1), so that the signal is handled at once and not
+// queued behind an earlier reload.
 func (d *Daemon) Reload() (Line, error) {
+	if err := d.waitFor(2*time.Minute, d.readyLocked); err != nil {
+		return Line{}, fmt.Errorf("not ready for a reload: %w", err)
+	}
 	mark, lmark := d.marks()
 	if err := d.Signal(syscall.SIGHUP); err != nil {
 		return Line{}, err
 	}
 	return d.reloadOutcome(mark, lmark)
+}
+
+// readyLocked reports whether the current process's last state
+// notification is READY=1.
+func (d *Daemon) readyLocked() bool {
+	for i := len(d.notes) - 1; i >= 0; i-- {
+		n := d.notes[i]
+		if n.PID != d.proc.PID() {
+			continue
+		}
+		switch {
+		case n.Vars["READY"] == "1":
+			return true
+		case n.Vars["RELOADING"] == "1", n.Vars["STOPPING"] == "1":
+			return false
+		}
+	}
+	return false
 }
 
 func (d *Daemon) marks() (notes, lines int) {
