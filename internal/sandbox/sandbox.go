@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -169,7 +170,11 @@ func Build(opts Options) (*Topology, error) {
 	if err := t.lockRun(); err != nil {
 		return nil, err
 	}
-	if err := t.setup(); err != nil {
+	err = os.Mkdir(t.Dir(), 0o755)
+	if err == nil {
+		err = t.setup()
+	}
+	if err != nil {
 		if cerr := t.Close(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("cleanup after failed setup: %w", cerr))
 		}
@@ -236,6 +241,16 @@ func samePath(f *os.File) bool {
 }
 
 func lockPath(prefix string) string { return filepath.Join(LockDir, prefix+".lock") }
+
+// runDir is a run's directory for files (see [Topology.Dir]).
+func runDir(prefix string) string { return filepath.Join(LockDir, prefix) }
+
+// Dir is a directory for the run's files (configs, sockets, state of the
+// daemons a test starts): owned by root, not writable by others, in a
+// root-only parent, so that programs that refuse files others could have
+// written (fwdd's config) accept what is put there. Close removes it, and
+// so does a later Sweep after a crash.
+func (t *Topology) Dir() string { return runDir(t.Prefix) }
 
 func (t *Topology) setup() error {
 	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
@@ -359,7 +374,11 @@ func (t *Topology) runIP(ctx context.Context, args ...string) ([]byte, error) {
 }
 
 func runIP(ctx context.Context, ip string, args ...string) ([]byte, error) {
-	out, err := exec.CommandContext(ctx, ip, args...).CombinedOutput()
+	cmd := exec.CommandContext(ctx, ip, args...)
+	// Its own process group: a Ctrl-C meant for the program running the
+	// sandbox must not kill a setup or cleanup step half-way.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return out, fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
@@ -395,6 +414,9 @@ func (t *Topology) close() error {
 		if _, err := t.runIP(ctx, "netns", "del", ns); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := os.RemoveAll(t.Dir()); err != nil {
+		errs = append(errs, fmt.Errorf("remove run dir: %w", err))
 	}
 	if t.lock != nil {
 		if len(errs) == 0 {
@@ -484,6 +506,10 @@ func sweep(ip, base string, logf func(string, ...any)) ([]string, error) {
 				continue
 			}
 			swept = append(swept, ns)
+		}
+		if err := os.RemoveAll(runDir(prefix)); err != nil {
+			errs = append(errs, err)
+			ok = false
 		}
 		if ok {
 			os.Remove(f.Name())
