@@ -4,7 +4,7 @@ PREFIX  ?= /usr/local
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 BIN     := bin/fwdd
 
-.PHONY: all build test unit lint demo bench install clean
+.PHONY: all build test unit lint fuzz demo bench install clean
 
 all: build
 
@@ -12,9 +12,18 @@ build:
 	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/fwdd
 
 # Everything CI runs: lint, then unit and kernel tests (kernel tests build
-# their own network namespaces and need root).
+# their own network namespaces and need root), then a short fuzzing run.
 test: lint
 	$(GO) test -race -count=1 -timeout 20m ./...
+	$(MAKE) fuzz
+
+# Fuzz the config parser and the compile step, FUZZTIME each; minimizing a
+# new input is capped so it cannot eat the whole budget (new crashers
+# land in the package's testdata/fuzz/, which also holds the corpus).
+FUZZTIME ?= 20s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2s ./pkg/config/
+	$(GO) test -run '^$$' -fuzz '^FuzzCompile$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2s ./pkg/nft/
 
 # Fast tests that need no root.
 unit:

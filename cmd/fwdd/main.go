@@ -19,6 +19,7 @@ import (
 	"github.com/fwdd/fwdd/internal/logging"
 	"github.com/fwdd/fwdd/pkg/config"
 	fwdaemon "github.com/fwdd/fwdd/pkg/daemon"
+	"github.com/fwdd/fwdd/pkg/health"
 	"github.com/fwdd/fwdd/pkg/nft"
 	fwstatus "github.com/fwdd/fwdd/pkg/status"
 )
@@ -34,6 +35,8 @@ commands:
   print    print, in nft syntax, the table fwdd would program
   reload   check the config, signal the daemon, wait until the new rules are in
   status   show the table, forwarding, conntrack and per-forward counters
+  health   cheap check for keepalived's track_script; exit 0 healthy, 1 bad config,
+           3 table absent, 4 table differs from the config, 5 daemon not running
   version  print fwdd's version
 
 flags (all commands): -c, --config PATH (default /etc/fwdd/fwdd.toml)
@@ -93,6 +96,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "status":
 		return status(cfgPath, *jsonOut, stdout, stderr)
+	case "health":
+		res := health.Check(health.Options{ConfigPath: cfgPath, StateDir: *stateDir})
+		if res.Code == health.OK {
+			fmt.Fprintln(stdout, res.Message)
+		} else {
+			fmt.Fprintln(stderr, "fwdd health:", res.Message)
+		}
+		return res.Code
 	case "version":
 		fmt.Fprintln(stdout, "fwdd", version)
 		return 0
@@ -104,19 +115,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 2
 }
 
-// compileFile compiles the config with the ids the kernel's table already
-// uses, so that the printed table matches the running one.
+// compileFile compiles the config; forward ids are a function of the file,
+// so the printed table is the one the daemon programs.
 func compileFile(path string) (*nft.Model, error) {
 	cfg, err := config.Load(path)
 	if err != nil {
 		return nil, err
 	}
-	k := &nft.Netlink{}
-	prev, err := k.ReadIDs(cfg.Daemon.Table)
-	if err != nil {
-		prev = nil // not root or no nftables: print with fresh ids
-	}
-	ids, err := nft.AssignIDs(prev, cfg)
+	ids, err := nft.AssignIDs(cfg)
 	if err != nil {
 		return nil, err
 	}

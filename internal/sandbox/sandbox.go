@@ -47,6 +47,10 @@ type Options struct {
 	NoClient2 bool
 	// NoOther omits other and the gateway's oth0 interface.
 	NoOther bool
+	// Bare builds no hosts at all: the caller builds its own topology
+	// (e.g. two gateways sharing LANs) with AddHost and Connect, and every
+	// host field of the Topology stays nil.
+	Bare bool
 	// StopGrace is how long Proc.Stop waits after SIGTERM before sending
 	// SIGKILL (default 5s).
 	StopGrace time.Duration
@@ -253,6 +257,9 @@ func runDir(prefix string) string { return filepath.Join(LockDir, prefix) }
 func (t *Topology) Dir() string { return runDir(t.Prefix) }
 
 func (t *Topology) setup() error {
+	if t.opts.Bare {
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
 	defer cancel()
 
@@ -294,6 +301,35 @@ func (t *Topology) setup() error {
 			return err
 		}
 	}
+	return nil
+}
+
+// AddHost adds a host (a namespace "<prefix>-<name>", lo up, no DAD) to
+// the topology; it is cleaned up with the topology like the standard hosts.
+func (t *Topology) AddHost(name string) (*Host, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+	defer cancel()
+	return t.addHost(ctx, name)
+}
+
+// Connect links a and b with a veth pair, aIf in a and bIf in b, both up
+// and without addresses (add them with Host.Run("ip", ...)). The pair is
+// created inside a's namespace with its peer placed straight into b's, so
+// nothing appears in the root namespace.
+func (t *Topology) Connect(a *Host, aIf string, b *Host, bIf string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+	defer cancel()
+	for _, c := range [][]string{
+		{"-n", a.NS, "link", "add", aIf, "type", "veth", "peer", "name", bIf, "netns", b.NS},
+		{"-n", a.NS, "link", "set", aIf, "up"},
+		{"-n", b.NS, "link", "set", bIf, "up"},
+	} {
+		if _, err := t.runIP(ctx, c...); err != nil {
+			return err
+		}
+	}
+	a.Links = append(a.Links, Link{Name: aIf, Peer: b})
+	b.Links = append(b.Links, Link{Name: bIf, Peer: a})
 	return nil
 }
 

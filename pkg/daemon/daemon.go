@@ -197,15 +197,16 @@ func (d *Daemon) Start() error {
 		return err
 	}
 	// A table left by an earlier run (on_stop = "keep", a crash) is taken
-	// over: its forward ids are kept, so its live connections stay
-	// attributed, and it is reconciled with the config in one batch, which
-	// keeps the counters of what did not change.
+	// over and reconciled with the config in one batch, which keeps the
+	// counters of what did not change. Forward ids are a function of the
+	// file, so its live connections stay attributed (and so do those
+	// conntrackd replicated from the other node of an HA pair).
 	have, err := d.opts.Kernel.Read(cfg.Daemon.Table, true)
 	if err != nil {
 		d.log.Warn("cannot read the existing table; replacing it", zap.Error(err))
 		have = nil
 	}
-	ids, err := nft.AssignIDs(have.IDs(), cfg)
+	ids, err := nft.AssignIDs(cfg)
 	if err != nil {
 		d.record(err)
 		return err
@@ -275,7 +276,7 @@ func (d *Daemon) reload(start time.Time) error {
 	if cfg.Daemon.Table != cur.Table {
 		return fmt.Errorf("daemon: table: changing the table name from %q to %q needs a restart", cur.Table, cfg.Daemon.Table)
 	}
-	ids, err := nft.AssignIDs(cur.IDs, cfg)
+	ids, err := nft.AssignIDs(cfg)
 	if err != nil {
 		return err
 	}

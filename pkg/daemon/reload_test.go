@@ -144,7 +144,11 @@ func TestStart(t *testing.T) {
 	if got := e.sysctls.Values()["net/ipv4/ip_forward"]; got != "1" {
 		t.Errorf("ip_forward = %q, want 1", got)
 	}
-	if d := cmp.Diff(map[string]uint32{"web": 1, "dns": 2, "lab": 3}, e.d.IDs()); d != "" {
+	want, err := nft.AssignIDs(e.d.Config()) // a function of the file
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff(want, e.d.IDs()); d != "" {
 		t.Errorf("ids (-want +got):\n%s", d)
 	}
 	// The daemon logs every batch at debug level, in nft syntax.
