@@ -75,7 +75,7 @@ func New(opts Options) *Daemon {
 		opts.StateDir = DefaultStateDir
 	}
 	d := &Daemon{opts: opts, log: opts.Log, applier: nft.Applier{Kernel: opts.Kernel},
-		state: State{PID: os.Getpid()}}
+		state: NewState(opts.ConfigPath)}
 	d.parser.CacheLimit = parserCacheLimit
 	d.tasks.conns = newConnLogger(opts.Log)
 	d.tasks.watcher = conntrack.New(conntrack.Options{Log: opts.Log, OnNew: d.tasks.conns.onNew})

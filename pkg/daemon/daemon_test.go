@@ -54,18 +54,3 @@ to = "10.0.0.1"
 		t.Errorf("added/removed/changed (-want +got):\n%s", d)
 	}
 }
-
-func TestStateRoundTrip(t *testing.T) {
-	dir := t.TempDir()
-	want := State{PID: 42, Applies: 3, OK: false, Error: "bad", Forwards: 7}
-	if err := WriteState(dir, want); err != nil {
-		t.Fatal(err)
-	}
-	got, err := ReadState(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d := cmp.Diff(want, got); d != "" {
-		t.Errorf("state (-want +got):\n%s", d)
-	}
-}
