@@ -90,6 +90,23 @@ func TestKernelSystemdPackage(t *testing.T) {
 		t.Errorf("the conntrack watcher did not start as user fwdd:\n%s", j)
 	}
 
+	if fi, err := os.Stat(c.path("/run/fwdd")); err != nil || fi.Mode().Perm() != 0o700 || int(fi.Sys().(*syscall.Stat_t).Uid) != c.user("fwdd") {
+		t.Errorf("/run/fwdd: %v %v, want 0700 owned by fwdd", fi.Mode(), err)
+	}
+
+	// 10,000 forwards: one batch of about a megabyte, more than a netlink
+	// socket takes by default (212 KB), and as many acks. It goes in only
+	// if SO_SNDBUFFORCE/SO_RCVBUFFORCE work with CAP_NET_ADMIN alone.
+	var big strings.Builder
+	for i := 0; i < 10000; i++ {
+		fmt.Fprintf(&big, "[[forward]]\nname = \"f%d\"\nport = %d\nto = \"10.98.%d.%d:80\"\n", i, 10000+i, i/250, i%250+1)
+	}
+	c.writeConfig(big.String())
+	c.must("systemctl", "reload", "fwdd")
+	if !strings.Contains(c.journal("info"), "reloaded: 10000 forwards") {
+		t.Error("the reload of 10000 forwards did not report them in")
+	}
+
 	// A good reload returns after the new rules are in.
 	c.writeConfig(goodConfig)
 	c.must("systemctl", "reload", "fwdd")
