@@ -68,7 +68,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "check":
 		cfg, err := config.Load(cfgPath)
 		if err != nil {
-			fmt.Fprintln(stderr, err)
+			printErr(stderr, err) // ExecStartPre: why a start failed, at priority err
 			return 1
 		}
 		fmt.Fprintf(stdout, "%s: ok, %d forwards\n", cfgPath, len(cfg.Forwards))
