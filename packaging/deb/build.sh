@@ -22,8 +22,10 @@ CGO_ENABLED=0 go build -trimpath -buildmode=pie \
 
 install -D -m 0644 deploy/systemd/fwdd.service "$root/lib/systemd/system/fwdd.service"
 install -D -m 0644 "$here/sysusers.conf" "$root/usr/lib/sysusers.d/fwdd.conf"
-# postinst makes these 0750 and 0640 root:fwdd once the group exists.
+# postinst makes these 0750 (directories) and 0640 root:fwdd once the
+# group exists.
 install -D -m 0644 "$here/fwdd.toml" "$root/etc/fwdd/fwdd.toml"
+install -d -m 0755 "$root/etc/fwdd/fwdd.d"
 install -D -m 0644 deploy/bash-completion/fwdd "$root/usr/share/bash-completion/completions/fwdd"
 
 man=$root/usr/share/man

@@ -66,6 +66,7 @@ func TestKernelSystemdPackage(t *testing.T) {
 	gid := c.group("fwdd")
 	c.mustMode("/etc/fwdd", 0o750, gid)
 	c.mustMode("/etc/fwdd/fwdd.toml", 0o640, gid)
+	c.mustMode("/etc/fwdd/fwdd.d", 0o750, gid)
 	if got := c.must("systemctl", "is-enabled", "fwdd"); got != "enabled" {
 		t.Errorf("after install: is-enabled %q", got)
 	}
@@ -107,10 +108,18 @@ func TestKernelSystemdPackage(t *testing.T) {
 		t.Error("the reload of 10000 forwards did not report them in")
 	}
 
-	// A good reload returns after the new rules are in.
+	// A good reload returns after the new rules are in, the config
+	// directory's too (read by user fwdd through the group).
 	c.writeConfig(goodConfig)
+	extra := c.path("/etc/fwdd/fwdd.d/extra.toml")
+	if err := os.WriteFile(extra, []byte("[[forward]]\nname = \"extra\"\nport = 81\nto = \"10.99.0.3:8080\"\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(extra, 0, gid); err != nil {
+		t.Fatal(err)
+	}
 	c.must("systemctl", "reload", "fwdd")
-	if table := c.nft("list", "table", "inet", "fwdd"); !strings.Contains(table, "10.99.0.2") || !strings.Contains(table, "fd99::2") {
+	if table := c.nft("list", "table", "inet", "fwdd"); !strings.Contains(table, "10.99.0.2") || !strings.Contains(table, "fd99::2") || !strings.Contains(table, "10.99.0.3") {
 		t.Errorf("systemctl reload returned before the new rules were in:\n%s", table)
 	}
 	if got := c.must("cat", "/proc/sys/net/ipv6/conf/all/forwarding"); got != "1" {
@@ -149,7 +158,7 @@ func TestKernelSystemdPackage(t *testing.T) {
 	if !containsMessage(warnings, "router advertisements") {
 		t.Errorf("journalctl -u fwdd -p warning lacks the IPv6 router advertisement warning:\n%v", warnings)
 	}
-	if containsMessage(warnings, "reloaded: 2 forwards") || !containsMessage(c.journalJSON("info"), "reloaded: 2 forwards") {
+	if containsMessage(warnings, "reloaded: 3 forwards") || !containsMessage(c.journalJSON("info"), "reloaded: 3 forwards") {
 		t.Error("the successful reload's line is not at priority info")
 	}
 

@@ -58,7 +58,7 @@ type Report struct {
 
 // Sources are where Collect reads; zero values mean this host.
 type Sources struct {
-	Kernel  *nft.Kernel
+	Kernel  *nft.Netlink
 	Sysctls sysctl.Sysctls
 	NetNS   int // for the conntrack dump
 }
@@ -66,7 +66,7 @@ type Sources struct {
 // Collect reads the kernel's view of the forwards of cfg.
 func Collect(cfg *config.Config, src Sources) (*Report, error) {
 	if src.Kernel == nil {
-		src.Kernel = &nft.Kernel{}
+		src.Kernel = &nft.Netlink{}
 	}
 	if src.Sysctls == nil {
 		src.Sysctls = sysctl.NewFS("")
@@ -92,7 +92,7 @@ func Collect(cfg *config.Config, src Sources) (*Report, error) {
 		if err != nil {
 			return nil, err
 		}
-		m, err := nft.Compile(cfg, assigned, nil)
+		m, err := nft.Compile(cfg, assigned)
 		if err != nil {
 			return nil, err
 		}
