@@ -93,7 +93,7 @@ func New(opts Options) *Daemon {
 		opts.StateDir = DefaultStateDir
 	}
 	d := &Daemon{opts: opts, log: opts.Log, applier: nft.Applier{Backend: opts.Kernel},
-		state: State{PID: os.Getpid()}}
+		state: NewState(opts.ConfigPath)}
 	d.applier.Observe = d.logPlan
 	d.parser.CacheLimit = parserCacheLimit
 	if d.opts.Load == nil {
