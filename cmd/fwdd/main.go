@@ -21,8 +21,8 @@ import (
 	"github.com/fwdd/fwdd/internal/logging"
 	"github.com/fwdd/fwdd/pkg/config"
 	fwdaemon "github.com/fwdd/fwdd/pkg/daemon"
-	"github.com/fwdd/fwdd/pkg/selfcheck"
 	"github.com/fwdd/fwdd/pkg/nft"
+	"github.com/fwdd/fwdd/pkg/selfcheck"
 	fwstatus "github.com/fwdd/fwdd/pkg/status"
 )
 
