@@ -395,3 +395,34 @@ func TestMetricsAndStatusDuringReloads(t *testing.T) {
 	wg.Wait()
 	e.holds()
 }
+
+// Repair puts the table in force back in one batch, keeping what is right.
+func TestRepair(t *testing.T) {
+	e := newEnv(t, small)
+	e.start()
+	m := e.d.InForce()
+	// One element deleted behind fwdd's back: only it is added again.
+	if err := e.kernel.Behind(&nft.Plan{Table: "fwdd", Ops: []nft.Op{
+		{Kind: nft.OpDeleteElements, Set: m.Set("dnat4_port"), Elements: m.Elements("dnat4_port")[:1]},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.d.Repair(); err != nil {
+		t.Fatal(err)
+	}
+	if p := e.lastPlan(); p.Full || len(p.Ops) != 1 || p.Ops[0].Kind != nft.OpAddElements {
+		t.Errorf("repair of one element:\n%s", p)
+	}
+	e.holds()
+	// The table deleted (nft flush ruleset): it comes back whole.
+	if err := e.kernel.Behind(&nft.Plan{Table: "fwdd", Ops: []nft.Op{{Kind: nft.OpDeleteTable}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.d.Repair(); err != nil {
+		t.Fatal(err)
+	}
+	if !e.lastPlan().Full {
+		t.Error("a deleted table was not replaced")
+	}
+	e.holds()
+}

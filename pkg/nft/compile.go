@@ -101,15 +101,20 @@ func restricted(f *config.Forward) bool { return f.Interface != "" || len(f.Sour
 // made when a batch or a diff needs them, so the daemon's memory does not
 // grow with them (a 100,000-forward table has 400,000 elements).
 type part struct {
-	fwd   *config.Forward // points into the config compiled; configs are immutable
-	id    uint32
+	fwd *config.Forward // points into the config compiled; configs are immutable
+	id  uint32
+	// up says which backends of a balanced forward are in the kernel
+	// (nil: all); see Model.WithUp.
+	up    []bool
 	rules []Rule
 	chain *Chain
 }
 
 // unchanged reports whether q (of an older model) contributes the same to
 // the table as p.
-func (p *part) unchanged(q *part) bool { return q != nil && q.id == p.id && q.fwd.Equal(p.fwd) }
+func (p *part) unchanged(q *part) bool {
+	return q != nil && q.id == p.id && q.fwd.Equal(p.fwd) && slices.Equal(q.up, p.up)
+}
 
 // setOrder lists the table's sets and maps; every model has them all, in
 // this order.
@@ -125,14 +130,14 @@ var setOrder = func() []*Set {
 			&Set{Name: setName("snat", fam, ""), Key: []Field{FieldMark}, Data: []Field{af}},
 		)
 	}
-	return append(out,
+	return append(append(out,
 		&Set{Name: SetNoSNAT, Key: []Field{FieldMark}},
 		&Set{Name: SetTrafficOrig, Key: []Field{FieldMark}, Counter: true, Comment: "packets client -> backend"},
 		&Set{Name: SetTrafficReply, Key: []Field{FieldMark}, Counter: true, Comment: "packets backend -> client"},
-	)
+	), balanceSets()...)
 }()
 
-const numSets = 13
+const numSets = 17
 
 var setIndex = func() map[string]int {
 	if len(setOrder) != numSets {
@@ -159,6 +164,14 @@ func (p *part) numElems() int {
 	if p.fwd.SNAT.Kind != config.SNATMasquerade {
 		n++
 	}
+	if p.fwd.Balanced() {
+		ranges, _ := Slots(weights(p.fwd), p.up)
+		n += p.fwd.Port.Len() * len(ranges)
+		if !restricted(p.fwd) {
+			n += len(p.fwd.Protos) * p.fwd.Port.Len()
+		}
+		return n
+	}
 	if !restricted(p.fwd) {
 		n += 2 * len(p.fwd.Protos) * p.fwd.Port.Len()
 	}
@@ -181,6 +194,10 @@ func (p *part) elements(out *[numSets][]Element) {
 		add(SetNoSNAT, elem([]Value{markV}, nil, f.Name))
 	case config.SNATFixed:
 		add(setName("snat", fam, ""), elem([]Value{markV}, []Value{Addr(f.SNAT.Addr)}, f.Name))
+	}
+	if f.Balanced() {
+		i := setIndex[balanceSetName(fam, f.Balance == config.BalanceSource)]
+		out[i] = append(out[i], balanceElems(f, mark, p.up)...)
 	}
 	if restricted(f) {
 		return
@@ -213,7 +230,9 @@ func (p *part) elements(out *[numSets][]Element) {
 			binary.BigEndian.PutUint16(d[len(to):], f.TargetPort(uint16(port)))
 			buf = buf[kl+dl:]
 			out[marks] = append(out[marks], Element{Key: k, Data: markB})
-			out[dnats] = append(out[dnats], Element{Key: k, Data: d})
+			if !f.Balanced() {
+				out[dnats] = append(out[dnats], Element{Key: k, Data: d})
+			}
 		}
 	}
 }
@@ -302,6 +321,7 @@ func dispatchChain(restrictedRules []Rule) *Chain {
 			Rule{Stmts: []Stmt{matchNFProto{fam}, matchFibLocal{}, natMap{fam: fam, key: byPort, set: setName("dnat", fam, "port"), withPort: true}}},
 		)
 	}
+	dispatch.Rules = append(dispatch.Rules, balanceRules()...)
 	return dispatch
 }
 
@@ -311,6 +331,8 @@ func restrictedForward(f *config.Forward, fam Family, mark uint32) ([]Rule, *Cha
 	chain := &Chain{Name: forwardChainPfx + f.Name, Comment: "forward " + f.Name}
 	var dnat Stmt
 	switch {
+	case f.Balanced():
+		dnat = balanceDNAT{fam: fam, source: f.Balance == config.BalanceSource}
 	case f.ToPort.Len() > 1:
 		pm := dnatPortMap{fam: fam}
 		for p := int(f.Port.Lo); p <= int(f.Port.Hi); p++ {

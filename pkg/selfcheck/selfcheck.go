@@ -1,9 +1,9 @@
-// Package health answers, cheaply, "is fwdd forwarding as configured on this
+// Package selfcheck answers, cheaply, "is fwdd forwarding as configured on this
 // node?" for keepalived's track_script: the config is valid, fwdd's table is
 // in the kernel with exactly the content the config gives, and the daemon
 // that owns it is alive. It reads the table and the daemon's state file
 // only: no conntrack dump.
-package health
+package selfcheck
 
 import (
 	"errors"
