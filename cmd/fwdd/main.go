@@ -37,8 +37,7 @@ commands:
   print    print, in nft syntax, the table fwdd would program
   reload   check the config, signal the daemon, wait until the new rules are in
   status   show the table, forwarding, conntrack and per-forward counters
-  health   cheap check for keepalived's track_script; exit 0 healthy, 1 bad config,
-           3 table absent, 4 table differs from the config, 5 daemon not running
+  health   cheap check of this node for keepalived's track_script (exit codes: fwdd(8))
   version  print fwdd's version
 
 flags (all commands): -c, --config PATH (default /etc/fwdd/fwdd.toml)
