@@ -20,7 +20,12 @@ import (
 type keyLines struct {
 	header int
 	keys   map[string]int
+	// subs holds the keys of each [[forward.<name>]] of a forward, by name.
+	subs map[string][]*keyLines
 }
+
+// sub returns the key lines of each [[forward.<name>]] table, in order.
+func (k *keyLines) sub(name string) []*keyLines { return k.subs[name] }
 
 func (k *keyLines) set(key string, line int) {
 	if k.keys == nil {
@@ -107,6 +112,14 @@ func (p *positions) header(name []string, array bool, line int) *keyLines {
 			// [forward.x] or [[forward.x]]: a key of the current forward.
 			f := p.forwards[len(p.forwards)-1]
 			f.set(name[1], line)
+			if len(name) == 2 && array { // [[forward.backend]]: its keys have lines of their own
+				kl := &keyLines{header: line}
+				if f.subs == nil {
+					f.subs = make(map[string][]*keyLines)
+				}
+				f.subs[name[1]] = append(f.subs[name[1]], kl)
+				return kl
+			}
 			return &keyLines{}
 		}
 	}
