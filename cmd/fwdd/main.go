@@ -34,6 +34,7 @@ commands:
   print    print, in nft syntax, the table fwdd would program
   reload   check the config, signal the daemon, wait until the new rules are in
   status   show the table, forwarding, conntrack and per-forward counters
+           (status [flags] NAME... shows only those forwards)
   version  print fwdd's version
 
 flags (all commands): -c, --config PATH (default /etc/fwdd/fwdd.toml)
@@ -89,7 +90,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	case "status":
-		return status(cfgPath, *jsonOut, stdout, stderr)
+		return status(cfgPath, fs.Args(), *jsonOut, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "fwdd", version)
 		return 0
@@ -182,13 +183,13 @@ func reload(cfgPath, stateDir string, timeout time.Duration, stdout io.Writer) e
 	return fmt.Errorf("fwdd (pid %d) did not finish the reload within %s", before.PID, timeout)
 }
 
-func status(cfgPath string, jsonOut bool, stdout, stderr io.Writer) int {
+func status(cfgPath string, only []string, jsonOut bool, stdout, stderr io.Writer) int {
 	cfg, err := config.Load(cfgPath)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	r, err := fwstatus.Collect(cfg, fwstatus.Sources{})
+	r, err := fwstatus.Collect(cfg, fwstatus.Sources{Only: only})
 	if err != nil {
 		fmt.Fprintln(stderr, "status:", err)
 		return 1

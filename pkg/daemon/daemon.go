@@ -51,7 +51,7 @@ type Daemon struct {
 	ids     map[string]uint32
 	state   State
 	metrics *metrics.Metrics
-	tasks   tasks
+	tasks   *tasks
 	// parser keeps the decoded [[forward]] blocks of the last file, so a
 	// reload decodes only the blocks that changed.
 	parser config.Parser
@@ -77,23 +77,8 @@ func New(opts Options) *Daemon {
 	d := &Daemon{opts: opts, log: opts.Log, applier: nft.Applier{Kernel: opts.Kernel},
 		state: State{PID: os.Getpid()}}
 	d.parser.CacheLimit = parserCacheLimit
-	d.tasks.conns = newConnLogger(opts.Log)
-	d.tasks.watcher = conntrack.New(conntrack.Options{Log: opts.Log, OnNew: d.tasks.conns.onNew})
-	d.metrics = metrics.New(metrics.Sources{
-		Traffic: func() (map[string]*nft.Traffic, error) {
-			if d.cfg == nil {
-				return nil, nil
-			}
-			return d.opts.Kernel.ReadTraffic(d.cfg.Daemon.Table)
-		},
-		Connections: d.tasks.watcher.Snapshot,
-		Pressure: func() conntrack.PressureStatus {
-			if d.tasks.pressure == nil {
-				return conntrack.PressureStatus{}
-			}
-			return d.tasks.pressure.Last()
-		},
-	})
+	d.tasks = newTasks(opts.Log)
+	d.metrics = metrics.New(d.tasks.metricsSources(opts.Kernel))
 	return d
 }
 
@@ -103,8 +88,7 @@ func (d *Daemon) Metrics() *metrics.Metrics { return d.metrics }
 // inForce publishes a newly applied config to the background tasks.
 func (d *Daemon) inForce(cfg *config.Config, ids map[string]uint32, m *nft.Model, st nft.Stats, reload bool) {
 	d.cfg, d.ids = cfg, ids
-	d.tasks.watcher.SetForwards(forwardNames(ids))
-	d.tasks.conns.setForwards(cfg.Forwards)
+	d.tasks.publish(cfg, ids)
 	d.metrics.Applied(reload, len(cfg.Forwards), m.NumElements(), st.Elapsed)
 }
 
@@ -335,7 +319,7 @@ func (d *Daemon) startTasks(ctx context.Context, g *errgroup.Group) {
 		CriticalPercent: float64(d.cfg.Conntrack.CriticalPercent),
 		Interval:        d.opts.PressureInterval,
 		Sysctls:         d.opts.Sysctls,
-		Stats:           d.tasks.watcher.Snapshot,
+		Stats:           d.tasks.liveStats,
 		Log:             d.log,
 	})
 	g.Go(func() error { return d.tasks.watcher.Run(ctx) })

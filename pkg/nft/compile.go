@@ -20,10 +20,12 @@ import (
 //	snat<f>                     ct mark -> fixed SNAT address
 //	nosnat                      ct marks of forwards with snat = "none"
 //	traffic_orig, traffic_reply ct marks with a counter each, per direction
+//	traffic_new                 ct marks with a counter of new connections
 const (
 	SetNoSNAT       = "nosnat"
 	SetTrafficOrig  = "traffic_orig"
 	SetTrafficReply = "traffic_reply"
+	SetTrafficNew   = "traffic_new"
 	chainDispatch   = "dispatch"
 	forwardChainPfx = "fwd_"
 )
@@ -111,10 +113,11 @@ var setOrder = func() []*Set {
 		&Set{Name: SetNoSNAT, Key: []Field{FieldMark}},
 		&Set{Name: SetTrafficOrig, Key: []Field{FieldMark}, Counter: true, Comment: "packets client -> backend"},
 		&Set{Name: SetTrafficReply, Key: []Field{FieldMark}, Counter: true, Comment: "packets backend -> client"},
+		&Set{Name: SetTrafficNew, Key: []Field{FieldMark}, Counter: true, Comment: "new connections (first packets)"},
 	)
 }()
 
-const numSets = 13
+const numSets = 14
 
 var setIndex = func() map[string]int {
 	if len(setOrder) != numSets {
@@ -137,7 +140,7 @@ func newPart(f *config.Forward, id uint32) *part {
 
 // numElems counts the part's elements without making them.
 func (p *part) numElems() int {
-	n := 2 // traffic counters, both directions
+	n := 3 // traffic counters, both directions, and new connections
 	if p.fwd.SNAT.Kind != config.SNATMasquerade {
 		n++
 	}
@@ -156,6 +159,7 @@ func (p *part) elements(out *[numSets][]Element) {
 	add := func(set string, e Element) { i := setIndex[set]; out[i] = append(out[i], e) }
 	add(SetTrafficOrig, elem([]Value{markV}, nil, f.Name))
 	add(SetTrafficReply, elem([]Value{markV}, nil, f.Name))
+	add(SetTrafficNew, elem([]Value{markV}, nil, f.Name))
 	// Masquerade is the default and needs no element: only the exceptions
 	// are listed, which keeps a plain forward at four elements.
 	switch f.SNAT.Kind {
@@ -275,6 +279,10 @@ func Compile(cfg *config.Config, ids map[string]uint32, prev *Model) (*Model, er
 		&Chain{Name: "postrouting", Hook: &Hook{Type: "nat", Hook: "postrouting", Priority: 100},
 			Comment: "source NAT only for connections fwdd forwarded",
 			Rules: []Rule{
+				// NAT chains see only the first packet of a connection:
+				// this counts new connections per forward, exactly once
+				// each, without any work in user space.
+				{Stmts: []Stmt{matchSet{ctMark, SetTrafficNew}, counter{}}},
 				{Stmts: []Stmt{matchNFProto{IPv4}, natMap{snat: true, fam: IPv4, key: ctMark, set: setName("snat", IPv4, "")}}},
 				{Stmts: []Stmt{matchNFProto{IPv6}, natMap{snat: true, fam: IPv6, key: ctMark, set: setName("snat", IPv6, "")}}},
 				{Stmts: []Stmt{matchSet{ctMark, SetNoSNAT}, verdict{kind: expr.VerdictReturn}}},
@@ -308,10 +316,10 @@ func forwardChain(policy config.ForwardPolicy) *Chain {
 func countRules(orig, reply bool) []Rule {
 	var r []Rule
 	if orig {
-		r = append(r, Rule{Stmts: []Stmt{matchCtDirection{false}, matchSet{key{loadCtMrk}, SetTrafficOrig}}})
+		r = append(r, Rule{Stmts: []Stmt{matchCtDirection{false}, matchSet{key{loadCtMrk}, SetTrafficOrig}, counter{}}})
 	}
 	if reply {
-		r = append(r, Rule{Stmts: []Stmt{matchCtDirection{true}, matchSet{key{loadCtMrk}, SetTrafficReply}}})
+		r = append(r, Rule{Stmts: []Stmt{matchCtDirection{true}, matchSet{key{loadCtMrk}, SetTrafficReply}, counter{}}})
 	}
 	return r
 }

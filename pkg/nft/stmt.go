@@ -288,6 +288,14 @@ func (m matchSet) exprs(c *compileCtx) ([]expr.Any, error) {
 
 // Actions.
 
+// counter counts the packets that reach it: the rule counters of the
+// counting chains are the totals of all forwards, read without walking the
+// per-forward sets.
+type counter struct{}
+
+func (counter) text() string                          { return "counter" }
+func (counter) exprs(*compileCtx) ([]expr.Any, error) { return []expr.Any{&expr.Counter{}}, nil }
+
 type setCtMark struct{ mark uint32 }
 
 func (s setCtMark) text() string { return fmt.Sprintf("ct mark set 0x%08x", s.mark) }
