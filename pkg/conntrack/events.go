@@ -3,7 +3,7 @@
 // fwdd's ct mark), how full the table is, and the new connections of the
 // forwards whose connections are logged.
 //
-// Forwarded connections carry the ct mark fwmark.Tag|id (see pkg/fwmark), so
+// Forwarded connections carry the ct mark ctmark.Tag|id (see pkg/ctmark), so
 // a conntrack entry or event names its forward by itself.
 //
 // Nothing here runs per connection unless a forward has log = true: new
@@ -34,7 +34,7 @@ import (
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 
-	"github.com/fwdd/fwdd/pkg/fwmark"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 )
 
 // DefaultReadBuffer is the event socket's receive buffer.
@@ -275,7 +275,7 @@ func (w *Watcher) listen() (*eventSocket, error) {
 func (s *eventSocket) setFilter(watched map[uint32]bool) error {
 	marks := make([]uint32, 0, len(watched))
 	for id := range watched {
-		marks = append(marks, fwmark.ForID(id))
+		marks = append(marks, ctmark.ForID(id))
 	}
 	sort.Slice(marks, func(i, j int) bool { return marks[i] < marks[j] })
 	prog, err := bpf.Assemble(markFilter(marks))
@@ -308,8 +308,8 @@ func markFilter(marks []uint32) []bpf.Instruction {
 	}
 	if len(marks) > maxFilterMarks {
 		return append(prog,
-			bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: fwmark.Mask},
-			bpf.JumpIf{Cond: bpf.JumpEqual, Val: fwmark.Tag, SkipFalse: 1},
+			bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: ctmark.Mask},
+			bpf.JumpIf{Cond: bpf.JumpEqual, Val: ctmark.Tag, SkipFalse: 1},
 			bpf.RetConstant{Val: passAll},
 			bpf.RetConstant{Val: 0},
 		)
@@ -357,7 +357,7 @@ func (w *Watcher) handle(m netlink.Message) {
 	if err := e.Unmarshal(m); err != nil || e.Flow == nil || e.Type != ct.EventNew {
 		return
 	}
-	id, ok := fwmark.ID(e.Flow.Mark)
+	id, ok := ctmark.ID(e.Flow.Mark)
 	if !ok {
 		return
 	}

@@ -25,7 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/fwdd/fwdd/internal/sandbox"
-	"github.com/fwdd/fwdd/pkg/fwmark"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 	"github.com/fwdd/fwdd/pkg/sysctl"
 )
 
@@ -68,7 +68,7 @@ func markRules(t *testing.T, fd int) {
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{r.proto}},
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, r.port)},
-			&expr.Immediate{Register: 1, Data: binary.NativeEndian.AppendUint32(nil, fwmark.ForID(r.fwd))},
+			&expr.Immediate{Register: 1, Data: binary.NativeEndian.AppendUint32(nil, ctmark.ForID(r.fwd))},
 			&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true},
 		}})
 	}
@@ -119,7 +119,7 @@ func truth(t *testing.T, gw int) map[uint32]Live {
 	}
 	out := map[uint32]Live{}
 	for _, f := range flows {
-		if id, ok := fwmark.ID(f.Mark); ok {
+		if id, ok := ctmark.ID(f.Mark); ok {
 			l := out[id]
 			l.Total++
 			if f.TupleOrig.Proto.Protocol == unix.IPPROTO_TCP && f.ProtoInfo.TCP != nil && f.ProtoInfo.TCP.State == tcpConntrackEstablished ||

@@ -9,7 +9,7 @@ import (
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/fwdd/fwdd/pkg/fwmark"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 )
 
 // Live counts a forward's conntrack entries.
@@ -43,12 +43,12 @@ const (
 // (fd 0: the current one) with one dump that the kernel filters by fwdd's
 // mark. It needs no running daemon: `fwdd status` uses it.
 func LiveByID(netns int) (map[uint32]Live, error) {
-	return dumpLive(netns, fwmark.Tag, fwmark.Mask)
+	return dumpLive(netns, ctmark.Tag, ctmark.Mask)
 }
 
 // LiveOf counts the entries of one forward: the kernel sends only those.
 func LiveOf(netns int, id uint32) (Live, error) {
-	m, err := dumpLive(netns, fwmark.ForID(id), 0xffffffff)
+	m, err := dumpLive(netns, ctmark.ForID(id), 0xffffffff)
 	return m[id], err
 }
 
@@ -93,7 +93,7 @@ func dumpLive(netns int, mark, mask uint32) (map[uint32]Live, error) {
 		if !ok || e.mark&mask != mark {
 			continue
 		}
-		id, ok := fwmark.ID(e.mark)
+		id, ok := ctmark.ID(e.mark)
 		if !ok {
 			continue
 		}

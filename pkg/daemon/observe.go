@@ -141,7 +141,7 @@ func (t *tasks) liveStats() conntrack.Stats {
 }
 
 // metricsSources reads what a scrape shows from the kernel.
-func (t *tasks) metricsSources(k *nft.Kernel) metrics.Sources {
+func (t *tasks) metricsSources(k Kernel) metrics.Sources {
 	return metrics.Sources{
 		Forwards: func() map[string]uint32 { return t.inForce.Load().ids },
 		Traffic: func(ids map[string]uint32) (map[string]*nft.Traffic, error) {

@@ -9,7 +9,7 @@ import (
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/fwdd/fwdd/pkg/fwmark"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 )
 
 // Reading set elements by key.
@@ -44,7 +44,7 @@ type KernelElem struct {
 // lookupElems reads the elements of set with the given keys. The result
 // has an entry for each key found, keyed by string(key); missing keys are
 // absent.
-func (k *Kernel) lookupElems(table, set string, keys [][]byte) (map[string]KernelElem, error) {
+func (k *Netlink) lookupElems(table, set string, keys [][]byte) (map[string]KernelElem, error) {
 	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: k.NetNS})
 	if err != nil {
 		return nil, fmt.Errorf("open nftables netlink socket: %w", err)
@@ -237,12 +237,12 @@ func (e *KernelElem) decodeExpr(ad *netlink.AttributeDecoder) error {
 // key: its cost is proportional to len(ids), not to the table. A forward
 // whose elements are missing, or carry another forward's name (ids that are
 // not the kernel's), is absent from the result.
-func (k *Kernel) ReadTrafficOf(table string, ids map[string]uint32) (map[string]*Traffic, error) {
+func (k *Netlink) ReadTrafficOf(table string, ids map[string]uint32) (map[string]*Traffic, error) {
 	names := make([]string, 0, len(ids))
 	keys := make([][]byte, 0, len(ids))
 	for name, id := range ids {
 		names = append(names, name)
-		keys = append(keys, binary.NativeEndian.AppendUint32(nil, fwmark.ForID(id)))
+		keys = append(keys, binary.NativeEndian.AppendUint32(nil, ctmark.ForID(id)))
 	}
 	out := make(map[string]*Traffic, len(ids))
 	found := make(map[string]int, len(ids))
@@ -278,7 +278,7 @@ func (k *Kernel) ReadTrafficOf(table string, ids map[string]uint32) (map[string]
 // in the kernel with the same data: a cost proportional to the forwards
 // named, where VerifyContent reads every element of the table. Elements
 // the kernel holds beyond m's are not looked for.
-func (k *Kernel) VerifyForwards(m *Model, names []string) error {
+func (k *Netlink) VerifyForwards(m *Model, names []string) error {
 	type owned struct {
 		e     Element
 		owner string

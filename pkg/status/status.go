@@ -65,7 +65,7 @@ type Report struct {
 
 // Sources are where Collect reads; zero values mean this host.
 type Sources struct {
-	Kernel  *nft.Kernel
+	Kernel  *nft.Netlink
 	Sysctls sysctl.Sysctls
 	NetNS   int // for the conntrack dump
 	// Only, when not empty, limits the report to these forwards; the work
@@ -81,7 +81,7 @@ const dumpPerForward = 8
 // Collect reads the kernel's view of the forwards of cfg.
 func Collect(cfg *config.Config, src Sources) (*Report, error) {
 	if src.Kernel == nil {
-		src.Kernel = &nft.Kernel{}
+		src.Kernel = &nft.Netlink{}
 	}
 	if src.Sysctls == nil {
 		src.Sysctls = sysctl.NewFS("")
@@ -106,13 +106,15 @@ func Collect(cfg *config.Config, src Sources) (*Report, error) {
 		if traffic, ids, err = readTraffic(cfg, src.Kernel, names); err != nil {
 			return nil, err
 		}
-		m, err := nft.Compile(cfg, ids, nil)
+		m, err := nft.Compile(cfg, ids)
 		if err != nil {
 			return nil, err
 		}
 		// The table's chains and sets, then the elements of the forwards
 		// reported, by key.
-		if err := src.Kernel.Verify(m); err != nil {
+		if t, err := src.Kernel.Read(cfg.Daemon.Table, false); err != nil {
+			return nil, err
+		} else if err := t.Differs(m); err != nil {
 			r.Table.Problem = err.Error()
 		} else if err := src.Kernel.VerifyForwards(m, names); err != nil {
 			r.Table.Problem = err.Error()
@@ -185,7 +187,7 @@ func selectForwards(cfg *config.Config, only []string) ([]*config.Forward, error
 // the ids a fresh start would assign are tried first, by key; if any
 // forward is not found under them (the table was reloaded since), the
 // counter sets are read whole.
-func readTraffic(cfg *config.Config, k *nft.Kernel, names []string) (map[string]*nft.Traffic, map[string]uint32, error) {
+func readTraffic(cfg *config.Config, k *nft.Netlink, names []string) (map[string]*nft.Traffic, map[string]uint32, error) {
 	guess, err := nft.AssignIDs(nil, cfg)
 	if err != nil {
 		return nil, nil, err
