@@ -87,7 +87,7 @@ type observeResult struct {
 	FlowsScrapeMs []float64
 	// fwdd status at Forwards forwards with StatusEntries conntrack
 	// entries: all forwards, one forward holding the entries, one idle.
-	StatusEntries                   int
+	StatusEntries                    int
 	StatusAll, StatusBusy, StatusOne time.Duration
 	StatusAllLines                   int
 }

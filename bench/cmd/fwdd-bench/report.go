@@ -27,11 +27,11 @@ type results struct {
 	Settings     map[string]any
 	Options      *options `json:"-"`
 	Machine      machine
-	ExecOverhead time.Duration // median `ip netns exec GW true`
-	Throughput   tputResults   `json:",omitempty"`
-	Conns        connResults   `json:",omitempty"`
-	Apply        applyResults  `json:",omitempty"`
-	Idle         *idleResult   `json:",omitempty"`
+	ExecOverhead time.Duration  // median `ip netns exec GW true`
+	Throughput   tputResults    `json:",omitempty"`
+	Conns        connResults    `json:",omitempty"`
+	Apply        applyResults   `json:",omitempty"`
+	Idle         *idleResult    `json:",omitempty"`
 	Observe      *observeResult `json:",omitempty"`
 	Foreign      []*foreignLoad
 }
