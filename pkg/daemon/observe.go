@@ -110,6 +110,7 @@ type tasks struct {
 	pressure *conntrack.Pressure
 	conns    *connLogger
 	inForce  atomic.Pointer[inForce] // for scrapes
+	balancer *balancer
 }
 
 // inForce is what scrapes need of the config in force.

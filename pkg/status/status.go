@@ -182,35 +182,18 @@ func selectForwards(cfg *config.Config, only []string) ([]*config.Forward, error
 	return out, nil
 }
 
-// readTraffic reads the counters of the named forwards and the ids of all
-// forwards. The kernel's table records ids only in its counter elements, so
-// the ids a fresh start would assign are tried first, by key; if any
-// forward is not found under them (the table was reloaded since), the
-// counter sets are read whole.
+// readTraffic reads the counters of the named forwards, by key, and
+// returns the ids of all forwards (a function of the config).
 func readTraffic(cfg *config.Config, k *nft.Netlink, names []string) (map[string]*nft.Traffic, map[string]uint32, error) {
-	guess, err := nft.AssignIDs(nil, cfg)
+	ids, err := nft.AssignIDs(cfg)
 	if err != nil {
 		return nil, nil, err
 	}
 	want := make(map[string]uint32, len(names))
 	for _, n := range names {
-		want[n] = guess[n]
+		want[n] = ids[n]
 	}
 	traffic, err := k.ReadTrafficOf(cfg.Daemon.Table, want)
-	if err != nil {
-		return nil, nil, err
-	}
-	if len(traffic) == len(want) {
-		return traffic, guess, nil
-	}
-	if traffic, err = k.ReadTraffic(cfg.Daemon.Table); err != nil {
-		return nil, nil, err
-	}
-	known := make(map[string]uint32, len(traffic))
-	for name, t := range traffic {
-		known[name] = t.ID
-	}
-	ids, err := nft.AssignIDs(known, cfg)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -208,14 +208,14 @@ func (e *env) measureObserve(n int, flows []int, statusEntries int) (*observeRes
 			_ = d.stop()
 			return nil, err
 		}
-		t0, _ := cpuTicks(d.proc.PID())
+		t0, _ := cpuTicks(d.Proc().PID())
 		if _, _, err := e.scrape(); err != nil {
 			_ = d.stop()
 			return nil, err
 		}
-		t1, _ := cpuTicks(d.proc.PID())
+		t1, _ := cpuTicks(d.Proc().PID())
 		_ = sleep(e.ctx, time.Second)
-		rss, _, err := memoryOf(d.proc.PID())
+		rss, _, err := memoryOf(d.Proc().PID())
 		if err != nil {
 			_ = d.stop()
 			return nil, err
@@ -240,7 +240,7 @@ func (e *env) measureObserve(n int, flows []int, statusEntries int) (*observeRes
 		return nil, err
 	}
 	defer func() { _ = d.stop() }()
-	pid := d.proc.PID()
+	pid := d.Proc().PID()
 	if err := sleep(e.ctx, 2*time.Second); err != nil {
 		return nil, err
 	}
