@@ -60,6 +60,8 @@ type statusJSON struct {
 		BytesOriginal   uint64 `json:"bytes_original"`
 		BytesReply      uint64 `json:"bytes_reply"`
 		Connections     int    `json:"connections"`
+		Established     int    `json:"established"`
+		NewConnections  uint64 `json:"new_connections"`
 	} `json:"forwards"`
 }
 
@@ -154,6 +156,21 @@ func TestKernelObserve(t *testing.T) {
 		if _, _, _, _, conns := forwardStatus(st, "web"); conns != n {
 			t.Errorf("web: %d live connections, want %d", conns, n)
 		}
+		// New connections are counted by the kernel, once each.
+		for _, f := range st.Forwards {
+			want := map[string]uint64{"web": n, "dgram": 1, "quiet": 0}[f.Name]
+			if f.NewConnections != want {
+				t.Errorf("%s: %d new connections, want %d", f.Name, f.NewConnections, want)
+			}
+			if f.Name == "web" && f.Established != n {
+				t.Errorf("web: %d established, want %d", f.Established, n)
+			}
+		}
+		// Status of one forward reads only that forward.
+		out, err := fwdd(t, topo, "status", "-c", d.cfgPath, "web")
+		if err != nil || !strings.Contains(out, "web ") || strings.Contains(out, "dgram") {
+			t.Errorf("fwdd status web: %v\n%s", err, out)
+		}
 		if po, _, _, _, conns := forwardStatus(st, "quiet"); po != 0 || conns != 0 {
 			t.Errorf("quiet: %d packets, %d connections; want none", po, conns)
 		}
@@ -198,6 +215,10 @@ func TestKernelObserve(t *testing.T) {
 		}
 		for _, want := range []string{
 			fmt.Sprintf(`fwdd_forward_packets_total{direction="original",forward="dgram"} %d`, k),
+			`fwdd_forward_connections_total{forward="dgram"} 1`,
+			fmt.Sprintf(`fwdd_forward_connections_established{forward="web"} %d`, n),
+			`fwdd_packets_total{direction="original"} `,
+			`fwdd_forwards_exported 3`,
 			fmt.Sprintf(`fwdd_forward_bytes_total{direction="reply",forward="dgram"} %d`, wantReplyBytes),
 			`fwdd_reloads_total{result="success"} 0`,
 			`fwdd_conntrack_entries_limit `,
@@ -252,7 +273,7 @@ to = "10.22.0.2:8080"`, 1)
 		}
 	})
 
-	t.Run("burst of 20,000 flows: the daemon's count converges to the kernel's", func(t *testing.T) {
+	t.Run("burst of 20,000 flows: metrics and status count the same", func(t *testing.T) {
 		// Fire-and-forget datagrams from 20,000 source ports, as fast as
 		// the client can send them: more events than the watcher's socket
 		// holds at once on a busy machine.
@@ -284,13 +305,13 @@ to = "10.22.0.2:8080"`, 1)
 				}
 			}
 			if watched != dumped {
-				return fmt.Errorf("watcher counts %d, conntrack dump %d", watched, dumped)
+				return fmt.Errorf("metrics count %d, status %d", watched, dumped)
 			}
 			return nil
 		}); err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("dgram: %d live flows, watcher and dump agree; %s", dumped, metricLine(scrape(t, topo), "fwdd_conntrack_event_overflows_total"))
+		t.Logf("dgram: %d live flows, metrics and status agree; %s", dumped, metricLine(scrape(t, topo), "fwdd_conntrack_event_overflows_total"))
 		if dumped < 5_000 { // the kernel may drop part of a burst on a busy machine
 			t.Errorf("only %d flows tracked: not much of a burst", dumped)
 		}

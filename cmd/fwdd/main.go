@@ -36,7 +36,7 @@ commands:
   check    validate the config; exit 1 with every problem on stderr
   print    print, in nft syntax, the table fwdd would program
   reload   check the config, signal the daemon, wait until the new rules are in
-  status   show the table, forwarding, conntrack and per-forward counters
+  status   show the table, forwarding, conntrack and per-forward counters (NAME...: only those)
   health   cheap check of this node for keepalived's track_script (exit codes: fwdd(8))
   version  print fwdd's version
 
@@ -96,7 +96,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	case "status":
-		return status(cfgPath, *jsonOut, stdout, stderr)
+		return status(cfgPath, fs.Args(), *jsonOut, stdout, stderr)
 	case "health":
 		res := selfcheck.Check(selfcheck.Options{ConfigPath: cfgPath, StateDir: *stateDir})
 		if res.Code == selfcheck.OK {
@@ -219,13 +219,13 @@ func printErr(stderr io.Writer, err error) {
 	}
 }
 
-func status(cfgPath string, jsonOut bool, stdout, stderr io.Writer) int {
+func status(cfgPath string, only []string, jsonOut bool, stdout, stderr io.Writer) int {
 	cfg, err := config.Load(cfgPath)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	r, err := fwstatus.Collect(cfg, fwstatus.Sources{})
+	r, err := fwstatus.Collect(cfg, fwstatus.Sources{Only: only})
 	if err != nil {
 		fmt.Fprintln(stderr, "status:", err)
 		return 1

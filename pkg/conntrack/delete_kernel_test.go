@@ -13,8 +13,8 @@ import (
 	ct "github.com/ti-mo/conntrack"
 	"golang.org/x/sys/unix"
 
+	"github.com/fwdd/fwdd/internal/sandbox"
 	"github.com/fwdd/fwdd/pkg/ctmark"
-	"github.com/fwdd/fwdd/pkg/sysctl"
 )
 
 // deleteTopo is cli -- gw where gw DNATs like a forward with several
@@ -26,25 +26,15 @@ import (
 //
 // .50-.52 do not exist: a UDP entry is confirmed when its first datagram
 // leaves gw, whether or not anyone answers.
-func deleteTopo(t *testing.T) (cli, gw int) {
+func deleteTopo(t *testing.T) (topo *sandbox.Topology, gw int) {
 	t.Helper()
-	cliName, cli := netNS(t, "cli")
-	gwName, gw := netNS(t, "gw")
-	run(t, "ip", "-n", cliName, "link", "add", "vc", "type", "veth", "peer", "name", "vg", "netns", gwName)
-	run(t, "ip", "-n", cliName, "addr", "add", cliAddr.String()+"/24", "dev", "vc")
-	run(t, "ip", "-n", gwName, "addr", "add", gwAddr.String()+"/24", "dev", "vg")
-	for _, ns := range []string{cliName, gwName} {
-		run(t, "ip", "-n", ns, "link", "set", "lo", "up")
-	}
-	run(t, "ip", "-n", cliName, "link", "set", "vc", "up")
-	run(t, "ip", "-n", gwName, "link", "set", "vg", "up")
-	s := sysctl.InNetNS(gw, sysctl.NewFS(""))
+	topo = sandbox.New(t, sandbox.Options{NoClient2: true, NoOther: true})
 	for n, v := range map[string]string{
 		"net.ipv4.ip_forward":                           "1",
 		"net.netfilter.nf_conntrack_udp_timeout":        "600",
 		"net.netfilter.nf_conntrack_udp_timeout_stream": "600",
 	} {
-		if _, _, err := s.Set(n, v); err != nil {
+		if err := topo.Gateway.SetSysctl(n, v); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -52,20 +42,20 @@ func deleteTopo(t *testing.T) (cli, gw int) {
 	rules := fmt.Sprintf(`table ip test {
 	chain pre {
 		type nat hook prerouting priority dstnat;
-		udp dport 6000 udp sport < 31005 ct mark set %#x dnat to 10.213.0.50:7000
-		udp dport 6000 ct mark set %#x dnat to 10.213.0.51:7000
+		udp dport 6000 udp sport < 31005 ct mark set %#x dnat to 10.11.0.50:7000
+		udp dport 6000 ct mark set %#x dnat to 10.11.0.51:7000
 		tcp dport 6001 ct mark set %#x dnat to %s:7001
-		udp dport 6002 ct mark set %#x dnat to 10.213.0.52:7002
+		udp dport 6002 ct mark set %#x dnat to 10.11.0.52:7002
 	}
 }
 `, m3, m3, m3, gwAddr, m4)
 	// A test fixture, so nft's syntax is the clearest way to write it.
-	cmd := exec.Command("ip", "netns", "exec", gwName, "nft", "-f", "-")
+	cmd := exec.Command("ip", "netns", "exec", topo.Gateway.NS, "nft", "-f", "-")
 	cmd.Stdin = strings.NewReader(rules)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("nft: %v: %s", err, out)
 	}
-	return cli, gw
+	return topo, topo.Gateway.Fd()
 }
 
 // entryKey summarises an entry for counting.
@@ -97,23 +87,23 @@ func dumpEntries(t *testing.T, gw int) map[entryKey]int {
 }
 
 func TestKernelDeleteEntries(t *testing.T) {
-	requireRoot(t)
-	cli, gw := deleteTopo(t)
+	topo, gw := deleteTopo(t)
 	m3, m4 := ctmark.ForID(3), ctmark.ForID(4)
-	b50 := netip.MustParseAddrPort("10.213.0.50:7000")
-	b51 := netip.MustParseAddrPort("10.213.0.51:7000")
-	b52 := netip.MustParseAddrPort("10.213.0.52:7002")
+	b50 := netip.MustParseAddrPort("10.11.0.50:7000")
+	b51 := netip.MustParseAddrPort("10.11.0.51:7000")
+	b52 := netip.MustParseAddrPort("10.11.0.52:7002")
 	tcpBackend := netip.AddrPortFrom(gwAddr, 7001)
 
-	udpFlows(t, cli, 31000, 10, 6000) // 5 to .50, 5 to .51
-	udpFlows(t, cli, 32000, 4, 6002)
+	udpFlows(t, topo, 31000, 10, 6000) // 5 to .50, 5 to .51
+	udpFlows(t, topo, 32000, 4, 6002)
 	var ln net.Listener
-	inNS(t, gw, func() {
+	if err := topo.Gateway.Do(func() error {
 		var err error
-		if ln, err = net.Listen("tcp4", tcpBackend.String()); err != nil {
-			t.Error(err)
-		}
-	})
+		ln, err = net.Listen("tcp4", tcpBackend.String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
 	if ln == nil {
 		t.FailNow()
 	}
@@ -127,16 +117,18 @@ func TestKernelDeleteEntries(t *testing.T) {
 			t.Cleanup(func() { c.Close() })
 		}
 	}()
-	inNS(t, cli, func() {
+	if err := topo.Client.Do(func() error {
 		for range 3 {
 			c, err := net.Dial("tcp4", netip.AddrPortFrom(gwAddr, 6001).String())
 			if err != nil {
-				t.Error(err)
-				return
+				return err
 			}
 			t.Cleanup(func() { c.Close() })
 		}
-	})
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 
 	want := map[entryKey]int{
 		{m3, unix.IPPROTO_UDP, b50}:        5,
@@ -197,7 +189,7 @@ func TestKernelDeleteEntries(t *testing.T) {
 		Selector{Mark: m4, Backend: b52.Addr(), PortFirst: 7002, PortLast: 7002})
 
 	// The forward's remaining (TCP) entries: a kernel-side flush by mark.
-	udpFlows(t, cli, 32100, 2, 6002)
+	udpFlows(t, topo, 32100, 2, 6002)
 	want[entryKey{m4, unix.IPPROTO_UDP, b52}] = 2
 	check("forward 4 again")
 	delete(want, entryKey{m3, unix.IPPROTO_TCP, tcpBackend})

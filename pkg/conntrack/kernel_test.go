@@ -1,25 +1,16 @@
 package conntrack
 
-// Kernel tests: they need root and build their own network namespaces,
-// never touching the host's. Topology:
-//
-//	cli (10.213.0.1) --veth-- gw (10.213.0.2)
-//
-// gw's prerouting marks udp/5000 and tcp/5001 with forward 1's ct mark and
-// udp/5002 with forward 2's, like fwdd's table would. The Watcher watches
-// gw through a namespace fd, without moving the test process.
+// Kernel tests: they need root and build their own network namespaces with
+// internal/sandbox, never touching the host's. The client (10.11.0.2) sends
+// to the gateway (10.11.0.1), whose prerouting marks udp/5000 and tcp/5001
+// with forward 1's ct mark and udp/5002 with forward 2's, like fwdd's table
+// would. Everything reads the gateway through its namespace fd.
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/binary"
-	"encoding/hex"
 	"net"
 	"net/netip"
-	"os"
-	"os/exec"
-	"runtime"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -33,109 +24,31 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/sys/unix"
 
+	"github.com/fwdd/fwdd/internal/sandbox"
 	"github.com/fwdd/fwdd/pkg/ctmark"
 	"github.com/fwdd/fwdd/pkg/sysctl"
 )
 
 var (
-	cliAddr = netip.MustParseAddr("10.213.0.1")
-	gwAddr  = netip.MustParseAddr("10.213.0.2")
+	cliAddr = netip.MustParseAddr("10.11.0.2")
+	gwAddr  = netip.MustParseAddr("10.11.0.1")
 )
 
-func requireRoot(t *testing.T) {
+func newTopo(t *testing.T) *sandbox.Topology {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("kernel test: needs root")
-	}
-}
-
-func run(t *testing.T, args ...string) {
-	t.Helper()
-	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
-	}
-}
-
-// netNS creates a named namespace that t.Cleanup removes, and opens it.
-func netNS(t *testing.T, role string) (name string, fd int) {
-	t.Helper()
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	name = "fwddtest-" + role + "-" + hex.EncodeToString(b)
-	run(t, "ip", "netns", "add", name)
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
-	fd, err := unix.Open("/run/netns/"+name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	// No IPv6: its neighbour discovery would add conntrack entries of its own.
-	s := sysctl.InNetNS(fd, sysctl.NewFS(""))
-	for _, n := range []string{"net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"} {
-		if _, _, err := s.Set(n, "1"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return name, fd
-}
-
-// inNS runs fn on a locked thread inside the namespace; sockets fn creates
-// stay there. A thread that cannot be moved back is discarded.
-func inNS(t *testing.T, fd int, fn func()) {
-	t.Helper()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer unix.Close(orig)
-		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-			errc <- err
-			return
-		}
-		fn()
-		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-			errc <- err
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- nil
-	}()
-	if err := <-errc; err != nil {
-		t.Fatal(err)
-	}
-}
-
-type topo struct{ cli, gw int }
-
-func newTopo(t *testing.T) topo {
-	t.Helper()
-	cliName, cli := netNS(t, "cli")
-	gwName, gw := netNS(t, "gw")
-	run(t, "ip", "-n", cliName, "link", "add", "vc", "type", "veth", "peer", "name", "vg", "netns", gwName)
-	run(t, "ip", "-n", cliName, "addr", "add", cliAddr.String()+"/24", "dev", "vc")
-	run(t, "ip", "-n", gwName, "addr", "add", gwAddr.String()+"/24", "dev", "vg")
-	for _, ns := range []string{cliName, gwName} {
-		run(t, "ip", "-n", ns, "link", "set", "lo", "up")
-	}
-	run(t, "ip", "-n", cliName, "link", "set", "vc", "up")
-	run(t, "ip", "-n", gwName, "link", "set", "vg", "up")
+	topo := sandbox.New(t, sandbox.Options{NoClient2: true, NoOther: true})
 	// Long UDP timeouts: no entry may expire while counts are compared.
-	s := sysctl.InNetNS(gw, sysctl.NewFS(""))
 	for _, n := range []string{"net.netfilter.nf_conntrack_udp_timeout", "net.netfilter.nf_conntrack_udp_timeout_stream"} {
-		if _, _, err := s.Set(n, "600"); err != nil {
+		if err := topo.Gateway.SetSysctl(n, "600"); err != nil {
 			t.Fatal(err)
 		}
 	}
-	markRules(t, gw)
-	return topo{cli: cli, gw: gw}
+	markRules(t, topo.Gateway.Fd())
+	return topo
 }
 
-// markRules sets ct marks in gw like fwdd would, with google/nftables
-// directly (pkg/nft is not a dependency of this package).
+// markRules sets ct marks in the gateway like fwdd would, with
+// google/nftables directly (pkg/nft is not a dependency of this package).
 func markRules(t *testing.T, fd int) {
 	t.Helper()
 	c, err := nftables.New(nftables.WithNetNSFd(fd))
@@ -165,17 +78,15 @@ func markRules(t *testing.T, fd int) {
 }
 
 // udpFlows sends one datagram from each of n source ports starting at
-// firstPort, so that gw tracks n distinct flows.
-func udpFlows(t *testing.T, cli int, firstPort, n int, dport uint16) {
+// firstPort, so that the gateway tracks n distinct flows.
+func udpFlows(t *testing.T, topo *sandbox.Topology, firstPort, n int, dport uint16) {
 	t.Helper()
-	var err error
-	inNS(t, cli, func() {
+	err := topo.Client.Do(func() error {
 		dst := &unix.SockaddrInet4{Port: int(dport), Addr: gwAddr.As4()}
 		for i := range n {
-			var s int
-			s, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+			s, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 			if err != nil {
-				return
+				return err
 			}
 			err = unix.Bind(s, &unix.SockaddrInet4{Port: firstPort + i, Addr: cliAddr.As4()})
 			if err == nil {
@@ -183,17 +94,19 @@ func udpFlows(t *testing.T, cli int, firstPort, n int, dport uint16) {
 			}
 			unix.Close(s)
 			if err != nil {
-				return
+				return err
 			}
 		}
+		return nil
 	})
 	if err != nil {
 		t.Fatalf("send udp flows: %v", err)
 	}
 }
 
-// dumpCount counts gw's conntrack entries per forward, from the kernel.
-func dumpCount(t *testing.T, gw int) map[uint32]int {
+// truth counts the gateway's entries per forward with ti-mo/conntrack's
+// full dump, independently of the code under test.
+func truth(t *testing.T, gw int) map[uint32]Live {
 	t.Helper()
 	c, err := ct.Dial(&netlink.Config{NetNS: gw})
 	if err != nil {
@@ -204,36 +117,157 @@ func dumpCount(t *testing.T, gw int) map[uint32]int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[uint32]int{}
+	out := map[uint32]Live{}
 	for _, f := range flows {
 		if id, ok := ctmark.ID(f.Mark); ok {
-			out[id]++
+			l := out[id]
+			l.Total++
+			if f.TupleOrig.Proto.Protocol == unix.IPPROTO_TCP && f.ProtoInfo.TCP != nil && f.ProtoInfo.TCP.State == tcpConntrackEstablished ||
+				f.TupleOrig.Proto.Protocol != unix.IPPROTO_TCP && f.Status.Assured() {
+				l.Established++
+			}
+			out[id] = l
 		}
 	}
 	return out
 }
 
-func flushMark(t *testing.T, gw int, mark uint32) {
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	c, err := ct.Dial(&netlink.Config{NetNS: gw})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.FlushFilter(ct.NewFilter().Mark(mark)); err != nil {
-		t.Fatal(err)
+	if err := sandbox.Eventually(timeout, func() error {
+		if !cond() {
+			return context.DeadlineExceeded
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("timed out after %v waiting for %s", timeout, what)
 	}
 }
 
-// startWatcher runs a Watcher on gw until the test ends; stop cancels it
-// and reports how long Run took to return.
-func startWatcher(t *testing.T, gw int, opts Options) (w *Watcher, logs *observer.ObservedLogs, stop func() time.Duration) {
+// holdTCP opens n connections from the client to the gateway's tcp/5001 and
+// keeps them open until the test ends (or close is called).
+func holdTCP(t *testing.T, topo *sandbox.Topology, n int) (close func()) {
 	t.Helper()
-	core, logs := observer.New(zapcore.DebugLevel)
+	var ln net.Listener
+	if err := topo.Gateway.Do(func() error {
+		var err error
+		ln, err = net.Listen("tcp4", netip.AddrPortFrom(gwAddr, 5001).String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var accepted []net.Conn
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			accepted = append(accepted, c)
+			mu.Unlock()
+		}
+	}()
+	var conns []net.Conn
+	if err := topo.Client.Do(func() error {
+		for range n {
+			c, err := net.Dial("tcp4", netip.AddrPortFrom(gwAddr, 5001).String())
+			if err != nil {
+				return err
+			}
+			conns = append(conns, c)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	close = func() {
+		once.Do(func() {
+			for _, c := range conns {
+				c.Close()
+			}
+			ln.Close()
+			mu.Lock()
+			for _, c := range accepted {
+				c.Close()
+			}
+			mu.Unlock()
+		})
+	}
+	t.Cleanup(close)
+	return close
+}
+
+func TestKernelLive(t *testing.T) {
+	topo := newTopo(t)
+	gw := topo.Gateway.Fd()
+	udpFlows(t, topo, 30000, 3, 5002)
+	const n = 10
+	closeTCP := holdTCP(t, topo, n)
+
+	want := map[uint32]Live{1: {Total: n, Established: n}, 2: {Total: 3}}
+	eventually(t, 5*time.Second, "the kernel's table to hold the flows", func() bool {
+		got := truth(t, gw)
+		return got[1] == want[1] && got[2] == want[2]
+	})
+	got, err := LiveByID(gw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[1] != want[1] || got[2] != want[2] {
+		t.Errorf("LiveByID = %+v, want %+v", got, want)
+	}
+	if l, err := LiveOf(gw, 2); err != nil || l != want[2] {
+		t.Errorf("LiveOf(2) = %+v, %v; want %+v", l, err, want[2])
+	}
+	if l, err := LiveOf(gw, 3); err != nil || l != (Live{}) {
+		t.Errorf("LiveOf(3) = %+v, %v; want nothing", l, err)
+	}
+
+	// Closed connections stay in the table (TIME_WAIT) but are no longer
+	// established.
+	closeTCP()
+	eventually(t, 5*time.Second, "closed connections not established", func() bool {
+		l, err := LiveOf(gw, 1)
+		return err == nil && l.Established == 0 && l.Total == n
+	})
+	if tr := truth(t, gw)[1]; tr != (Live{Total: n}) {
+		t.Errorf("full dump after close: %+v, want %d entries, none established", tr, n)
+	}
+
+	// The cache reuses a dump for its TTL and names the forwards.
+	c := NewLiveCache(gw)
+	c.TTL = time.Hour
+	c.SetForwards(map[uint32]string{1: "web", 2: "dns", 9: "idle"})
+	st, err := c.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Forwards["dns"].Total != 3 || st.Forwards["web"].Total != n || st.Forwards["idle"] != (ForwardStats{ID: 9}) {
+		t.Errorf("Stats = %+v", st)
+	}
+	udpFlows(t, topo, 31000, 2, 5002)
+	eventually(t, 5*time.Second, "two more flows", func() bool { return truth(t, gw)[2].Total == 5 })
+	if st, _ := c.Stats(); st.Forwards["dns"].Total != 3 {
+		t.Errorf("cached Stats changed within the TTL: %+v", st.Forwards["dns"])
+	}
+	c.TTL = 0
+	if st, _ := c.Stats(); st.Forwards["dns"].Total != 5 {
+		t.Errorf("Stats after the TTL: %+v, want 5 entries", st.Forwards["dns"])
+	}
+}
+
+// startWatcher runs a Watcher on the gateway until the test ends; stop
+// cancels it and reports how long Run took to return.
+func startWatcher(t *testing.T, gw int, opts Options, watched ...uint32) (w *Watcher, stop func() time.Duration) {
+	t.Helper()
+	core, _ := observer.New(zapcore.DebugLevel)
 	opts.NetNS = gw
 	opts.Log = zap.New(core)
 	w = New(opts)
-	w.SetForwards(map[uint32]string{1: "web", 2: "dns"})
+	w.SetForwards(map[uint32]string{1: "web", 2: "dns"}, watched)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
@@ -264,188 +298,117 @@ func startWatcher(t *testing.T, gw int, opts Options) (w *Watcher, logs *observe
 	case <-time.After(10 * time.Second):
 		t.Fatal("watcher not ready after 10s")
 	}
-	return w, logs, stop
+	return w, stop
 }
 
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) time.Duration {
-	t.Helper()
-	t0 := time.Now()
-	for !cond() {
-		if time.Since(t0) > timeout {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return time.Since(t0)
+type newConns struct {
+	mu    sync.Mutex
+	conns []NewConn
 }
 
-func TestKernelWatcherLiveAndDestroy(t *testing.T) {
-	requireRoot(t)
-	tp := newTopo(t)
+func (n *newConns) add(c NewConn) { n.mu.Lock(); n.conns = append(n.conns, c); n.mu.Unlock() }
+func (n *newConns) get() []NewConn {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return append([]NewConn(nil), n.conns...)
+}
 
-	// Entries from before the start are found by the initial dump.
-	udpFlows(t, tp.cli, 30000, 3, 5002)
-	eventually(t, 5*time.Second, "flows before start", func() bool { return dumpCount(t, tp.gw)[2] == 3 })
+func TestKernelWatcherDeliversOnlyWatchedForwards(t *testing.T) {
+	topo := newTopo(t)
+	gw := topo.Gateway.Fd()
+	var got newConns
+	w, _ := startWatcher(t, gw, Options{OnNew: got.add}, 1)
 
-	var mu sync.Mutex
-	var news []NewConn
-	w, _, _ := startWatcher(t, tp.gw, Options{OnNew: func(c NewConn) {
-		mu.Lock()
-		news = append(news, c)
-		mu.Unlock()
-	}})
-	if got := w.Snapshot().Forwards["dns"]; got.Live != 3 || got.New != 0 {
-		t.Errorf("after initial dump dns = %+v, want Live 3, New 0", got)
+	udpFlows(t, topo, 30000, 50, 5002) // forward 2: not watched
+	holdTCP(t, topo, 3)                // forward 1
+	eventually(t, 5*time.Second, "3 new connections of web", func() bool { return len(got.get()) == 3 })
+	eventually(t, 5*time.Second, "the flows of dns in the table", func() bool { return truth(t, gw)[2].Total == 50 })
+	time.Sleep(100 * time.Millisecond)
+	conns := got.get()
+	if len(conns) != 3 {
+		t.Fatalf("%d connections delivered, want 3: %+v", len(conns), conns)
 	}
-
-	// N TCP connections held open.
-	const n = 10
-	var ln net.Listener
-	inNS(t, tp.gw, func() {
-		var err error
-		ln, err = net.Listen("tcp4", netip.AddrPortFrom(gwAddr, 5001).String())
-		if err != nil {
-			t.Error(err)
-		}
-	})
-	if ln == nil {
-		t.FailNow()
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close()
-		}
-	}()
-	var conns []net.Conn
-	inNS(t, tp.cli, func() {
-		for range n {
-			c, err := net.Dial("tcp4", netip.AddrPortFrom(gwAddr, 5001).String())
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			conns = append(conns, c)
-		}
-	})
-	eventually(t, 5*time.Second, "web Live == 10", func() bool { return w.Snapshot().Forwards["web"].Live == n })
-	if got := w.Snapshot().Forwards["web"].New; got != n {
-		t.Errorf("web New = %d, want %d", got, n)
-	}
-	mu.Lock()
-	if len(news) != n {
-		t.Errorf("OnNew called %d times, want %d", len(news), n)
-	} else if c := news[0]; c.Forward != "web" || c.Proto != unix.IPPROTO_TCP || c.Source.Addr() != cliAddr ||
+	if c := conns[0]; c.Forward != "web" || c.ForwardID != 1 || c.Proto != unix.IPPROTO_TCP || c.Source.Addr() != cliAddr ||
 		c.Destination != netip.AddrPortFrom(gwAddr, 5001) || c.Backend != netip.AddrPortFrom(gwAddr, 5001) {
-		t.Errorf("OnNew got %+v", c)
+		t.Errorf("delivered %+v", c)
 	}
-	mu.Unlock()
-
-	// Closed TCP connections linger in TIME_WAIT; delete the entries to get
-	// their DESTROY events now.
-	for _, c := range conns {
-		c.Close()
+	// The socket filter kept dns's 50 events in the kernel.
+	if r := w.Received(); r != 3 {
+		t.Errorf("%d events reached user space, want 3 (the filter passes only watched marks)", r)
 	}
-	flushMark(t, tp.gw, ctmark.ForID(1))
-	eventually(t, 5*time.Second, "web Live == 0", func() bool { return w.Snapshot().Forwards["web"].Live == 0 })
-	if got := w.Snapshot().Forwards["dns"].Live; got != 3 {
-		t.Errorf("dns Live = %d after flushing web, want 3", got)
+
+	// Watching another forward changes the filter in place.
+	w.SetForwards(map[uint32]string{1: "web", 2: "dns"}, []uint32{2})
+	time.Sleep(200 * time.Millisecond)
+	udpFlows(t, topo, 31000, 4, 5002)
+	udpFlows(t, topo, 32000, 4, 5000) // forward 1, no longer watched
+	eventually(t, 5*time.Second, "4 connections of dns", func() bool { return len(got.get()) == 7 })
+	time.Sleep(100 * time.Millisecond)
+	for _, c := range got.get()[3:] {
+		if c.Forward != "dns" {
+			t.Errorf("delivered %+v, want only dns", c)
+		}
 	}
-}
+	if r := w.Received(); r != 7 {
+		t.Errorf("%d events reached user space, want 7", r)
+	}
 
-func TestKernelWatcherOverflowBurst(t *testing.T) {
-	requireRoot(t)
-	for _, tc := range []struct {
-		name   string
-		buffer int
-	}{
-		{"defaultBuffer", 0},
-		{"smallBuffer", 64 << 10}, // forces overflows: the recovery path
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			tp := newTopo(t)
-			w, _, stop := startWatcher(t, tp.gw, Options{ReadBuffer: tc.buffer})
-
-			const burst = 20000
-			t0 := time.Now()
-			udpFlows(t, tp.cli, 20000, burst, 5000)
-			sent := time.Since(t0)
-
-			// The kernel may drop some datagrams of the burst (device
-			// backlog) when the machine is busy: the truth is the dump,
-			// once it has stopped changing.
-			truth, live, prev := 0, 0, -1
-			t1 := time.Now()
-			for {
-				truth, live = dumpCount(t, tp.gw)[1], w.Snapshot().Forwards["web"].Live
-				if truth > 0 && truth == prev && live == truth {
-					break
-				}
-				if time.Since(t1) > 30*time.Second {
-					t.Fatalf("not converged after 30s: dump has %d flows, watcher %d; %+v", truth, live, w.Snapshot())
-				}
-				prev = truth
-				time.Sleep(20 * time.Millisecond)
-			}
-			conv := time.Since(t1)
-			s := w.Snapshot()
-			t.Logf("%d flows sent in %v, %d tracked; converged %v after; overflows %d, restarts %d, web %+v",
-				burst, sent.Round(time.Millisecond), truth, conv.Round(time.Millisecond), s.Overflows, s.Restarts, s.Forwards["web"])
-			if truth < burst/2 {
-				t.Errorf("only %d of %d flows tracked: not much of a burst", truth, burst)
-			}
-			if tc.buffer != 0 && s.Overflows == 0 {
-				t.Errorf("no overflow with a %d byte buffer: the recovery path went untested", tc.buffer)
-			}
-
-			// Still alive: a later flow is counted.
-			udpFlows(t, tp.cli, 45000, 1, 5000)
-			eventually(t, 5*time.Second, "later flow counted", func() bool {
-				return w.Snapshot().Forwards["web"].Live == truth+1
-			})
-			if d := stop(); d > 2*time.Second {
-				t.Errorf("Run took %v to return", d)
-			}
-		})
+	// None watched: no socket, nothing delivered.
+	w.SetForwards(map[uint32]string{1: "web", 2: "dns"}, nil)
+	time.Sleep(200 * time.Millisecond)
+	udpFlows(t, topo, 33000, 4, 5002)
+	eventually(t, 5*time.Second, "the flows in the table", func() bool { return truth(t, gw)[2].Total == 58 })
+	time.Sleep(100 * time.Millisecond)
+	if n := len(got.get()); n != 7 {
+		t.Errorf("%d connections delivered with no forward watched, want 7", n)
 	}
 }
 
-// TestKernelWatcherCancelAfterOverflow cancels while the event socket is
-// overflowing and the watcher recovering: Run must return promptly.
-func TestKernelWatcherCancelAfterOverflow(t *testing.T) {
-	requireRoot(t)
-	tp := newTopo(t)
-	w, _, stop := startWatcher(t, tp.gw, Options{ReadBuffer: 32 << 10, Workers: 2})
-	udpFlows(t, tp.cli, 20000, 20000, 5000)
-	eventually(t, 10*time.Second, "an overflow", func() bool { return w.Snapshot().Overflows > 0 })
-	d := stop()
-	t.Logf("Run returned %v after cancel; overflows %d", d.Round(time.Millisecond), w.Snapshot().Overflows)
-	if d > 2*time.Second {
+func TestKernelWatcherOverflow(t *testing.T) {
+	topo := newTopo(t)
+	gw := topo.Gateway.Fd()
+	var got newConns
+	w, stop := startWatcher(t, gw, Options{ReadBuffer: 16 << 10, OnNew: func(c NewConn) {
+		time.Sleep(20 * time.Microsecond) // a slow consumer: the socket fills
+		got.add(c)
+	}}, 1)
+	const burst = 20_000
+	udpFlows(t, topo, 20000, burst, 5000)
+	eventually(t, 30*time.Second, "the burst in the table", func() bool { return truth(t, gw)[1].Total > burst/2 })
+	eventually(t, 10*time.Second, "an overflow", func() bool { return w.Overflows() > 0 })
+	t.Logf("%d of %d new connections delivered; %d overflows", len(got.get()), burst, w.Overflows())
+
+	// Still alive: a later flow is delivered.
+	time.Sleep(500 * time.Millisecond)
+	before := len(got.get())
+	udpFlows(t, topo, 45000, 1, 5000)
+	eventually(t, 5*time.Second, "a later flow", func() bool {
+		c := got.get()
+		return len(c) > before && c[len(c)-1].Source.Port() == 45000
+	})
+	if d := stop(); d > 2*time.Second {
 		t.Errorf("Run took %v to return", d)
 	}
 }
 
 func TestKernelPressure(t *testing.T) {
-	requireRoot(t)
-	tp := newTopo(t)
-	w, _, _ := startWatcher(t, tp.gw, Options{})
-	s := sysctl.InNetNS(tp.gw, sysctl.NewFS(""))
-	_, max, err := CountFrom(s)
+	topo := newTopo(t)
+	gw := topo.Gateway.Fd()
+	live := NewLiveCache(gw)
+	live.SetForwards(map[uint32]string{1: "web", 2: "dns"})
+	s := sysctl.InNetNS(gw, sysctl.NewFS(""))
+	before, max, err := CountFrom(s)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Thresholds low enough that a handful of real flows cross them.
 	core, logs := observer.New(zapcore.DebugLevel)
 	p := NewPressure(PressureOptions{
-		WarnPercent:     100 * 4.5 / float64(max),
+		WarnPercent:     100 * (float64(before) + 4.5) / float64(max),
 		CriticalPercent: 100 * 1000 / float64(max),
 		Interval:        20 * time.Millisecond,
 		Sysctls:         s,
-		Stats:           w.Snapshot,
+		Stats:           func() Stats { st, _ := live.Stats(); return st },
 		Log:             zap.New(core),
 	})
 	p.Check(time.Now())
@@ -455,8 +418,8 @@ func TestKernelPressure(t *testing.T) {
 	if n := logs.Len(); n != 0 {
 		t.Errorf("%d lines logged below the threshold: %v", n, logs.All()[0].Message)
 	}
-	udpFlows(t, tp.cli, 30000, 5, 5002)
-	eventually(t, 5*time.Second, "watcher sees the flows", func() bool { return w.Snapshot().Forwards["dns"].Live == 5 })
+	udpFlows(t, topo, 30000, 5, 5002)
+	eventually(t, 5*time.Second, "the flows in the table", func() bool { return truth(t, gw)[2].Total == 5 })
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -469,10 +432,10 @@ func TestKernelPressure(t *testing.T) {
 		t.Errorf("%d warnings, want 1", len(warns))
 	}
 	m := warns[0].ContextMap()
-	if m["count"] != int64(5) || m["max"] != int64(max) || m["topForwards"] != "dns (5)" {
+	if m["count"] != int64(before+5) || m["max"] != int64(max) || m["topForwards"] != "dns (5)" {
 		t.Errorf("warning fields = %v", m)
 	}
-	if l := p.Last(); l.Count != 5 || l.Max != max || l.Level != LevelWarn {
+	if l := p.Last(); l.Count != before+5 || l.Max != max || l.Level != LevelWarn {
 		t.Errorf("Last = %+v", l)
 	}
 }

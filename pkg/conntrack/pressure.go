@@ -89,7 +89,8 @@ type PressureOptions struct {
 	// Sysctls to read the count from; default sysctl.NewFS("").
 	Sysctls sysctl.Sysctls
 	// Stats, when set, names the forwards holding the most entries
-	// (usually (*Watcher).Snapshot).
+	// (usually (*LiveCache).Stats); it is called only when a message is
+	// logged.
 	Stats func() Stats
 	Log   *zap.Logger
 }
@@ -209,7 +210,7 @@ func topForwards(s Stats, n int) string {
 	}
 	parts := make([]string, len(top))
 	for i, f := range top {
-		parts[i] = fmt.Sprintf("%s (%d)", f.Name, f.Live)
+		parts[i] = fmt.Sprintf("%s (%d)", f.Name, f.Total)
 	}
 	return strings.Join(parts, ", ")
 }

@@ -38,7 +38,7 @@ func TestPressureHysteresis(t *testing.T) {
 		WarnPercent: 80, CriticalPercent: 95, Margin: 5, Repeat: time.Minute,
 		Sysctls: f, Log: zap.New(core),
 		Stats: func() Stats {
-			return Stats{Forwards: map[string]ForwardStats{"web": {Live: 700}, "dns": {Live: 120}, "ssh": {Live: 3}, "x": {Live: 1}}}
+			return Stats{Forwards: map[string]ForwardStats{"web": {Live: Live{Total: 700}}, "dns": {Live: Live{Total: 120}}, "ssh": {Live: Live{Total: 3}}, "x": {Live: Live{Total: 1}}}}
 		},
 	})
 
@@ -94,7 +94,7 @@ func TestPressureFields(t *testing.T) {
 	p := NewPressure(PressureOptions{
 		WarnPercent: 80, CriticalPercent: 95, Sysctls: f, Log: zap.New(core),
 		Stats: func() Stats {
-			return Stats{Forwards: map[string]ForwardStats{"web": {Live: 700}, "dns": {Live: 120}, "ssh": {Live: 3}, "x": {Live: 1}}}
+			return Stats{Forwards: map[string]ForwardStats{"web": {Live: Live{Total: 700}}, "dns": {Live: Live{Total: 120}}, "ssh": {Live: Live{Total: 3}}, "x": {Live: Live{Total: 1}}}}
 		},
 	})
 	p.Check(time.Now())

@@ -55,6 +55,8 @@ type Options struct {
 type Kernel interface {
 	nft.Backend
 	ReadTraffic(table string) (map[string]*nft.Traffic, error)
+	ReadTrafficOf(table string, ids map[string]uint32) (map[string]*nft.Traffic, error)
+	ReadTotals(table string) (nft.Totals, error)
 	ForeignDropPolicies(own string) ([]string, error)
 }
 
@@ -67,7 +69,7 @@ type Daemon struct {
 	applier nft.Applier
 	state   State
 	metrics *metrics.Metrics
-	tasks   tasks
+	tasks   *tasks
 	// applyMu serialises the batches of reloads and of health changes.
 	applyMu sync.Mutex
 	// parser keeps the decoded [[forward]] blocks of the last file, so a
@@ -99,27 +101,11 @@ func New(opts Options) *Daemon {
 	if d.opts.Load == nil {
 		d.opts.Load = func() (*config.Config, error) { return d.parser.Load(d.opts.ConfigPath) }
 	}
-	d.tasks.conns = newConnLogger(opts.Log)
+	d.tasks = newTasks(opts.Log)
 	d.tasks.balancer = newBalancer(opts.Log, nil)
 	d.tasks.balancer.program = d.programBackends
 	d.tasks.balancer.deleteFlows = d.deleteFlows
-	d.tasks.watcher = conntrack.New(conntrack.Options{Log: opts.Log, OnNew: d.tasks.conns.onNew})
-	d.metrics = metrics.New(metrics.Sources{
-		Traffic: func() (map[string]*nft.Traffic, error) {
-			m := d.applier.Last()
-			if m == nil {
-				return nil, nil
-			}
-			return d.opts.Kernel.ReadTraffic(m.Table)
-		},
-		Connections: d.tasks.watcher.Snapshot,
-		Pressure: func() conntrack.PressureStatus {
-			if d.tasks.pressure == nil {
-				return conntrack.PressureStatus{}
-			}
-			return d.tasks.pressure.Last()
-		},
-	})
+	d.metrics = metrics.New(d.tasks.metricsSources(opts.Kernel))
 	return d
 }
 
@@ -128,8 +114,7 @@ func (d *Daemon) Metrics() *metrics.Metrics { return d.metrics }
 
 // publish tells the background tasks about the model now in force.
 func (d *Daemon) publish(m *nft.Model, st nft.Stats, reload bool) {
-	d.tasks.watcher.SetForwards(forwardNames(m.IDs))
-	d.tasks.conns.setForwards(m.Config.Forwards)
+	d.tasks.publish(m.Config, m.IDs)
 	d.metrics.Applied(reload, len(m.Config.Forwards), m.NumElements(), st.Elapsed)
 }
 
@@ -395,7 +380,7 @@ func (d *Daemon) startTasks(ctx context.Context, g *errgroup.Group) {
 		CriticalPercent: float64(cfg.Conntrack.CriticalPercent),
 		Interval:        d.opts.PressureInterval,
 		Sysctls:         d.opts.Sysctls,
-		Stats:           d.tasks.watcher.Snapshot,
+		Stats:           d.tasks.liveStats,
 		Log:             d.log,
 	})
 	g.Go(func() error { return d.tasks.watcher.Run(ctx) })

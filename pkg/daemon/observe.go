@@ -10,6 +10,8 @@ import (
 
 	"github.com/fwdd/fwdd/pkg/config"
 	"github.com/fwdd/fwdd/pkg/conntrack"
+	"github.com/fwdd/fwdd/pkg/metrics"
+	"github.com/fwdd/fwdd/pkg/nft"
 )
 
 // connLogger writes one journal line per new connection of a forward with
@@ -42,6 +44,17 @@ func (l *connLogger) setForwards(fs []config.Forward) {
 		}
 	}
 	l.logged.Store(&m)
+}
+
+// logged returns the ids of the forwards with log = true.
+func loggedIDs(fs []config.Forward, ids map[string]uint32) []uint32 {
+	var out []uint32
+	for _, f := range fs {
+		if f.Log {
+			out = append(out, ids[f.Name])
+		}
+	}
+	return out
 }
 
 // onNew is called by the conntrack watcher for each new connection.
@@ -88,10 +101,66 @@ func forwardNames(ids map[string]uint32) map[uint32]string {
 	return out
 }
 
-// tasks are the daemon's background components.
+// tasks are the daemon's background components. None of them does work
+// per connection unless a forward has log = true: new connections and
+// traffic are counted by the kernel, live connections dumped when asked.
 type tasks struct {
-	watcher  *conntrack.Watcher
+	watcher  *conntrack.Watcher // new connections of forwards with log = true
+	live     *conntrack.LiveCache
 	pressure *conntrack.Pressure
 	conns    *connLogger
+	inForce  atomic.Pointer[inForce] // for scrapes
 	balancer *balancer
+}
+
+// inForce is what scrapes need of the config in force.
+type inForce struct {
+	table string
+	ids   map[string]uint32
+}
+
+func newTasks(log *zap.Logger) *tasks {
+	t := &tasks{conns: newConnLogger(log), live: conntrack.NewLiveCache(0)}
+	t.watcher = conntrack.New(conntrack.Options{Log: log, OnNew: t.conns.onNew})
+	t.inForce.Store(&inForce{})
+	return t
+}
+
+// publish hands a newly applied config to the tasks.
+func (t *tasks) publish(cfg *config.Config, ids map[string]uint32) {
+	names := forwardNames(ids)
+	t.conns.setForwards(cfg.Forwards)
+	t.watcher.SetForwards(names, loggedIDs(cfg.Forwards, ids))
+	t.live.SetForwards(names)
+	t.inForce.Store(&inForce{table: cfg.Daemon.Table, ids: ids})
+}
+
+// liveStats is the pressure warning's view of the busiest forwards.
+func (t *tasks) liveStats() conntrack.Stats {
+	st, _ := t.live.Stats()
+	return st
+}
+
+// metricsSources reads what a scrape shows from the kernel.
+func (t *tasks) metricsSources(k Kernel) metrics.Sources {
+	return metrics.Sources{
+		Forwards: func() map[string]uint32 { return t.inForce.Load().ids },
+		Traffic: func(ids map[string]uint32) (map[string]*nft.Traffic, error) {
+			return k.ReadTrafficOf(t.inForce.Load().table, ids)
+		},
+		Totals: func() (nft.Totals, error) {
+			if f := t.inForce.Load(); f.table != "" {
+				return k.ReadTotals(f.table)
+			}
+			return nft.Totals{}, nil
+		},
+		Connections: t.live.ByID,
+		Overflows:   t.watcher.Overflows,
+		Pressure: func() conntrack.PressureStatus {
+			if t.pressure == nil {
+				return conntrack.PressureStatus{}
+			}
+			return t.pressure.Last()
+		},
+	}
 }

@@ -2,6 +2,9 @@ package metrics
 
 import (
 	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"regexp"
 	"strings"
@@ -13,15 +16,28 @@ import (
 )
 
 func testMetrics() *Metrics {
-	return New(Sources{
-		Traffic: func() (map[string]*nft.Traffic, error) {
-			return map[string]*nft.Traffic{"web": {Name: "web", ID: 1, OrigPackets: 3, OrigBytes: 180, ReplyPackets: 2, ReplyBytes: 120}}, nil
+	return New(testSources(map[string]uint32{"web": 1}))
+}
+
+func testSources(ids map[string]uint32) Sources {
+	return Sources{
+		Forwards: func() map[string]uint32 { return ids },
+		Traffic: func(ids map[string]uint32) (map[string]*nft.Traffic, error) {
+			out := map[string]*nft.Traffic{}
+			for name, id := range ids {
+				out[name] = &nft.Traffic{Name: name, ID: id, OrigPackets: 3, OrigBytes: 180, ReplyPackets: 2, ReplyBytes: 120, New: 5}
+			}
+			return out, nil
 		},
-		Connections: func() conntrack.Stats {
-			return conntrack.Stats{Forwards: map[string]conntrack.ForwardStats{"web": {ID: 1, Live: 2, New: 5}}, Overflows: 1}
+		Totals: func() (nft.Totals, error) {
+			return nft.Totals{OrigPackets: 30, OrigBytes: 1800, ReplyPackets: 20, ReplyBytes: 1200, New: 50}, nil
 		},
-		Pressure: func() conntrack.PressureStatus { return conntrack.PressureStatus{Count: 10, Max: 100, Time: nowish} },
-	})
+		Connections: func() (map[uint32]conntrack.Live, error) {
+			return map[uint32]conntrack.Live{1: {Total: 4, Established: 2}, 2: {Total: 1}}, nil
+		},
+		Overflows: func() uint64 { return 1 },
+		Pressure:  func() conntrack.PressureStatus { return conntrack.PressureStatus{Count: 10, Max: 100, Time: nowish} },
+	}
 }
 
 // exported returns the names of every metric family fwdd serves.
@@ -48,7 +64,9 @@ func TestNamesFollowConventions(t *testing.T) {
 	want := []string{"fwdd_forward_packets_total", "fwdd_forward_bytes_total", "fwdd_forward_connections",
 		"fwdd_forward_connections_total", "fwdd_conntrack_entries", "fwdd_conntrack_entries_limit",
 		"fwdd_reloads_total", "fwdd_last_reload_success_timestamp_seconds", "fwdd_apply_duration_seconds",
-		"fwdd_conntrack_event_overflows_total"}
+		"fwdd_conntrack_event_overflows_total", "fwdd_forward_connections_established", "fwdd_packets_total",
+		"fwdd_bytes_total", "fwdd_connections", "fwdd_connections_established", "fwdd_connections_total",
+		"fwdd_forwards_exported"}
 	got := exported(t, testMetrics())
 	for _, w := range want {
 		if !got[w] {
@@ -89,3 +107,78 @@ func TestDashboardUsesServedMetrics(t *testing.T) {
 }
 
 var nowish = time.Unix(1_800_000_000, 0)
+
+func scrapeText(t *testing.T, m *Metrics) string {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if rec.Code != 200 {
+		t.Fatalf("scrape: %d", rec.Code)
+	}
+	return rec.Body.String()
+}
+
+func TestPerForwardSeriesBounded(t *testing.T) {
+	small := scrapeText(t, testMetrics())
+	for _, want := range []string{
+		`fwdd_forward_packets_total{direction="original",forward="web"} 3`,
+		`fwdd_forward_connections{forward="web"} 4`,
+		`fwdd_forward_connections_established{forward="web"} 2`,
+		`fwdd_forward_connections_total{forward="web"} 5`,
+		`fwdd_packets_total{direction="reply"} 20`,
+		`fwdd_connections 5`,
+		`fwdd_connections_established 2`,
+		`fwdd_connections_total 50`,
+		`fwdd_forwards_exported 1`,
+	} {
+		if !strings.Contains(small, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+
+	many := map[string]uint32{}
+	for i := range PerForwardLimit + 1 {
+		many[fmt.Sprintf("f%d", i)] = uint32(i + 1)
+	}
+	src := testSources(many)
+	src.Traffic = func(map[string]uint32) (map[string]*nft.Traffic, error) {
+		t.Error("per-forward counters read above the limit")
+		return nil, nil
+	}
+	big := scrapeText(t, New(src))
+	if strings.Contains(big, `fwdd_forward_`) {
+		t.Errorf("per-forward series above %d forwards", PerForwardLimit)
+	}
+	for _, want := range []string{`fwdd_packets_total{direction="original"} 30`, `fwdd_connections 5`, `fwdd_forwards_exported 0`} {
+		if !strings.Contains(big, want) {
+			t.Errorf("metrics above the limit lack %q", want)
+		}
+	}
+}
+
+func TestOneScrapeAtATime(t *testing.T) {
+	src := testSources(map[string]uint32{"web": 1})
+	entered, release := make(chan struct{}), make(chan struct{})
+	src.Totals = func() (nft.Totals, error) {
+		entered <- struct{}{}
+		<-release
+		return nft.Totals{}, nil
+	}
+	m := New(src)
+	done := make(chan int)
+	go func() {
+		rec := httptest.NewRecorder()
+		m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		done <- rec.Code
+	}()
+	<-entered
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if rec.Code != http.StatusServiceUnavailable {
+		t.Errorf("concurrent scrape: %d, want 503", rec.Code)
+	}
+	close(release)
+	if code := <-done; code != 200 {
+		t.Errorf("first scrape: %d", code)
+	}
+}

@@ -40,6 +40,10 @@ var baseChains = []baseChain{
 		rules: func(config.ForwardPolicy) []Rule {
 			ctMark := key{loadCtMrk}
 			return []Rule{
+				// NAT chains see only the first packet of a connection:
+				// this counts new connections per forward, exactly once
+				// each, without any work in user space.
+				{Stmts: []Stmt{matchSet{ctMark, SetTrafficNew}, counter{}}},
 				{Stmts: []Stmt{matchNFProto{IPv4}, natMap{snat: true, fam: IPv4, key: ctMark, set: setName("snat", IPv4, "")}}},
 				{Stmts: []Stmt{matchNFProto{IPv6}, natMap{snat: true, fam: IPv6, key: ctMark, set: setName("snat", IPv6, "")}}},
 				{Stmts: []Stmt{matchSet{ctMark, SetNoSNAT}, ret}},
@@ -77,10 +81,10 @@ func (bc baseChain) chain(policy config.ForwardPolicy) *Chain {
 func countRules(orig, reply bool) []Rule {
 	var r []Rule
 	if orig {
-		r = append(r, Rule{Stmts: []Stmt{matchCtDirection{false}, matchSet{key{loadCtMrk}, SetTrafficOrig}}})
+		r = append(r, Rule{Stmts: []Stmt{matchCtDirection{false}, matchSet{key{loadCtMrk}, SetTrafficOrig}, counter{}}})
 	}
 	if reply {
-		r = append(r, Rule{Stmts: []Stmt{matchCtDirection{true}, matchSet{key{loadCtMrk}, SetTrafficReply}}})
+		r = append(r, Rule{Stmts: []Stmt{matchCtDirection{true}, matchSet{key{loadCtMrk}, SetTrafficReply}, counter{}}})
 	}
 	return r
 }

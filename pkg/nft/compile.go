@@ -19,10 +19,12 @@ import (
 //	snat<f>                     ct mark -> fixed SNAT address
 //	nosnat                      ct marks of forwards with snat = "none"
 //	traffic_orig, traffic_reply ct marks with a counter each, per direction
+//	traffic_new                 ct marks with a counter of new connections
 const (
 	SetNoSNAT       = "nosnat"
 	SetTrafficOrig  = "traffic_orig"
 	SetTrafficReply = "traffic_reply"
+	SetTrafficNew   = "traffic_new"
 	chainDispatch   = "dispatch"
 	forwardChainPfx = "fwd_"
 )
@@ -134,10 +136,11 @@ var setOrder = func() []*Set {
 		&Set{Name: SetNoSNAT, Key: []Field{FieldMark}},
 		&Set{Name: SetTrafficOrig, Key: []Field{FieldMark}, Counter: true, Comment: "packets client -> backend"},
 		&Set{Name: SetTrafficReply, Key: []Field{FieldMark}, Counter: true, Comment: "packets backend -> client"},
+		&Set{Name: SetTrafficNew, Key: []Field{FieldMark}, Counter: true, Comment: "new connections (first packets)"},
 	), balanceSets()...)
 }()
 
-const numSets = 17
+const numSets = 18
 
 var setIndex = func() map[string]int {
 	if len(setOrder) != numSets {
@@ -160,7 +163,7 @@ func newPart(f *config.Forward, id uint32) *part {
 
 // numElems counts the part's elements without making them.
 func (p *part) numElems() int {
-	n := 2 // traffic counters, both directions
+	n := 3 // traffic counters, both directions, and new connections
 	if p.fwd.SNAT.Kind != config.SNATMasquerade {
 		n++
 	}
@@ -187,6 +190,7 @@ func (p *part) elements(out *[numSets][]Element) {
 	add := func(set string, e Element) { i := setIndex[set]; out[i] = append(out[i], e) }
 	add(SetTrafficOrig, elem([]Value{markV}, nil, f.Name))
 	add(SetTrafficReply, elem([]Value{markV}, nil, f.Name))
+	add(SetTrafficNew, elem([]Value{markV}, nil, f.Name))
 	// Masquerade is the default and needs no element: only the exceptions
 	// are listed, which keeps a plain forward at four elements.
 	switch f.SNAT.Kind {

@@ -334,6 +334,25 @@ func (f *Fake) ReadTraffic(table string) (map[string]*Traffic, error) {
 	return out, nil
 }
 
+// ReadTrafficOf is ReadTraffic limited to the forwards in ids whose ids
+// match the table's.
+func (f *Fake) ReadTrafficOf(table string, ids map[string]uint32) (map[string]*Traffic, error) {
+	all, err := f.ReadTraffic(table)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]*Traffic{}
+	for name, id := range ids {
+		if t := all[name]; t != nil && t.ID == id {
+			out[name] = t
+		}
+	}
+	return out, nil
+}
+
+// ReadTotals reports zero: the fake forwards nothing.
+func (f *Fake) ReadTotals(string) (Totals, error) { return Totals{}, nil }
+
 // ForeignDropPolicies returns f.ForeignDrops.
 func (f *Fake) ForeignDropPolicies(string) ([]string, error) {
 	f.mu.Lock()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 
 	"github.com/fwdd/fwdd/pkg/ctmark"
 )
@@ -17,6 +18,9 @@ type Traffic struct {
 	OrigBytes    uint64
 	ReplyPackets uint64 // backend -> client
 	ReplyBytes   uint64
+	// New counts the forward's new connections (first packets seen by the
+	// postrouting NAT chain).
+	New uint64
 }
 
 // Packets is the sum of both directions.
@@ -34,7 +38,7 @@ func (k *Netlink) ReadTraffic(table string) (map[string]*Traffic, error) {
 	}
 	t := &nftables.Table{Name: table, Family: nftables.TableFamilyINet}
 	out := map[string]*Traffic{}
-	for _, name := range []string{SetTrafficOrig, SetTrafficReply} {
+	for _, name := range []string{SetTrafficOrig, SetTrafficReply, SetTrafficNew} {
 		// The set is described by hand: GetSets mis-decodes some types
 		// (FACTS.md), and only key, counter and comment are read here.
 		s := &nftables.Set{Table: t, Name: name, KeyType: nftables.TypeMark}
@@ -58,14 +62,21 @@ func (k *Netlink) ReadTraffic(table string) (map[string]*Traffic, error) {
 			if e.Counter == nil {
 				continue
 			}
-			if name == SetTrafficOrig {
-				tr.OrigPackets, tr.OrigBytes = e.Counter.Packets, e.Counter.Bytes
-			} else {
-				tr.ReplyPackets, tr.ReplyBytes = e.Counter.Packets, e.Counter.Bytes
-			}
+			tr.set(name, e.Counter.Packets, e.Counter.Bytes)
 		}
 	}
 	return out, nil
+}
+
+func (t *Traffic) set(set string, packets, bytes uint64) {
+	switch set {
+	case SetTrafficOrig:
+		t.OrigPackets, t.OrigBytes = packets, bytes
+	case SetTrafficReply:
+		t.ReplyPackets, t.ReplyBytes = packets, bytes
+	case SetTrafficNew:
+		t.New = packets
+	}
 }
 
 // ReadIDs returns the forward ids recorded in the kernel's table (empty when
@@ -84,4 +95,49 @@ func (k *Netlink) ReadIDs(table string) (map[string]uint32, error) {
 		ids[name] = t.ID
 	}
 	return ids, nil
+}
+
+// Totals are the counters of all forwards together: the rule counters of
+// the counting chains, read without walking the per-forward sets.
+type Totals struct {
+	OrigPackets, OrigBytes   uint64
+	ReplyPackets, ReplyBytes uint64
+	New                      uint64 // new connections
+}
+
+// ReadTotals reads the totals of fwdd's table.
+func (k *Netlink) ReadTotals(table string) (Totals, error) {
+	var tot Totals
+	c, err := k.conn()
+	if err != nil {
+		return tot, err
+	}
+	t := &nftables.Table{Name: table, Family: nftables.TableFamilyINet}
+	for _, chain := range []string{"count_forward", "count_input", "count_output", "postrouting"} {
+		rules, err := c.GetRules(t, &nftables.Chain{Name: chain, Table: t})
+		if err != nil {
+			return tot, fmt.Errorf("read rules of chain %s in table inet %s: %w", chain, table, err)
+		}
+		for _, r := range rules {
+			var set string
+			for _, e := range r.Exprs {
+				switch e := e.(type) {
+				case *expr.Lookup:
+					set = e.SetName
+				case *expr.Counter:
+					switch set {
+					case SetTrafficOrig:
+						tot.OrigPackets += e.Packets
+						tot.OrigBytes += e.Bytes
+					case SetTrafficReply:
+						tot.ReplyPackets += e.Packets
+						tot.ReplyBytes += e.Bytes
+					case SetTrafficNew:
+						tot.New += e.Packets
+					}
+				}
+			}
+		}
+	}
+	return tot, nil
 }

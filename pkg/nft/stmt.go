@@ -325,6 +325,14 @@ func (m matchSet) lower(*lowering) []expr.Any {
 
 // Actions.
 
+// counter counts the packets that reach it: the rule counters of the
+// counting chains are the totals of all forwards, read without walking the
+// per-forward sets.
+type counter struct{}
+
+func (counter) render(w *nftText)          { w.WriteString("counter") }
+func (counter) lower(*lowering) []expr.Any { return []expr.Any{&expr.Counter{}} }
+
 type setCtMark struct{ mark uint32 }
 
 func (s setCtMark) render(w *nftText) { fmt.Fprintf(w, "ct mark set 0x%08x", s.mark) }

@@ -43,7 +43,14 @@ type Forward struct {
 	PacketsReply    uint64 `json:"packets_reply"`
 	BytesOriginal   uint64 `json:"bytes_original"`
 	BytesReply      uint64 `json:"bytes_reply"`
-	Connections     int    `json:"connections"`
+	// Connections counts the forward's conntrack entries, closed
+	// connections the kernel still remembers (TIME_WAIT) included;
+	// Established only the open ones (TCP established, UDP assured).
+	Connections int `json:"connections"`
+	Established int `json:"established"`
+	// NewConnections counts connections since the forward's counters were
+	// created.
+	NewConnections uint64 `json:"new_connections"`
 }
 
 // Report is the whole status.
@@ -61,7 +68,15 @@ type Sources struct {
 	Kernel  *nft.Netlink
 	Sysctls sysctl.Sysctls
 	NetNS   int // for the conntrack dump
+	// Only, when not empty, limits the report to these forwards; the work
+	// done is proportional to the forwards reported.
+	Only []string
 }
+
+// dumpPerForward: up to this many forwards reported, their connections are
+// counted with one dump each that the kernel filters by the forward's own
+// mark, rather than one dump of all of fwdd's entries.
+const dumpPerForward = 8
 
 // Collect reads the kernel's view of the forwards of cfg.
 func Collect(cfg *config.Config, src Sources) (*Report, error) {
@@ -71,6 +86,14 @@ func Collect(cfg *config.Config, src Sources) (*Report, error) {
 	if src.Sysctls == nil {
 		src.Sysctls = sysctl.NewFS("")
 	}
+	fwds, err := selectForwards(cfg, src.Only)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, len(fwds))
+	for i, f := range fwds {
+		names[i] = f.Name
+	}
 	r := &Report{Config: cfg.Path, Table: Table{Name: "inet " + cfg.Daemon.Table}}
 	present, err := src.Kernel.TableExists(cfg.Daemon.Table)
 	if err != nil {
@@ -78,22 +101,25 @@ func Collect(cfg *config.Config, src Sources) (*Report, error) {
 	}
 	r.Table.Present = present
 	traffic := map[string]*nft.Traffic{}
+	var ids map[string]uint32
 	if present {
-		// One read of the counters gives both the traffic and the ids the
-		// kernel's table uses.
-		if traffic, err = src.Kernel.ReadTraffic(cfg.Daemon.Table); err != nil {
+		if traffic, ids, err = readTraffic(cfg, src.Kernel, names); err != nil {
 			return nil, err
 		}
-		assigned, err := nft.AssignIDs(cfg)
+		m, err := nft.Compile(cfg, ids)
 		if err != nil {
 			return nil, err
 		}
-		m, err := nft.Compile(cfg, assigned)
-		if err != nil {
+		// The table's chains and sets, then the elements of the forwards
+		// reported, by key.
+		if t, err := src.Kernel.Read(cfg.Daemon.Table, false); err != nil {
 			return nil, err
-		}
-		if err := src.Kernel.VerifyContent(m); err != nil {
+		} else if err := t.Differs(m); err != nil {
 			r.Table.Problem = err.Error()
+		} else if err := src.Kernel.VerifyForwards(m, names); err != nil {
+			r.Table.Problem = err.Error()
+		} else if missing := missingTraffic(names, traffic); missing != "" {
+			r.Table.Problem = "no counters for forward " + missing
 		} else {
 			r.Table.MatchesConfig = true
 		}
@@ -105,22 +131,82 @@ func Collect(cfg *config.Config, src Sources) (*Report, error) {
 	if count, max, err := conntrack.CountFrom(src.Sysctls); err == nil {
 		r.Conntrack = Conntrack{Count: count, Max: max}
 	}
-	live, err := conntrack.LiveByID(src.NetNS)
-	if err != nil {
-		return nil, err
+	live := map[uint32]conntrack.Live{}
+	if present {
+		if len(names) <= dumpPerForward {
+			for _, name := range names {
+				if t := traffic[name]; t != nil {
+					if live[t.ID], err = conntrack.LiveOf(src.NetNS, t.ID); err != nil {
+						return nil, err
+					}
+				}
+			}
+		} else if live, err = conntrack.LiveByID(src.NetNS); err != nil {
+			return nil, err
+		}
 	}
-	for i := range cfg.Forwards {
-		f := &cfg.Forwards[i]
+	for _, f := range fwds {
 		out := Forward{Name: f.Name, Match: Match(f), Target: Target(f), SNAT: SNAT(f)}
 		if t := traffic[f.Name]; t != nil {
 			out.PacketsOriginal, out.PacketsReply = t.OrigPackets, t.ReplyPackets
 			out.BytesOriginal, out.BytesReply = t.OrigBytes, t.ReplyBytes
 			out.Packets, out.Bytes = t.Packets(), t.Bytes()
-			out.Connections = live[t.ID]
+			out.NewConnections = t.New
+			out.Connections, out.Established = live[t.ID].Total, live[t.ID].Established
 		}
 		r.Forwards = append(r.Forwards, out)
 	}
 	return r, nil
+}
+
+// selectForwards returns the forwards of cfg named in only (all when empty),
+// in config order.
+func selectForwards(cfg *config.Config, only []string) ([]*config.Forward, error) {
+	want := map[string]bool{}
+	for _, n := range only {
+		want[n] = true
+	}
+	var out []*config.Forward
+	found := map[string]bool{}
+	for i := range cfg.Forwards {
+		if f := &cfg.Forwards[i]; len(want) == 0 || want[f.Name] {
+			out = append(out, f)
+			found[f.Name] = true
+		}
+	}
+	for _, n := range only {
+		if !found[n] {
+			return nil, fmt.Errorf("no forward %q in %s", n, cfg.Path)
+		}
+	}
+	return out, nil
+}
+
+// readTraffic reads the counters of the named forwards, by key, and
+// returns the ids of all forwards (a function of the config).
+func readTraffic(cfg *config.Config, k *nft.Netlink, names []string) (map[string]*nft.Traffic, map[string]uint32, error) {
+	ids, err := nft.AssignIDs(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	want := make(map[string]uint32, len(names))
+	for _, n := range names {
+		want[n] = ids[n]
+	}
+	traffic, err := k.ReadTrafficOf(cfg.Daemon.Table, want)
+	if err != nil {
+		return nil, nil, err
+	}
+	return traffic, ids, nil
+}
+
+func missingTraffic(names []string, traffic map[string]*nft.Traffic) string {
+	for _, n := range names {
+		if traffic[n] == nil {
+			return n
+		}
+	}
+	return ""
 }
 
 func readBool(s sysctl.Sysctls, name string) bool {
@@ -212,9 +298,10 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "FORWARD\tMATCH\tTARGET\tSNAT\tCONNS\tPACKETS\tBYTES")
+	fmt.Fprintln(tw, "FORWARD\tMATCH\tTARGET\tSNAT\tESTAB\tCONNS\tNEW\tPACKETS\tBYTES")
 	for _, f := range r.Forwards {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", f.Name, f.Match, f.Target, f.SNAT, f.Connections, f.Packets, humanBytes(f.Bytes))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", f.Name, f.Match, f.Target, f.SNAT,
+			f.Established, f.Connections, f.NewConnections, f.Packets, humanBytes(f.Bytes))
 	}
 	return tw.Flush()
 }

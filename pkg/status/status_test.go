@@ -50,7 +50,7 @@ func TestWriteText(t *testing.T) {
 	r := &Report{Config: "/etc/fwdd/fwdd.toml", Table: Table{Name: "inet fwdd", Present: true, MatchesConfig: true},
 		IPForward: true, Conntrack: Conntrack{Count: 10, Max: 1000},
 		Forwards: []Forward{{Name: "web", Match: "tcp 80 on any local address", Target: "10.0.0.2:8080", SNAT: "masquerade",
-			Packets: 12, Bytes: 3 << 20, Connections: 2}}}
+			Packets: 12, Bytes: 3 << 20, Connections: 3, Established: 2, NewConnections: 40}}}
 	var b bytes.Buffer
 	if err := r.WriteText(&b); err != nil {
 		t.Fatal(err)
@@ -59,10 +59,48 @@ func TestWriteText(t *testing.T) {
 		"table inet fwdd: present, matches /etc/fwdd/fwdd.toml",
 		"forwarding: ipv4 on, ipv6 off",
 		"conntrack: 10 of 1000 entries (1.0%)",
-		"web      tcp 80 on any local address  10.0.0.2:8080  masquerade  2      12       3.0 MiB",
+		"FORWARD  MATCH                        TARGET         SNAT        ESTAB  CONNS  NEW  PACKETS  BYTES",
+		"web      tcp 80 on any local address  10.0.0.2:8080  masquerade  2      3      40   12       3.0 MiB",
 	} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("text lacks %q:\n%s", want, b.String())
 		}
+	}
+}
+
+func TestSelectForwards(t *testing.T) {
+	cfg, err := config.Parse("fwdd.toml", []byte(`
+[[forward]]
+name = "a"
+port = 80
+to = "192.168.1.50"
+
+[[forward]]
+name = "b"
+port = 81
+to = "192.168.1.50"
+
+[[forward]]
+name = "c"
+port = 82
+to = "192.168.1.50"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := func(fs []*config.Forward) (out []string) {
+		for _, f := range fs {
+			out = append(out, f.Name)
+		}
+		return out
+	}
+	if got, err := selectForwards(cfg, nil); err != nil || strings.Join(names(got), ",") != "a,b,c" {
+		t.Errorf("all: %v %v", names(got), err)
+	}
+	if got, err := selectForwards(cfg, []string{"c", "a"}); err != nil || strings.Join(names(got), ",") != "a,c" {
+		t.Errorf("c, a: %v %v", names(got), err)
+	}
+	if _, err := selectForwards(cfg, []string{"a", "nope"}); err == nil || !strings.Contains(err.Error(), `no forward "nope" in fwdd.toml`) {
+		t.Errorf("unknown forward: %v", err)
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -44,6 +45,8 @@ type connSample struct {
 	// DaemonCPU is fwdd's CPU time (user+system) during the sample, warm-up
 	// included, per second of wall time: 0.5 is half of one CPU.
 	DaemonCPU float64
+	// Scrapes counts the /metrics scrapes during the sample (fwdd only).
+	Scrapes int `json:",omitempty"`
 	// DaemonWarnings are the distinct messages of fwdd's WARN and ERROR log
 	// lines during the sample, with their counts.
 	DaemonWarnings map[string]int `json:",omitempty"`
@@ -68,10 +71,16 @@ func (e *env) measureConns(o connOptions) (connResults, error) {
 	for _, n := range o.sizes {
 		fv, tv, lv := connVariant{kindFwdd, n}, connVariant{kindTable, n}, connVariant{kindLinear, n}
 		var err error
-		if files[fv], err = e.writeConfig(fmt.Sprintf("conns-%d.toml", n), fwddConfig(n, false)); err != nil {
+		cfg := fwddConfig(n, false)
+		if files[tv], err = e.writeConfig(fmt.Sprintf("conns-%d.toml", n), cfg); err != nil {
 			return nil, err
 		}
-		if files[tv], err = e.printTable(files[fv]); err != nil {
+		if files[tv], err = e.printTable(files[tv]); err != nil {
+			return nil, err
+		}
+		// The daemon serves /metrics, scraped during every sample.
+		withMetrics := bytes.Replace(cfg, []byte(`metrics = ""`), []byte(`metrics = "`+metricsAddr+`"`), 1)
+		if files[fv], err = e.writeConfig(fmt.Sprintf("conns-%d-metrics.toml", n), withMetrics); err != nil {
 			return nil, err
 		}
 		if files[lv], err = e.writeConfig(fmt.Sprintf("linear-%d.nft", n), linearRuleset(n)); err != nil {
@@ -146,6 +155,10 @@ func (e *env) connSample(v connVariant, file string, o connOptions) (s connSampl
 		}
 	}
 	start := time.Now()
+	if daemonPID != 0 {
+		stopScraping := e.scrapeEvery(metricsScrapeInterval, &s.Scrapes)
+		defer stopScraping()
+	}
 	out, err := e.run(e.topo.Client, o.warmup+o.duration+time.Minute, e.self, "connload",
 		"-addr", addr, "-workers", strconv.Itoa(o.workers), "-duration", o.duration.String(),
 		"-warmup", o.warmup.String(), "-expect", strconv.Itoa(serverPort))

@@ -27,11 +27,12 @@ type results struct {
 	Settings     map[string]any
 	Options      *options `json:"-"`
 	Machine      machine
-	ExecOverhead time.Duration // median `ip netns exec GW true`
-	Throughput   tputResults   `json:",omitempty"`
-	Conns        connResults   `json:",omitempty"`
-	Apply        applyResults  `json:",omitempty"`
-	Idle         *idleResult   `json:",omitempty"`
+	ExecOverhead time.Duration  // median `ip netns exec GW true`
+	Throughput   tputResults    `json:",omitempty"`
+	Conns        connResults    `json:",omitempty"`
+	Apply        applyResults   `json:",omitempty"`
+	Idle         *idleResult    `json:",omitempty"`
+	Observe      *observeResult `json:",omitempty"`
 	Foreign      []*foreignLoad
 }
 
@@ -256,6 +257,9 @@ func markdown(res *results, plotted bool) string {
 	if res.Idle != nil {
 		writeIdle(&b, res)
 	}
+	if res.Observe != nil {
+		writeObserve(&b, res)
+	}
 	return b.String()
 }
 
@@ -268,12 +272,22 @@ func writeTargets(b *strings.Builder, res *results) {
 		p("| fwdd throughput >= 0.90× plain routing | %s (%.1f vs %.1f Gbit/s) | %s |\n", fmtX(r), fw.Median, rt.Median, verdict(r >= 0.90, !math.IsNaN(r)))
 		r = ratio(fw, so)
 		p("| fwdd throughput >= 4× socat | %s (%.1f vs %.1f Gbit/s) | %s |\n", fmtX(r), fw.Median, so.Median, verdict(r >= 4, !math.IsNaN(r)))
+		dn := summarize(t[tputDNAT])
+		r = ratio(fw, dn)
+		p("| fwdd throughput >= 0.97× one hand-written DNAT + masquerade rule, no counters | %s (%.1f vs %.1f Gbit/s) | %s |\n", fmtX(r), fw.Median, dn.Median, verdict(r >= 0.97, !math.IsNaN(r)))
 	}
 	if c := res.Conns; c != nil {
 		big := slices.Max(res.Options.sizes)
 		one, many := connRates(c[connVariant{kindFwdd, 1}]), connRates(c[connVariant{kindFwdd, big}])
 		r := ratio(many, one)
 		p("| conn/s with %s forwards >= 0.85× with 1 | %s (%s vs %s conn/s) | %s |\n", fmtNum(float64(big)), fmtX(r), fmtNum(many.Median), fmtNum(one.Median), verdict(r >= 0.85, !math.IsNaN(r)))
+		for _, n := range slices.Compact([]int{1, big}) {
+			f, t := connRates(c[connVariant{kindFwdd, n}]), connRates(c[connVariant{kindTable, n}])
+			r := ratio(f, t)
+			p("| conn/s with the daemon (/metrics scraped) >= 0.97× fwdd's table alone, %s forwards | %s (%s vs %s conn/s) | %s |\n", fmtNum(float64(n)), fmtX(r), fmtNum(f.Median), fmtNum(t.Median), verdict(r >= 0.97, !math.IsNaN(r)))
+			ms := cpuPerThousand(c[connVariant{kindFwdd, n}])
+			p("| daemon CPU <= 3 ms per 1,000 new connections, %s forwards, no log = true | %.2f ms | %s |\n", fmtNum(float64(n)), ms.Median, verdict(ms.Median <= 3, !ms.missing))
+		}
 	}
 	if a := res.Apply; a != nil {
 		if s, ok := a[10_000]; ok {
@@ -294,6 +308,9 @@ func writeTargets(b *strings.Builder, res *results) {
 			lg := durs(s, func(x applySample) time.Duration { return x.StartLogged })
 			p("| apply 100,000 in < 3 s | fwdd start %s (logged apply %s) | %s |\n", fmtDur(fw.Median), fmtDur(lg.Median), verdict(fw.Median < float64(3*time.Second), !fw.missing))
 		}
+	}
+	if ob := res.Observe; ob != nil {
+		writeObserveTargets(b, ob)
 	}
 	if id := res.Idle; id != nil {
 		rssMB := float64(id.RSSKiB) * 1024 / 1e6
@@ -316,6 +333,7 @@ func writeThroughput(b *strings.Builder, res *results) {
 		tputFwdd:    "fwdd forward (10.11.0.1:5201 -> 10.22.0.2:5201)",
 		tputSocat:   "socat in the gateway (fork)",
 		tputHAProxy: "haproxy in the gateway (mode tcp)",
+		tputDNAT:    "one hand-written `dnat to` rule + `ct status dnat masquerade`, no counters",
 	}
 	g := func(x float64) string { return fmt.Sprintf("%.2f", x) }
 	for _, v := range tputVariants {
@@ -356,9 +374,9 @@ func writeConns(b *strings.Builder, res *results, plotted bool) {
 	}
 	p("| routing, no NAT | %s | | | | | | |\n", cell(rt))
 	p("\n*fwdd's table alone*: the same table, from `fwdd print`, loaded with `nft -f` and no fwdd process running: the kernel's share of fwdd's cost. " +
-		"The difference to *fwdd* is the daemon's own work per connection (its conntrack event watcher), which competes for the same 2 CPUs as the clients, the server and the forwarding.\n\n")
-	p("| forwards | fwdd's own CPU during the sample | setup: fwdd start to applied | setup: `nft -f` of fwdd's table | setup: `nft -f` of the linear rules |\n")
-	p("|---:|---:|---:|---:|---:|\n")
+		"The difference to *fwdd* is the daemon's own work while connections are made (with no forward logging connections: none per connection, plus a `/metrics` scrape at the start of each sample and every 15 s), which competes for the same 2 CPUs as the clients, the server and the forwarding.\n\n")
+	p("| forwards | fwdd's own CPU during the sample | per 1,000 new connections | setup: fwdd start to applied | setup: `nft -f` of fwdd's table | setup: `nft -f` of the linear rules |\n")
+	p("|---:|---:|---:|---:|---:|---:|\n")
 	setup := func(v connVariant) string {
 		return fmtDur(durs(c[v], func(s connSample) time.Duration { return s.Setup }).Median)
 	}
@@ -368,8 +386,8 @@ func writeConns(b *strings.Builder, res *results, plotted bool) {
 			cpu = append(cpu, 100*x.DaemonCPU)
 		}
 		cs := summarize(cpu)
-		p("| %s | %.0f %% of one CPU (%.0f – %.0f) | %s | %s | %s |\n", fmtNum(float64(n)), cs.Median, cs.Min, cs.Max,
-			setup(connVariant{kindFwdd, n}), setup(connVariant{kindTable, n}), setup(connVariant{kindLinear, n}))
+		p("| %s | %.1f %% of one CPU (%.1f – %.1f) | %.2f ms | %s | %s | %s |\n", fmtNum(float64(n)), cs.Median, cs.Min, cs.Max,
+			cpuPerThousand(c[connVariant{kindFwdd, n}]).Median, setup(connVariant{kindFwdd, n}), setup(connVariant{kindTable, n}), setup(connVariant{kindLinear, n}))
 	}
 	p("\nWith 1 forward, against plain routing (client straight to 10.22.0.2:5000, no table, no conntrack): fwdd %s, fwdd's table alone %s, linear rules %s.\n\n",
 		fmtX(ratio(f1, rt)), fmtX(ratio(t1, rt)), fmtX(ratio(l1, rt)))

@@ -13,9 +13,31 @@ const (
 	tputFwdd    = "fwdd"
 	tputSocat   = "socat"
 	tputHAProxy = "haproxy"
+	// tputDNAT is the same forward as one hand-written DNAT rule and a
+	// masquerade rule, without counters: NAT's own price, against which
+	// fwdd's per-packet counting is judged.
+	tputDNAT = "dnat"
 )
 
-var tputVariants = []string{tputRouting, tputFwdd, tputSocat, tputHAProxy}
+var tputVariants = []string{tputRouting, tputFwdd, tputDNAT, tputSocat, tputHAProxy}
+
+const dnatTable = "handdnat"
+
+func dnatRuleset() []byte {
+	return fmt.Appendf(nil, `table ip %[1]s
+delete table ip %[1]s
+table ip %[1]s {
+	chain pre {
+		type nat hook prerouting priority dstnat; policy accept;
+		ip daddr %[2]s tcp dport %[3]d dnat to %[4]s:%[3]d
+	}
+	chain post {
+		type nat hook postrouting priority srcnat; policy accept;
+		ct status dnat masquerade
+	}
+}
+`, dnatTable, gatewayAddr, iperfPort, backendAddr)
+}
 
 // tputResults maps a variant to its samples in Gbit/s.
 type tputResults map[string][]float64
@@ -28,11 +50,19 @@ func (e *env) measureThroughput(rounds int, seconds int) (tputResults, error) {
 	if err != nil {
 		return nil, err
 	}
+	dnat, err := e.writeConfig("dnat.nft", dnatRuleset())
+	if err != nil {
+		return nil, err
+	}
 	res := tputResults{}
 	for r := range rounds {
 		for k := range tputVariants {
 			v := tputVariants[(r+k)%len(tputVariants)]
-			gbps, err := e.tputSample(v, cfg, seconds)
+			file := cfg
+			if v == tputDNAT {
+				file = dnat
+			}
+			gbps, err := e.tputSample(v, file, seconds)
 			if err != nil {
 				return nil, fmt.Errorf("throughput %s, round %d: %w", v, r+1, err)
 			}
@@ -57,6 +87,11 @@ func (e *env) tputSample(variant, cfg string, seconds int) (float64, error) {
 			return 0, err
 		}
 		defer func() { _ = d.stop() }()
+	case tputDNAT:
+		if out, err := e.run(e.topo.Gateway, time.Minute, "nft", "-f", cfg); err != nil {
+			return 0, fmt.Errorf("nft -f %s: %w: %s", cfg, err, out)
+		}
+		defer func() { _, _ = e.run(e.topo.Gateway, time.Minute, "nft", "delete", "table", "ip", dnatTable) }()
 	case tputSocat:
 		port = socatPort
 	case tputHAProxy:
