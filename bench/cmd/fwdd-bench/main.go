@@ -75,7 +75,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.out, "out", "", `where to write the report (default "bench/results", or a temp dir with -quick)`)
 	fs.BoolVar(&o.quick, "quick", false, "smoke run of about two minutes: fewer and shorter samples")
 	fs.BoolVar(&o.verbose, "verbose", false, "show sandbox commands and the output of every process")
-	phases := fs.String("phases", "throughput,conns,apply,idle", "what to measure")
+	phases := fs.String("phases", "throughput,conns,apply,idle,balance", "what to measure")
 	sizes := fs.String("sizes", "1,1000,10000,100000", "numbers of forwards for the connection test")
 	applySizes := fs.String("apply-sizes", "1000,10000,100000", "numbers of forwards for the apply test")
 	fs.IntVar(&o.rounds, "rounds", 7, "rounds of the throughput and connection tests")
@@ -110,7 +110,7 @@ func parseFlags(args []string) (*options, error) {
 	}
 	o.phases = strings.Split(*phases, ",")
 	for _, p := range o.phases {
-		if !slices.Contains([]string{phaseThroughput, phaseConns, phaseApply, phaseIdle}, p) {
+		if !slices.Contains([]string{phaseThroughput, phaseConns, phaseApply, phaseIdle, phaseBalance}, p) {
 			return nil, fmt.Errorf("-phases: unknown phase %q", p)
 		}
 	}
@@ -247,6 +247,12 @@ func runPhases(e *env, o *options, res *results, mon *cpuMonitor) error {
 		}
 		res.Idle = &r
 		e.logf("idle: %d forwards, rss %d KiB, hwm %d KiB, cpu %.2f s in %v", r.Forwards, r.RSSKiB, r.HWMKiB, r.CPUSeconds, r.Window)
+	}
+	if o.has(phaseBalance) {
+		mon.setPhase(phaseBalance)
+		if res.Balance, err = e.measureBalance(o); err != nil {
+			return err
+		}
 	}
 	return nil
 }

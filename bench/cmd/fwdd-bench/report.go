@@ -32,6 +32,7 @@ type results struct {
 	Conns        connResults   `json:",omitempty"`
 	Apply        applyResults  `json:",omitempty"`
 	Idle         *idleResult   `json:",omitempty"`
+	Balance      *balResults   `json:",omitempty"`
 	Foreign      []*foreignLoad
 }
 
@@ -256,6 +257,9 @@ func markdown(res *results, plotted bool) string {
 	if res.Idle != nil {
 		writeIdle(&b, res)
 	}
+	if res.Balance != nil {
+		writeBalance(&b, res.Balance, o)
+	}
 	return b.String()
 }
 
@@ -300,6 +304,9 @@ func writeTargets(b *strings.Builder, res *results) {
 		p("| RSS with %s forwards <= 100 MB | VmRSS %.1f MB (VmHWM, the peak, %.1f MB) | %s |\n", fmtNum(float64(id.Forwards)), rssMB, float64(id.HWMKiB)*1024/1e6, verdict(rssMB <= 100, true))
 		pct := 100 * id.CPUSeconds / id.Window.Seconds()
 		p("| idle CPU ~0 | %.2f %% of one CPU (%.2f s CPU in %v) | %s |\n", pct, id.CPUSeconds, id.Window, verdict(pct <= 0.1, true))
+	}
+	if res.Balance != nil {
+		writeBalanceTargets(b, res.Balance)
 	}
 	p("\n")
 }
