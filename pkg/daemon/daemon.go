@@ -105,6 +105,7 @@ func New(opts Options) *Daemon {
 	d.tasks.balancer.deleteFlows = d.deleteFlows
 	d.tasks.watcher = conntrack.New(conntrack.Options{Log: opts.Log, OnNew: d.tasks.conns.onNew})
 	d.metrics = metrics.New(metrics.Sources{
+		Backends: d.backendMetrics,
 		Traffic: func() (map[string]*nft.Traffic, error) {
 			m := d.applier.Last()
 			if m == nil {

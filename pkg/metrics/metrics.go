@@ -28,6 +28,8 @@ type Sources struct {
 	Connections func() conntrack.Stats
 	// Pressure returns the latest conntrack table reading (may be nil).
 	Pressure func() conntrack.PressureStatus
+	// Backends returns the health-checked backends (may be nil).
+	Backends func() []Backend
 }
 
 // Metrics holds fwdd's own counters and the collector of kernel state.
@@ -115,6 +117,7 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 		m.descOverflows, m.descCTEntries, m.descCTLimit, m.descScrapeErrs} {
 		ch <- d
 	}
+	describeBackends(ch)
 }
 
 // Collect implements prometheus.Collector.
@@ -140,6 +143,9 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(m.descNew, prometheus.CounterValue, float64(f.New), name)
 		}
 		ch <- prometheus.MustNewConstMetric(m.descOverflows, prometheus.CounterValue, float64(st.Overflows))
+	}
+	if m.sources.Backends != nil {
+		collectBackends(ch, m.sources.Backends())
 	}
 	if m.sources.Pressure != nil {
 		p := m.sources.Pressure()
