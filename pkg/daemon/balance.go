@@ -127,17 +127,17 @@ func (b *balancer) onChange(c health.Change) {
 	p := st.pool
 	b.mu.Unlock()
 
+	if err := b.program(p.forward, inK); err != nil {
+		b.log.Error("cannot update the forward's backends in the kernel",
+			zap.String("forward", p.forward), zap.Stringer("backend", c.Backend), zap.Bool("up", c.Up), zap.Error(err))
+		return
+	}
 	if allDown && !wasFailOpen {
 		b.log.Error("every backend of the forward is down; sending connections to all of them (fail open)",
 			zap.String("forward", p.forward), zap.Int("backends", len(p.backends)))
 	} else if wasFailOpen && !allDown {
 		b.log.Info("a backend of the forward is up again; fail open ends",
 			zap.String("forward", p.forward), zap.Stringer("backend", c.Backend))
-	}
-	if err := b.program(p.forward, inK); err != nil {
-		b.log.Error("cannot update the forward's backends in the kernel",
-			zap.String("forward", p.forward), zap.Stringer("backend", c.Backend), zap.Bool("up", c.Up), zap.Error(err))
-		return
 	}
 	if c.Up || allDown {
 		return // in fail open the backend still receives connections
