@@ -48,18 +48,18 @@ on_change = "cut"
 var staleAfter = strings.NewReplacer("10.22.0.2:5353", "10.22.0.2:6353", "10.22.0.2:8081", "10.22.0.2:9081",
 	"10.22.0.2:8083", "10.22.0.2:9083").Replace(staleBefore)
 
-// udpStream sends a datagram every 50 ms from one socket (one conntrack
+// udpPinger sends a datagram every 50 ms from one socket (one conntrack
 // flow) and counts the replies.
-type udpStream struct {
+type udpPinger struct {
 	conn    *net.UDPConn
 	replies atomic.Int64
 	stop    chan struct{}
 	wg      sync.WaitGroup
 }
 
-func startUDPStream(t *testing.T, h *sandbox.Host, addr string) *udpStream {
+func startUDPStream(t *testing.T, h *sandbox.Host, addr string) *udpPinger {
 	t.Helper()
-	s := &udpStream{stop: make(chan struct{})}
+	s := &udpPinger{stop: make(chan struct{})}
 	if err := h.Do(func() error {
 		var err error
 		s.conn, err = net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
@@ -100,7 +100,7 @@ func startUDPStream(t *testing.T, h *sandbox.Host, addr string) *udpStream {
 	return s
 }
 
-func (s *udpStream) close() {
+func (s *udpPinger) close() {
 	select {
 	case <-s.stop:
 		return
@@ -113,7 +113,7 @@ func (s *udpStream) close() {
 
 // local is the stream's client address, as servers see it (with
 // snat = "masquerade" the source address is the gateway's, the port stays).
-func (s *udpStream) port() uint16 { return s.conn.LocalAddr().(*net.UDPAddr).AddrPort().Port() }
+func (s *udpPinger) port() uint16 { return s.conn.LocalAddr().(*net.UDPAddr).AddrPort().Port() }
 
 // heldTCP opens a TCP connection to addr through a forward and reads the
 // echo server's greeting; the caller keeps it open.

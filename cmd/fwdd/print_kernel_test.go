@@ -102,7 +102,7 @@ func TestKernelPrintMatchesNetlink(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ids, err := nft.AssignIDs(nil, cfg)
+	ids, err := nft.AssignIDs(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -93,7 +93,7 @@ func New(opts Options) *Daemon {
 		opts.StateDir = DefaultStateDir
 	}
 	d := &Daemon{opts: opts, log: opts.Log, applier: nft.Applier{Backend: opts.Kernel},
-		state: State{PID: os.Getpid()}}
+		state: NewState(opts.ConfigPath)}
 	d.applier.Observe = d.logPlan
 	d.parser.CacheLimit = parserCacheLimit
 	if d.opts.Load == nil {
@@ -198,15 +198,16 @@ func (d *Daemon) Start() error {
 		return err
 	}
 	// A table left by an earlier run (on_stop = "keep", a crash) is taken
-	// over: its forward ids are kept, so its live connections stay
-	// attributed, and it is reconciled with the config in one batch, which
-	// keeps the counters of what did not change.
+	// over and reconciled with the config in one batch, which keeps the
+	// counters of what did not change. Forward ids are a function of the
+	// file, so its live connections stay attributed (and so do those
+	// conntrackd replicated from the other node of an HA pair).
 	have, err := d.opts.Kernel.Read(cfg.Daemon.Table, true)
 	if err != nil {
 		d.log.Warn("cannot read the existing table; replacing it", zap.Error(err))
 		have = nil
 	}
-	ids, err := nft.AssignIDs(have.IDs(), cfg)
+	ids, err := nft.AssignIDs(cfg)
 	if err != nil {
 		d.record(err)
 		return err
@@ -276,7 +277,7 @@ func (d *Daemon) reload(start time.Time) error {
 	if cfg.Daemon.Table != cur.Table {
 		return fmt.Errorf("daemon: table: changing the table name from %q to %q needs a restart", cur.Table, cfg.Daemon.Table)
 	}
-	ids, err := nft.AssignIDs(cur.IDs, cfg)
+	ids, err := nft.AssignIDs(cfg)
 	if err != nil {
 		return err
 	}
@@ -317,6 +318,21 @@ func (d *Daemon) reload(start time.Time) error {
 		zap.Bool("fullReplace", st.Full), zap.Bool("recovered", st.Recovered),
 		zap.Int("messages", st.Messages), zap.Int("elements", st.Elements),
 		zap.Duration("applyElapsed", st.Elapsed), zap.Duration("elapsed", time.Since(start)))
+	return nil
+}
+
+// Repair applies what is in force again after fwdd's table was changed
+// behind its back (self-healing), in one batch that keeps what is still
+// right. Call it from the goroutine that reloads.
+func (d *Daemon) Repair() error {
+	st, err := d.applier.Repair()
+	d.record(err)
+	if err != nil {
+		return fmt.Errorf("repair table: %w", err)
+	}
+	d.log.Info("table repaired", zap.String("table", "inet "+d.InForce().Table),
+		zap.Bool("fullReplace", st.Full), zap.Int("messages", st.Messages), zap.Int("elements", st.Elements),
+		zap.Duration("elapsed", st.Elapsed))
 	return nil
 }
 

@@ -161,7 +161,7 @@ func (e *env) measureBalance(o *options) (*balResults, error) {
 		return nil, err
 	}
 	for range max(1, o.rounds/2) {
-		t0, err := cpuTicks(d.proc.PID())
+		t0, err := cpuTicks(d.PID())
 		if err != nil {
 			return nil, err
 		}
@@ -169,7 +169,7 @@ func (e *env) measureBalance(o *options) (*balResults, error) {
 		if err := sleep(e.ctx, res.HealthWindow); err != nil {
 			return nil, err
 		}
-		t1, err := cpuTicks(d.proc.PID())
+		t1, err := cpuTicks(d.PID())
 		if err != nil {
 			return nil, err
 		}
@@ -177,7 +177,7 @@ func (e *env) measureBalance(o *options) (*balResults, error) {
 		e.logf("health checking %d backends every 2 s: fwdd cpu %.1f %% of one CPU", res.HealthBackends, 100*cpu)
 		res.HealthCPU = append(res.HealthCPU, cpu)
 	}
-	if w := logWarnings(d.proc.Output()); len(w) > 0 {
+	if w := logWarnings(d.Log()); len(w) > 0 {
 		return nil, fmt.Errorf("fwdd warned while checking healthy backends: %v", w)
 	}
 	return res, nil
