@@ -214,6 +214,9 @@ func getMany(t *testing.T, h *sandbox.Host, addr string, n int) map[string]int {
 }
 
 const healthConfig = `
+[daemon]
+metrics = "127.0.0.1:9641"
+
 [[forward]]
 name = "web"
 port = 80
@@ -254,6 +257,17 @@ func TestKernelHealthTCP(t *testing.T) {
 	out := d.proc.Output()
 	if !strings.Contains(out, "backend down") || !strings.Contains(out, `"reason": "refused"`) {
 		t.Errorf("no 'backend down' line with reason refused:\n%s", out)
+	}
+	m := scrape(t, topo)
+	for _, want := range []string{
+		`fwdd_backend_up{backend="10.22.0.3:8080",forward="web"} 0`,
+		`fwdd_backend_up{backend="10.22.0.2:8080",forward="web"} 1`,
+		`fwdd_backend_health_changes_total{backend="10.22.0.3:8080",forward="web"} 1`,
+		`fwdd_backend_connections{backend="10.22.0.2:8080",forward="web"}`,
+	} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
 	}
 
 	servers["10.22.0.3"] = listenTCP(t, topo.Backend, "10.22.0.3:8080")

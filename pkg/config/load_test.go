@@ -32,7 +32,7 @@ func TestExampleConfig(t *testing.T) {
 	for _, f := range c.Forwards {
 		names = append(names, f.Name)
 	}
-	if diff := cmp.Diff([]string{"web", "dns", "game", "web6", "lab-ssh"}, names); diff != "" {
+	if diff := cmp.Diff([]string{"web", "dns", "game", "web6", "lab-ssh", "app", "api"}, names); diff != "" {
 		t.Errorf("forward names (-want +got):\n%s", diff)
 	}
 	web := c.ForwardByName("web")

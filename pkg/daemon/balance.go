@@ -12,6 +12,7 @@ import (
 	"github.com/fwdd/fwdd/pkg/conntrack"
 	"github.com/fwdd/fwdd/pkg/ctmark"
 	"github.com/fwdd/fwdd/pkg/health"
+	"github.com/fwdd/fwdd/pkg/metrics"
 	"github.com/fwdd/fwdd/pkg/nft"
 )
 
@@ -126,17 +127,17 @@ func (b *balancer) onChange(c health.Change) {
 	p := st.pool
 	b.mu.Unlock()
 
+	if err := b.program(p.forward, inK); err != nil {
+		b.log.Error("cannot update the forward's backends in the kernel",
+			zap.String("forward", p.forward), zap.Stringer("backend", c.Backend), zap.Bool("up", c.Up), zap.Error(err))
+		return
+	}
 	if allDown && !wasFailOpen {
 		b.log.Error("every backend of the forward is down; sending connections to all of them (fail open)",
 			zap.String("forward", p.forward), zap.Int("backends", len(p.backends)))
 	} else if wasFailOpen && !allDown {
 		b.log.Info("a backend of the forward is up again; fail open ends",
 			zap.String("forward", p.forward), zap.Stringer("backend", c.Backend))
-	}
-	if err := b.program(p.forward, inK); err != nil {
-		b.log.Error("cannot update the forward's backends in the kernel",
-			zap.String("forward", p.forward), zap.Stringer("backend", c.Backend), zap.Bool("up", c.Up), zap.Error(err))
-		return
 	}
 	if c.Up || allDown {
 		return // in fail open the backend still receives connections
@@ -223,4 +224,43 @@ func (d *Daemon) programBackends(forward string, up []bool) error {
 	}
 	d.log.Debug("backends updated", zap.String("forward", forward), zap.Int("elements", st.Elements), zap.Duration("elapsed", st.Elapsed))
 	return nil
+}
+
+// backendMetrics reports every health-checked backend for /metrics, with
+// its live connections from one filtered conntrack dump.
+func (d *Daemon) backendMetrics() []metrics.Backend {
+	b := d.tasks.balancer
+	st := b.checker.Status()
+	b.mu.Lock()
+	pools := make([]pool, 0, len(b.pools))
+	for _, p := range b.pools {
+		pools = append(pools, p.pool)
+	}
+	b.mu.Unlock()
+	if len(pools) == 0 {
+		return nil
+	}
+	var live map[conntrack.BackendKey]int
+	if k, ok := d.opts.Kernel.(*nft.Netlink); ok {
+		live, _ = conntrack.LiveByBackend(k.NetNS) // unknown on error
+	}
+	var out []metrics.Backend
+	for _, p := range pools {
+		for _, be := range p.backends {
+			s, ok := st[health.Key{Forward: p.forward, Backend: be}]
+			mb := metrics.Backend{Forward: p.forward, Backend: be.String(), Up: !ok || s.Up,
+				Checks: s.Checks, Changes: s.Changes, Connections: -1}
+			if live != nil {
+				mb.Connections = 0
+				for k, n := range live {
+					if k.Mark == ctmark.ForID(p.id) && k.Backend.Addr() == be.Addr() &&
+						k.Backend.Port() >= be.Port() && int(k.Backend.Port()) < int(be.Port())+max(p.portSpan, 1) {
+						mb.Connections += n
+					}
+				}
+			}
+			out = append(out, mb)
+		}
+	}
+	return out
 }

@@ -105,7 +105,9 @@ func New(opts Options) *Daemon {
 	d.tasks.balancer = newBalancer(opts.Log, nil)
 	d.tasks.balancer.program = d.programBackends
 	d.tasks.balancer.deleteFlows = d.deleteFlows
-	d.metrics = metrics.New(d.tasks.metricsSources(opts.Kernel))
+	src := d.tasks.metricsSources(opts.Kernel)
+	src.Backends = d.backendMetrics
+	d.metrics = metrics.New(src)
 	return d
 }
 

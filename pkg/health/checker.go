@@ -328,6 +328,11 @@ func (c *Checker) deliver(ctx context.Context) {
 		c.changes = nil
 		c.mu.Unlock()
 		for _, ch := range batch {
+			// The line follows the callback, so it tells of a change
+			// already in force.
+			if c.opts.OnChange != nil {
+				c.opts.OnChange(ch)
+			}
 			state, level := "up", zap.InfoLevel
 			if !ch.Up {
 				state, level = "down", zap.WarnLevel
@@ -338,9 +343,6 @@ func (c *Checker) deliver(ctx context.Context) {
 				zap.String("reason", ch.Result.Reason),
 				zap.String("error", ch.Result.Err),
 			)
-			if c.opts.OnChange != nil {
-				c.opts.OnChange(ch)
-			}
 		}
 	}
 }

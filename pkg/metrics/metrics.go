@@ -46,6 +46,8 @@ type Sources struct {
 	Overflows func() uint64
 	// Pressure returns the latest conntrack table reading.
 	Pressure func() conntrack.PressureStatus
+	// Backends returns the health-checked backends (may be nil).
+	Backends func() []Backend
 }
 
 // Metrics holds fwdd's own counters and the collector of kernel state.
@@ -151,6 +153,7 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 		m.descExported, m.descOverflows, m.descCTEntries, m.descCTLimit, m.descScrapeErrs} {
 		ch <- d
 	}
+	describeBackends(ch)
 }
 
 // Collect implements prometheus.Collector.
@@ -220,6 +223,9 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		counter(m.descOverflows, src.Overflows())
 	}
 	ch <- prometheus.MustNewConstMetric(m.descScrapeErrs, prometheus.GaugeValue, failed)
+	if src.Backends != nil {
+		collectBackends(ch, src.Backends())
+	}
 	if src.Pressure != nil {
 		p := src.Pressure()
 		if !p.Time.IsZero() {

@@ -33,7 +33,8 @@ func newEnv(ctx context.Context, fwddBin string, verbose bool, logf func(string,
 		return nil, err
 	}
 	e := &env{ctx: ctx, fwdd: fwddBin, self: self, logf: logf}
-	opts := sandbox.Options{Base: "fwddbench", NoClient2: true, NoOther: true, StopGrace: 20 * time.Second}
+	opts := sandbox.Options{Base: "fwddbench", NoClient2: true, NoOther: true, StopGrace: 20 * time.Second,
+		BackendAddrs: balanceExtra}
 	if verbose {
 		opts.Logf = logf
 		opts.Output = os.Stderr

@@ -76,7 +76,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.out, "out", "", `where to write the report (default "bench/results", or a temp dir with -quick)`)
 	fs.BoolVar(&o.quick, "quick", false, "smoke run of about two minutes: fewer and shorter samples")
 	fs.BoolVar(&o.verbose, "verbose", false, "show sandbox commands and the output of every process")
-	phases := fs.String("phases", "throughput,conns,apply,idle,observe", "what to measure")
+	phases := fs.String("phases", "throughput,conns,apply,idle,observe,balance", "what to measure")
 	sizes := fs.String("sizes", "1,1000,10000,100000", "numbers of forwards for the connection test")
 	applySizes := fs.String("apply-sizes", "1000,10000,100000", "numbers of forwards for the apply test")
 	fs.IntVar(&o.rounds, "rounds", 7, "rounds of the throughput and connection tests")
@@ -111,7 +111,7 @@ func parseFlags(args []string) (*options, error) {
 	}
 	o.phases = strings.Split(*phases, ",")
 	for _, p := range o.phases {
-		if !slices.Contains([]string{phaseThroughput, phaseConns, phaseApply, phaseIdle, phaseObserve}, p) {
+		if !slices.Contains([]string{phaseThroughput, phaseConns, phaseApply, phaseIdle, phaseObserve, phaseBalance}, p) {
 			return nil, fmt.Errorf("-phases: unknown phase %q", p)
 		}
 	}
@@ -253,6 +253,12 @@ func runPhases(e *env, o *options, res *results, mon *cpuMonitor) error {
 		mon.setPhase(phaseObserve)
 		n := slices.Max(append(slices.Clone(o.applySizes), o.sizes...))
 		if res.Observe, err = e.measureObserve(n, []int{1_000, 200_000}, 200_000); err != nil {
+			return err
+		}
+	}
+	if o.has(phaseBalance) {
+		mon.setPhase(phaseBalance)
+		if res.Balance, err = e.measureBalance(o); err != nil {
 			return err
 		}
 	}

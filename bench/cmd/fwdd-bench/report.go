@@ -33,6 +33,7 @@ type results struct {
 	Apply        applyResults   `json:",omitempty"`
 	Idle         *idleResult    `json:",omitempty"`
 	Observe      *observeResult `json:",omitempty"`
+	Balance      *balResults    `json:",omitempty"`
 	Foreign      []*foreignLoad
 }
 
@@ -260,6 +261,9 @@ func markdown(res *results, plotted bool) string {
 	if res.Observe != nil {
 		writeObserve(&b, res)
 	}
+	if res.Balance != nil {
+		writeBalance(&b, res.Balance, o)
+	}
 	return b.String()
 }
 
@@ -317,6 +321,9 @@ func writeTargets(b *strings.Builder, res *results) {
 		p("| RSS with %s forwards <= 100 MB | VmRSS %.1f MB (VmHWM, the peak, %.1f MB) | %s |\n", fmtNum(float64(id.Forwards)), rssMB, float64(id.HWMKiB)*1024/1e6, verdict(rssMB <= 100, true))
 		pct := 100 * id.CPUSeconds / id.Window.Seconds()
 		p("| idle CPU ~0 | %.2f %% of one CPU (%.2f s CPU in %v) | %s |\n", pct, id.CPUSeconds, id.Window, verdict(pct <= 0.1, true))
+	}
+	if res.Balance != nil {
+		writeBalanceTargets(b, res.Balance)
 	}
 	p("\n")
 }
