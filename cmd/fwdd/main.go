@@ -34,6 +34,8 @@ commands:
   print    print, in nft syntax, the table fwdd would program
   reload   check the config, signal the daemon, wait until the new rules are in
   status   show the table, forwarding, conntrack and per-forward counters
+  doctor   check the gateway for what breaks forwarding; each problem with its fix
+           (--probe: connect to each backend; --json)
   version  print fwdd's version
 
 flags (all commands): -c, --config PATH (default /etc/fwdd/fwdd.toml)
@@ -55,7 +57,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfgPath, "c", cfgPath, "config file")
 	fs.StringVar(&cfgPath, "config", cfgPath, "config file")
 	stateDir := fs.String("state-dir", fwdaemon.DefaultStateDir, "where the daemon records its latest apply")
-	jsonOut := fs.Bool("json", false, "status: print JSON")
+	jsonOut := fs.Bool("json", false, "status, doctor: print JSON")
+	probe := fs.Bool("probe", false, "doctor: connect to each backend")
 	timeout := fs.Duration("timeout", time.Minute, "reload: how long to wait for the daemon")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -90,6 +93,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "status":
 		return status(cfgPath, *jsonOut, stdout, stderr)
+	case "doctor":
+		return runDoctor(cfgPath, *stateDir, *probe, *jsonOut, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "fwdd", version)
 		return 0

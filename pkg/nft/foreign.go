@@ -282,3 +282,41 @@ func connmarkCoversFwdd(m *expr.Match, tag, mask uint32) bool {
 	value, bits, invert := binary.NativeEndian.Uint32(b[0:4]), binary.NativeEndian.Uint32(b[4:8]), b[8]
 	return invert == 0 && coversFwdd(value, bits, tag, mask)
 }
+
+// TableInfo names a table of another component and guesses its owner.
+type TableInfo struct {
+	Family string
+	Name   string
+	Chains []string
+	Owner  string // see Owner
+}
+
+// Tables lists the tables of the namespace with their chains, fwdd's own
+// (inet own) included.
+func (k *Kernel) Tables() ([]TableInfo, error) {
+	c, err := k.readConn()
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = c.CloseLasting() }()
+	tables, err := c.ListTables()
+	if err != nil {
+		return nil, fmt.Errorf("list tables: %w", err)
+	}
+	chains, err := c.ListChains()
+	if err != nil {
+		return nil, fmt.Errorf("list chains: %w", err)
+	}
+	out := make([]TableInfo, 0, len(tables))
+	for _, t := range tables {
+		ti := TableInfo{Family: familyName(t.Family), Name: t.Name}
+		for _, ch := range chains {
+			if ch.Table != nil && ch.Table.Family == t.Family && ch.Table.Name == t.Name {
+				ti.Chains = append(ti.Chains, ch.Name)
+			}
+		}
+		ti.Owner = Owner(ti.Family, ti.Name, ti.Chains)
+		out = append(out, ti)
+	}
+	return out, nil
+}
