@@ -210,5 +210,8 @@ func status(cfgPath string, jsonOut bool, stdout, stderr io.Writer) int {
 	if !r.Table.Present || !r.Table.MatchesConfig {
 		return 3 // like systemctl status: not running as configured
 	}
+	if len(r.Blockers) > 0 {
+		return 4 // another firewall drops the forwarded connections
+	}
 	return 0
 }

@@ -47,6 +47,7 @@ type Metrics struct {
 	descCTEntries  *prometheus.Desc
 	descCTLimit    *prometheus.Desc
 	descScrapeErrs *prometheus.Desc
+	heal           healMetrics
 }
 
 // New registers fwdd's metrics.
@@ -92,6 +93,7 @@ func New(src Sources) *Metrics {
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.reloads.WithLabelValues("success")
 	m.reloads.WithLabelValues("failure")
+	m.heal = newHealMetrics(m.reg)
 	return m
 }
 

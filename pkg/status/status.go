@@ -12,6 +12,7 @@ import (
 
 	"github.com/fwdd/fwdd/pkg/config"
 	"github.com/fwdd/fwdd/pkg/conntrack"
+	"github.com/fwdd/fwdd/pkg/fwmark"
 	"github.com/fwdd/fwdd/pkg/nft"
 	"github.com/fwdd/fwdd/pkg/sysctl"
 )
@@ -54,6 +55,8 @@ type Report struct {
 	IPv6Forward bool      `json:"ipv6_forward"`
 	Conntrack   Conntrack `json:"conntrack"`
 	Forwards    []Forward `json:"forwards"`
+	// Blockers are other tables' forward chains that drop fwdd's connections.
+	Blockers []nft.Blocker `json:"blockers"`
 }
 
 // Sources are where Collect reads; zero values mean this host.
@@ -109,6 +112,9 @@ func Collect(cfg *config.Config, src Sources) (*Report, error) {
 	if count, max, err := conntrack.CountFrom(src.Sysctls); err == nil {
 		r.Conntrack = Conntrack{Count: count, Max: max}
 	}
+	if r.Blockers, err = src.Kernel.ForeignBlockers(cfg.Daemon.Table, ctmarkTag, ctmarkMask); err != nil {
+		return nil, err
+	}
 	live, err := conntrack.LiveByID(src.NetNS)
 	if err != nil {
 		return nil, err
@@ -126,6 +132,9 @@ func Collect(cfg *config.Config, src Sources) (*Report, error) {
 	}
 	return r, nil
 }
+
+// ctmarkTag and ctmarkMask are the ct mark bits of fwdd's connections.
+const ctmarkTag, ctmarkMask = fwmark.Tag, fwmark.Mask
 
 func readBool(s sysctl.Sysctls, name string) bool {
 	v, err := s.Get(name)
@@ -210,6 +219,9 @@ func (r *Report) WriteText(w io.Writer) error {
 		fmt.Fprintf(w, "  %s\n", r.Table.Problem)
 	}
 	fmt.Fprintf(w, "forwarding: ipv4 %s, ipv6 %s\n", onOff(r.IPForward), onOff(r.IPv6Forward))
+	for _, b := range r.Blockers {
+		fmt.Fprintf(w, "BLOCKED by %s: it drops fwdd's connections\n  allow them: %s\n", b, b.Allow)
+	}
 	if r.Conntrack.Max > 0 {
 		fmt.Fprintf(w, "conntrack: %d of %d entries (%.1f%%)\n", r.Conntrack.Count, r.Conntrack.Max,
 			100*float64(r.Conntrack.Count)/float64(r.Conntrack.Max))
