@@ -40,9 +40,10 @@ type rawDaemon struct {
 }
 
 type rawSysctl struct {
-	IPForward    any `toml:"ip_forward"`
-	RPFilter     any `toml:"rp_filter"`
-	ConntrackMax any `toml:"conntrack_max"`
+	IPForward        any `toml:"ip_forward"`
+	RPFilter         any `toml:"rp_filter"`
+	ConntrackMax     any `toml:"conntrack_max"`
+	ConntrackBuckets any `toml:"conntrack_buckets"`
 }
 
 type rawConntrack struct {
@@ -66,7 +67,7 @@ type rawForward struct {
 var allowedKeys = map[string][]string{
 	"":          {"daemon", "sysctl", "conntrack", "forward"},
 	"daemon":    {"table", "on_stop", "log_level", "metrics", "forward_policy"},
-	"sysctl":    {"ip_forward", "rp_filter", "conntrack_max"},
+	"sysctl":    {"ip_forward", "rp_filter", "conntrack_max", "conntrack_buckets"},
 	"conntrack": {"warn_percent", "critical_percent"},
 	"forward":   {"name", "proto", "port", "address", "to", "interface", "sources", "snat", "log"},
 }
@@ -416,6 +417,8 @@ func parseSysctl(ps *problems, raw *rawSysctl, lines *keyLines) Sysctl {
 			string(RPFilterKeep), string(RPFilterLoose), string(RPFilterOff))),
 		// nf_conntrack_max is a C int.
 		ConntrackMax: int(fs.integer("conntrack_max", raw.ConntrackMax, 0, 0, 1<<31-1)),
+		// nf_conntrack_buckets is an unsigned int the kernel caps at 2^30.
+		ConntrackBuckets: int(fs.integer("conntrack_buckets", raw.ConntrackBuckets, 0, 0, 1<<30)),
 	}
 }
 

@@ -38,6 +38,9 @@ type Plan struct {
 	// child network namespace the kernel refuses; Apply then returns a
 	// *ReadOnlyError saying to set it on the host.
 	ConntrackMax int
+	// ConntrackBuckets sets net.netfilter.nf_conntrack_buckets (the hash
+	// table's size) when > 0; like ConntrackMax, only on the host.
+	ConntrackBuckets int
 }
 
 // PlanFor derives the Plan of a validated configuration: IPv6 forwarding when
@@ -45,9 +48,10 @@ type Plan struct {
 // interfaces forwards name.
 func PlanFor(c *config.Config) Plan {
 	p := Plan{
-		IPForward:    c.Sysctl.IPForward,
-		RPFilter:     c.Sysctl.RPFilter,
-		ConntrackMax: c.Sysctl.ConntrackMax,
+		IPForward:        c.Sysctl.IPForward,
+		RPFilter:         c.Sysctl.RPFilter,
+		ConntrackMax:     c.Sysctl.ConntrackMax,
+		ConntrackBuckets: c.Sysctl.ConntrackBuckets,
 	}
 	for i := range c.Forwards {
 		f := &c.Forwards[i]
@@ -92,6 +96,9 @@ func (p Plan) settings() []setting {
 	}
 	if p.ConntrackMax > 0 {
 		ss = append(ss, setting{name: "net.netfilter.nf_conntrack_max", value: strconv.Itoa(p.ConntrackMax)})
+	}
+	if p.ConntrackBuckets > 0 {
+		ss = append(ss, setting{name: "net.netfilter.nf_conntrack_buckets", value: strconv.Itoa(p.ConntrackBuckets)})
 	}
 	return ss
 }
