@@ -40,6 +40,9 @@ type Options struct {
 	// PressureInterval is how often the conntrack table fill is read
 	// (default conntrack.DefaultPressureInterval).
 	PressureInterval time.Duration
+	// CheckInterval is how often the table is checked when no nftables
+	// event says it changed (default DefaultCheckInterval).
+	CheckInterval time.Duration
 }
 
 // Daemon owns fwdd's table for as long as it runs.
@@ -52,6 +55,7 @@ type Daemon struct {
 	state   State
 	metrics *metrics.Metrics
 	tasks   tasks
+	guard   *guard // nil until Run
 	// parser keeps the decoded [[forward]] blocks of the last file, so a
 	// reload decodes only the blocks that changed.
 	parser config.Parser
@@ -170,7 +174,6 @@ func (d *Daemon) Start() error {
 	}
 	d.inForce(cfg, ids, m, st, false)
 	d.record(nil)
-	d.warnForeignDrops()
 	// Building the first batch is the daemon's peak: give that memory back.
 	debug.FreeOSMemory()
 	d.log.Info("forwarding",
@@ -178,21 +181,6 @@ func (d *Daemon) Start() error {
 		zap.Int("numForwards", len(cfg.Forwards)), zap.Int("elements", m.NumElements()),
 		zap.Int("messages", st.Messages), zap.Duration("elapsed", st.Elapsed))
 	return nil
-}
-
-// warnForeignDrops says when another table's forward chain drops by
-// default: fwdd cannot override it, the operator must allow fwdd's marks there.
-func (d *Daemon) warnForeignDrops() {
-	drops, err := d.opts.Kernel.ForeignDropPolicies(d.cfg.Daemon.Table)
-	if err != nil {
-		d.log.Debug("cannot list other tables' chains", zap.Error(err))
-		return
-	}
-	for _, c := range drops {
-		d.log.Warn("another firewall drops forwarded packets by default; fwdd's connections need an accept rule there",
-			zap.String("chain", c), zap.String("policy", "drop"),
-			zap.String("allow", "ct mark and 0xff000000 == 0xfd000000 accept"))
-	}
 }
 
 // Reload re-reads the config and applies the changes in one transaction.
@@ -310,6 +298,10 @@ func (d *Daemon) Run(ctx context.Context, sigs <-chan os.Signal) error {
 	case <-time.After(10 * time.Second):
 		d.log.Warn("conntrack watcher not ready after 10s; forwarding works, connection counts may lag")
 	}
+	select {
+	case <-d.guard.ready: // other firewalls' drops are logged before ready
+	case <-time.After(10 * time.Second):
+	}
 	d.opts.Notify("READY=1")
 	d.log.Info("ready", zap.Int("pid", os.Getpid()))
 	for {
@@ -325,6 +317,8 @@ func (d *Daemon) Run(ctx context.Context, sigs <-chan os.Signal) error {
 			case syscall.SIGTERM, syscall.SIGINT:
 				return d.stop(sigs)
 			}
+		case r := <-d.healRequests():
+			d.heal(r)
 		}
 	}
 }
@@ -341,6 +335,7 @@ func (d *Daemon) startTasks(ctx context.Context, g *errgroup.Group) {
 	g.Go(func() error { return d.tasks.watcher.Run(ctx) })
 	g.Go(func() error { return d.tasks.pressure.Run(ctx) })
 	g.Go(func() error { return d.tasks.conns.run(ctx) })
+	d.startGuard(ctx, g)
 	if addr := d.cfg.Daemon.Metrics; addr != "" {
 		g.Go(func() error {
 			// A metrics endpoint that cannot listen is logged, not fatal:

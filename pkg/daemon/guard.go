@@ -123,8 +123,14 @@ func touchesOtherFilters(c nft.Commit, table string) bool {
 	return false
 }
 
+// objectOrder puts the changes that explain the rest first: a deleted
+// table takes its chains, sets and rules with it.
+var objectOrder = map[string]int{"table": 0, "chain": 1, "set": 2, "object": 3, "rule": 4, "element": 5}
+
 func describe(changes []nft.Change) []string {
 	const most = 10
+	changes = slices.Clone(changes)
+	slices.SortStableFunc(changes, func(a, b nft.Change) int { return objectOrder[a.Object] - objectOrder[b.Object] })
 	out := make([]string, 0, min(len(changes), most+1))
 	for i, c := range changes {
 		if i == most {
@@ -191,7 +197,7 @@ func (g *guard) run(ctx context.Context) error {
 					zap.String("table", "inet "+g.opts.Table), zap.Strings("changes", describe(changes)),
 					zap.Int("numChanges", len(changes)), zap.Uint32("writerPid", c.PID), zap.String("writer", c.Comm),
 					zap.Uint32("generation", c.Gen))
-				g.request(healRequest{tampered: true, reason: fmt.Sprintf("%s by %s (pid %d)", changes[0], c.Comm, c.PID)})
+				g.request(healRequest{tampered: true, reason: fmt.Sprintf("%s by %s (pid %d)", describe(changes)[0], c.Comm, c.PID)})
 			}
 			if touchesOtherFilters(c, g.opts.Table) && settle == nil {
 				settle = time.After(blockerSettle)
