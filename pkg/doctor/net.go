@@ -52,15 +52,6 @@ func (n *netInfo) byIndex(i uint32) *link {
 	return nil
 }
 
-func (n *netInfo) byName(name string) *link {
-	for _, l := range n.links {
-		if l.name == name {
-			return l
-		}
-	}
-	return nil
-}
-
 // netInfo reads the interfaces once, over rtnetlink (what `ip -s link` and
 // `ip addr` show).
 func (e *Env) netInfo() (*netInfo, error) {
