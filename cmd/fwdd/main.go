@@ -34,6 +34,8 @@ commands:
   print    print, in nft syntax, the table fwdd would program
   reload   check the config, signal the daemon, wait until the new rules are in
   status   show the table, forwarding, conntrack and per-forward counters
+  diff     what a reload with the file would change: forwards field by field
+           (exit 0: none, 1: changes, 2: error)
   doctor   check the gateway for what breaks forwarding; each problem with its fix
            (--probe: connect to each backend; --json)
   version  print fwdd's version
@@ -93,6 +95,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "status":
 		return status(cfgPath, *jsonOut, stdout, stderr)
+	case "diff":
+		return runDiff(cfgPath, *stateDir, stdout, stderr)
 	case "doctor":
 		return runDoctor(cfgPath, *stateDir, *probe, *jsonOut, stdout, stderr)
 	case "version":

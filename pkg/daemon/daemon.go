@@ -136,7 +136,7 @@ func (d *Daemon) record(err error) {
 
 // Start loads the config and programs the kernel. An error here is fatal.
 func (d *Daemon) Start() error {
-	cfg, err := d.parser.Load(d.opts.ConfigPath)
+	cfg, data, err := d.load()
 	if err != nil {
 		d.record(err)
 		return err
@@ -173,6 +173,9 @@ func (d *Daemon) Start() error {
 		return fmt.Errorf("apply table: %w", err)
 	}
 	d.inForce(cfg, ids, m, st, false)
+	if err := d.recordApplied(data); err != nil {
+		d.log.Warn("fwdd diff will not know the config in force", zap.Error(err))
+	}
 	d.record(nil)
 	// Building the first batch is the daemon's peak: give that memory back.
 	debug.FreeOSMemory()
@@ -198,7 +201,7 @@ func (d *Daemon) Reload() error {
 }
 
 func (d *Daemon) reload(start time.Time) error {
-	cfg, err := d.parser.Load(d.opts.ConfigPath)
+	cfg, data, err := d.load()
 	if err != nil {
 		return err
 	}
@@ -230,6 +233,9 @@ func (d *Daemon) reload(start time.Time) error {
 		d.log.Warn("changes to [daemon] metrics and [conntrack] take effect at the next restart")
 	}
 	d.inForce(cfg, ids, m, st, true)
+	if err := d.recordApplied(data); err != nil {
+		d.log.Warn("fwdd diff will not know the config in force", zap.Error(err))
+	}
 	d.log.Info("reloaded",
 		zap.Int("numForwards", len(cfg.Forwards)),
 		zap.Strings("added", added), zap.Strings("removed", removed), zap.Strings("changed", changed),

@@ -1,0 +1,50 @@
+package main
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/fwdd/fwdd/pkg/config"
+	fwdaemon "github.com/fwdd/fwdd/pkg/daemon"
+)
+
+// runDiff prints what a reload with the file would change, like diff(1):
+// exit 0 when nothing, 1 when something would change, 2 on error.
+func runDiff(cfgPath, stateDir string, stdout, stderr io.Writer) int {
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 2
+	}
+	running, err := fwdaemon.ReadApplied(stateDir)
+	if err != nil {
+		fmt.Fprintf(stderr, "fwdd diff: is fwdd running? %v\n", err)
+		return 2
+	}
+	forwards, settings := config.Diff(running, cfg)
+	fmt.Fprintf(stdout, "--- in force (%s)\n+++ %s\n", fwdaemon.AppliedPath(stateDir), cfgPath)
+	for _, s := range settings {
+		fmt.Fprintf(stdout, "~ %s: %s -> %s\n", s.Field, s.Old, s.New)
+	}
+	for _, f := range forwards {
+		switch f.Kind {
+		case "added":
+			fmt.Fprintf(stdout, "+ forward %s\n", f.Name)
+			for _, kv := range config.ForwardFields(cfg.ForwardByName(f.Name)) {
+				fmt.Fprintf(stdout, "    %s = %s\n", kv[0], kv[1])
+			}
+		case "removed":
+			fmt.Fprintf(stdout, "- forward %s\n", f.Name)
+		case "changed":
+			fmt.Fprintf(stdout, "~ forward %s\n", f.Name)
+			for _, c := range f.Fields {
+				fmt.Fprintf(stdout, "    %s: %s -> %s\n", c.Field, c.Old, c.New)
+			}
+		}
+	}
+	if len(forwards)+len(settings) == 0 {
+		fmt.Fprintln(stdout, "no difference")
+		return 0
+	}
+	return 1
+}
