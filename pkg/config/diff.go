@@ -146,5 +146,3 @@ func snake(name string) string {
 	}
 	return b.String()
 }
-
-
