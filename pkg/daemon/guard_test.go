@@ -135,3 +135,27 @@ func TestGuardRequestCoalesces(t *testing.T) {
 	default:
 	}
 }
+
+// Without events (the subscription failed) the periodic check still runs.
+func TestGuardPollsWithoutEvents(t *testing.T) {
+	core, logs := observer.New(zap.InfoLevel)
+	g := newGuard(guardOptions{
+		Log: zap.New(core), Table: "fwdd", Interval: 20 * time.Millisecond,
+		Watch:    func() (eventSource, error) { return nil, errors.New("no netlink") },
+		Blockers: func() ([]nft.Blocker, error) { return nil, nil },
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = g.run(ctx) }()
+	select {
+	case r := <-g.requests:
+		if r.tampered || r.reason != "periodic check" {
+			t.Errorf("request %+v", r)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no periodic check")
+	}
+	if logs.FilterMessage("cannot watch nftables events; the table is checked every interval only").Len() != 1 {
+		t.Errorf("logs: %v", logs.All())
+	}
+}
