@@ -146,6 +146,11 @@ func (d *Daemon) Start() error {
 			return err
 		}
 	}
+	// A table of that name that fwdd did not create is left alone.
+	if err := d.opts.Kernel.CheckOwner(cfg.Daemon.Table); err != nil {
+		d.record(err)
+		return err
+	}
 	if err := d.applySysctls(cfg); err != nil {
 		d.record(err)
 		return err
@@ -216,6 +221,9 @@ func (d *Daemon) reload(start time.Time) error {
 	if err != nil {
 		return fmt.Errorf("compile table: %w", err)
 	}
+	if err := d.opts.Kernel.CheckOwner(cfg.Daemon.Table); err != nil {
+		return err
+	}
 	if err := d.applySysctls(cfg); err != nil {
 		return err
 	}
@@ -278,6 +286,10 @@ func (d *Daemon) Stop() error {
 	}
 	if d.cfg.Daemon.OnStop == config.OnStopKeep {
 		d.log.Info("stopping; rules stay in the kernel (on_stop = \"keep\")", zap.String("table", "inet "+d.cfg.Daemon.Table))
+		return nil
+	}
+	if err := d.opts.Kernel.CheckOwner(d.cfg.Daemon.Table); err != nil {
+		d.log.Warn("stopped; table not removed", zap.Error(err))
 		return nil
 	}
 	if err := d.opts.Kernel.Delete(d.cfg.Daemon.Table); err != nil {

@@ -62,6 +62,10 @@ func (d *Daemon) heal(r healRequest) {
 		d.log.Warn("table differs from what fwdd applied; re-applying it",
 			zap.String("table", "inet "+m.Table), zap.String("check", r.reason), zap.Error(err))
 	}
+	if err := d.opts.Kernel.CheckOwner(m.Table); err != nil {
+		d.log.Error("not re-applying the table", zap.Error(err))
+		return
+	}
 	start := time.Now()
 	d.applier.Forget()
 	st, err := d.applier.Apply(m)

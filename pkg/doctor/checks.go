@@ -125,30 +125,19 @@ func checkDaemon(e *Env) []Result {
 	return []Result{ok("", "fwdd runs (pid %d), %d forwards applied at %s", st.PID, st.Forwards, st.Time.Format("2006-01-02 15:04:05"))}
 }
 
-// fwddChains are chains every table fwdd writes has.
-var fwddChains = []string{"prerouting", "dispatch", "postrouting"}
-
 func checkTable(e *Env) []Result {
 	table := e.Cfg.Daemon.Table
 	name := "inet " + table
-	tables, err := e.Kernel.Tables()
+	o, err := e.Kernel.Ownership(table)
 	if err != nil {
 		return []Result{fail(name, "run fwdd doctor as root", "cannot read nftables: %v", err)}
 	}
-	var t *nft.TableInfo
-	for i := range tables {
-		if tables[i].Family == "inet" && tables[i].Name == table {
-			t = &tables[i]
-		}
-	}
-	if t == nil {
+	if !o.Exists {
 		return []Result{fail(name, "systemctl restart fwdd", "table %s is not in the kernel: no forward works", name)}
 	}
-	for _, c := range fwddChains {
-		if !slices.Contains(t.Chains, c) {
-			return []Result{fail(name, fmt.Sprintf("choose another [daemon] table in %s (the table of that name belongs to another program)", e.Cfg.Path),
-				"table %s was not written by fwdd (chains: %s)", name, strings.Join(t.Chains, ", "))}
-		}
+	if !o.Owned {
+		return []Result{fail(name, fmt.Sprintf("choose another [daemon] table in %s (the table of that name belongs to another program)", e.Cfg.Path),
+			"table %s was not created by fwdd (chains: %s)", name, strings.Join(o.Chains, ", "))}
 	}
 	ids, err := e.Kernel.ReadIDs(table)
 	if err != nil {

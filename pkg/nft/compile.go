@@ -247,7 +247,8 @@ func Compile(cfg *config.Config, ids map[string]uint32, prev *Model) (*Model, er
 	m.Chains = append(m.Chains,
 		&Chain{Name: "prerouting", Hook: &Hook{Type: "nat", Hook: "prerouting", Priority: -100},
 			Comment: "DNAT of connections arriving from the network",
-			Rules:   []Rule{{Stmts: []Stmt{verdict{kind: expr.VerdictJump, chain: chainDispatch}}}}},
+			// The comment marks the table as fwdd's (see Ownership).
+			Rules: []Rule{{Comment: OwnerMark, Stmts: []Stmt{verdict{kind: expr.VerdictJump, chain: chainDispatch}}}}},
 		&Chain{Name: "output", Hook: &Hook{Type: "nat", Hook: "output", Priority: -100},
 			Comment: "DNAT of the host's own connections to its forwarded addresses",
 			Rules: []Rule{
