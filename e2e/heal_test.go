@@ -209,6 +209,9 @@ func TestKernelBlockerAppears(t *testing.T) {
 	if err == nil || !strings.Contains(out, "BLOCKED by table ip filter chain FORWARD: policy drop") || !strings.Contains(out, allow) {
 		t.Fatalf("status with a blocker: %v\n%s", err, out)
 	}
+	if out, err := d.reload(healConfig); err != nil || !strings.Contains(out, "warning: table ip filter chain FORWARD: policy drop drops fwdd's connections; allow them: "+allow) {
+		t.Errorf("reload with a blocker: %v\n%s", err, out)
+	}
 	args := append([]string{"iptables-nft"}, strings.Fields(strings.TrimPrefix(allow, "iptables "))...)
 	if out, err := topo.Gateway.Run(ctxT(t), args...); err != nil {
 		t.Fatalf("%v: %v\n%s", args, err, out)

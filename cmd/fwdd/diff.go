@@ -6,6 +6,8 @@ import (
 
 	"github.com/fwdd/fwdd/pkg/config"
 	fwdaemon "github.com/fwdd/fwdd/pkg/daemon"
+	ctmark "github.com/fwdd/fwdd/pkg/fwmark"
+	"github.com/fwdd/fwdd/pkg/nft"
 )
 
 // runDiff prints what a reload with the file would change, like diff(1):
@@ -47,4 +49,21 @@ func runDiff(cfgPath, stateDir string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	return 1
+}
+
+// warnBlockers tells, after a successful reload, which other tables' forward
+// chains still drop fwdd's connections: the reload worked, forwarding may not.
+func warnBlockers(cfgPath string, w io.Writer) {
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		return
+	}
+	k := &nft.Kernel{}
+	bs, err := k.ForeignBlockers(cfg.Daemon.Table, ctmark.Tag, ctmark.Mask)
+	if err != nil {
+		return
+	}
+	for _, b := range bs {
+		fmt.Fprintf(w, "warning: %s drops fwdd's connections; allow them: %s\n", b, b.Allow)
+	}
 }

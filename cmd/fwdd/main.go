@@ -184,6 +184,7 @@ func reload(cfgPath, stateDir string, timeout time.Duration, stdout io.Writer) e
 				return fmt.Errorf("reload failed, the running rules are unchanged: %s", st.Error)
 			}
 			fmt.Fprintf(stdout, "reloaded: %d forwards\n", st.Forwards)
+			warnBlockers(cfgPath, stdout)
 			return nil
 		}
 		time.Sleep(2 * time.Millisecond)
