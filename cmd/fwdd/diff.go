@@ -5,8 +5,8 @@ import (
 	"io"
 
 	"github.com/fwdd/fwdd/pkg/config"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 	fwdaemon "github.com/fwdd/fwdd/pkg/daemon"
-	ctmark "github.com/fwdd/fwdd/pkg/fwmark"
 	"github.com/fwdd/fwdd/pkg/nft"
 )
 
@@ -58,7 +58,7 @@ func warnBlockers(cfgPath string, w io.Writer) {
 	if err != nil {
 		return
 	}
-	k := &nft.Kernel{}
+	k := &nft.Netlink{}
 	bs, err := k.ForeignBlockers(cfg.Daemon.Table, ctmark.Tag, ctmark.Mask)
 	if err != nil {
 		return

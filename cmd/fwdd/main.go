@@ -74,6 +74,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, err)
 			return 1
 		}
+		for _, w := range cfg.Warnings {
+			fmt.Fprintf(stderr, "warning: %s\n", w.Error())
+		}
 		fmt.Fprintf(stdout, "%s: ok, %d forwards\n", cfgPath, len(cfg.Forwards))
 		return 0
 	case "print":
@@ -117,7 +120,7 @@ func compileFile(path string) (*nft.Model, error) {
 	if err != nil {
 		return nil, err
 	}
-	k := &nft.Kernel{}
+	k := &nft.Netlink{}
 	prev, err := k.ReadIDs(cfg.Daemon.Table)
 	if err != nil {
 		prev = nil // not root or no nftables: print with fresh ids
@@ -126,7 +129,7 @@ func compileFile(path string) (*nft.Model, error) {
 	if err != nil {
 		return nil, err
 	}
-	return nft.Compile(cfg, ids, nil)
+	return nft.Compile(cfg, ids)
 }
 
 func runDaemon(cfgPath, stateDir string, stdout io.Writer) int {

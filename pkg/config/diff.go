@@ -146,3 +146,35 @@ func snake(name string) string {
 	}
 	return b.String()
 }
+
+// TOML renders the configuration as a file that parses back to it (every
+// key spelled out), e.g. to keep a record of the configuration in force
+// that a later process can compare with.
+func (c *Config) TOML() []byte {
+	var b strings.Builder
+	for _, sec := range []struct {
+		name string
+		v    any
+	}{{"daemon", c.Daemon}, {"sysctl", c.Sysctl}, {"conntrack", c.Conntrack}} {
+		fmt.Fprintf(&b, "[%s]\n", sec.name)
+		v := reflect.ValueOf(sec.v)
+		for i := 0; i < v.NumField(); i++ {
+			f := v.Field(i)
+			val := fmt.Sprint(f.Interface())
+			if f.Kind() == reflect.String {
+				val = fmt.Sprintf("%q", f.String())
+			}
+			fmt.Fprintf(&b, "%s = %s\n", snake(v.Type().Field(i).Name), val)
+		}
+		b.WriteString("\n")
+	}
+	for i := range c.Forwards {
+		f := &c.Forwards[i]
+		fmt.Fprintf(&b, "[[forward]]\nname = %q\n", f.Name)
+		for _, kv := range ForwardFields(f) {
+			fmt.Fprintf(&b, "%s = %s\n", kv[0], kv[1])
+		}
+		b.WriteString("\n")
+	}
+	return []byte(b.String())
+}

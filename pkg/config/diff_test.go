@@ -88,3 +88,42 @@ func TestSnake(t *testing.T) {
 		}
 	}
 }
+
+func TestTOMLRoundTrip(t *testing.T) {
+	c, err := Parse("c.toml", []byte(`
+[daemon]
+table = "gw"
+on_stop = "keep"
+forward_policy = "drop"
+[sysctl]
+rp_filter = "loose"
+conntrack_buckets = 65536
+[conntrack]
+warn_percent = 70
+[[forward]]
+name = "web"
+proto = ["tcp", "udp"]
+port = "8000-8009"
+address = "192.0.2.1"
+to = "10.0.0.2:9000-9009"
+interface = "eth1"
+sources = ["198.51.100.0/24"]
+snat = "10.0.0.1"
+log = true
+[[forward]]
+name = "v6"
+port = 443
+to = "fd00::2"
+snat = "none"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := Parse("back.toml", c.TOML())
+	if err != nil {
+		t.Fatalf("%v\n%s", err, c.TOML())
+	}
+	if fw, settings := Diff(c, back); len(fw)+len(settings) != 0 {
+		t.Errorf("round trip differs: %v %v\n%s", fw, settings, c.TOML())
+	}
+}

@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -37,9 +38,9 @@ func (p *Problem) Error() string {
 
 func (p *Problem) Unwrap() error { return p.Err }
 
-// Errors is every problem found in a configuration file, in line order.
-// Parse returns a *Errors whenever the file is invalid; each element is a
-// *Problem.
+// Errors is every problem found in a configuration, in file and line order.
+// Parse and Load return a *Errors whenever the configuration is invalid; each
+// element is a *Problem.
 type Errors []error
 
 // Error returns one problem per line.
@@ -54,15 +55,22 @@ func (e *Errors) Error() string {
 // Unwrap lets errors.Is and errors.As look at each problem.
 func (e *Errors) Unwrap() []error { return *e }
 
-// problems collects Problems for one file.
+// problems collects the Problems of one configuration: its file and the
+// files of its config directory, in that order.
 type problems struct {
-	path string
-	list []*Problem
+	path  string         // the file add reports in
+	order map[string]int // files in the order problems are listed
+	list  []*Problem
 }
 
 func (ps *problems) add(line int, where, field, format string, args ...any) {
+	ps.addIn(ps.path, line, where, field, format, args...)
+}
+
+// addIn reports a problem in another file than ps.path.
+func (ps *problems) addIn(path string, line int, where, field, format string, args ...any) {
 	ps.list = append(ps.list, &Problem{
-		Path:  ps.path,
+		Path:  path,
 		Line:  line,
 		Where: where,
 		Field: field,
@@ -70,20 +78,41 @@ func (ps *problems) add(line int, where, field, format string, args ...any) {
 	})
 }
 
-// err returns nil when nothing was found, else a *Errors sorted by line.
+// err returns nil when nothing was found, else a *Errors sorted by file and
+// line.
 func (ps *problems) err() error {
 	if len(ps.list) == 0 {
 		return nil
 	}
 	sort.SliceStable(ps.list, func(i, j int) bool {
-		if ps.list[i].Line != ps.list[j].Line {
-			return ps.list[i].Line < ps.list[j].Line
+		a, b := ps.list[i], ps.list[j]
+		if fa, fb := ps.order[a.Path], ps.order[b.Path]; fa != fb {
+			return fa < fb
 		}
-		return ps.list[i].Error() < ps.list[j].Error()
+		if a.Line != b.Line {
+			return a.Line < b.Line
+		}
+		return a.Error() < b.Error()
 	})
 	errs := make(Errors, len(ps.list))
 	for i, p := range ps.list {
 		errs[i] = p
 	}
 	return &errs
+}
+
+// maxQuoted is how much of a value a message quotes.
+const maxQuoted = 64
+
+// quote is strconv.Quote for values from the file, shortened when long: a
+// 20 MB name must not make 40 MB of messages.
+func quote(s string) string {
+	if len(s) <= maxQuoted {
+		return strconv.Quote(s)
+	}
+	cut := maxQuoted
+	for cut > 0 && s[cut]&0xc0 == 0x80 { // not inside a UTF-8 sequence
+		cut--
+	}
+	return fmt.Sprintf("%s... (%d bytes)", strconv.Quote(s[:cut]), len(s))
 }

@@ -14,12 +14,12 @@ const (
 )
 
 // parseForward validates one [[forward]]; problems go to ps.
-func parseForward(ps *problems, i int, raw *rawForward, lines *keyLines) Forward {
+func parseForward(ps *problems, i int, t map[string]any, lines *keyLines) Forward {
 	f := Forward{Line: lines.header}
 	// where is only spelled out for a problem: most forwards have none.
 	fs := &fields{ps: ps, forward: i + 1, lines: lines}
 
-	switch name, ok := fs.str("name", raw.Name, ""); {
+	switch name, ok := fs.str("name", t["name"], ""); {
 	case !ok:
 	case name == "":
 		fs.errorf("name", "required; must be 1-32 of a-z, 0-9, '_' or '-', starting with a letter or digit")
@@ -28,14 +28,14 @@ func parseForward(ps *problems, i int, raw *rawForward, lines *keyLines) Forward
 		if forwardNameRE.MatchString(name) {
 			f.Name = name
 		} else {
-			fs.errorf("name", "%q is not a valid name; must be 1-32 of a-z, 0-9, '_' or '-', starting with a letter or digit", name)
+			fs.errorf("name", "%s is not a valid name; must be 1-32 of a-z, 0-9, '_' or '-', starting with a letter or digit", quote(name))
 		}
 	}
 
-	f.Protos = parseProtos(fs, raw.Proto)
-	f.Port = parsePortValue(fs, raw.Port)
+	f.Protos = parseProtos(fs, t["proto"])
+	f.Port = parsePortValue(fs, t["port"])
 
-	switch s, ok := fs.str("to", raw.To, ""); {
+	switch s, ok := fs.str("to", t["to"], ""); {
 	case !ok:
 	case s == "":
 		fs.errorf("to", "required; %s", toHint)
@@ -54,7 +54,7 @@ func parseForward(ps *problems, i int, raw *rawForward, lines *keyLines) Forward
 		}
 	}
 
-	if s, ok := fs.str("address", raw.Address, ""); ok && s != "" {
+	if s, ok := fs.str("address", t["address"], ""); ok && s != "" {
 		if a, ok := parseAddrField(fs, "address", s); ok {
 			switch {
 			case a.IsUnspecified():
@@ -67,17 +67,17 @@ func parseForward(ps *problems, i int, raw *rawForward, lines *keyLines) Forward
 		}
 	}
 
-	if s, ok := fs.str("interface", raw.Interface, ""); ok && s != "" {
+	if s, ok := fs.str("interface", t["interface"], ""); ok && s != "" {
 		if why := checkInterfaceName(s); why != "" {
-			fs.errorf("interface", "%q is not a valid interface name: %s", s, why)
+			fs.errorf("interface", "%s is not a valid interface name: %s; %s", quote(s), why, ifaceHint)
 		} else {
 			f.Interface = s
 		}
 	}
 
-	f.Sources = parseSources(fs, raw.Sources, f.To)
-	f.SNAT = parseSNAT(fs, raw.SNAT, f.To)
-	f.Log = fs.boolean("log", raw.Log, false)
+	f.Sources = parseSources(fs, t["sources"], f.To)
+	f.SNAT = parseSNAT(fs, t["snat"], f.To)
+	f.Log = fs.boolean("log", t["log"], false)
 	return f
 }
 
@@ -96,7 +96,7 @@ func parseProto(fs *fields, v any) (Proto, bool) {
 		return UDP, true
 	}
 	if s, ok := v.(string); ok {
-		fs.errorf("proto", "%q is not allowed; must be \"tcp\" or \"udp\"", s)
+		fs.errorf("proto", "%s is not allowed; must be \"tcp\" or \"udp\"", quote(s))
 	} else {
 		fs.errorf("proto", "array elements must be \"tcp\" or \"udp\", not %s", tomlType(v))
 	}
@@ -168,13 +168,13 @@ func parsePortRange(s string) (r PortRange, msg string) {
 	hi, okHi := parsePortNumber(hiStr)
 	switch {
 	case !okLo || !okHi:
-		return PortRange{}, fmt.Sprintf("%q is not a port or port range", s)
+		return PortRange{}, fmt.Sprintf("%s is not a port or port range", quote(s))
 	case lo < 1 || lo > 65535:
-		return PortRange{}, fmt.Sprintf("%s is out of range", loStr)
+		return PortRange{}, fmt.Sprintf("%s is out of range", strings.Trim(quote(loStr), `"`))
 	case hi < 1 || hi > 65535:
-		return PortRange{}, fmt.Sprintf("%s is out of range", hiStr)
+		return PortRange{}, fmt.Sprintf("%s is out of range", strings.Trim(quote(hiStr), `"`))
 	case lo > hi:
-		return PortRange{}, fmt.Sprintf("range %q is backwards (%d > %d)", s, lo, hi)
+		return PortRange{}, fmt.Sprintf("range %s is backwards (%d > %d)", quote(s), lo, hi)
 	}
 	return PortRange{uint16(lo), uint16(hi)}, ""
 }
@@ -201,11 +201,11 @@ func parseIP(s string) (netip.Addr, string) {
 	a, err := netip.ParseAddr(s)
 	switch {
 	case err != nil:
-		return netip.Addr{}, fmt.Sprintf("%q is not an IP address", s)
+		return netip.Addr{}, fmt.Sprintf("%s is not an IP address", quote(s))
 	case a.Zone() != "":
-		return netip.Addr{}, fmt.Sprintf("%q has a zone (%%%s); zones are not allowed", s, a.Zone())
+		return netip.Addr{}, fmt.Sprintf("%s has a zone; zones are not allowed", quote(s))
 	case a.Is4In6():
-		return netip.Addr{}, fmt.Sprintf("%q is an IPv4-mapped IPv6 address; write the IPv4 address %s instead", s, a.Unmap())
+		return netip.Addr{}, fmt.Sprintf("%s is an IPv4-mapped IPv6 address; write the IPv4 address %s instead", quote(s), a.Unmap())
 	}
 	return a, ""
 }
@@ -227,7 +227,7 @@ func parseTo(fs *fields, s string) (netip.Addr, PortRange) {
 	case strings.HasPrefix(s, "["):
 		end := strings.IndexByte(s, ']')
 		if end < 0 {
-			fs.errorf("to", "%q has no closing ']'; %s", s, toHint)
+			fs.errorf("to", "%s has no closing ']'; %s", quote(s), toHint)
 			return netip.Addr{}, PortRange{}
 		}
 		host = s[1:end]
@@ -236,15 +236,21 @@ func parseTo(fs *fields, s string) (netip.Addr, PortRange) {
 		case rest[0] == ':':
 			port, hasPort = rest[1:], true
 		default:
-			fs.errorf("to", "%q: unexpected %q after ']'; %s", s, rest, toHint)
+			fs.errorf("to", "%s: unexpected %s after ']'; %s", quote(s), quote(rest), toHint)
 			return netip.Addr{}, PortRange{}
 		}
 		if a, err := netip.ParseAddr(host); err == nil && !a.Is6() {
-			fs.errorf("to", "%q: brackets are only for IPv6 addresses; write %s", s, strings.Replace(s[1:], "]", "", 1))
+			fs.errorf("to", "%s: brackets are only for IPv6 addresses; write %s", quote(s), strings.Replace(s[1:], "]", "", 1))
 			return netip.Addr{}, PortRange{}
 		}
 	default:
-		if _, err := netip.ParseAddr(s); err == nil {
+		if a, err := netip.ParseAddr(s); err == nil {
+			if i := strings.LastIndexByte(s, ':'); a.Is6() && looksLikePort(s[i+1:]) {
+				if b, err := netip.ParseAddr(s[:i]); err == nil && b.Is6() && !strings.HasSuffix(s[:i], ":") {
+					fs.errorf("to", "%s is ambiguous: its last group looks like a port; write \"[%s]:%s\" for port %s, or \"[%s]\" to keep the original port", quote(s), s[:i], s[i+1:], s[i+1:], s)
+					return netip.Addr{}, PortRange{}
+				}
+			}
 			break
 		}
 		i := strings.LastIndexByte(s, ':')
@@ -262,15 +268,12 @@ func parseTo(fs *fields, s string) (netip.Addr, PortRange) {
 		fs.errorf("to", "%s", msg)
 		return netip.Addr{}, PortRange{}
 	}
-	switch {
-	case a.IsUnspecified():
-		fs.errorf("to", "%s is the unspecified address; the backend must be a unicast address", a)
+	if why := unusable(a); why != "" {
+		fs.errorf("to", "%s; the backend must be a unicast address of another host", why)
 		return netip.Addr{}, PortRange{}
-	case a.IsMulticast():
-		fs.errorf("to", "%s is a multicast address; the backend must be a unicast address", a)
-		return netip.Addr{}, PortRange{}
-	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
-		fs.errorf("to", "%s is the broadcast address; the backend must be a unicast address", a)
+	}
+	if a.IsLoopback() {
+		fs.errorf("to", "%s is a loopback address: packets from other hosts DNATed to it are dropped unless route_localnet=1, which opens every service bound to loopback to the network (CVE-2020-8558); for a service on this host, let it listen on the address clients connect to, or forward to another address of this host", a)
 		return netip.Addr{}, PortRange{}
 	}
 	var r PortRange
@@ -284,7 +287,33 @@ func parseTo(fs *fields, s string) (netip.Addr, PortRange) {
 	return a, r
 }
 
-// checkInterfaceName applies the kernel's rules (dev_valid_name).
+// unusable says why an address cannot be a backend or a source, or "".
+func unusable(a netip.Addr) string {
+	switch {
+	case a.IsUnspecified():
+		return a.String() + " is the unspecified address"
+	case a.IsMulticast():
+		return a.String() + " is a multicast address"
+	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return a.String() + " is the broadcast address"
+	case a.Is6() && a.IsLinkLocalUnicast():
+		return a.String() + " is an IPv6 link-local address, usable only with an interface, which fwdd has no way to give"
+	}
+	return ""
+}
+
+// looksLikePort reports whether an IPv6 group is also a port: decimal digits.
+func looksLikePort(g string) bool {
+	n, ok := parsePortNumber(g)
+	return ok && n >= 1 && n <= 65535
+}
+
+const ifaceHint = "an interface name is 1-15 letters, digits, '.', '-' or '_'"
+
+// checkInterfaceName allows the names that the kernel takes
+// (dev_valid_name) and that nft prints and reads back unchanged: nft strings
+// have no escapes, and a trailing '*' is a wildcard to nft but a literal
+// character over netlink, so wildcards are not supported.
 func checkInterfaceName(s string) string {
 	switch {
 	case len(s) > 15:
@@ -294,10 +323,13 @@ func checkInterfaceName(s string) string {
 	}
 	for i := 0; i < len(s); i++ {
 		switch c := s[i]; {
-		case c == '/' || c == ':':
-			return fmt.Sprintf("%q is not allowed", c)
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '.', c == '-', c == '_':
+		case c == '*':
+			return "wildcards ('*') are not supported"
 		case c <= ' ' || c == 0x7f:
 			return "whitespace and control characters are not allowed"
+		default:
+			return fmt.Sprintf("%q is not allowed", c)
 		}
 	}
 	return ""
@@ -365,11 +397,13 @@ func parseSource(s string) (netip.Prefix, string) {
 	p, err := netip.ParsePrefix(s)
 	switch {
 	case err != nil:
-		return netip.Prefix{}, fmt.Sprintf("%q is not a CIDR; must be a CIDR (10.0.0.0/8) or an IP", s)
+		return netip.Prefix{}, fmt.Sprintf("%s is not a CIDR; must be a CIDR (10.0.0.0/8) or an IP", quote(s))
 	case p.Addr().Is4In6():
-		return netip.Prefix{}, fmt.Sprintf("%q is an IPv4-mapped IPv6 prefix; write it as IPv4", s)
+		return netip.Prefix{}, fmt.Sprintf("%s is an IPv4-mapped IPv6 prefix; write it as IPv4", quote(s))
+	case p.Masked() != p:
+		return netip.Prefix{}, fmt.Sprintf("%s has host bits set; write %s (an allow-list must never be wider than written)", s, p.Masked())
 	}
-	return p.Masked(), ""
+	return p, ""
 }
 
 func comparePrefix(a, b netip.Prefix) int {
@@ -394,8 +428,12 @@ func parseSNAT(fs *fields, v any, to netip.Addr) SNAT {
 	switch {
 	case msg != "":
 		fs.errorf("snat", "%s; must be \"masquerade\", \"none\" or an IP address", msg)
-	case a.IsUnspecified() || a.IsMulticast() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
-		fs.errorf("snat", "%s cannot be a source address; must be \"masquerade\", \"none\" or a unicast IP address", a)
+	case unusable(a) != "" || a.IsLoopback():
+		why := unusable(a)
+		if why == "" {
+			why = a.String() + " is a loopback address"
+		}
+		fs.errorf("snat", "%s cannot be a source address: %s; must be \"masquerade\", \"none\" or a unicast IP address of this host", a, why)
 	case to.IsValid() && a.Is4() != to.Is4():
 		fs.errorf("snat", "%s is %s but to (%s) is %s; they must be the same family", a, family(a), to, family(to))
 	default:

@@ -173,11 +173,14 @@ func (o *overlapChecker) report(x, y int) {
 	o.reported[[2]int{first, later}] = true
 	f, g := &o.fwds[first], &o.fwds[later]
 	other := fmt.Sprintf("forward #%d", first+1)
-	if f.Line > 0 {
+	switch {
+	case f.Line > 0 && f.File != g.File:
+		other = fmt.Sprintf("%s:%d", messageName(f.File), f.Line)
+	case f.Line > 0:
 		other = fmt.Sprintf("line %d", f.Line)
 	}
-	o.ps.add(g.Line, fmt.Sprintf("forward %q", g.Name), "", "overlaps forward %q (%s): both match %s",
-		f.Name, other, describeOverlap(f, g))
+	o.ps.addIn(messageName(g.File), g.Line, "forward "+quote(g.Name), "", "overlaps forward %s (%s): both match %s",
+		quote(f.Name), other, describeOverlap(f, g))
 }
 
 // describeOverlap says which packets two overlapping forwards both match,

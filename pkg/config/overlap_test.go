@@ -170,26 +170,6 @@ func generateConfig(n int) []byte {
 	return []byte(b.String())
 }
 
-// TestParse100k parses a whole 100,000-forward file: about 0.7 s on 2 cores
-// (decoding it in one toml.Decode call took 1.3-3 s), nearly all of it in
-// the TOML decoder, so it is skipped with -short and -race; TestOverlaps100k
-// covers fwdd's own code at that size.
-func TestParse100k(t *testing.T) {
-	if testing.Short() || raceEnabled {
-		t.Skip("slow; run without -short and -race")
-	}
-	data := generateConfig(100_000)
-	start := time.Now()
-	c, err := Parse("fwdd.toml", data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(c.Forwards) != 100_000 || c.Forwards[99_999].Line == 0 {
-		t.Fatalf("got %d forwards", len(c.Forwards))
-	}
-	t.Logf("parsed %d bytes in %v", len(data), time.Since(start))
-}
-
 func BenchmarkParse10000(b *testing.B) {
 	data := generateConfig(10_000)
 	b.SetBytes(int64(len(data)))
@@ -211,10 +191,28 @@ func BenchmarkValidate10000(b *testing.B) {
 	for i := range valid {
 		valid[i] = true
 	}
+	lines := make([]int, len(c.Forwards))
 	for b.Loop() {
 		ps := &problems{path: "fwdd.toml"}
-		checkNames(ps, c.Forwards, nil)
+		checkNames(ps, c.Forwards, lines)
 		checkOverlaps(ps, c.Forwards, valid)
 		checkBudget(ps, c.Forwards, valid)
 	}
+}
+
+// TestParseLarge parses a 30,000-forward file the way the daemon does, with a
+// Parser; TestOverlaps100k covers fwdd's own checks at 100,000.
+func TestParseLarge(t *testing.T) {
+	const n = 30_000
+	data := generateConfig(n)
+	start := time.Now()
+	var p Parser
+	c, err := p.Parse("fwdd.toml", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Forwards) != n || c.Forwards[n-1].Line != 4+8*(n-1) {
+		t.Fatalf("got %d forwards, the last on line %d", len(c.Forwards), c.Forwards[len(c.Forwards)-1].Line)
+	}
+	t.Logf("parsed %d bytes in %v", len(data), time.Since(start))
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"regexp"
 	"slices"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 )
 
 // MaxElements caps the nftables map elements a configuration may expand to:
@@ -18,52 +20,18 @@ import (
 // else 1).
 const MaxElements = 2_000_000
 
-// Raw structs mirror the file. Sections are pointers (nil = absent); leaf
-// values are `any` (nil = unset) rather than typed pointers because a typed
-// field makes the decoder stop at the first value of the wrong type, and for
-// a [[forward]] key it would even blame the line of the last forward. Decoding
-// into `any` lets every wrong type become its own Problem on the right line.
-type rawFile struct {
-	Daemon    *rawDaemon    `toml:"daemon"`
-	Sysctl    *rawSysctl    `toml:"sysctl"`
-	Conntrack *rawConntrack `toml:"conntrack"`
-	Forward   []rawForward  `toml:"forward"`
-}
+// MaxForwards is the most forwards a configuration may hold: each needs its
+// own id in the ct mark (see pkg/ctmark).
+const MaxForwards = int(ctmark.MaxID)
 
-type rawDaemon struct {
-	Table    any `toml:"table"`
-	OnStop   any `toml:"on_stop"`
-	LogLevel any `toml:"log_level"`
-	Metrics  any `toml:"metrics"`
-	// ForwardPolicy is forward_policy.
-	ForwardPolicy any `toml:"forward_policy"`
-}
+// MaxFileSize is the largest file fwdd reads (64 MiB), so that a huge file
+// cannot exhaust memory.
+const MaxFileSize = 64 << 20
 
-type rawSysctl struct {
-	IPForward        any `toml:"ip_forward"`
-	RPFilter         any `toml:"rp_filter"`
-	ConntrackMax     any `toml:"conntrack_max"`
-	ConntrackBuckets any `toml:"conntrack_buckets"`
-}
-
-type rawConntrack struct {
-	WarnPercent     any `toml:"warn_percent"`
-	CriticalPercent any `toml:"critical_percent"`
-}
-
-type rawForward struct {
-	Name      any `toml:"name"`
-	Proto     any `toml:"proto"` // "tcp" or ["tcp", "udp"]
-	Port      any `toml:"port"`  // 80 or "8000-8099"
-	Address   any `toml:"address"`
-	To        any `toml:"to"`
-	Interface any `toml:"interface"`
-	Sources   any `toml:"sources"`
-	SNAT      any `toml:"snat"`
-	Log       any `toml:"log"`
-}
-
-// allowedKeys lists the keys of the file ("") and of each section.
+// allowedKeys lists the keys of the file ("") and of each table, in the
+// order messages list them. The file is decoded into BurntSushi's own maps
+// rather than structs: struct fields match keys case-insensitively (Port,
+// [Daemon], TABLE would be taken), maps keep each key as written.
 var allowedKeys = map[string][]string{
 	"":          {"daemon", "sysctl", "conntrack", "forward"},
 	"daemon":    {"table", "on_stop", "log_level", "metrics", "forward_policy"},
@@ -72,21 +40,35 @@ var allowedKeys = map[string][]string{
 	"forward":   {"name", "proto", "port", "address", "to", "interface", "sources", "snat", "log"},
 }
 
+// Keys returns every key the configuration accepts, as "table.key" (for
+// example "daemon.table", "forward.name").
+func Keys() []string {
+	var keys []string
+	for _, table := range allowedKeys[""] {
+		for _, k := range allowedKeys[table] {
+			keys = append(keys, table+"."+k)
+		}
+	}
+	return keys
+}
+
 var (
 	tableNameRE   = regexp.MustCompile(`^[a-zA-Z][a-zA-Z0-9_-]{0,31}$`)
 	forwardNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,31}$`)
 )
 
-// Parse decodes and validates a configuration file. path is only used in
-// messages. When the file is invalid the error is a *Errors listing every
-// problem found.
-//
-// Parse decodes the [[forward]] blocks in parallel (see Parser); to parse
-// successive versions of a file, keep a Parser, which also reuses the blocks
-// that did not change.
+// Parse decodes and validates one configuration file (without its config
+// directory; see Load). path is only used in messages. When the file is
+// invalid the error is a *Errors listing every problem found.
 func Parse(path string, data []byte) (*Config, error) {
-	p := Parser{noCache: true}
-	return p.parse(path, string(data))
+	return parseFiles([]source{{path: path, text: string(data)}})
+}
+
+// source is one file of a configuration: the main file first, then the
+// files of its config directory.
+type source struct {
+	path string
+	text string
 }
 
 // messageName is the file name used in messages.
@@ -97,160 +79,209 @@ func messageName(path string) string {
 	return path
 }
 
-// parseWhole decodes the whole file in one toml.Decode call. It is the
-// reference the block-wise decoding of Parser must agree with, and what
-// Parser falls back to whenever it cannot tell that the two agree.
-func parseWhole(path, text string) (*Config, error) {
-	name := messageName(path)
-	ps := &problems{path: name}
-
-	var raw rawFile
-	md, err := toml.Decode(text, &raw)
-	if err != nil {
-		var pe toml.ParseError
-		if errors.As(err, &pe) {
-			ps.list = append(ps.list, &Problem{
-				Path: name,
-				Line: pe.Position.Line,
-				Msg:  "invalid TOML: " + pe.Message,
-				Err:  err,
-			})
-		} else {
-			structureProblems(ps, &md, scanPositions(text), err)
-		}
+// parseFiles decodes every file in full, then checks them together.
+func parseFiles(srcs []source) (*Config, error) {
+	ps := newProblems(srcs)
+	if !checkLimits(ps, srcs, MaxFileSize, MaxForwards) {
 		return nil, ps.err()
 	}
-	pos := scanPositions(text)
-	unknownKeys(ps, &md, pos, &raw)
+	files := make([]*fileResult, len(srcs))
+	for i, src := range srcs {
+		files[i] = decodeFile(ps, src, i > 0)
+	}
+	return assemble(ps, srcs[0].path, files)
+}
 
-	c := &Config{Path: path}
-	c.Daemon = parseDaemon(ps, raw.Daemon, pos.section("daemon"))
-	c.Sysctl = parseSysctl(ps, raw.Sysctl, pos.section("sysctl"))
-	c.Conntrack = parseConntrack(ps, raw.Conntrack, pos.section("conntrack"))
+func newProblems(srcs []source) *problems {
+	ps := &problems{order: make(map[string]int, len(srcs))}
+	for i, src := range srcs {
+		ps.order[messageName(src.path)] = i
+	}
+	return ps
+}
+
+// checkLimits refuses, before anything is decoded, a configuration larger
+// than maxBytes in all, or with more [[forward]] headers than maxForwards.
+func checkLimits(ps *problems, srcs []source, maxBytes, maxForwards int) bool {
+	size, headers := 0, 0
+	for _, src := range srcs {
+		size += len(src.text)
+		if size > maxBytes {
+			ps.addIn(messageName(src.path), 0, "", "", "the configuration is larger than %d bytes (%d MiB), the limit", maxBytes, maxBytes>>20)
+			return false
+		}
+		_, blocks := splitBlocks(src.text)
+		headers += len(blocks)
+		if headers > maxForwards {
+			ps.addIn(messageName(src.path), 0, "", "", "more than %d [[forward]] entries; the limit is %d (the forward ids a ct mark can carry)", maxForwards, maxForwards)
+			return false
+		}
+	}
+	return true
+}
+
+// fileResult is one file, decoded and validated on its own.
+type fileResult struct {
+	path      string // as given
+	top       []string
+	daemon    Daemon
+	sysctl    Sysctl
+	conntrack Conntrack
+	warnings  []Problem
+	fwds      []Forward
+	nameLines []int  // line of each forward's name (its header's when unset)
+	valid     []bool // the forward has no problem of its own
+}
+
+// decodeFile decodes one file with BurntSushi/toml, finds where its keys are,
+// and validates each table. A file of the config directory (dropIn) may only
+// hold [[forward]] entries.
+func decodeFile(all *problems, src source, dropIn bool) *fileResult {
+	r := &fileResult{path: src.path}
+	ps := &problems{path: messageName(src.path)}
+	defer func() { all.list = append(all.list, ps.list...) }()
+
+	var doc map[string]any
+	if _, err := toml.Decode(src.text, &doc); err != nil {
+		ps.list = append(ps.list, syntaxProblem(ps.path, src.text, err))
+		return r
+	}
+	pos := scanPositions(src.text)
+	tables := make(map[string]map[string]any)
+	var forwards []map[string]any
+	for key, v := range doc {
+		r.top = append(r.top, key)
+		line := pos.top.keys[key]
+		if s, ok := pos.sections[key]; ok && line == 0 {
+			line = s.header
+		}
+		switch {
+		case !slices.Contains(allowedKeys[""], key):
+			ps.add(line, "", "", "unknown key %s%s; allowed: %s", quote(key), caseHint(key, ""), strings.Join(allowedKeys[""], ", "))
+		case dropIn && key != "forward":
+			ps.add(line, "", "", "%s is not allowed here: a file of the config directory holds only [[forward]] entries; set [%s] in the main file", quote(key), key)
+		case key == "forward":
+			forwards = forwardTables(ps, pos, v)
+		default:
+			t, ok := v.(map[string]any)
+			if !ok {
+				ps.add(line, "", key, "must be a table ([%s]), not %s", key, tomlType(v))
+				continue
+			}
+			tables[key] = t
+			unknownKeys(ps, key, key, t, pos.section(key))
+		}
+	}
+	slices.Sort(r.top)
+	if !dropIn {
+		r.daemon, r.warnings = parseDaemon(ps, tables["daemon"], pos.section("daemon"))
+		r.sysctl = parseSysctl(ps, tables["sysctl"], pos.section("sysctl"))
+		r.conntrack = parseConntrack(ps, tables["conntrack"], pos.section("conntrack"))
+	}
 
 	lines := pos.forwards
-	if len(lines) != len(raw.Forward) {
+	if len(lines) != len(forwards) {
 		// Forwards written as an inline array have no headers to point at.
 		lines = nil
 	}
-	c.Forwards = make([]Forward, 0, len(raw.Forward))
-	valid := make([]bool, 0, len(raw.Forward))
-	for i := range raw.Forward {
+	r.fwds = make([]Forward, len(forwards))
+	r.valid = make([]bool, len(forwards))
+	r.nameLines = make([]int, len(forwards))
+	for i, t := range forwards {
 		kl := &keyLines{}
 		if lines != nil {
 			kl = lines[i]
 		}
+		unknownKeys(ps, "forward", forwardWhere(i, t), t, kl)
 		before := len(ps.list)
-		f := parseForward(ps, i, &raw.Forward[i], kl)
-		c.Forwards = append(c.Forwards, f)
-		valid = append(valid, len(ps.list) == before)
+		r.fwds[i] = parseForward(ps, i, t, kl)
+		r.fwds[i].File = src.path
+		r.valid[i] = len(ps.list) == before
+		r.nameLines[i] = kl.line("name")
 	}
-	var nameLines []int
-	if lines != nil {
-		nameLines = make([]int, len(lines))
-		for i, kl := range lines {
-			nameLines[i] = kl.line("name")
-		}
+	for i := range r.warnings {
+		r.warnings[i].Path = ps.path
 	}
-	checkNames(ps, c.Forwards, nameLines)
-	checkOverlaps(ps, c.Forwards, valid)
-	checkBudget(ps, c.Forwards, valid)
-
-	if err := ps.err(); err != nil {
-		return nil, err
-	}
-	if len(c.Forwards) == 0 {
-		c.Forwards = nil
-	}
-	return c, nil
+	return r
 }
 
-// structureProblems explains a decode error that is not a syntax error: a
-// section of the wrong kind, such as [forward] instead of [[forward]].
-func structureProblems(ps *problems, md *toml.MetaData, pos *positions, err error) {
-	before := len(ps.list)
-	for _, s := range []string{"daemon", "sysctl", "conntrack"} {
-		if t := md.Type(s); t != "" && t != "Hash" {
-			line := pos.top.keys[s]
-			if line == 0 {
-				line = pos.section(s).header
+// forwardTables returns the [[forward]] entries of a file.
+func forwardTables(ps *problems, pos *positions, v any) []map[string]any {
+	switch v := v.(type) {
+	case []map[string]any:
+		return v
+	case []any: // forward = [{...}, ...]
+		ts := make([]map[string]any, 0, len(v))
+		for _, e := range v {
+			t, ok := e.(map[string]any)
+			if !ok {
+				ps.add(pos.top.keys["forward"], "", "forward", "must be an array of tables ([[forward]]), not an array of %s", strings.TrimPrefix(strings.TrimPrefix(tomlType(e), "a "), "an "))
+				return nil
 			}
-			ps.add(line, "", s, "must be a table ([%s]), not %s", s, metaType(t))
+			ts = append(ts, t)
 		}
-	}
-	switch t := md.Type("forward"); t {
-	case "", "ArrayHash", "Array":
-	case "Hash":
-		ps.add(pos.section("forward").header, "", "", "[forward] must be written [[forward]]: each forward is one element of an array of tables")
-	default:
-		ps.add(pos.top.keys["forward"], "", "forward", "must be an array of tables ([[forward]]), not %s", metaType(t))
-	}
-	if len(ps.list) == before {
-		ps.list = append(ps.list, &Problem{Path: ps.path, Msg: strings.TrimPrefix(err.Error(), "toml: "), Err: err})
-	}
-}
-
-// metaType names a toml.MetaData.Type for messages.
-func metaType(t string) string {
-	switch t {
-	case "Hash":
-		return "a table"
-	case "ArrayHash":
-		return "an array of tables"
-	case "Array":
-		return "an array"
-	case "Integer":
-		return "an integer"
-	}
-	return "a " + strings.ToLower(t)
-}
-
-// unknownKeys reports keys the raw structs did not take.
-func unknownKeys(ps *problems, md *toml.MetaData, pos *positions, raw *rawFile) {
-	seen := make(map[string]bool)
-	for _, k := range md.Undecoded() {
-		// Report the topmost unknown part: "forward.x" for forward.x.y. Keys
-		// under a known field (name = {a = 1}) are that field's type problem.
-		var section, key string
-		if _, known := allowedKeys[k[0]]; known && len(k) >= 2 {
-			section, key = k[0], k[1]
+		return ts
+	case map[string]any:
+		if h := pos.section("forward").header; h > 0 {
+			ps.add(h, "", "", "[forward] must be written [[forward]]: each forward is one element of an array of tables")
 		} else {
-			key = k[0]
+			ps.add(pos.top.keys["forward"], "", "forward", "must be an array of tables, not a table: write [[forward]] on a line of its own, then its keys (name = ..., port = ...) on the lines below")
 		}
-		if slices.Contains(allowedKeys[section], key) || seen[section+"."+key] {
-			continue
-		}
-		seen[section+"."+key] = true
-		msg := fmt.Sprintf("unknown key %q; allowed: %s", key, strings.Join(allowedKeys[section], ", "))
-		switch section {
-		case "":
-			line := pos.top.keys[key]
-			if s, ok := pos.sections[key]; ok && line == 0 {
-				line = s.header
-			}
-			ps.add(line, "", "", "%s", msg)
-		case "forward":
-			found := false
-			for i, f := range pos.forwards {
-				if l, ok := f.keys[key]; ok {
-					found = true
-					ps.add(l, forwardWhere(i, raw), "", "%s", msg)
-				}
-			}
-			if !found {
-				ps.add(0, "forward", "", "%s", msg)
-			}
-		default:
-			ps.add(pos.section(section).line(key), section, "", "%s", msg)
+		return nil
+	}
+	ps.add(pos.top.keys["forward"], "", "forward", "must be an array of tables ([[forward]]), not %s", tomlType(v))
+	return nil
+}
+
+// unknownKeys reports the keys of a table that are not allowed.
+func unknownKeys(ps *problems, table, where string, t map[string]any, kl *keyLines) {
+	allowed := allowedKeys[table]
+	for key := range t {
+		if !slices.Contains(allowed, key) {
+			ps.add(kl.line(key), where, "", "unknown key %s%s; allowed: %s", quote(key), caseHint(key, table), strings.Join(allowed, ", "))
 		}
 	}
 }
 
-func forwardWhere(i int, raw *rawFile) string {
-	if i < len(raw.Forward) {
-		if name, ok := raw.Forward[i].Name.(string); ok && name != "" {
-			return fmt.Sprintf("forward %q", name)
+// caseHint says which key was meant when key differs from one only in case.
+func caseHint(key, table string) string {
+	for _, a := range allowedKeys[table] {
+		if strings.EqualFold(a, key) {
+			return fmt.Sprintf(" (keys are lower case: %s)", a)
 		}
+	}
+	return ""
+}
+
+var redefinedRE = regexp.MustCompile(`^Key '(.*)' (has already been defined|was already created as a hash|was already created and cannot be used as an array)\.$`)
+
+// syntaxProblem turns a TOML syntax error into a Problem on the right line,
+// in fwdd's words where the library's are about its own internals.
+func syntaxProblem(path, text string, err error) *Problem {
+	var pe toml.ParseError
+	if !errors.As(err, &pe) {
+		return &Problem{Path: path, Msg: "invalid TOML", Err: err}
+	}
+	line, msg := pe.Position.Line, pe.Message
+	if start := pe.Position.Start; start >= 0 && start < len(text) {
+		// The line of the byte at fault: the library counts a newline it
+		// complains about as the start of the next line.
+		line = 1 + strings.Count(text[:start], "\n")
+	}
+	switch m := redefinedRE.FindStringSubmatch(msg); {
+	case m != nil:
+		msg = fmt.Sprintf("%s is defined twice; each key may appear once in a table", m[1])
+	case strings.HasPrefix(msg, "expected end of table array name delimiter"):
+		msg = "the header is not closed: write [[name]], e.g. [[forward]]"
+	case strings.HasPrefix(msg, "expected '.' or ']' to end table name"):
+		msg = "the header is not closed: write [name], e.g. [daemon]"
+	}
+	return &Problem{Path: path, Line: line, Msg: "invalid TOML: " + msg, Err: err}
+}
+
+func forwardWhere(i int, t map[string]any) string {
+	if name, ok := t["name"].(string); ok && name != "" {
+		return "forward " + quote(name)
 	}
 	return fmt.Sprintf("forward #%d", i+1)
 }
@@ -269,7 +300,7 @@ func (fs *fields) errorf(field, format string, args ...any) {
 	where := fs.where
 	switch {
 	case fs.name != "":
-		where = fmt.Sprintf("forward %q", fs.name)
+		where = "forward " + quote(fs.name)
 	case fs.forward > 0:
 		where = fmt.Sprintf("forward #%d", fs.forward)
 	}
@@ -320,12 +351,10 @@ func (fs *fields) oneOf(field string, v any, def string, allowed ...string) stri
 	if !ok {
 		return def
 	}
-	for _, a := range allowed {
-		if s == a {
-			return s
-		}
+	if slices.Contains(allowed, s) {
+		return s
 	}
-	fs.errorf(field, "%q is not allowed; must be %s", s, quotedList(allowed))
+	fs.errorf(field, "%s is not allowed; must be %s", quote(s), quotedList(allowed))
 	return def
 }
 
@@ -352,84 +381,96 @@ func tomlType(v any) string {
 		return "a float"
 	case bool:
 		return "a boolean"
-	case []any, []map[string]any:
+	case []any:
 		return "an array"
+	case []map[string]any:
+		return "an array of tables"
 	case map[string]any:
 		return "a table"
 	case time.Time:
 		return "a date or time"
 	}
-	return fmt.Sprintf("%T", v)
+	return "a value of another type"
 }
 
-func parseDaemon(ps *problems, raw *rawDaemon, lines *keyLines) Daemon {
-	if raw == nil {
-		raw = &rawDaemon{}
-	}
+func parseDaemon(ps *problems, t map[string]any, lines *keyLines) (Daemon, []Problem) {
 	fs := &fields{ps: ps, where: "daemon", lines: lines}
 	d := Daemon{
-		OnStop:   OnStop(fs.oneOf("on_stop", raw.OnStop, string(OnStopFlush), string(OnStopFlush), string(OnStopKeep))),
-		LogLevel: fs.oneOf("log_level", raw.LogLevel, "info", "debug", "info", "warn", "error"),
-		ForwardPolicy: ForwardPolicy(fs.oneOf("forward_policy", raw.ForwardPolicy, string(ForwardAccept),
+		OnStop:   OnStop(fs.oneOf("on_stop", t["on_stop"], string(OnStopFlush), string(OnStopFlush), string(OnStopKeep))),
+		LogLevel: fs.oneOf("log_level", t["log_level"], "info", "debug", "info", "warn", "error"),
+		ForwardPolicy: ForwardPolicy(fs.oneOf("forward_policy", t["forward_policy"], string(ForwardAccept),
 			string(ForwardAccept), string(ForwardDrop))),
 	}
-	if t, ok := fs.str("table", raw.Table, "fwdd"); ok {
-		if tableNameRE.MatchString(t) {
-			d.Table = t
+	if s, ok := fs.str("table", t["table"], "fwdd"); ok {
+		if tableNameRE.MatchString(s) {
+			d.Table = s
 		} else {
-			fs.errorf("table", "%q is not a valid table name; must be 1-32 letters, digits, '_' or '-', starting with a letter", t)
+			fs.errorf("table", "%s is not a valid table name; must be 1-32 letters, digits, '_' or '-', starting with a letter", quote(s))
 		}
 	}
-	if m, ok := fs.str("metrics", raw.Metrics, ""); ok && m != "" {
-		if err := checkListenAddr(m); err != nil {
-			fs.errorf("metrics", "%q: %v; must be \"\" (off) or host:port, e.g. \"127.0.0.1:9650\" or \":9650\"", m, err)
-		} else {
+	var warnings []Problem
+	if m, ok := fs.str("metrics", t["metrics"], ""); ok && m != "" {
+		host, err := checkListenAddr(m)
+		switch {
+		case err != nil:
+			fs.errorf("metrics", "%s: %v; must be \"\" (off) or host:port, e.g. \"127.0.0.1:9641\" or \"[::1]:9641\"", quote(m), err)
+		case !host.IsLoopback():
+			warnings = append(warnings, Problem{Line: lines.line("metrics"), Where: "daemon", Field: "metrics",
+				Msg: fmt.Sprintf("%s is not a loopback address: /metrics has no authentication, so anyone who can reach it reads every forward's name, backend and traffic; listen on 127.0.0.1 or [::1], or restrict who can connect", quote(m))})
+			d.Metrics = m
+		default:
 			d.Metrics = m
 		}
 	}
-	return d
+	return d, warnings
 }
 
-func checkListenAddr(s string) error {
-	_, port, err := net.SplitHostPort(s)
+// checkListenAddr checks a host:port to listen on and returns the host's
+// address (the unspecified address for ":port").
+func checkListenAddr(s string) (netip.Addr, error) {
+	host, port, err := net.SplitHostPort(s)
 	if err != nil {
 		// net's messages repeat the address; keep just the reason.
 		var ae *net.AddrError
 		if errors.As(err, &ae) {
-			return errors.New(ae.Err)
+			return netip.Addr{}, errors.New(ae.Err)
 		}
-		return err
+		return netip.Addr{}, err
 	}
 	if n, ok := parsePortNumber(port); !ok || n < 1 || n > 65535 {
-		return fmt.Errorf("port %q is not a number between 1 and 65535", port)
+		return netip.Addr{}, fmt.Errorf("port %s is not a number between 1 and 65535", quote(port))
 	}
-	return nil
+	switch host {
+	case "":
+		return netip.IPv6Unspecified(), nil
+	case "localhost":
+		return netip.IPv6Loopback(), nil
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("host %s is not an IP address (or localhost)", quote(host))
+	}
+	return a.Unmap(), nil
 }
 
-func parseSysctl(ps *problems, raw *rawSysctl, lines *keyLines) Sysctl {
-	if raw == nil {
-		raw = &rawSysctl{}
-	}
+func parseSysctl(ps *problems, t map[string]any, lines *keyLines) Sysctl {
 	fs := &fields{ps: ps, where: "sysctl", lines: lines}
 	return Sysctl{
-		IPForward: fs.boolean("ip_forward", raw.IPForward, true),
-		RPFilter: RPFilter(fs.oneOf("rp_filter", raw.RPFilter, string(RPFilterKeep),
+		IPForward: fs.boolean("ip_forward", t["ip_forward"], true),
+		RPFilter: RPFilter(fs.oneOf("rp_filter", t["rp_filter"], string(RPFilterKeep),
 			string(RPFilterKeep), string(RPFilterLoose), string(RPFilterOff))),
 		// nf_conntrack_max is a C int.
-		ConntrackMax: int(fs.integer("conntrack_max", raw.ConntrackMax, 0, 0, 1<<31-1)),
+		ConntrackMax: int(fs.integer("conntrack_max", t["conntrack_max"], 0, 0, 1<<31-1)),
 		// nf_conntrack_buckets is an unsigned int the kernel caps at 2^30.
-		ConntrackBuckets: int(fs.integer("conntrack_buckets", raw.ConntrackBuckets, 0, 0, 1<<30)),
+		ConntrackBuckets: int(fs.integer("conntrack_buckets", t["conntrack_buckets"], 0, 0, 1<<30)),
 	}
 }
 
-func parseConntrack(ps *problems, raw *rawConntrack, lines *keyLines) Conntrack {
-	if raw == nil {
-		raw = &rawConntrack{}
-	}
+func parseConntrack(ps *problems, t map[string]any, lines *keyLines) Conntrack {
 	fs := &fields{ps: ps, where: "conntrack", lines: lines}
 	c := Conntrack{
-		WarnPercent:     int(fs.integer("warn_percent", raw.WarnPercent, 80, 1, 100)),
-		CriticalPercent: int(fs.integer("critical_percent", raw.CriticalPercent, 95, 1, 100)),
+		WarnPercent:     int(fs.integer("warn_percent", t["warn_percent"], 80, 1, 100)),
+		CriticalPercent: int(fs.integer("critical_percent", t["critical_percent"], 95, 1, 100)),
 	}
 	if c.CriticalPercent <= c.WarnPercent {
 		fs.errorf("critical_percent", "%d must be greater than warn_percent (%d)", c.CriticalPercent, c.WarnPercent)
@@ -437,43 +478,74 @@ func parseConntrack(ps *problems, raw *rawConntrack, lines *keyLines) Conntrack 
 	return c
 }
 
+// assemble puts the files of a configuration together and runs the checks
+// across forwards. The first file is the main one.
+func assemble(ps *problems, path string, files []*fileResult) (*Config, error) {
+	main := files[0]
+	c := &Config{Path: path, Daemon: main.daemon, Sysctl: main.sysctl, Conntrack: main.conntrack, Warnings: main.warnings}
+	var nameLines []int
+	var valid []bool
+	for _, f := range files {
+		c.Forwards = append(c.Forwards, f.fwds...)
+		nameLines = append(nameLines, f.nameLines...)
+		valid = append(valid, f.valid...)
+	}
+	if len(c.Forwards) > MaxForwards {
+		ps.addIn(messageName(path), 0, "", "", "%d forwards; the limit is %d (the forward ids a ct mark can carry)", len(c.Forwards), MaxForwards)
+	}
+	checkNames(ps, c.Forwards, nameLines)
+	checkOverlaps(ps, c.Forwards, valid)
+	checkBudget(ps, c.Forwards, valid)
+	if err := ps.err(); err != nil {
+		return nil, err
+	}
+	if len(c.Forwards) == 0 {
+		c.Forwards = nil
+	}
+	return c, nil
+}
+
 // checkNames reports forwards whose name another forward already uses.
-// nameLines[i] is the line of forward i's name (nil: use its Line).
+// nameLines[i] is the line of forward i's name.
 func checkNames(ps *problems, fwds []Forward, nameLines []int) {
 	first := make(map[string]int, len(fwds))
 	for i := range fwds {
-		name := fwds[i].Name
-		if name == "" {
+		f := &fwds[i]
+		if f.Name == "" {
 			continue
 		}
-		j, dup := first[name]
+		j, dup := first[f.Name]
 		if !dup {
-			first[name] = i
+			first[f.Name] = i
 			continue
 		}
-		line := fwds[i].Line
-		if nameLines != nil {
-			line = nameLines[i]
+		where := "forward " + quote(f.Name)
+		other := "forward #" + strconv.Itoa(j+1)
+		switch g := &fwds[j]; {
+		case g.Line > 0 && g.File != f.File:
+			other = fmt.Sprintf("the forward at %s:%d", messageName(g.File), g.Line)
+		case g.Line > 0:
+			other = fmt.Sprintf("the forward on line %d", g.Line)
 		}
-		where := fmt.Sprintf("forward %q", name)
-		if fwds[j].Line > 0 {
-			ps.add(line, where, "name", "%q is already used by the forward on line %d; names must be unique", name, fwds[j].Line)
-		} else {
-			ps.add(line, where, "name", "%q is already used by forward #%d; names must be unique", name, j+1)
-		}
+		ps.addIn(messageName(f.File), nameLines[i], where, "name", "%s is already used by %s; names must be unique", quote(f.Name), other)
 	}
 }
 
-// checkBudget caps the map elements all forwards expand to.
+// checkBudget caps the map elements all forwards expand to. The problem is
+// reported at the forward that goes over the limit.
 func checkBudget(ps *problems, fwds []Forward, valid []bool) {
-	total := 0
+	total, over := 0, -1
 	for i := range fwds {
 		if valid[i] {
 			total += fwds[i].elements()
+			if total > MaxElements && over < 0 {
+				over = i
+			}
 		}
 	}
-	if total > MaxElements {
-		ps.add(0, "", "", "forwards expand to %d nftables elements (protocols × mapped ports); the limit is %d: use fewer or smaller port ranges, or map ranges to a single port", total, MaxElements)
+	if over >= 0 {
+		f := &fwds[over]
+		ps.addIn(messageName(f.File), f.Line, "forward "+quote(f.Name), "", "forwards expand to %d nftables elements (protocols × mapped ports); the limit is %d: use fewer or smaller port ranges, or map ranges to a single port", total, MaxElements)
 	}
 }
 

@@ -23,6 +23,9 @@ func defaultConfig() Config {
 
 func withForwards(fs ...Forward) *Config {
 	c := defaultConfig()
+	for i := range fs {
+		fs[i].File = c.Path
+	}
 	c.Forwards = fs
 	return &c
 }
@@ -73,7 +76,13 @@ critical_percent = 100
 		{
 			name: "metrics any address",
 			in:   "[daemon]\nmetrics = \":9650\"\n",
-			want: func() *Config { c := withForwards(); c.Daemon.Metrics = ":9650"; return c }(),
+			want: func() *Config {
+				c := withForwards()
+				c.Daemon.Metrics = ":9650"
+				c.Warnings = []Problem{{Path: "fwdd.toml", Line: 2, Where: "daemon", Field: "metrics",
+					Msg: `":9650" is not a loopback address: /metrics has no authentication, so anyone who can reach it reads every forward's name, backend and traffic; listen on 127.0.0.1 or [::1], or restrict who can connect`}}
+				return c
+			}(),
 		},
 		{
 			name: "forward defaults",
@@ -97,7 +106,7 @@ port = "2222"
 address = "10.0.0.1"
 to = "192.168.1.10:22"
 interface = "eth0.100"
-sources = ["203.0.113.9/24", "198.51.100.7", "10.0.0.0/8"]
+sources = ["203.0.113.0/24", "198.51.100.7", "10.0.0.0/8"]
 snat = "192.168.1.1"
 log = true
 `,
@@ -165,7 +174,7 @@ name = "port"
 port = 3
 address = "2001:db8::ff"
 to = "[2001:db8::3]:8443"
-sources = ["2001:db8:ffff::1/48", "fd00::1"]
+sources = ["2001:db8:ffff::/48", "fd00::1"]
 snat = "2001:db8::fe"
 [[forward]]
 name = "range"
@@ -321,6 +330,7 @@ func parseBadTests() []parseBadTest {
 		{"ip_forward type", "[sysctl]\nip_forward = \"yes\"\n", []string{"fwdd.toml:2: sysctl: ip_forward: must be true or false, not a string"}},
 		{"rp_filter", "[sysctl]\nrp_filter = \"strict\"\n", []string{`sysctl: rp_filter: "strict" is not allowed; must be "keep", "loose" or "off"`}},
 		{"conntrack_max negative", "[sysctl]\nconntrack_max = -1\n", []string{"sysctl: conntrack_max: -1 is out of range; must be between 0 and 2147483647"}},
+		{"conntrack_buckets too big", "[sysctl]\nconntrack_buckets = 2000000000\n", []string{"sysctl: conntrack_buckets: 2000000000 is out of range; must be between 0 and 1073741824"}},
 		{"warn range", "[conntrack]\nwarn_percent = 0\n", []string{"fwdd.toml:2: conntrack: warn_percent: 0 is out of range; must be between 1 and 100"}},
 		{"critical range", "[conntrack]\ncritical_percent = 101\n", []string{"conntrack: critical_percent: 101 is out of range; must be between 1 and 100"}},
 		{"critical float", "[conntrack]\ncritical_percent = 90.5\n", []string{"critical_percent: must be an integer between 1 and 100, not a float"}},
@@ -405,7 +415,7 @@ func parseBadTests() []parseBadTest {
 		{"sources bad cidr", web(`sources = ["10.0.0.0/33"]`), []string{`sources: "10.0.0.0/33" is not a CIDR`}},
 		{"sources bad ip", web(`sources = ["office"]`), []string{`sources: "office" is not an IP address; must be a CIDR or an IP`}},
 		{"sources family", web(`sources = ["2001:db8::/32"]`), []string{`sources: 2001:db8::/32 is IPv6 but to (10.0.0.1) is IPv4; they must be the same family`}},
-		{"sources duplicate after masking", web(`sources = ["10.1.2.3/8", "10.0.0.0/8"]`), []string{`sources: 10.0.0.0/8 is listed twice`}},
+		{"sources duplicate", web(`sources = ["10.0.0.0/8", "10.0.0.0/8"]`), []string{`sources: 10.0.0.0/8 is listed twice`}},
 		{"sources duplicate ip", web(`sources = ["10.0.0.1", "10.0.0.1/32"]`), []string{`sources: 10.0.0.1/32 is listed twice`}},
 		{"sources nested", web(`sources = ["10.1.0.0/16", "10.0.0.0/8"]`), []string{`sources: 10.1.0.0/16 overlaps 10.0.0.0/8; list each address once`}},
 		{"sources mapped", web(`sources = ["::ffff:10.0.0.0/104"]`), []string{`is an IPv4-mapped IPv6 prefix`}},
@@ -498,6 +508,46 @@ func parseBadTests() []parseBadTest {
 			[]string{"forwards expand to 4063170 nftables elements (protocols × mapped ports); the limit is 2000000"},
 		},
 
+		// Keys are exact and lower case.
+		{"key case in a forward", fwd(`name = "web"`, `Port = 80`, `to = "10.0.0.1"`), []string{
+			`fwdd.toml:1: forward "web": port: required`,
+			`fwdd.toml:3: forward "web": unknown key "Port" (keys are lower case: port); allowed: name, proto, port,`,
+		}},
+		{"two spellings of a key", web(`PORT = 81`), []string{`fwdd.toml:5: forward "web": unknown key "PORT" (keys are lower case: port)`}},
+		{"section case", "[Daemon]\ntable = \"x\"\n", []string{`fwdd.toml:1: unknown key "Daemon" (keys are lower case: daemon); allowed: daemon, sysctl, conntrack, forward`}},
+		{"forward case", "[[Forward]]\nname = \"a\"\nport = 1\nto = \"10.0.0.1\"\n", []string{`fwdd.toml:1: unknown key "Forward" (keys are lower case: forward)`}},
+		{"table case", "[daemon]\nTABLE = \"other\"\n", []string{`fwdd.toml:2: daemon: unknown key "TABLE" (keys are lower case: table)`}},
+
+		// Backends and sources that cannot work.
+		{"to loopback", fwd(`name = "web"`, `port = 80`, `to = "127.0.0.1:8080"`), []string{
+			`fwdd.toml:4: forward "web": to: 127.0.0.1 is a loopback address: packets from other hosts DNATed to it are dropped unless route_localnet=1, which opens every service bound to loopback to the network (CVE-2020-8558); for a service on this host, let it listen on the address clients connect to, or forward to another address of this host`,
+		}},
+		{"to loopback net", fwd(`name = "web"`, `port = 80`, `to = "127.1.2.3"`), []string{`to: 127.1.2.3 is a loopback address`}},
+		{"to loopback v6", fwd(`name = "web"`, `port = 80`, `to = "[::1]:80"`), []string{`to: ::1 is a loopback address`}},
+		{"to link-local", fwd(`name = "web"`, `port = 80`, `to = "[fe80::1]:80"`), []string{`to: fe80::1 is an IPv6 link-local address, usable only with an interface, which fwdd has no way to give; the backend must be a unicast address of another host`}},
+		{"to port-like last group", fwd(`name = "web"`, `port = 80`, `to = "fd00::2:8080"`), []string{`fwdd.toml:4: forward "web": to: "fd00::2:8080" is ambiguous: its last group looks like a port; write "[fd00::2]:8080" for port 8080, or "[fd00::2:8080]" to keep the original port`}},
+		{"snat loopback", web(`snat = "127.0.0.1"`), []string{`fwdd.toml:5: forward "web": snat: 127.0.0.1 cannot be a source address: 127.0.0.1 is a loopback address; must be "masquerade", "none" or a unicast IP address of this host`}},
+		{"snat multicast", web(`snat = "239.1.1.1"`), []string{`snat: 239.1.1.1 cannot be a source address: 239.1.1.1 is a multicast address`}},
+		{"snat broadcast", web(`snat = "255.255.255.255"`), []string{`snat: 255.255.255.255 cannot be a source address: 255.255.255.255 is the broadcast address`}},
+		{"snat link-local", fwd(`name = "web"`, `port = 80`, `to = "fd00::1"`, `snat = "fe80::1"`), []string{`snat: fe80::1 cannot be a source address: fe80::1 is an IPv6 link-local address`}},
+		{"sources host bits", web(`sources = ["10.0.1.5/24"]`), []string{`fwdd.toml:5: forward "web": sources: 10.0.1.5/24 has host bits set; write 10.0.1.0/24 (an allow-list must never be wider than written)`}},
+		{"sources host bits v6", fwd(`name = "web"`, `port = 80`, `to = "fd00::1"`, `sources = ["fd00::1/64"]`), []string{`sources: fd00::1/64 has host bits set; write fd00::/64`}},
+
+		// Interface names nft and the kernel both read back unchanged.
+		{"interface wildcard", web(`interface = "eth*"`), []string{`fwdd.toml:5: forward "web": interface: "eth*" is not a valid interface name: wildcards ('*') are not supported; an interface name is 1-15 letters, digits, '.', '-' or '_'`}},
+		{"interface quote", web(`interface = 'x";drop#'`), []string{`interface: "x\";drop#" is not a valid interface name: '"' is not allowed; an interface name is 1-15 letters`}},
+		{"interface backslash", web(`interface = 'a\b'`), []string{`'\\' is not allowed`}},
+
+		// metrics
+		{"metrics host", "[daemon]\nmetrics = \"not a host:9641\"\n", []string{`fwdd.toml:2: daemon: metrics: "not a host:9641": host "not a host" is not an IP address (or localhost); must be "" (off) or host:port`}},
+
+		// Messages name the line, in fwdd's words.
+		{"unclosed array header", "[[forward]\nname = \"a\"\n", []string{`fwdd.toml:1: invalid TOML: the header is not closed: write [[name]], e.g. [[forward]]`}},
+		{"unclosed header", "a = 1\n[daemon\ntable = \"x\"\n", []string{`fwdd.toml:2: invalid TOML: the header is not closed: write [name], e.g. [daemon]`}},
+		{"top-level forward key", "\nforward.name = \"a\"\n", []string{`fwdd.toml:2: forward: must be an array of tables, not a table: write [[forward]] on a line of its own, then its keys`}},
+		{"key twice", "[daemon]\ntable = \"a\"\ntable = \"b\"\n", []string{`fwdd.toml:3: invalid TOML: daemon.table is defined twice; each key may appear once in a table`}},
+		{"inline forwards not tables", "forward = [1]\n", []string{`fwdd.toml:1: forward: must be an array of tables ([[forward]]), not an array of integer`}},
+
 		// every problem, not just the first
 		{
 			"all problems",
@@ -549,6 +599,107 @@ func TestParseBad(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestParseWarnings(t *testing.T) {
+	for _, tt := range []struct{ metrics, want string }{
+		{"127.0.0.1:9641", ""},
+		{"[::1]:9641", ""},
+		{"localhost:9641", ""},
+		{"0.0.0.0:9641", `fwdd.toml:2: daemon: metrics: "0.0.0.0:9641" is not a loopback address: /metrics has no authentication`},
+		{"[::]:9641", `"[::]:9641" is not a loopback address`},
+		{"10.0.0.1:9641", `"10.0.0.1:9641" is not a loopback address`},
+	} {
+		c, err := Parse("fwdd.toml", []byte("[daemon]\nmetrics = \""+tt.metrics+"\"\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, w := range c.Warnings {
+			got = append(got, w.Error())
+		}
+		if tt.want == "" && len(got) > 0 || tt.want != "" && (len(got) != 1 || !strings.Contains(got[0], tt.want)) {
+			t.Errorf("%s: warnings %q, want %q", tt.metrics, got, tt.want)
+		}
+	}
+}
+
+// TestParseLimits checks that size limits refuse a file before decoding it,
+// and that long values are quoted shortened.
+func TestParseLimits(t *testing.T) {
+	_, err := Parse("fwdd.toml", make([]byte, MaxFileSize+1))
+	if err == nil || !strings.Contains(err.Error(), "fwdd.toml: the configuration is larger than 67108864 bytes (64 MiB), the limit") {
+		t.Errorf("64 MiB + 1: %v", err)
+	}
+	three := strings.Repeat("[[forward]]\nname = \"a\"\n", 3)
+	ps := newProblems([]source{{path: "a.toml"}})
+	if checkLimits(ps, []source{{path: "a.toml", text: three}}, 1000, 2) || !strings.Contains(ps.err().Error(), "a.toml: more than 2 [[forward]] entries; the limit is 2") {
+		t.Errorf("3 forwards, limit 2: %v", ps.err())
+	}
+	if !checkLimits(newProblems(nil), []source{{text: three}}, 1000, 3) {
+		t.Errorf("3 forwards refused with a limit of 3")
+	}
+	if MaxForwards != 1<<24-1 {
+		t.Errorf("MaxForwards = %d, want the ct mark's forward ids", MaxForwards)
+	}
+
+	long := strings.Repeat("x", 2<<20)
+	_, err = Parse("fwdd.toml", []byte("[[forward]]\nname = \""+long+"\"\nport = 0\nto = \""+long[:1000]+"\"\ninterface = \""+long[:1000]+"\"\n"))
+	if err == nil || len(err.Error()) > 2000 {
+		t.Errorf("%d bytes of messages for 2 MB values", len(err.Error()))
+	}
+	if !strings.Contains(err.Error(), `forward "xxxxxxxx`) || !strings.Contains(err.Error(), `"... (2097152 bytes)`) {
+		t.Errorf("long values not quoted shortened:\n%s", err)
+	}
+}
+
+// TestKeys checks that Keys lists exactly what the parser accepts: a file
+// setting every key parses, and each key of Keys is in it.
+func TestKeys(t *testing.T) {
+	values := map[string]string{
+		"daemon.table": `"t"`, "daemon.on_stop": `"keep"`, "daemon.log_level": `"debug"`,
+		"daemon.metrics": `"127.0.0.1:9641"`, "daemon.forward_policy": `"drop"`,
+		"sysctl.ip_forward": "false", "sysctl.rp_filter": `"loose"`, "sysctl.conntrack_max": "1000", "sysctl.conntrack_buckets": "1000",
+		"conntrack.warn_percent": "10", "conntrack.critical_percent": "20",
+		"forward.name": `"a"`, "forward.proto": `"udp"`, "forward.port": "1", "forward.address": `"10.0.0.1"`,
+		"forward.to": `"10.0.0.2"`, "forward.interface": `"eth0"`, "forward.sources": `["10.1.0.0/16"]`,
+		"forward.snat": `"none"`, "forward.log": "true",
+	}
+	var b strings.Builder
+	table := ""
+	for _, k := range Keys() {
+		tbl, key, _ := strings.Cut(k, ".")
+		if tbl != table {
+			table = tbl
+			if tbl == "forward" {
+				b.WriteString("[[forward]]\n")
+			} else {
+				b.WriteString("[" + tbl + "]\n")
+			}
+		}
+		v, ok := values[k]
+		if !ok {
+			t.Fatalf("Keys has %s, the test has no value for it", k)
+		}
+		b.WriteString(key + " = " + v + "\n")
+		delete(values, k)
+	}
+	if len(values) > 0 {
+		t.Errorf("keys missing from Keys: %v", values)
+	}
+	if _, err := Parse("fwdd.toml", []byte(b.String())); err != nil {
+		t.Errorf("a file with every key of Keys: %v\n%s", err, b.String())
+	}
+	for _, k := range Keys() {
+		tbl, key, _ := strings.Cut(k, ".")
+		header := "[" + tbl + "]"
+		if tbl == "forward" {
+			header = "[[forward]]"
+		}
+		if _, err := Parse("fwdd.toml", []byte(header+"\n"+key+"x = 1\n")); err == nil || !strings.Contains(err.Error(), "unknown key") {
+			t.Errorf("%sx accepted", k)
+		}
 	}
 }
 

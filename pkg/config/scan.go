@@ -49,79 +49,44 @@ func (p *positions) section(name string) *keyLines {
 	return &keyLines{}
 }
 
+// scanPositions reads text a line at a time, following values that span
+// lines (brackets, multi-line strings) so that a '[' or a key inside a value
+// is not taken for a header or a key.
 func scanPositions(text string) *positions {
 	p := &positions{}
 	cur := &p.top
-	sc := lineScanner{text: text}
-	for {
-		kind, rest, ok := sc.scan()
-		switch {
-		case !ok:
-			return p
-		case kind == lineHeader:
-			array := strings.HasPrefix(rest, "[[")
-			cur = p.header(headerName(rest, array), array, sc.line)
-		case kind == lineKey:
-			cur.set(rest, sc.line)
+	depth, multiline := 0, "" // open [ and { of a value; the delimiter of an open multi-line string
+	for n, rest := 1, text; rest != ""; n++ {
+		line := rest
+		if i := strings.IndexByte(rest, '\n'); i >= 0 {
+			line, rest = rest[:i], rest[i+1:]
+		} else {
+			rest = ""
 		}
-	}
-}
-
-type lineKind uint8
-
-const (
-	lineOther  lineKind = iota // blank, comment, inside a value, or not understood
-	lineHeader                 // a table header: starts with '[' outside any value
-	lineKey                    // key = value
-)
-
-// lineScanner reads TOML text a line at a time, following values that span
-// lines (brackets, multi-line strings) so that a '[' or a key inside a value
-// is not taken for a header or a key. scanPositions and splitForwards both
-// read the text through it, so they agree on where every header is.
-type lineScanner struct {
-	text      string
-	start     int    // offset of the current line
-	next      int    // offset of the line after it
-	line      int    // number of the current line, from 1
-	depth     int    // open [ and { of values spanning lines
-	multiline string // closing delimiter of an open multi-line string
-}
-
-// scan reads the next line. For a header, rest is the line from its '['; for
-// a key, rest is the key's first component. ok is false at the end of the text.
-func (s *lineScanner) scan() (kind lineKind, rest string, ok bool) {
-	if s.next >= len(s.text) {
-		return lineOther, "", false
-	}
-	s.start = s.next
-	s.line++
-	line := s.text[s.start:]
-	if i := strings.IndexByte(line, '\n'); i >= 0 {
-		line, s.next = line[:i], s.start+i+1
-	} else {
-		s.next = len(s.text)
-	}
-	value := line
-	if s.multiline != "" {
-		i := closeString(value, s.multiline)
-		if i < 0 {
-			return lineOther, "", true
+		value := line
+		if multiline != "" {
+			i := closeString(value, multiline)
+			if i < 0 {
+				continue
+			}
+			value, multiline = value[i:], ""
+		} else if depth == 0 {
+			trimmed := trimBlank(value)
+			if strings.HasPrefix(trimmed, "[") {
+				array := strings.HasPrefix(trimmed, "[[")
+				cur = p.header(headerName(trimmed, array), array, n)
+				continue
+			}
+			key, after, isKey := keyPrefix(trimmed)
+			if !isKey {
+				continue
+			}
+			cur.set(key, n)
+			value = after
 		}
-		value, s.multiline = value[i:], ""
-	} else if s.depth == 0 {
-		trimmed := trimBlank(value)
-		if strings.HasPrefix(trimmed, "[") {
-			return lineHeader, trimmed, true
-		}
-		key, after, isKey := keyPrefix(trimmed)
-		if !isKey {
-			return lineOther, "", true
-		}
-		kind, rest, value = lineKey, key, after
+		depth, multiline = scanValue(value, depth)
 	}
-	s.depth, s.multiline = scanValue(value, s.depth)
-	return kind, rest, true
+	return p
 }
 
 // header records a table header and returns where its keys go.

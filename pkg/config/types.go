@@ -20,8 +20,13 @@ type Config struct {
 	Daemon    Daemon
 	Sysctl    Sysctl
 	Conntrack Conntrack
-	// Forwards in file order.
+	// Forwards in file order: the file's, then those of each file of its
+	// config directory.
 	Forwards []Forward
+	// Warnings are problems that do not make the configuration invalid
+	// (such as /metrics on a non-loopback address). fwdd check prints them
+	// and the daemon logs them.
+	Warnings []Problem
 }
 
 // OnStop says what happens to fwdd's table when the daemon stops.
@@ -132,7 +137,10 @@ type SNAT struct {
 // Forward is one validated [[forward]] entry.
 type Forward struct {
 	Name string
-	// Line is the line of the [[forward]] header in the file (0 when unknown).
+	// File is the file the forward is in: Config.Path, or a file of its
+	// config directory.
+	File string
+	// Line is the line of the [[forward]] header in File (0 when unknown).
 	Line int
 	// Protos is sorted and without duplicates: [TCP], [UDP] or [TCP, UDP].
 	Protos []Proto
@@ -172,8 +180,9 @@ func (f *Forward) TargetPort(p uint16) uint16 {
 	}
 }
 
-// Equal reports whether f and g forward the same packets the same way. Line
-// is ignored, so moving a forward within the file is not a change.
+// Equal reports whether f and g forward the same packets the same way. File
+// and Line are ignored, so moving a forward within or between files is not a
+// change.
 func (f *Forward) Equal(g *Forward) bool {
 	return f.Name == g.Name &&
 		slices.Equal(f.Protos, g.Protos) &&

@@ -33,7 +33,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/sys/unix"
 
-	"github.com/fwdd/fwdd/pkg/fwmark"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 	"github.com/fwdd/fwdd/pkg/sysctl"
 )
 
@@ -155,7 +155,7 @@ func markRules(t *testing.T, fd int) {
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{r.proto}},
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, r.port)},
-			&expr.Immediate{Register: 1, Data: binary.NativeEndian.AppendUint32(nil, fwmark.ForID(r.fwd))},
+			&expr.Immediate{Register: 1, Data: binary.NativeEndian.AppendUint32(nil, ctmark.ForID(r.fwd))},
 			&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true},
 		}})
 	}
@@ -206,7 +206,7 @@ func dumpCount(t *testing.T, gw int) map[uint32]int {
 	}
 	out := map[uint32]int{}
 	for _, f := range flows {
-		if id, ok := fwmark.ID(f.Mark); ok {
+		if id, ok := ctmark.ID(f.Mark); ok {
 			out[id]++
 		}
 	}
@@ -350,7 +350,7 @@ func TestKernelWatcherLiveAndDestroy(t *testing.T) {
 	for _, c := range conns {
 		c.Close()
 	}
-	flushMark(t, tp.gw, fwmark.ForID(1))
+	flushMark(t, tp.gw, ctmark.ForID(1))
 	eventually(t, 5*time.Second, "web Live == 0", func() bool { return w.Snapshot().Forwards["web"].Live == 0 })
 	if got := w.Snapshot().Forwards["dns"].Live; got != 3 {
 		t.Errorf("dns Live = %d after flushing web, want 3", got)

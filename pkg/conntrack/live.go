@@ -6,7 +6,7 @@ import (
 	"github.com/mdlayher/netlink"
 	ct "github.com/ti-mo/conntrack"
 
-	"github.com/fwdd/fwdd/pkg/fwmark"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 )
 
 // LiveByID counts the conntrack entries of each forward id in a namespace
@@ -18,13 +18,13 @@ func LiveByID(netns int) (map[uint32]int, error) {
 		return nil, fmt.Errorf("dial conntrack: %w", err)
 	}
 	defer c.Close()
-	flows, err := c.DumpFilter(ct.NewFilter().Mark(fwmark.Tag).MarkMask(fwmark.Mask), nil)
+	flows, err := c.DumpFilter(ct.NewFilter().Mark(ctmark.Tag).MarkMask(ctmark.Mask), nil)
 	if err != nil {
 		return nil, fmt.Errorf("dump conntrack table: %w", err)
 	}
 	out := map[uint32]int{}
 	for i := range flows {
-		if id, ok := fwmark.ID(flows[i].Mark); ok {
+		if id, ok := ctmark.ID(flows[i].Mark); ok {
 			out[id]++
 		}
 	}

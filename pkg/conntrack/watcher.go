@@ -1,7 +1,7 @@
 // Package conntrack follows the kernel's connection tracking table to count
 // the connections of each fwdd forward, and watches how full the table is.
 //
-// Forwarded connections carry the ct mark fwmark.Tag|id (see pkg/fwmark), so
+// Forwarded connections carry the ct mark ctmark.Tag|id (see pkg/ctmark), so
 // a conntrack event or a dumped entry names its forward by itself.
 //
 // The event socket overflows under bursts (20,000 new flows are enough, even
@@ -32,7 +32,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
-	"github.com/fwdd/fwdd/pkg/fwmark"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 )
 
 // Defaults of Options.
@@ -366,13 +366,13 @@ func (w *Watcher) dump(ctx context.Context) (map[ctKey]uint32, error) {
 	defer closeConn()
 	stop := context.AfterFunc(ctx, closeConn)
 	defer stop()
-	flows, err := c.DumpFilter(ct.NewFilter().Mark(fwmark.Tag).MarkMask(fwmark.Mask), nil)
+	flows, err := c.DumpFilter(ct.NewFilter().Mark(ctmark.Tag).MarkMask(ctmark.Mask), nil)
 	if err != nil {
 		return nil, fmt.Errorf("dump conntrack table: %w", err)
 	}
 	out := make(map[ctKey]uint32, len(flows))
 	for i := range flows {
-		if id, ok := fwmark.ID(flows[i].Mark); ok {
+		if id, ok := ctmark.ID(flows[i].Mark); ok {
 			out[keyOf(&flows[i])] = id
 		}
 	}
@@ -411,7 +411,7 @@ func (w *Watcher) handle(e ct.Event) {
 	default:
 		return
 	}
-	fwd, _ := fwmark.ID(e.Flow.Mark)
+	fwd, _ := ctmark.ID(e.Flow.Mark)
 	w.state.event(ev{kind: kind, key: keyOf(e.Flow), fwdID: fwd})
 	if kind == evNew && fwd != 0 && w.opts.OnNew != nil {
 		f := e.Flow

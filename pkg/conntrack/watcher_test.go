@@ -16,7 +16,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/sys/unix"
 
-	"github.com/fwdd/fwdd/pkg/fwmark"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 )
 
 // fakeKernel is a conntrack table with event sockets that behave like
@@ -86,7 +86,7 @@ func (c *fakeConn) DumpFilter(ct.Filter, *ct.DumpOptions) ([]ct.Flow, error) {
 	defer c.k.mu.Unlock()
 	var out []ct.Flow
 	for _, f := range c.k.flows {
-		if f.Mark&fwmark.Mask == fwmark.Tag {
+		if f.Mark&ctmark.Mask == ctmark.Tag {
 			out = append(out, f)
 		}
 	}
@@ -195,7 +195,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 func TestWatcherCountsAndOverflow(t *testing.T) {
 	k := newFakeKernel()
-	k.create(1, fwmark.ForID(1), false) // exists before start: live, not new
+	k.create(1, ctmark.ForID(1), false) // exists before start: live, not new
 	k.create(2, 0x1234, false)          // not fwdd's
 	var mu sync.Mutex
 	var news []NewConn
@@ -206,11 +206,11 @@ func TestWatcherCountsAndOverflow(t *testing.T) {
 	}})
 	w.SetForwards(map[uint32]string{1: "web", 2: "dns", 3: "idle"})
 
-	k.create(10, fwmark.ForID(2), false)
-	k.create(11, fwmark.ForID(2), false)
-	k.create(12, fwmark.ForID(1), false)
+	k.create(10, ctmark.ForID(2), false)
+	k.create(11, ctmark.ForID(2), false)
+	k.create(12, ctmark.ForID(1), false)
 	k.destroy(11, false)
-	k.create(13, fwmark.ForID(9), false) // unnamed forward id
+	k.create(13, ctmark.ForID(9), false) // unnamed forward id
 	waitFor(t, "events", func() bool {
 		f := w.Snapshot().Forwards
 		return f["dns"].Live == 1 && f["web"].Live == 2 && f["#9"].Live == 1
@@ -229,7 +229,7 @@ func TestWatcherCountsAndOverflow(t *testing.T) {
 
 	// Events lost, then the overflow: the watcher must rebuild from a dump.
 	for id := uint32(100); id < 150; id++ {
-		k.create(id, fwmark.ForID(1), true)
+		k.create(id, ctmark.ForID(1), true)
 	}
 	k.destroy(12, true)
 	k.destroy(10, true)
@@ -246,7 +246,7 @@ func TestWatcherCountsAndOverflow(t *testing.T) {
 	}
 
 	// Still alive after the restart.
-	k.create(200, fwmark.ForID(2), false)
+	k.create(200, ctmark.ForID(2), false)
 	waitFor(t, "event after restart", func() bool { return w.Snapshot().Forwards["dns"].Live == 1 })
 
 	if err := stop(); err != nil {
@@ -261,7 +261,7 @@ func TestWatcherCancelDuringBacklog(t *testing.T) {
 	w, _, stop := newFakeWatcher(t, k, Options{Workers: 4, OnNew: func(NewConn) { time.Sleep(time.Microsecond) }})
 	_ = w
 	for id := uint32(1); id < 20000; id++ {
-		k.create(id, fwmark.ForID(1), false)
+		k.create(id, ctmark.ForID(1), false)
 	}
 	k.overflow()
 	k.overflow()

@@ -5,39 +5,31 @@ import (
 	"os"
 	"path/filepath"
 
+	"go.uber.org/zap"
+
 	"github.com/fwdd/fwdd/pkg/config"
 )
 
-// The daemon keeps the text of the config it last applied in its state
-// directory, so that `fwdd diff` can say field by field what a reload of
-// the file on disk would change.
+// The daemon keeps the configuration it last applied, rendered as one TOML
+// file, in its state directory, so that `fwdd diff` can say field by field
+// what a reload of the files on disk would change.
 
-// AppliedPath is the copy of the config in force.
+// AppliedPath is the record of the config in force.
 func AppliedPath(stateDir string) string { return filepath.Join(stateDir, "applied.toml") }
 
-// load reads and decodes the config file, returning its text too.
-func (d *Daemon) load() (*config.Config, []byte, error) {
-	data, err := config.ReadFile(d.opts.ConfigPath)
-	if err != nil {
-		return nil, nil, err
-	}
-	cfg, err := d.parser.Parse(d.opts.ConfigPath, data)
-	return cfg, data, err
-}
-
-// recordApplied writes the text of the config now in force, atomically.
-func (d *Daemon) recordApplied(data []byte) error {
-	if err := os.MkdirAll(d.opts.StateDir, 0o755); err != nil {
-		return fmt.Errorf("create state dir: %w", err)
-	}
+// recordApplied writes the config now in force, atomically.
+func (d *Daemon) recordApplied(cfg *config.Config) {
+	err := os.MkdirAll(d.opts.StateDir, 0o755)
 	tmp := AppliedPath(d.opts.StateDir) + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return fmt.Errorf("record applied config: %w", err)
+	if err == nil {
+		err = os.WriteFile(tmp, cfg.TOML(), 0o600)
 	}
-	if err := os.Rename(tmp, AppliedPath(d.opts.StateDir)); err != nil {
-		return fmt.Errorf("record applied config: %w", err)
+	if err == nil {
+		err = os.Rename(tmp, AppliedPath(d.opts.StateDir))
 	}
-	return nil
+	if err != nil {
+		d.log.Warn("cannot record the config in force; fwdd diff will not work", zap.Error(err))
+	}
 }
 
 // ReadApplied decodes the config the daemon has in force.

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
-	"sort"
 	"syscall"
 	"time"
 
@@ -33,10 +32,14 @@ type Options struct {
 	SetLevel func(string) error
 	// Notify sends a state to systemd (sd_notify); may be nil.
 	Notify func(state string)
-	// Kernel programs nftables; its NetNS is 0 in production.
-	Kernel *nft.Kernel
+	// Kernel is nftables: by default over netlink in the daemon's own
+	// namespace; tests pass an *nft.Fake.
+	Kernel Kernel
 	// Sysctls defaults to /proc/sys of the daemon's own namespace.
 	Sysctls sysctl.Sysctls
+	// Load reads the config (default: the file at ConfigPath, decoding only
+	// the blocks that changed since the last load); tests load from memory.
+	Load func() (*config.Config, error)
 	// PressureInterval is how often the conntrack table fill is read
 	// (default conntrack.DefaultPressureInterval).
 	PressureInterval time.Duration
@@ -45,13 +48,25 @@ type Options struct {
 	CheckInterval time.Duration
 }
 
-// Daemon owns fwdd's table for as long as it runs.
+// Kernel is what the daemon needs of nftables: run plans and read its
+// table back (nft.Backend), read the per-forward counters, list other
+// tables' forward chains that drop fwdd's connections, and tell whether a
+// table of fwdd's name is fwdd's. A Kernel that also has
+// WatchEvents() (*nft.Events, error) is watched for changes (see guard.go).
+type Kernel interface {
+	nft.Backend
+	ReadTraffic(table string) (map[string]*nft.Traffic, error)
+	ForeignBlockers(own string, tag, mask uint32) ([]nft.Blocker, error)
+	CheckOwner(table string) error
+}
+
+// Daemon owns fwdd's table for as long as it runs. What is in force (the
+// config, the forward ids, the table) is the applier's last model, read by
+// the metrics and tests from other goroutines.
 type Daemon struct {
 	opts    Options
 	log     *zap.Logger
 	applier nft.Applier
-	cfg     *config.Config
-	ids     map[string]uint32
 	state   State
 	metrics *metrics.Metrics
 	tasks   tasks
@@ -70,7 +85,7 @@ const parserCacheLimit = 50_000
 // New returns a daemon; nothing touches the kernel before Start.
 func New(opts Options) *Daemon {
 	if opts.Kernel == nil {
-		opts.Kernel = &nft.Kernel{}
+		opts.Kernel = &nft.Netlink{}
 	}
 	if opts.Notify == nil {
 		opts.Notify = func(string) {}
@@ -78,17 +93,22 @@ func New(opts Options) *Daemon {
 	if opts.StateDir == "" {
 		opts.StateDir = DefaultStateDir
 	}
-	d := &Daemon{opts: opts, log: opts.Log, applier: nft.Applier{Kernel: opts.Kernel},
+	d := &Daemon{opts: opts, log: opts.Log, applier: nft.Applier{Backend: opts.Kernel},
 		state: State{PID: os.Getpid()}}
+	d.applier.Observe = d.logPlan
 	d.parser.CacheLimit = parserCacheLimit
+	if d.opts.Load == nil {
+		d.opts.Load = func() (*config.Config, error) { return d.parser.Load(d.opts.ConfigPath) }
+	}
 	d.tasks.conns = newConnLogger(opts.Log)
 	d.tasks.watcher = conntrack.New(conntrack.Options{Log: opts.Log, OnNew: d.tasks.conns.onNew})
 	d.metrics = metrics.New(metrics.Sources{
 		Traffic: func() (map[string]*nft.Traffic, error) {
-			if d.cfg == nil {
+			m := d.applier.Last()
+			if m == nil {
 				return nil, nil
 			}
-			return d.opts.Kernel.ReadTraffic(d.cfg.Daemon.Table)
+			return d.opts.Kernel.ReadTraffic(m.Table)
 		},
 		Connections: d.tasks.watcher.Snapshot,
 		Pressure: func() conntrack.PressureStatus {
@@ -104,19 +124,40 @@ func New(opts Options) *Daemon {
 // Metrics returns the daemon's metrics (for tests).
 func (d *Daemon) Metrics() *metrics.Metrics { return d.metrics }
 
-// inForce publishes a newly applied config to the background tasks.
-func (d *Daemon) inForce(cfg *config.Config, ids map[string]uint32, m *nft.Model, st nft.Stats, reload bool) {
-	d.cfg, d.ids = cfg, ids
-	d.tasks.watcher.SetForwards(forwardNames(ids))
-	d.tasks.conns.setForwards(cfg.Forwards)
-	d.metrics.Applied(reload, len(cfg.Forwards), m.NumElements(), st.Elapsed)
+// publish tells the background tasks about the model now in force.
+func (d *Daemon) publish(m *nft.Model, st nft.Stats, reload bool) {
+	d.tasks.watcher.SetForwards(forwardNames(m.IDs))
+	d.tasks.conns.setForwards(m.Config.Forwards)
+	d.metrics.Applied(reload, len(m.Config.Forwards), m.NumElements(), st.Elapsed)
 }
 
-// Config returns the configuration in force.
-func (d *Daemon) Config() *config.Config { return d.cfg }
+// logPlan logs every batch at debug level, in nft syntax.
+func (d *Daemon) logPlan(p *nft.Plan) {
+	if ce := d.log.Check(zap.DebugLevel, "sending batch"); ce != nil {
+		ce.Write(zap.String("table", "inet "+p.Table), zap.Bool("fullReplace", p.Full),
+			zap.Int("messages", p.Messages()), zap.Int("elements", p.NumElements()), zap.String("plan", p.String()))
+	}
+}
 
-// IDs returns the forward ids in force.
-func (d *Daemon) IDs() map[string]uint32 { return d.ids }
+// InForce returns the model in force (config, forward ids, table), or nil
+// before the first apply. Safe from any goroutine.
+func (d *Daemon) InForce() *nft.Model { return d.applier.Last() }
+
+// Config returns the configuration in force, or nil.
+func (d *Daemon) Config() *config.Config {
+	if m := d.InForce(); m != nil {
+		return m.Config
+	}
+	return nil
+}
+
+// IDs returns the forward ids in force, or nil.
+func (d *Daemon) IDs() map[string]uint32 {
+	if m := d.InForce(); m != nil {
+		return m.IDs
+	}
+	return nil
+}
 
 func (d *Daemon) record(err error) {
 	d.state.Applies++
@@ -125,8 +166,8 @@ func (d *Daemon) record(err error) {
 	if err != nil {
 		d.state.Error = err.Error()
 	}
-	if d.cfg != nil {
-		d.state.Forwards = len(d.cfg.Forwards)
+	if cfg := d.Config(); cfg != nil {
+		d.state.Forwards = len(cfg.Forwards)
 	}
 	d.state.Time = time.Now()
 	if werr := WriteState(d.opts.StateDir, d.state); werr != nil {
@@ -136,10 +177,13 @@ func (d *Daemon) record(err error) {
 
 // Start loads the config and programs the kernel. An error here is fatal.
 func (d *Daemon) Start() error {
-	cfg, data, err := d.load()
+	cfg, err := d.opts.Load()
 	if err != nil {
 		d.record(err)
 		return err
+	}
+	for _, w := range cfg.Warnings {
+		d.log.Warn("config warning", zap.String("problem", w.Error()))
 	}
 	if d.opts.SetLevel != nil {
 		if err := d.opts.SetLevel(cfg.Daemon.LogLevel); err != nil {
@@ -155,38 +199,39 @@ func (d *Daemon) Start() error {
 		d.record(err)
 		return err
 	}
-	// Keep the ids of a table left by an earlier run (on_stop = "keep"), so
-	// its live connections stay attributed.
-	prev, err := d.opts.Kernel.ReadIDs(cfg.Daemon.Table)
+	// A table left by an earlier run (on_stop = "keep", a crash) is taken
+	// over: its forward ids are kept, so its live connections stay
+	// attributed, and it is reconciled with the config in one batch, which
+	// keeps the counters of what did not change.
+	have, err := d.opts.Kernel.Read(cfg.Daemon.Table, true)
 	if err != nil {
-		d.log.Warn("cannot read forward ids of the existing table; assigning new ones", zap.Error(err))
-		prev = nil
+		d.log.Warn("cannot read the existing table; replacing it", zap.Error(err))
+		have = nil
 	}
-	ids, err := nft.AssignIDs(prev, cfg)
+	ids, err := nft.AssignIDs(have.IDs(), cfg)
 	if err != nil {
 		d.record(err)
 		return err
 	}
-	m, err := nft.Compile(cfg, ids, nil)
+	m, err := nft.Compile(cfg, ids)
 	if err != nil {
 		d.record(err)
 		return fmt.Errorf("compile table: %w", err)
 	}
-	st, err := d.applier.Apply(m)
+	st, err := d.applier.Run(nft.Reconcile(have, m))
 	if err != nil {
 		d.record(err)
 		return fmt.Errorf("apply table: %w", err)
 	}
-	d.inForce(cfg, ids, m, st, false)
-	if err := d.recordApplied(data); err != nil {
-		d.log.Warn("fwdd diff will not know the config in force", zap.Error(err))
-	}
+	d.publish(m, st, false)
+	d.recordApplied(cfg)
 	d.record(nil)
 	// Building the first batch is the daemon's peak: give that memory back.
 	debug.FreeOSMemory()
 	d.log.Info("forwarding",
 		zap.String("config", cfg.Path), zap.String("table", "inet "+cfg.Daemon.Table),
 		zap.Int("numForwards", len(cfg.Forwards)), zap.Int("elements", m.NumElements()),
+		zap.Bool("adopted", have != nil && !st.Full),
 		zap.Int("messages", st.Messages), zap.Duration("elapsed", st.Elapsed))
 	return nil
 }
@@ -206,18 +251,22 @@ func (d *Daemon) Reload() error {
 }
 
 func (d *Daemon) reload(start time.Time) error {
-	cfg, data, err := d.load()
+	cfg, err := d.opts.Load()
 	if err != nil {
 		return err
 	}
-	if cfg.Daemon.Table != d.cfg.Daemon.Table {
-		return fmt.Errorf("daemon: table: changing the table name from %q to %q needs a restart", d.cfg.Daemon.Table, cfg.Daemon.Table)
+	for _, w := range cfg.Warnings {
+		d.log.Warn("config warning", zap.String("problem", w.Error()))
 	}
-	ids, err := nft.AssignIDs(d.ids, cfg)
+	cur := d.InForce()
+	if cfg.Daemon.Table != cur.Table {
+		return fmt.Errorf("daemon: table: changing the table name from %q to %q needs a restart", cur.Table, cfg.Daemon.Table)
+	}
+	ids, err := nft.AssignIDs(cur.IDs, cfg)
 	if err != nil {
 		return err
 	}
-	m, err := nft.Compile(cfg, ids, d.applier.Last())
+	m, err := nft.Compile(cfg, ids)
 	if err != nil {
 		return fmt.Errorf("compile table: %w", err)
 	}
@@ -227,75 +276,53 @@ func (d *Daemon) reload(start time.Time) error {
 	if err := d.applySysctls(cfg); err != nil {
 		return err
 	}
-	st, err := d.applier.Apply(m)
+	applyStart := time.Now()
+	p, err := d.applier.Plan(m)
+	if err != nil {
+		return fmt.Errorf("plan table: %w", err)
+	}
+	st, err := d.applier.Run(p)
+	st.Elapsed = time.Since(applyStart) // the check of the kernel's table included
 	if err != nil {
 		return fmt.Errorf("apply table: %w", err)
 	}
-	added, removed, changed := diffForwards(d.cfg, cfg)
 	if d.opts.SetLevel != nil {
 		if err := d.opts.SetLevel(cfg.Daemon.LogLevel); err != nil {
 			d.log.Warn("cannot change log level", zap.Error(err))
 		}
 	}
-	if cfg.Daemon.Metrics != d.cfg.Daemon.Metrics || cfg.Conntrack != d.cfg.Conntrack {
+	if cfg.Daemon.Metrics != cur.Config.Daemon.Metrics || cfg.Conntrack != cur.Config.Conntrack {
 		d.log.Warn("changes to [daemon] metrics and [conntrack] take effect at the next restart")
 	}
-	d.inForce(cfg, ids, m, st, true)
-	if err := d.recordApplied(data); err != nil {
-		d.log.Warn("fwdd diff will not know the config in force", zap.Error(err))
-	}
+	d.publish(m, st, true)
+	d.recordApplied(cfg)
 	d.log.Info("reloaded",
 		zap.Int("numForwards", len(cfg.Forwards)),
-		zap.Strings("added", added), zap.Strings("removed", removed), zap.Strings("changed", changed),
+		zap.Strings("added", p.Changes.Added), zap.Strings("removed", p.Changes.Removed), zap.Strings("changed", p.Changes.Changed),
 		zap.Bool("fullReplace", st.Full), zap.Bool("recovered", st.Recovered),
 		zap.Int("messages", st.Messages), zap.Int("elements", st.Elements),
 		zap.Duration("applyElapsed", st.Elapsed), zap.Duration("elapsed", time.Since(start)))
 	return nil
 }
 
-// diffForwards names the forwards added, removed and changed between a and b.
-func diffForwards(a, b *config.Config) (added, removed, changed []string) {
-	old := map[string]*config.Forward{}
-	for i := range a.Forwards {
-		old[a.Forwards[i].Name] = &a.Forwards[i]
-	}
-	seen := map[string]bool{}
-	for i := range b.Forwards {
-		f := &b.Forwards[i]
-		seen[f.Name] = true
-		switch o, ok := old[f.Name]; {
-		case !ok:
-			added = append(added, f.Name)
-		case !o.Equal(f):
-			changed = append(changed, f.Name)
-		}
-	}
-	for name := range old {
-		if !seen[name] {
-			removed = append(removed, name)
-		}
-	}
-	sort.Strings(removed)
-	return added, removed, changed
-}
-
 // Stop honours on_stop: remove the table, or leave it in the kernel.
 func (d *Daemon) Stop() error {
-	if d.cfg == nil {
+	cur := d.InForce()
+	if cur == nil {
 		return nil
 	}
-	if d.cfg.Daemon.OnStop == config.OnStopKeep {
-		d.log.Info("stopping; rules stay in the kernel (on_stop = \"keep\")", zap.String("table", "inet "+d.cfg.Daemon.Table))
+	if cur.Config.Daemon.OnStop == config.OnStopKeep {
+		d.log.Info("stopping; rules stay in the kernel (on_stop = \"keep\")", zap.String("table", "inet "+cur.Table))
 		return nil
 	}
-	if err := d.opts.Kernel.CheckOwner(d.cfg.Daemon.Table); err != nil {
+	if err := d.opts.Kernel.CheckOwner(cur.Table); err != nil {
 		d.log.Warn("stopped; table not removed", zap.Error(err))
 		return nil
 	}
-	if err := d.opts.Kernel.Delete(d.cfg.Daemon.Table); err != nil {
+	if err := d.applier.Delete(cur.Table); err != nil {
 		return fmt.Errorf("remove table on stop: %w", err)
 	}
-	d.log.Info("stopped; table removed", zap.String("table", "inet "+d.cfg.Daemon.Table))
+	d.log.Info("stopped; table removed", zap.String("table", "inet "+cur.Table))
 	return nil
 }
 
@@ -342,9 +369,10 @@ func (d *Daemon) Run(ctx context.Context, sigs <-chan os.Signal) error {
 }
 
 func (d *Daemon) startTasks(ctx context.Context, g *errgroup.Group) {
+	cfg := d.Config()
 	d.tasks.pressure = conntrack.NewPressure(conntrack.PressureOptions{
-		WarnPercent:     float64(d.cfg.Conntrack.WarnPercent),
-		CriticalPercent: float64(d.cfg.Conntrack.CriticalPercent),
+		WarnPercent:     float64(cfg.Conntrack.WarnPercent),
+		CriticalPercent: float64(cfg.Conntrack.CriticalPercent),
 		Interval:        d.opts.PressureInterval,
 		Sysctls:         d.opts.Sysctls,
 		Stats:           d.tasks.watcher.Snapshot,
@@ -354,7 +382,7 @@ func (d *Daemon) startTasks(ctx context.Context, g *errgroup.Group) {
 	g.Go(func() error { return d.tasks.pressure.Run(ctx) })
 	g.Go(func() error { return d.tasks.conns.run(ctx) })
 	d.startGuard(ctx, g)
-	if addr := d.cfg.Daemon.Metrics; addr != "" {
+	if addr := cfg.Daemon.Metrics; addr != "" {
 		g.Go(func() error {
 			// A metrics endpoint that cannot listen is logged, not fatal:
 			// forwarding matters more.

@@ -204,7 +204,7 @@ func (g *guard) run(ctx context.Context) error {
 			}
 		case <-lost:
 			g.opts.Log.Warn("nftables events lost; checking the table")
-			g.request(healRequest{reason: "events lost"})
+			g.request(healRequest{reason: reasonEventsLost})
 			settle = time.After(blockerSettle)
 		case <-settle:
 			settle = nil
@@ -260,3 +260,6 @@ func (g *guard) checkBlockers() {
 		g.opts.OnBlockers(len(bs))
 	}
 }
+
+// reasonEventsLost is the reason of the check after an event overflow.
+const reasonEventsLost = "events lost"

@@ -11,14 +11,14 @@ import (
 
 	"github.com/fwdd/fwdd/pkg/config"
 	"github.com/fwdd/fwdd/pkg/conntrack"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 	"github.com/fwdd/fwdd/pkg/daemon"
-	"github.com/fwdd/fwdd/pkg/fwmark"
 	"github.com/fwdd/fwdd/pkg/nft"
 	"github.com/fwdd/fwdd/pkg/sysctl"
 )
 
 // markTag and markMask are the ct mark bits of fwdd's connections.
-func markTag(*config.Config) (tag, mask uint32) { return fwmark.Tag, fwmark.Mask }
+func markTag(*config.Config) (tag, mask uint32) { return ctmark.Tag, ctmark.Mask }
 
 func checkForwarding(e *Env) []Result {
 	var out []Result
@@ -139,19 +139,19 @@ func checkTable(e *Env) []Result {
 		return []Result{fail(name, fmt.Sprintf("choose another [daemon] table in %s (the table of that name belongs to another program)", e.Cfg.Path),
 			"table %s was not created by fwdd (chains: %s)", name, strings.Join(o.Chains, ", "))}
 	}
-	ids, err := e.Kernel.ReadIDs(table)
+	have, err := e.Kernel.Read(table, true)
 	if err != nil {
-		return []Result{fail(name, "systemctl restart fwdd", "cannot read the forward ids of %s: %v", name, err)}
+		return []Result{fail(name, "run fwdd doctor as root", "cannot read %s: %v", name, err)}
 	}
-	assigned, err := nft.AssignIDs(ids, e.Cfg)
+	ids, err := nft.AssignIDs(have.IDs(), e.Cfg)
 	if err != nil {
 		return []Result{fail(name, "", "%v", err)}
 	}
-	m, err := nft.Compile(e.Cfg, assigned, nil)
+	m, err := nft.Compile(e.Cfg, ids)
 	if err != nil {
 		return []Result{fail(name, "", "compile %s: %v", e.Cfg.Path, err)}
 	}
-	if err := e.Kernel.VerifyContent(m); err != nil {
+	if err := have.Differs(m); err != nil {
 		return []Result{fail(name, "fwdd reload -c "+e.Cfg.Path+" (fwdd diff -c "+e.Cfg.Path+" shows what changes)",
 			"table %s differs from %s: %v", name, e.Cfg.Path, err)}
 	}

@@ -44,7 +44,7 @@ type Env struct {
 	Cfg      *config.Config
 	StateDir string // the daemon's state directory (its pid)
 	Probe    bool   // connect to each backend
-	Kernel   *nft.Kernel
+	Kernel   *nft.Netlink
 	Sysctls  sysctl.Sysctls
 	Proc     string        // /proc
 	Sys      string        // /sys
@@ -57,7 +57,7 @@ type Env struct {
 
 func (e *Env) defaults() {
 	if e.Kernel == nil {
-		e.Kernel = &nft.Kernel{}
+		e.Kernel = &nft.Netlink{}
 	}
 	if e.Sysctls == nil {
 		e.Sysctls = sysctl.NewFS("")

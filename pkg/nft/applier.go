@@ -3,178 +3,139 @@ package nft
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
-
-	"github.com/google/nftables"
 )
 
-// Applier keeps fwdd's table equal to the latest model, with one
-// transaction per change: the whole table at start, after a failure and
-// when the table was changed behind fwdd's back; only the differences
-// otherwise.
-type Applier struct {
-	Kernel *Kernel
-	last   *Model // what the kernel holds, as far as fwdd knows; nil = unknown
+// Backend runs plans against fwdd's table and reads the table back: the
+// netlink implementation (Netlink) or an in-memory one for tests (Fake).
+type Backend interface {
+	// Run sends the plan as one batch: the kernel applies it whole or not
+	// at all. An error wrapping ErrOutcomeUnknown means it may have.
+	Run(p *Plan) error
+	// Read reads the table back, nil when it does not exist; with elements
+	// false it skips the set elements (cheap).
+	Read(table string, elements bool) (*Table, error)
 }
 
-// Last returns the model fwdd last applied successfully, or nil.
-func (a *Applier) Last() *Model { return a.last }
+// Applier keeps fwdd's table equal to the latest model with one batch per
+// change, and is the one place that records what is in force.
+type Applier struct {
+	Backend Backend
+	// Observe, if set, sees every plan just before it is sent.
+	Observe func(*Plan)
+	// last is the model last applied successfully: what is in force. It is
+	// read by other goroutines (metrics), hence atomic.
+	last atomic.Pointer[Model]
+	// unsure: the kernel may not hold last (a failed or unknown batch), so
+	// the next plan replaces the whole table.
+	unsure bool
+}
 
-// Forget makes the next Apply replace the whole table.
-func (a *Applier) Forget() { a.last = nil }
+// Last returns the model in force (last applied successfully), or nil. It
+// is safe to call from any goroutine.
+func (a *Applier) Last() *Model { return a.last.Load() }
 
-// Apply makes the kernel's table equal to m. Stats.Elapsed covers the
-// whole apply: the check of the kernel's table, the batch and any recovery.
-func (a *Applier) Apply(m *Model) (st Stats, err error) {
+// Plan returns the batch that Apply(m) would send now: only the
+// differences from the model in force (Diff), or a full replace when
+// nothing was applied yet, after a failure, or when the table was changed
+// behind fwdd's back (checked by a cheap read of chains, rules and sets).
+// It only reads.
+func (a *Applier) Plan(m *Model) (*Plan, error) {
+	last := a.Last()
+	if last == nil {
+		return Replace(m), nil
+	}
+	p := Diff(last, m)
+	if p.Full {
+		return p, nil
+	}
+	replace := a.unsure
+	if !replace {
+		t, err := a.Backend.Read(last.Table, false)
+		if err != nil {
+			return nil, fmt.Errorf("read table inet %s: %w", last.Table, err)
+		}
+		replace = t == nil || t.shapeDiffers(last) != ""
+	}
+	if replace {
+		r := Replace(m)
+		r.Changes = p.Changes
+		return r, nil
+	}
+	return p, nil
+}
+
+// Apply makes the kernel's table equal to m: Plan, then Run.
+func (a *Applier) Apply(m *Model) (Stats, error) {
 	start := time.Now()
-	defer func() { st.Elapsed = time.Since(start) }()
-	full := a.last == nil || a.last.Table != m.Table || !sameHooks(a.last, m)
-	if !full {
-		if err := a.Kernel.Verify(a.last); err != nil {
-			full = true
-		}
-	}
-	if full {
-		st, err = a.Kernel.Replace(m)
-	} else {
-		st, err = a.Kernel.Update(a.last, m)
-	}
-	if errors.Is(err, ErrOutcomeUnknown) {
-		// The kernel may or may not have committed the batch (FACTS.md:
-		// ENOBUFS after a successful commit). Read the table back: if it
-		// holds m, the batch went in; otherwise replace it whole.
-		a.last = nil
-		st.Recovered = true
-		if verr := a.Kernel.VerifyContent(m); verr == nil {
-			err = nil
-		} else {
-			rst, rerr := a.Kernel.Replace(m)
-			st.Full = true
-			st.Messages += rst.Messages
-			if rerr == nil {
-				rerr = a.Kernel.VerifyContent(m)
-			}
-			err = rerr
-		}
-	}
+	p, err := a.Plan(m)
 	if err != nil {
-		if !full {
-			// A rejected update leaves the table as it was; a later apply
-			// still starts from a full replace to be safe.
-			a.last = nil
-		}
+		return Stats{Elapsed: time.Since(start)}, err
+	}
+	st, err := a.Run(p)
+	st.Elapsed = time.Since(start)
+	return st, err
+}
+
+// Run sends p and records p.Want as in force when it went in. If the
+// outcome is unknown (ENOBUFS: FACTS.md) it reads the table back: if it
+// holds p.Want the batch went in; otherwise it replaces the table whole.
+func (a *Applier) Run(p *Plan) (Stats, error) {
+	start := time.Now()
+	st := Stats{Full: p.Full, Messages: p.Messages(), Elements: p.NumElements()}
+	err := a.run(p)
+	if errors.Is(err, ErrOutcomeUnknown) {
+		st.Recovered = true
+		err = a.recover(p.Want, &st)
+	}
+	st.Elapsed = time.Since(start)
+	if err != nil {
+		a.unsure = true
 		return st, err
 	}
-	a.last = m
+	a.unsure = false
+	a.last.Store(p.Want)
 	return st, nil
 }
 
-// Verify checks that the kernel's table still has the chains, rule counts
-// and sets of m: a cheap check that nobody edited fwdd's table by hand.
-func (k *Kernel) Verify(m *Model) error {
-	c, err := k.readConn()
-	if err != nil {
-		return err
+func (a *Applier) run(p *Plan) error {
+	if p.Empty() {
+		return nil
 	}
-	defer func() { _ = c.CloseLasting() }()
-	t := &nftables.Table{Name: m.Table, Family: nftables.TableFamilyINet}
-	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return fmt.Errorf("list chains: %w", err)
+	if a.Observe != nil {
+		a.Observe(p)
 	}
-	have := map[string]*nftables.Chain{}
-	for _, ch := range chains {
-		if ch.Table.Name == m.Table {
-			have[ch.Name] = ch
-		}
-	}
-	if len(have) != len(m.Chains) {
-		return fmt.Errorf("table inet %s has %d chains, want %d", m.Table, len(have), len(m.Chains))
-	}
-	for _, mc := range m.Chains {
-		ch, ok := have[mc.Name]
-		if !ok {
-			return fmt.Errorf("chain %s is missing", mc.Name)
-		}
-		rules, err := c.GetRules(t, ch)
-		if err != nil {
-			return fmt.Errorf("list rules of chain %s: %w", mc.Name, err)
-		}
-		if len(rules) != len(mc.Rules) {
-			return fmt.Errorf("chain %s has %d rules, want %d", mc.Name, len(rules), len(mc.Rules))
-		}
-	}
-	sets, err := c.GetSets(t)
-	if err != nil {
-		return fmt.Errorf("list sets: %w", err)
-	}
-	named := 0
-	for _, s := range sets {
-		if s.Anonymous {
-			continue
-		}
-		if m.Set(s.Name) == nil {
-			return fmt.Errorf("unexpected set %s", s.Name)
-		}
-		named++
-	}
-	if named != len(m.Sets) {
-		return fmt.Errorf("table inet %s has %d sets, want %d", m.Table, named, len(m.Sets))
-	}
-	return nil
+	return a.Backend.Run(p)
 }
 
-// VerifyContent reads the whole table back and compares it with m: chains,
-// rule counts, and every element of every set (key and data). Dumps are
-// flow-controlled by the reader, so this works where a batch's acks did not.
-func (k *Kernel) VerifyContent(m *Model) error {
-	if err := k.Verify(m); err != nil {
-		return err
-	}
-	c, err := k.readConn()
+func (a *Applier) recover(m *Model, st *Stats) error {
+	t, err := a.Backend.Read(m.Table, true)
 	if err != nil {
+		return fmt.Errorf("read table inet %s back after an unknown outcome: %w", m.Table, err)
+	}
+	if t.Differs(m) == nil {
+		return nil
+	}
+	r := Replace(m)
+	st.Full = true
+	st.Messages += r.Messages()
+	if err := a.run(r); err != nil {
 		return err
 	}
-	defer func() { _ = c.CloseLasting() }()
-	t := &nftables.Table{Name: m.Table, Family: nftables.TableFamilyINet}
-	all := m.elements()
-	for i, s := range m.Sets {
-		ks, err := kernelSet(t, s)
-		if err != nil {
-			return err
-		}
-		elems, err := c.GetSetElements(ks)
-		if err != nil {
-			return fmt.Errorf("read set %s: %w", s.Name, err)
-		}
-		want := make(map[string]bool, len(all[i]))
-		for _, e := range kernelElems(s, all[i]) {
-			want[string(e.Key)+"/"+string(e.Val)] = true
-		}
-		if len(elems) != len(want) {
-			return fmt.Errorf("set %s has %d elements, want %d", s.Name, len(elems), len(want))
-		}
-		for _, e := range elems {
-			if !want[string(e.Key)+"/"+string(e.Val)] {
-				return fmt.Errorf("set %s has an element fwdd did not add", s.Name)
-			}
-		}
+	t, err = a.Backend.Read(m.Table, true)
+	if err != nil {
+		return fmt.Errorf("read table inet %s back: %w", m.Table, err)
 	}
-	return nil
+	return t.Differs(m)
 }
 
-// sameHooks reports whether two models have the same base chains with the
-// same policies: a diff only changes rules and elements, so anything else
-// is applied by replacing the table.
-func sameHooks(a, b *Model) bool {
-	hooks := func(m *Model) string {
-		var s string
-		for _, c := range m.Chains {
-			if c.Hook != nil {
-				s += fmt.Sprintf("%s:%+v;", c.Name, *c.Hook)
-			}
-		}
-		return s
+// Delete removes fwdd's table if it exists, in one batch.
+func (a *Applier) Delete(table string) error {
+	t, err := a.Backend.Read(table, false)
+	if err != nil || t == nil {
+		return err
 	}
-	return hooks(a) == hooks(b)
+	a.unsure = true
+	return a.run(&Plan{Table: table, Ops: []Op{{Kind: OpDeleteTable}}})
 }

@@ -5,12 +5,9 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
-	"sync/atomic"
-
-	"github.com/google/nftables/expr"
 
 	"github.com/fwdd/fwdd/pkg/config"
-	"github.com/fwdd/fwdd/pkg/fwmark"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 )
 
 // Names of the table's fixed sets and maps. Per family f (4 or 6):
@@ -61,8 +58,8 @@ func AssignIDs(prev map[string]uint32, cfg *config.Config) (map[string]uint32, e
 		for used[next] {
 			next++
 		}
-		if next > fwmark.MaxID {
-			return nil, fmt.Errorf("assign forward ids: more than %d forwards", fwmark.MaxID)
+		if next > ctmark.MaxID {
+			return nil, fmt.Errorf("assign forward ids: more than %d forwards", ctmark.MaxID)
 		}
 		ids[f.Name] = next
 		used[next] = true
@@ -76,9 +73,7 @@ func AssignIDs(prev map[string]uint32, cfg *config.Config) (map[string]uint32, e
 func restricted(f *config.Forward) bool { return f.Interface != "" || len(f.Sources) > 0 }
 
 // part is what one forward contributes to the table: its elements per set
-// and, for a restricted forward, its dispatch rules and chain. Parts of
-// unchanged forwards are reused from the previous model, so a reload
-// compiles and diffs only what changed.
+// and, for a restricted forward, its dispatch rules and chain.
 //
 // A part keeps no elements: they are a function of the forward and its id,
 // made when a batch or a diff needs them, so the daemon's memory does not
@@ -88,10 +83,11 @@ type part struct {
 	id    uint32
 	rules []Rule
 	chain *Chain
-	// same: equal to the part of the same name in the model compiled from
-	// (Model.base), so a diff against that model can skip it.
-	same bool
 }
+
+// unchanged reports whether q (of an older model) contributes the same to
+// the table as p.
+func (p *part) unchanged(q *part) bool { return q != nil && q.id == p.id && q.fwd.Equal(p.fwd) }
 
 // setOrder lists the table's sets and maps; every model has them all, in
 // this order.
@@ -130,7 +126,7 @@ var setIndex = func() map[string]int {
 func newPart(f *config.Forward, id uint32) *part {
 	p := &part{fwd: f, id: id}
 	if restricted(f) {
-		p.rules, p.chain = restrictedForward(f, familyOf(f.To), fwmark.ForID(id))
+		p.rules, p.chain = restrictedForward(f, familyOf(f.To), ctmark.ForID(id))
 	}
 	return p
 }
@@ -150,7 +146,7 @@ func (p *part) numElems() int {
 // elements makes the part's elements, by set index.
 func (p *part) elements(out *[numSets][]Element) {
 	f := p.fwd
-	mark := fwmark.ForID(p.id)
+	mark := ctmark.ForID(p.id)
 	fam := familyOf(f.To)
 	markV := Mark(mark)
 	add := func(set string, e Element) { i := setIndex[set]; out[i] = append(out[i], e) }
@@ -200,23 +196,15 @@ func (p *part) elements(out *[numSets][]Element) {
 	}
 }
 
-var modelSerial atomic.Uint64
-
 // Compile turns a validated config into the model of fwdd's table. It is
-// pure: the same config and ids always give the same model. prev, the model
-// last applied (or nil), only saves work: parts of unchanged forwards are
-// taken from it.
-func Compile(cfg *config.Config, ids map[string]uint32, prev *Model) (*Model, error) {
-	m := &Model{Table: cfg.Daemon.Table, IDs: ids, parts: make(map[string]*part, len(cfg.Forwards)),
-		order: make([]*part, 0, len(cfg.Forwards)), serial: modelSerial.Add(1)}
-	if prev != nil {
-		m.base = prev.serial
-	}
+// pure: the same config and ids always give the same model.
+func Compile(cfg *config.Config, ids map[string]uint32) (*Model, error) {
+	m := &Model{Table: cfg.Daemon.Table, Config: cfg, IDs: ids, parts: make(map[string]*part, len(cfg.Forwards)),
+		order: make([]*part, 0, len(cfg.Forwards))}
 	for _, s := range setOrder {
 		c := *s
 		m.Sets = append(m.Sets, &c)
 	}
-
 	var restrictedRules []Rule
 	var forwardChains []*Chain
 	for i := range cfg.Forwards {
@@ -225,17 +213,7 @@ func Compile(cfg *config.Config, ids map[string]uint32, prev *Model) (*Model, er
 		if !ok {
 			return nil, fmt.Errorf("forward %q has no id", f.Name)
 		}
-		var p *part
-		if prev != nil {
-			if pp := prev.parts[f.Name]; pp != nil && pp.id == id && pp.fwd.Equal(f) {
-				// A fresh part pointing at the new config, so that the old
-				// config can be freed.
-				p = &part{fwd: f, id: id, rules: pp.rules, chain: pp.chain, same: true}
-			}
-		}
-		if p == nil {
-			p = newPart(f, id)
-		}
+		p := newPart(f, id)
 		m.parts[f.Name] = p
 		m.order = append(m.order, p)
 		restrictedRules = append(restrictedRules, p.rules...)
@@ -243,20 +221,21 @@ func Compile(cfg *config.Config, ids map[string]uint32, prev *Model) (*Model, er
 			forwardChains = append(forwardChains, p.chain)
 		}
 	}
+	for _, bc := range baseChains {
+		c := bc.chain(cfg.Daemon.ForwardPolicy)
+		m.Chains = append(m.Chains, c)
+		if c.Name == "output" {
+			// The regular chains sit between the DNAT and the SNAT chains.
+			m.Chains = append(m.Chains, dispatchChain(restrictedRules))
+			m.Chains = append(m.Chains, forwardChains...)
+		}
+	}
+	return m, nil
+}
 
-	m.Chains = append(m.Chains,
-		&Chain{Name: "prerouting", Hook: &Hook{Type: "nat", Hook: "prerouting", Priority: -100},
-			Comment: "DNAT of connections arriving from the network",
-			// The comment marks the table as fwdd's (see Ownership).
-			Rules: []Rule{{Comment: OwnerMark, Stmts: []Stmt{verdict{kind: expr.VerdictJump, chain: chainDispatch}}}}},
-		&Chain{Name: "output", Hook: &Hook{Type: "nat", Hook: "output", Priority: -100},
-			Comment: "DNAT of the host's own connections to its forwarded addresses",
-			Rules: []Rule{
-				{Stmts: []Stmt{matchNFProto{IPv4}, matchAddr{dst: true, prefix: netip.MustParsePrefix("127.0.0.0/8")}, verdict{kind: expr.VerdictReturn}}},
-				{Stmts: []Stmt{matchNFProto{IPv6}, matchAddr{dst: true, prefix: netip.MustParsePrefix("::1/128")}, verdict{kind: expr.VerdictReturn}}},
-				{Stmts: []Stmt{verdict{kind: expr.VerdictJump, chain: chainDispatch}}},
-			}},
-	)
+// dispatchChain finds a new connection's forward: the restricted forwards'
+// rules first, then one map lookup per family.
+func dispatchChain(restrictedRules []Rule) *Chain {
 	dispatch := &Chain{Name: chainDispatch, Comment: "forwards with interface or source matches first, then one map lookup per family"}
 	dispatch.Rules = append(dispatch.Rules, restrictedRules...)
 	for _, fam := range []Family{IPv4, IPv6} {
@@ -269,52 +248,7 @@ func Compile(cfg *config.Config, ids map[string]uint32, prev *Model) (*Model, er
 			Rule{Stmts: []Stmt{matchNFProto{fam}, matchFibLocal{}, natMap{fam: fam, key: byPort, set: setName("dnat", fam, "port"), withPort: true}}},
 		)
 	}
-	m.Chains = append(m.Chains, dispatch)
-	m.Chains = append(m.Chains, forwardChains...)
-	ctMark := key{loadCtMrk}
-	m.Chains = append(m.Chains,
-		&Chain{Name: "postrouting", Hook: &Hook{Type: "nat", Hook: "postrouting", Priority: 100},
-			Comment: "source NAT only for connections fwdd forwarded",
-			Rules: []Rule{
-				{Stmts: []Stmt{matchNFProto{IPv4}, natMap{snat: true, fam: IPv4, key: ctMark, set: setName("snat", IPv4, "")}}},
-				{Stmts: []Stmt{matchNFProto{IPv6}, natMap{snat: true, fam: IPv6, key: ctMark, set: setName("snat", IPv6, "")}}},
-				{Stmts: []Stmt{matchSet{ctMark, SetNoSNAT}, verdict{kind: expr.VerdictReturn}}},
-				{Stmts: []Stmt{matchCtMarkMasked{mask: fwmark.Mask, value: fwmark.Tag}, masquerade{}}},
-			}},
-		forwardChain(cfg.Daemon.ForwardPolicy),
-		&Chain{Name: "count_input", Hook: &Hook{Type: "filter", Hook: "input", Priority: 10},
-			Comment: "replies to the host's own forwarded connections",
-			Rules:   countRules(false, true)},
-		&Chain{Name: "count_output", Hook: &Hook{Type: "filter", Hook: "output", Priority: 10},
-			Comment: "the host's own forwarded connections",
-			Rules:   countRules(true, false)},
-	)
-	return m, nil
-}
-
-// forwardChain counts fwdd's forwarded packets and, with forward_policy =
-// "drop", drops every forwarded packet of a connection fwdd did not forward.
-func forwardChain(policy config.ForwardPolicy) *Chain {
-	c := &Chain{Name: "count_forward", Hook: &Hook{Type: "filter", Hook: "forward", Priority: 10},
-		Comment: "per-forward packet and byte counters, both directions",
-		Rules:   countRules(true, true)}
-	if policy == config.ForwardDrop {
-		c.Hook.Drop = true
-		c.Comment += "; drop by default: only fwdd's connections pass"
-		c.Rules = append(c.Rules, Rule{Stmts: []Stmt{matchCtMarkMasked{mask: fwmark.Mask, value: fwmark.Tag}, verdict{kind: expr.VerdictAccept}}})
-	}
-	return c
-}
-
-func countRules(orig, reply bool) []Rule {
-	var r []Rule
-	if orig {
-		r = append(r, Rule{Stmts: []Stmt{matchCtDirection{false}, matchSet{key{loadCtMrk}, SetTrafficOrig}}})
-	}
-	if reply {
-		r = append(r, Rule{Stmts: []Stmt{matchCtDirection{true}, matchSet{key{loadCtMrk}, SetTrafficReply}}})
-	}
-	return r
+	return dispatch
 }
 
 // restrictedForward returns the dispatch rules and the chain of a forward
@@ -359,7 +293,7 @@ func restrictedForward(f *config.Forward, fam Family, mark uint32) ([]Rule, *Cha
 			} else {
 				st = append(st, matchAddr{dst: true, prefix: netip.PrefixFrom(f.Address, f.Address.BitLen())})
 			}
-			st = append(st, matchL4Proto{p}, matchDport{f.Port}, verdict{kind: expr.VerdictGoto, chain: chain.Name})
+			st = append(st, matchL4Proto{p}, matchDport{f.Port}, goTo(chain.Name))
 			rules = append(rules, Rule{Comment: f.Name, Stmts: st})
 		}
 	}

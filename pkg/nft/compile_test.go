@@ -106,23 +106,73 @@ func TestAssignIDsKeepsIDs(t *testing.T) {
 func TestDiffOnlyChanges(t *testing.T) {
 	old := compile(t, goldenConfig, nil)
 	changed := strings.Replace(goldenConfig, `to = "192.168.1.50:8080"`, `to = "192.168.1.51:8080"`, 1)
-	m := compile(t, changed, old)
-	d := diff(old, m)
-	if len(d.addChains)+len(d.delChains)+len(d.flushChains) != 0 {
-		t.Errorf("chains changed: add %d del %d flush %d", len(d.addChains), len(d.delChains), len(d.flushChains))
+	p := Diff(old, compile(t, changed, old))
+	want := "delete element inet fwdd dnat4_port { tcp . 80 }\n" +
+		"add element inet fwdd dnat4_port { tcp . 80 : 192.168.1.51 . 8080 }\n"
+	if diff := cmp.Diff(want, p.String()); diff != "" {
+		t.Errorf("plan (-want +got):\n%s", diff)
 	}
-	if len(d.sets) != 1 || d.sets[0].set.Name != "dnat4_port" || len(d.sets[0].add) != 1 || len(d.sets[0].del) != 1 {
-		t.Fatalf("want one element replaced in dnat4_port, got %+v", d.sets)
+	if d := cmp.Diff(Changes{Changed: []string{"web"}}, p.Changes); d != "" {
+		t.Errorf("changes (-want +got):\n%s", d)
 	}
-	// A restricted forward's change rewrites its chain and the dispatch chain only.
+	if p.Full || p.Messages() != 4 || p.NumElements() != 2 {
+		t.Errorf("full=%v messages=%d elements=%d, want a diff of 2 elements in 4 messages", p.Full, p.Messages(), p.NumElements())
+	}
+	// A restricted forward's change rewrites the dispatch chain only.
 	changed = strings.Replace(goldenConfig, `interface = "eth1"`, `interface = "eth2"`, 1)
-	d = diff(old, compile(t, changed, old))
+	p = Diff(old, compile(t, changed, old))
 	var flushed []string
-	for _, c := range d.flushChains {
-		flushed = append(flushed, c.Name)
+	for _, op := range p.Ops {
+		if op.Kind == OpFlushChain {
+			flushed = append(flushed, op.Chain.Name)
+		}
 	}
 	if diff := cmp.Diff([]string{"dispatch"}, flushed); diff != "" {
 		t.Errorf("flushed chains (-want +got):\n%s", diff)
+	}
+	// Nothing changed: nothing to send.
+	if p := Diff(old, compile(t, goldenConfig, old)); !p.Empty() || !p.Changes.Empty() {
+		t.Errorf("a diff of the same config: %v\n%s", p.Changes, p)
+	}
+}
+
+func TestDiffChanges(t *testing.T) {
+	a := compile(t, `
+[[forward]]
+name = "same"
+port = 80
+to = "10.0.0.1"
+[[forward]]
+name = "moved"
+port = 81
+to = "10.0.0.1"
+[[forward]]
+name = "gone"
+port = 82
+to = "10.0.0.1"
+[[forward]]
+name = "also-gone"
+port = 84
+to = "10.0.0.1"
+`, nil)
+	b := compile(t, `
+[[forward]]
+name = "same"
+port = 80
+to = "10.0.0.1"
+
+[[forward]]
+name = "moved"
+port = 81
+to = "10.0.0.2"
+[[forward]]
+name = "new"
+port = 83
+to = "10.0.0.1"
+`, a)
+	want := Changes{Added: []string{"new"}, Removed: []string{"gone", "also-gone"}, Changed: []string{"moved"}}
+	if d := cmp.Diff(want, Diff(a, b).Changes); d != "" {
+		t.Errorf("changes (-want +got):\n%s", d)
 	}
 }
 

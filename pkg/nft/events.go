@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/google/nftables"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -79,7 +80,7 @@ var ownComm = sync.OnceValue(func() string {
 // ruleset as a whole.
 var ErrEventsLost = errors.New("nftables events lost (receive buffer overflow)")
 
-// Events reads the nftables change events of the Kernel's namespace.
+// Events reads the nftables change events of the Netlink backend's namespace.
 //
 // It decodes the netlink messages itself rather than use google/nftables'
 // Monitor: in v0.3.0 the Monitor drops the table and set names of element
@@ -98,7 +99,7 @@ type Events struct {
 const eventsBuffer = 32 << 20
 
 // WatchEvents subscribes to the namespace's nftables events.
-func (k *Kernel) WatchEvents() (*Events, error) {
+func (k *Netlink) WatchEvents() (*Events, error) {
 	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: k.NetNS})
 	if err != nil {
 		return nil, fmt.Errorf("open nftables event socket: %w", err)
@@ -174,11 +175,6 @@ func decodeGen(b []byte) Commit {
 	return c
 }
 
-var hookNames = map[uint32]string{
-	unix.NF_INET_PRE_ROUTING: "prerouting", unix.NF_INET_LOCAL_IN: "input",
-	unix.NF_INET_FORWARD: "forward", unix.NF_INET_LOCAL_OUT: "output", unix.NF_INET_POST_ROUTING: "postrouting",
-}
-
 // decodeChange reads the names of one change message. Every object's table
 // is attribute 1 (NFTA_*_TABLE / NFTA_TABLE_NAME).
 func decodeChange(typ int, family byte, b []byte) (Change, bool) {
@@ -224,7 +220,7 @@ func decodeChange(typ int, family byte, b []byte) (Change, bool) {
 			ad.Nested(func(nd *netlink.AttributeDecoder) error {
 				for nd.Next() {
 					if nd.Type() == unix.NFTA_HOOK_HOOKNUM {
-						c.Hook = hookNames[nd.Uint32()]
+						c.Hook = hookNames[nftables.ChainHook(nd.Uint32())]
 					}
 				}
 				return nil

@@ -17,7 +17,7 @@ import (
 func TestKernelEvents(t *testing.T) {
 	topo := sandbox.New(t, sandbox.Options{NoClient2: true, NoOther: true})
 	gw := topo.Gateway
-	k := &Kernel{NetNS: gw.Fd()}
+	k := &Netlink{NetNS: gw.Fd()}
 	ev, err := k.WatchEvents()
 	if err != nil {
 		t.Fatal(err)
@@ -52,7 +52,7 @@ func TestKernelEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := compileCfg(t, cfg, nil)
-	if _, err := k.Replace(m); err != nil {
+	if err := k.Run(Replace(m)); err != nil {
 		t.Fatal(err)
 	}
 	own := next()

@@ -84,7 +84,7 @@ func AllowRule(owner, family, table, chain string, tag, mask uint32) string {
 // ForeignBlockers lists the forward-hook chains of tables other than fwdd's
 // own (inet own) that drop fwdd's connections, marked tag under mask. It
 // only reads.
-func (k *Kernel) ForeignBlockers(own string, tag, mask uint32) ([]Blocker, error) {
+func (k *Netlink) ForeignBlockers(own string, tag, mask uint32) ([]Blocker, error) {
 	c, err := k.readConn()
 	if err != nil {
 		return nil, err
@@ -293,7 +293,7 @@ type TableInfo struct {
 
 // Tables lists the tables of the namespace with their chains, fwdd's own
 // (inet own) included.
-func (k *Kernel) Tables() ([]TableInfo, error) {
+func (k *Netlink) Tables() ([]TableInfo, error) {
 	c, err := k.readConn()
 	if err != nil {
 		return nil, err

@@ -49,7 +49,7 @@ func TestAllowRule(t *testing.T) {
 func TestKernelForeignBlockers(t *testing.T) {
 	topo := sandbox.New(t, sandbox.Options{NoClient2: true, NoOther: true})
 	gw := topo.Gateway
-	k := &Kernel{NetNS: gw.Fd()}
+	k := &Netlink{NetNS: gw.Fd()}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	nft := func(script string) {

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/fwdd/fwdd/internal/sandbox"
 	"github.com/fwdd/fwdd/pkg/config"
 )
@@ -36,6 +38,7 @@ func fwdAddr(i int) string {
 	return fmt.Sprintf("10.%d.%d.%d", 100+i/65536, i/256%256, i%256)
 }
 
+// compileCfg compiles cfg keeping the ids of prev (may be nil).
 func compileCfg(t testing.TB, cfg *config.Config, prev *Model) *Model {
 	t.Helper()
 	var prevIDs map[string]uint32
@@ -46,7 +49,7 @@ func compileCfg(t testing.TB, cfg *config.Config, prev *Model) *Model {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := Compile(cfg, ids, prev)
+	m, err := Compile(cfg, ids)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +58,7 @@ func compileCfg(t testing.TB, cfg *config.Config, prev *Model) *Model {
 
 type scaleEnv struct {
 	topo    *sandbox.Topology
-	kernel  *Kernel
+	kernel  *Netlink
 	servers []*sandbox.TCPServer
 	udp     []*sandbox.UDPServer
 }
@@ -65,7 +68,7 @@ func newScaleEnv(t *testing.T) *scaleEnv {
 	if err := topo.Gateway.SetSysctl("net.ipv4.ip_forward", "1"); err != nil {
 		t.Fatal(err)
 	}
-	e := &scaleEnv{topo: topo, kernel: &Kernel{NetNS: topo.Gateway.Fd()}}
+	e := &scaleEnv{topo: topo, kernel: &Netlink{NetNS: topo.Gateway.Fd()}}
 	for p := 8000; p < 8010; p++ {
 		s, err := topo.Backend.ListenTCP(fmt.Sprintf("10.22.0.2:%d", p))
 		if err != nil {
@@ -107,7 +110,7 @@ func TestKernel100kForwards(t *testing.T) {
 	cfg := manyForwards(t, 100_000)
 	parsed := time.Since(start)
 	m := compileCfg(t, cfg, nil)
-	a := &Applier{Kernel: e.kernel}
+	a := &Applier{Backend: e.kernel}
 	st, err := a.Apply(m)
 	if err != nil {
 		t.Fatal(err)
@@ -133,7 +136,7 @@ func TestKernelReloadSendsOnlyChanges(t *testing.T) {
 	e := newScaleEnv(t)
 	cfg := manyForwards(t, 10_000)
 	m := compileCfg(t, cfg, nil)
-	a := &Applier{Kernel: e.kernel}
+	a := &Applier{Backend: e.kernel}
 	if _, err := a.Apply(m); err != nil {
 		t.Fatal(err)
 	}
@@ -210,7 +213,7 @@ func TestKernelRecoversFromENOBUFS(t *testing.T) {
 	e.kernel.ReceiveBuffer = 4096
 	cfg := manyForwards(t, 10_000)
 	m := compileCfg(t, cfg, nil)
-	a := &Applier{Kernel: e.kernel}
+	a := &Applier{Backend: e.kernel}
 	st, err := a.Apply(m)
 	if err != nil {
 		t.Fatalf("apply with ENOBUFS: %v", err)
@@ -247,7 +250,7 @@ func TestKernelTamperedTableIsReplaced(t *testing.T) {
 	e := newScaleEnv(t)
 	cfg := manyForwards(t, 10)
 	m := compileCfg(t, cfg, nil)
-	a := &Applier{Kernel: e.kernel}
+	a := &Applier{Backend: e.kernel}
 	if _, err := a.Apply(m); err != nil {
 		t.Fatal(err)
 	}
@@ -273,7 +276,7 @@ func TestKernelTamperedTableIsReplaced(t *testing.T) {
 // (interface/sources) goes through the diff path and leaves the table exact.
 func TestKernelRestrictedForwardsReload(t *testing.T) {
 	e := newScaleEnv(t)
-	a := &Applier{Kernel: e.kernel}
+	a := &Applier{Backend: e.kernel}
 	parse := func(text string) *config.Config {
 		cfg, err := config.Parse("fwdd.toml", []byte(text))
 		if err != nil {
@@ -310,5 +313,51 @@ to = "10.22.0.2:8000"
 	e.checkTCP(t, 0)
 	if _, _, err := e.topo.Client.DialTCP(context.Background(), "10.11.0.1:81"); err == nil {
 		t.Error("the removed forward still forwards")
+	}
+}
+
+// A table read back from the kernel (rule tags, elements) reconciles to
+// nothing when it holds the model, and to a batch that keeps the table when
+// the config changed (what a restart with on_stop = "keep" does).
+func TestKernelReconcileReadBack(t *testing.T) {
+	e := newScaleEnv(t)
+	text := goldenConfig + "[[forward]]\nname = \"many\"\nport = 81\nto = \"10.22.0.2:8001\"\n"
+	m := compile(t, text, nil)
+	a := &Applier{Backend: e.kernel}
+	if _, err := a.Apply(m); err != nil {
+		t.Fatal(err)
+	}
+	tb, err := e.kernel.Read("fwdd", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.Differs(m); err != nil {
+		t.Fatalf("read back: %v", err)
+	}
+	if p := Reconcile(tb, m); !p.Empty() {
+		t.Fatalf("the table fwdd programmed reconciles to a batch:\n%s", p)
+	}
+	if d := cmp.Diff(m.IDs, tb.IDs()); d != "" {
+		t.Errorf("ids read back (-want +got):\n%s", d)
+	}
+	changed := strings.Replace(strings.Replace(text, `interface = "eth1"`, `interface = "cli0"`, 1), "10.22.0.2:8001", "10.22.0.2:8002", 1)
+	m2 := compile(t, changed, m)
+	p := Reconcile(tb, m2)
+	if p.Full {
+		t.Fatalf("reconcile replaced the table:\n%s", p)
+	}
+	if _, err := a.Run(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.kernel.VerifyContent(m2); err != nil {
+		t.Fatal(err)
+	}
+	s := e.servers[2]
+	before := len(s.Peers())
+	if _, _, err := e.topo.Client.DialTCP(context.Background(), "10.11.0.1:81"); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Peers()) != before+1 {
+		t.Error("the reconciled forward does not reach its new backend")
 	}
 }

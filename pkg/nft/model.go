@@ -214,15 +214,14 @@ type Model struct {
 	Table  string
 	Chains []*Chain
 	Sets   []*Set
+	// Config is the configuration the model was compiled from.
+	Config *config.Config
 	// IDs maps forward names to the ids their ct marks carry.
 	IDs map[string]uint32
 	// parts holds each forward's share of the table, by forward name, and
 	// order the same in config order.
 	parts map[string]*part
 	order []*part
-	// serial identifies the model; base is the serial of the model it was
-	// compiled from (0: none).
-	serial, base uint64
 }
 
 // elements makes the elements of every set, by set index, in forward order.

@@ -39,7 +39,7 @@ func (e *NotOwnedError) Error() string {
 
 // CheckOwner returns a *NotOwnedError when table inet <name> exists and is
 // not fwdd's; nil when it is fwdd's or absent.
-func (k *Kernel) CheckOwner(table string) error {
+func (k *Netlink) CheckOwner(table string) error {
 	o, err := k.Ownership(table)
 	if err != nil {
 		return fmt.Errorf("read table inet %s: %w", table, err)
@@ -54,7 +54,7 @@ func (k *Kernel) CheckOwner(table string) error {
 // first rule of its prerouting chain carries OwnerMark, or, for tables of
 // fwdd versions before the mark, when it has fwdd's prerouting, dispatch
 // and postrouting chains and its traffic_orig counters.
-func (k *Kernel) Ownership(table string) (Ownership, error) {
+func (k *Netlink) Ownership(table string) (Ownership, error) {
 	c, err := k.readConn()
 	if err != nil {
 		return Ownership{}, err

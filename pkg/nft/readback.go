@@ -6,7 +6,7 @@ import (
 
 	"github.com/google/nftables"
 
-	"github.com/fwdd/fwdd/pkg/fwmark"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 )
 
 // Traffic is what the kernel counted for one forward.
@@ -27,7 +27,7 @@ func (t Traffic) Bytes() uint64 { return t.OrigBytes + t.ReplyBytes }
 
 // ReadTraffic reads the per-forward counters of fwdd's table, keyed by
 // forward name. It reads the kernel only, so it works without the daemon.
-func (k *Kernel) ReadTraffic(table string) (map[string]*Traffic, error) {
+func (k *Netlink) ReadTraffic(table string) (map[string]*Traffic, error) {
 	c, err := k.conn()
 	if err != nil {
 		return nil, err
@@ -46,7 +46,7 @@ func (k *Kernel) ReadTraffic(table string) (map[string]*Traffic, error) {
 			if len(e.Key) != 4 || e.Comment == "" {
 				continue
 			}
-			id, ok := fwmark.ID(binary.NativeEndian.Uint32(e.Key))
+			id, ok := ctmark.ID(binary.NativeEndian.Uint32(e.Key))
 			if !ok {
 				continue
 			}
@@ -70,7 +70,7 @@ func (k *Kernel) ReadTraffic(table string) (map[string]*Traffic, error) {
 
 // ReadIDs returns the forward ids recorded in the kernel's table (empty when
 // the table does not exist), so a restarted daemon keeps them.
-func (k *Kernel) ReadIDs(table string) (map[string]uint32, error) {
+func (k *Netlink) ReadIDs(table string) (map[string]uint32, error) {
 	exists, err := k.TableExists(table)
 	if err != nil || !exists {
 		return map[string]uint32{}, err

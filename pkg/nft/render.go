@@ -8,27 +8,40 @@ import (
 
 // Render writes the model as an nft script that replaces fwdd's table in one
 // transaction: `fwdd print | nft -f -` programs the same table fwdd would.
-func (m *Model) Render(w io.Writer) error {
-	var b strings.Builder
-	fmt.Fprintf(&b, "# fwdd's table: generated, do not edit. See `fwdd print`.\n")
-	fmt.Fprintf(&b, "table inet %s\ndelete table inet %s\n", m.Table, m.Table)
-	fmt.Fprintf(&b, "table inet %s {\n", m.Table)
+// A string nft cannot express exactly is an error and nothing is written.
+func (m *Model) Render(out io.Writer) error {
+	var w nftText
+	w.WriteString("# fwdd's table: generated, do not edit. See `fwdd print`.\n")
+	for _, kw := range []string{"table", "delete table"} {
+		w.WriteString(kw + " inet ")
+		w.ident(m.Table)
+		w.WriteString("\n")
+	}
+	w.WriteString("table inet ")
+	w.ident(m.Table)
+	w.WriteString(" {\n")
 	all := m.elements()
 	for i, s := range m.Sets {
-		renderSet(&b, s, all[i])
+		renderSet(&w, s, all[i])
 	}
 	for _, c := range m.Chains {
-		renderChain(&b, c)
+		renderChain(&w, c)
 	}
-	b.WriteString("}\n")
-	_, err := io.WriteString(w, b.String())
+	w.WriteString("}\n")
+	if w.err != nil {
+		return fmt.Errorf("render table inet %s: %w", m.Table, w.err)
+	}
+	_, err := io.WriteString(out, w.String())
 	return err
 }
 
-// String renders the model as nft text.
+// String renders the model as nft text (for tests and logs); an
+// unrenderable model gives a comment line with the reason.
 func (m *Model) String() string {
 	var b strings.Builder
-	_ = m.Render(&b)
+	if err := m.Render(&b); err != nil {
+		return "# " + err.Error() + "\n"
+	}
 	return b.String()
 }
 
@@ -40,76 +53,113 @@ func typeText(fs []Field) string {
 	return strings.Join(parts, " . ")
 }
 
-func renderSet(b *strings.Builder, s *Set, elems []Element) {
+// renderSetDecl writes a set's type, flags and comment, each between pre
+// and post.
+func renderSetDecl(w *nftText, s *Set, pre, post string) {
+	w.WriteString(pre + "type " + typeText(s.Key))
+	if s.IsMap() {
+		w.WriteString(" : " + typeText(s.Data))
+	}
+	w.WriteString(post)
+	if s.Counter {
+		w.WriteString(pre + "counter" + post)
+	}
+	if s.Comment != "" {
+		w.WriteString(pre + "comment ")
+		w.quote(s.Comment)
+		w.WriteString(post)
+	}
+}
+
+func renderElem(w *nftText, s *Set, e Element) {
+	w.WriteString(renderBytes(s.Key, e.Key))
+	if s.Counter {
+		w.WriteString(" counter packets 0 bytes 0")
+	}
+	if e.Comment != "" {
+		w.WriteString(" comment ")
+		w.quote(e.Comment)
+	}
+	if s.IsMap() {
+		w.WriteString(" : ")
+		w.WriteString(renderBytes(s.Data, e.Data))
+	}
+}
+
+func renderSet(w *nftText, s *Set, elems []Element) {
 	kind := "set"
 	if s.IsMap() {
 		kind = "map"
 	}
-	fmt.Fprintf(b, "\t%s %s {\n\t\ttype %s", kind, s.Name, typeText(s.Key))
-	if s.IsMap() {
-		fmt.Fprintf(b, " : %s", typeText(s.Data))
-	}
-	b.WriteString("\n")
-	if s.Counter {
-		b.WriteString("\t\tcounter\n")
-	}
-	if s.Comment != "" {
-		fmt.Fprintf(b, "\t\tcomment %q\n", s.Comment)
-	}
+	fmt.Fprintf(w, "\t%s ", kind)
+	w.ident(s.Name)
+	w.WriteString(" {\n")
+	renderSetDecl(w, s, "\t\t", "\n")
 	if len(elems) > 0 {
 		sortElems(s, elems)
-		b.WriteString("\t\telements = {\n")
+		w.WriteString("\t\telements = {\n")
 		for i, e := range elems {
-			b.WriteString("\t\t\t")
-			b.WriteString(renderBytes(s.Key, e.Key))
-			if s.Counter {
-				b.WriteString(" counter packets 0 bytes 0")
-			}
-			if e.Comment != "" {
-				fmt.Fprintf(b, " comment %q", e.Comment)
-			}
-			if s.IsMap() {
-				b.WriteString(" : ")
-				b.WriteString(renderBytes(s.Data, e.Data))
-			}
+			w.WriteString("\t\t\t")
+			renderElem(w, s, e)
 			if i < len(elems)-1 {
-				b.WriteString(",")
+				w.WriteString(",")
 			}
-			b.WriteString("\n")
+			w.WriteString("\n")
 		}
-		b.WriteString("\t\t}\n")
+		w.WriteString("\t\t}\n")
 	}
-	b.WriteString("\t}\n")
+	w.WriteString("\t}\n")
 }
 
-func renderChain(b *strings.Builder, c *Chain) {
-	fmt.Fprintf(b, "\tchain %s {\n", c.Name)
+func renderHook(w *nftText, h *Hook) {
+	policy := "accept"
+	if h.Drop {
+		policy = "drop"
+	}
+	fmt.Fprintf(w, "type %s hook %s priority %d; policy %s;", h.Type, h.Hook, h.Priority, policy)
+}
+
+func renderChain(w *nftText, c *Chain) {
+	w.WriteString("\tchain ")
+	w.ident(c.Name)
+	w.WriteString(" {\n")
 	if c.Comment != "" {
-		fmt.Fprintf(b, "\t\tcomment %q\n", c.Comment)
+		// A comment line, not nft's chain comment: fwdd cannot set that
+		// over netlink, and the script must program what fwdd programs.
+		w.WriteString("\t\t# ")
+		w.commentLine(c.Comment)
+		w.WriteString("\n")
 	}
 	if c.Hook != nil {
-		policy := "accept"
-		if c.Hook.Drop {
-			policy = "drop"
-		}
-		fmt.Fprintf(b, "\t\ttype %s hook %s priority %d; policy %s;\n", c.Hook.Type, c.Hook.Hook, c.Hook.Priority, policy)
+		w.WriteString("\t\t")
+		renderHook(w, c.Hook)
+		w.WriteString("\n")
 	}
 	for _, r := range c.Rules {
-		b.WriteString("\t\t")
-		b.WriteString(r.text())
-		b.WriteString("\n")
+		w.WriteString("\t\t")
+		r.render(w)
+		w.WriteString("\n")
 	}
-	b.WriteString("\t}\n")
+	w.WriteString("\t}\n")
 }
 
-func (r Rule) text() string {
-	parts := make([]string, len(r.Stmts))
+func (r *Rule) render(w *nftText) {
+	if w.err == nil && r.Comment != "" {
+		// A forward's rules carry its name: say which forward failed.
+		defer func() {
+			if w.err != nil {
+				w.err = fmt.Errorf("forward %s: %w", shorten(r.Comment), w.err)
+			}
+		}()
+	}
 	for i, s := range r.Stmts {
-		parts[i] = s.text()
+		if i > 0 {
+			w.WriteByte(' ')
+		}
+		s.render(w)
 	}
-	t := strings.Join(parts, " ")
 	if r.Comment != "" {
-		t += fmt.Sprintf(" comment %q", r.Comment)
+		w.WriteString(" comment ")
+		w.quote(r.Comment)
 	}
-	return t
 }

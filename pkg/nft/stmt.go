@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"strings"
 
-	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
@@ -15,27 +14,32 @@ import (
 
 // Stmt is one statement of a rule. Each statement knows its nft text and its
 // kernel expressions side by side, so that `fwdd print` shows exactly what is
-// programmed.
+// programmed. Both are pure: lowering returns the anonymous sets a
+// statement needs (in the lowering) instead of adding them to a batch.
 type Stmt interface {
-	text() string
-	exprs(c *compileCtx) ([]expr.Any, error)
+	render(w *nftText)
+	lower(l *lowering) []expr.Any
 }
 
-// compileCtx resolves named sets and collects the anonymous sets a rule needs.
-type compileCtx struct {
-	table *nftables.Table
-	sets  map[string]*nftables.Set
-	// addSet adds an anonymous set to the batch before the rule that uses
-	// it; it assigns the set's name and id.
-	addSet func(*nftables.Set, []nftables.SetElement) error
+// lowering collects what lowering one plan's rules needs besides the
+// expressions: anonymous sets, numbered uniquely within the plan. Named
+// sets are referred to by name (the kernel finds sets added earlier in the
+// same batch by name).
+type lowering struct {
+	anon   []AnonSet
+	lastID uint32
 }
 
-func (c *compileCtx) set(name string) (*nftables.Set, error) {
-	s, ok := c.sets[name]
-	if !ok {
-		return nil, fmt.Errorf("rule refers to unknown set %q", name)
+// anonSet records an anonymous set and returns the name and id a lookup
+// uses: the kernel names the set itself ("__map%d" asks it to).
+func (l *lowering) anonSet(s AnonSet) (name string, id uint32) {
+	l.lastID++
+	s.ID = l.lastID
+	l.anon = append(l.anon, s)
+	if len(s.Data) > 0 {
+		return "__map%d", s.ID
 	}
-	return s, nil
+	return "__set%d", s.ID
 }
 
 // Family is an address family of fwdd's forwards.
@@ -140,20 +144,23 @@ func cmpEq(reg uint32, data []byte) *expr.Cmp {
 
 type matchNFProto struct{ fam Family }
 
-func (m matchNFProto) text() string {
-	return "meta nfproto " + map[Family]string{IPv4: "ipv4", IPv6: "ipv6"}[m.fam]
+func (m matchNFProto) render(w *nftText) {
+	w.WriteString("meta nfproto " + map[Family]string{IPv4: "ipv4", IPv6: "ipv6"}[m.fam])
 }
-func (m matchNFProto) exprs(*compileCtx) ([]expr.Any, error) {
-	return []expr.Any{&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1}, cmpEq(1, []byte{m.fam.nfproto()})}, nil
+func (m matchNFProto) lower(*lowering) []expr.Any {
+	return []expr.Any{&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1}, cmpEq(1, []byte{m.fam.nfproto()})}
 }
 
 type matchIifname struct{ name string }
 
-func (m matchIifname) text() string { return fmt.Sprintf("iifname %q", m.name) }
-func (m matchIifname) exprs(*compileCtx) ([]expr.Any, error) {
+func (m matchIifname) render(w *nftText) {
+	w.WriteString("iifname ")
+	w.ifname(m.name)
+}
+func (m matchIifname) lower(*lowering) []expr.Any {
 	b := make([]byte, unix.IFNAMSIZ)
 	copy(b, m.name)
-	return []expr.Any{&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1}, cmpEq(1, b)}, nil
+	return []expr.Any{&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1}, cmpEq(1, b)}
 }
 
 // matchAddr matches the source or destination address against a prefix.
@@ -162,7 +169,7 @@ type matchAddr struct {
 	prefix netip.Prefix
 }
 
-func (m matchAddr) text() string {
+func (m matchAddr) render(w *nftText) {
 	dir := "saddr"
 	if m.dst {
 		dir = "daddr"
@@ -171,10 +178,10 @@ func (m matchAddr) text() string {
 	if m.prefix.IsSingleIP() {
 		p = m.prefix.Addr().String()
 	}
-	return fmt.Sprintf("%s %s %s", familyOf(m.prefix.Addr()).word(), dir, p)
+	fmt.Fprintf(w, "%s %s %s", familyOf(m.prefix.Addr()).word(), dir, p)
 }
 
-func (m matchAddr) exprs(*compileCtx) ([]expr.Any, error) {
+func (m matchAddr) lower(*lowering) []expr.Any {
 	a := m.prefix.Addr()
 	off, n := uint32(12), uint32(4)
 	if a.Is6() {
@@ -191,83 +198,85 @@ func (m matchAddr) exprs(*compileCtx) ([]expr.Any, error) {
 		}
 		out = append(out, &expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: n, Mask: mask, Xor: make([]byte, n)})
 	}
-	return append(out, cmpEq(1, m.prefix.Masked().Addr().AsSlice())), nil
+	return append(out, cmpEq(1, m.prefix.Masked().Addr().AsSlice()))
 }
 
 type matchFibLocal struct{}
 
-func (matchFibLocal) text() string { return "fib daddr type local" }
-func (matchFibLocal) exprs(*compileCtx) ([]expr.Any, error) {
+func (matchFibLocal) render(w *nftText) { w.WriteString("fib daddr type local") }
+func (matchFibLocal) lower(*lowering) []expr.Any {
 	return []expr.Any{
 		&expr.Fib{Register: 1, ResultADDRTYPE: true, FlagDADDR: true},
 		cmpEq(1, binary.NativeEndian.AppendUint32(nil, unix.RTN_LOCAL)),
-	}, nil
+	}
 }
 
 type matchL4Proto struct{ p config.Proto }
 
-func (m matchL4Proto) text() string { return "meta l4proto " + m.p.String() }
-func (m matchL4Proto) exprs(*compileCtx) ([]expr.Any, error) {
-	return []expr.Any{&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, cmpEq(1, []byte{byte(m.p)})}, nil
+func (m matchL4Proto) render(w *nftText) { w.WriteString("meta l4proto " + m.p.String()) }
+func (m matchL4Proto) lower(*lowering) []expr.Any {
+	return []expr.Any{&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1}, cmpEq(1, []byte{byte(m.p)})}
 }
 
 type matchDport struct{ r config.PortRange }
 
-func (m matchDport) text() string {
+func (m matchDport) render(w *nftText) {
 	if m.r.Lo == m.r.Hi {
-		return fmt.Sprintf("th dport %d", m.r.Lo)
+		fmt.Fprintf(w, "th dport %d", m.r.Lo)
+		return
 	}
-	return fmt.Sprintf("th dport %d-%d", m.r.Lo, m.r.Hi)
+	fmt.Fprintf(w, "th dport %d-%d", m.r.Lo, m.r.Hi)
 }
 
-func (m matchDport) exprs(*compileCtx) ([]expr.Any, error) {
+func (m matchDport) lower(*lowering) []expr.Any {
 	out := []expr.Any{&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2}}
 	if m.r.Lo == m.r.Hi {
-		return append(out, cmpEq(1, binary.BigEndian.AppendUint16(nil, m.r.Lo))), nil
+		return append(out, cmpEq(1, binary.BigEndian.AppendUint16(nil, m.r.Lo)))
 	}
 	return append(out, &expr.Range{Op: expr.CmpOpEq, Register: 1,
-		FromData: binary.BigEndian.AppendUint16(nil, m.r.Lo), ToData: binary.BigEndian.AppendUint16(nil, m.r.Hi)}), nil
+		FromData: binary.BigEndian.AppendUint16(nil, m.r.Lo), ToData: binary.BigEndian.AppendUint16(nil, m.r.Hi)})
 }
 
 type matchCtMark struct{ mark uint32 }
 
-func (m matchCtMark) text() string { return fmt.Sprintf("ct mark 0x%08x", m.mark) }
-func (m matchCtMark) exprs(*compileCtx) ([]expr.Any, error) {
-	return []expr.Any{&expr.Ct{Key: expr.CtKeyMARK, Register: 1}, cmpEq(1, binary.NativeEndian.AppendUint32(nil, m.mark))}, nil
+func (m matchCtMark) render(w *nftText) { fmt.Fprintf(w, "ct mark 0x%08x", m.mark) }
+func (m matchCtMark) lower(*lowering) []expr.Any {
+	return []expr.Any{&expr.Ct{Key: expr.CtKeyMARK, Register: 1}, cmpEq(1, binary.NativeEndian.AppendUint32(nil, m.mark))}
 }
 
 // matchCtMarkMasked matches marks whose masked bits equal value: fwdd's
 // tag byte, whatever the forward id.
 type matchCtMarkMasked struct{ mask, value uint32 }
 
-func (m matchCtMarkMasked) text() string {
-	return fmt.Sprintf("ct mark and 0x%08x == 0x%08x", m.mask, m.value)
+func (m matchCtMarkMasked) render(w *nftText) {
+	fmt.Fprintf(w, "ct mark and 0x%08x == 0x%08x", m.mask, m.value)
 }
 
-func (m matchCtMarkMasked) exprs(*compileCtx) ([]expr.Any, error) {
+func (m matchCtMarkMasked) lower(*lowering) []expr.Any {
 	return []expr.Any{
 		&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
 			Mask: binary.NativeEndian.AppendUint32(nil, m.mask), Xor: make([]byte, 4)},
 		cmpEq(1, binary.NativeEndian.AppendUint32(nil, m.value)),
-	}, nil
+	}
 }
 
 type matchCtDirection struct{ reply bool }
 
-func (m matchCtDirection) text() string {
+func (m matchCtDirection) render(w *nftText) {
 	if m.reply {
-		return "ct direction reply"
+		w.WriteString("ct direction reply")
+		return
 	}
-	return "ct direction original"
+	w.WriteString("ct direction original")
 }
 
-func (m matchCtDirection) exprs(*compileCtx) ([]expr.Any, error) {
+func (m matchCtDirection) lower(*lowering) []expr.Any {
 	d := byte(0)
 	if m.reply {
 		d = 1
 	}
-	return []expr.Any{&expr.Ct{Key: expr.CtKeyDIRECTION, Register: 1}, cmpEq(1, []byte{d})}, nil
+	return []expr.Any{&expr.Ct{Key: expr.CtKeyDIRECTION, Register: 1}, cmpEq(1, []byte{d})}
 }
 
 // matchSet matches when the key is in a named set; for a set with counters
@@ -277,25 +286,25 @@ type matchSet struct {
 	set string
 }
 
-func (m matchSet) text() string { return fmt.Sprintf("%s @%s", m.key.text(), m.set) }
-func (m matchSet) exprs(c *compileCtx) ([]expr.Any, error) {
-	s, err := c.set(m.set)
-	if err != nil {
-		return nil, err
-	}
-	return append(m.key.load(), &expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID}), nil
+func (m matchSet) render(w *nftText) {
+	w.WriteString(m.key.text() + " @")
+	w.ident(m.set)
+}
+
+func (m matchSet) lower(*lowering) []expr.Any {
+	return append(m.key.load(), &expr.Lookup{SourceRegister: 1, SetName: m.set})
 }
 
 // Actions.
 
 type setCtMark struct{ mark uint32 }
 
-func (s setCtMark) text() string { return fmt.Sprintf("ct mark set 0x%08x", s.mark) }
-func (s setCtMark) exprs(*compileCtx) ([]expr.Any, error) {
+func (s setCtMark) render(w *nftText) { fmt.Fprintf(w, "ct mark set 0x%08x", s.mark) }
+func (s setCtMark) lower(*lowering) []expr.Any {
 	return []expr.Any{
 		&expr.Immediate{Register: 1, Data: binary.NativeEndian.AppendUint32(nil, s.mark)},
 		&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true},
-	}, nil
+	}
 }
 
 type setCtMarkMap struct {
@@ -303,18 +312,16 @@ type setCtMarkMap struct {
 	set string
 }
 
-func (s setCtMarkMap) text() string {
-	return fmt.Sprintf("ct mark set %s map @%s", s.key.text(), s.set)
+func (s setCtMarkMap) render(w *nftText) {
+	w.WriteString("ct mark set " + s.key.text() + " map @")
+	w.ident(s.set)
 }
-func (s setCtMarkMap) exprs(c *compileCtx) ([]expr.Any, error) {
-	set, err := c.set(s.set)
-	if err != nil {
-		return nil, err
-	}
+
+func (s setCtMarkMap) lower(*lowering) []expr.Any {
 	return append(s.key.load(),
-		&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: set.Name, SetID: set.ID},
+		&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: s.set},
 		&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true},
-	), nil
+	)
 }
 
 // natMap translates to the address (and port) a map yields for the key.
@@ -333,16 +340,13 @@ func (n natMap) kind() (string, expr.NATType) {
 	return "dnat", expr.NATTypeDestNAT
 }
 
-func (n natMap) text() string {
+func (n natMap) render(w *nftText) {
 	word, _ := n.kind()
-	return fmt.Sprintf("%s %s to %s map @%s", word, n.fam.word(), n.key.text(), n.set)
+	fmt.Fprintf(w, "%s %s to %s map @", word, n.fam.word(), n.key.text())
+	w.ident(n.set)
 }
 
-func (n natMap) exprs(c *compileCtx) ([]expr.Any, error) {
-	set, err := c.set(n.set)
-	if err != nil {
-		return nil, err
-	}
+func (n natMap) lower(*lowering) []expr.Any {
 	_, typ := n.kind()
 	nat := &expr.NAT{Type: typ, Family: uint32(n.fam.nfproto()), RegAddrMin: 1}
 	if n.withPort {
@@ -352,8 +356,8 @@ func (n natMap) exprs(c *compileCtx) ([]expr.Any, error) {
 		nat.Specified = true
 	}
 	return append(n.key.load(),
-		&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: set.Name, SetID: set.ID},
-		nat), nil
+		&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: n.set},
+		nat)
 }
 
 // dnatTo translates to a fixed address and optionally a fixed port.
@@ -362,17 +366,16 @@ type dnatTo struct {
 	port uint16 // 0 keeps the original port
 }
 
-func (d dnatTo) text() string {
+func (d dnatTo) render(w *nftText) {
 	fam := familyOf(d.to)
-	switch {
-	case d.port == 0:
-		return fmt.Sprintf("dnat %s to %s", fam.word(), d.to)
-	default:
-		return fmt.Sprintf("dnat %s to %s", fam.word(), netip.AddrPortFrom(d.to, d.port))
+	if d.port == 0 {
+		fmt.Fprintf(w, "dnat %s to %s", fam.word(), d.to)
+		return
 	}
+	fmt.Fprintf(w, "dnat %s to %s", fam.word(), netip.AddrPortFrom(d.to, d.port))
 }
 
-func (d dnatTo) exprs(*compileCtx) ([]expr.Any, error) {
+func (d dnatTo) lower(*lowering) []expr.Any {
 	fam := familyOf(d.to)
 	out := []expr.Any{&expr.Immediate{Register: 1, Data: d.to.AsSlice()}}
 	nat := &expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(fam.nfproto()), RegAddrMin: 1}
@@ -381,7 +384,7 @@ func (d dnatTo) exprs(*compileCtx) ([]expr.Any, error) {
 		nat.RegProtoMin = 2
 		nat.Specified = true
 	}
-	return append(out, nat), nil
+	return append(out, nat)
 }
 
 // dnatPortMap maps each original port 1:1 to backend address and port, with
@@ -391,60 +394,71 @@ type dnatPortMap struct {
 	elems []Element // key: port; data: addr . port
 }
 
-func (d dnatPortMap) text() string {
+func (d dnatPortMap) render(w *nftText) {
 	parts := make([]string, len(d.elems))
 	for i, e := range d.elems {
 		parts[i] = renderBytes([]Field{FieldPort}, e.Key) + " : " + renderBytes([]Field{d.fam.addrField(), FieldPort}, e.Data)
 	}
-	return fmt.Sprintf("dnat %s to th dport map { %s }", d.fam.word(), strings.Join(parts, ", "))
+	fmt.Fprintf(w, "dnat %s to th dport map { %s }", d.fam.word(), strings.Join(parts, ", "))
 }
 
-func (d dnatPortMap) exprs(c *compileCtx) ([]expr.Any, error) {
-	dt, err := nftables.ConcatSetType(datatype(d.fam.addrField()), nftables.TypeInetService)
-	if err != nil {
-		return nil, err
-	}
-	s := &nftables.Set{Table: c.table, Anonymous: true, Constant: true, IsMap: true,
-		KeyType: nftables.TypeInetService, DataType: dt}
-	elems := make([]nftables.SetElement, len(d.elems))
-	for i, e := range d.elems {
-		elems[i] = nftables.SetElement{Key: e.Key, Val: e.Data}
-	}
-	if err := c.addSet(s, elems); err != nil {
-		return nil, fmt.Errorf("add port map: %w", err)
-	}
+func (d dnatPortMap) lower(l *lowering) []expr.Any {
+	name, id := l.anonSet(AnonSet{Key: []Field{FieldPort}, Data: []Field{d.fam.addrField(), FieldPort}, Elements: d.elems})
 	return []expr.Any{
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-		&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: s.Name, SetID: s.ID},
+		&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: name, SetID: id},
 		&expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(d.fam.nfproto()), RegAddrMin: 1,
 			RegProtoMin: unix.NFT_REG32_00 + uint32(d.fam.addrField().size()/4), Specified: true},
-	}, nil
+	}
 }
 
 type masquerade struct{}
 
-func (masquerade) text() string                          { return "masquerade" }
-func (masquerade) exprs(*compileCtx) ([]expr.Any, error) { return []expr.Any{&expr.Masq{}}, nil }
+func (masquerade) render(w *nftText)          { w.WriteString("masquerade") }
+func (masquerade) lower(*lowering) []expr.Any { return []expr.Any{&expr.Masq{}} }
+
+// verdictKind is what a verdict statement does.
+type verdictKind uint8
+
+const (
+	verdictAccept verdictKind = iota + 1
+	verdictReturn
+	verdictJump
+	verdictGoto
+)
 
 type verdict struct {
-	kind  expr.VerdictKind
-	chain string
+	kind  verdictKind
+	chain string // Jump, Goto
 }
 
-func (v verdict) text() string {
+func jump(chain string) verdict { return verdict{kind: verdictJump, chain: chain} }
+func goTo(chain string) verdict { return verdict{kind: verdictGoto, chain: chain} }
+
+var (
+	accept = verdict{kind: verdictAccept}
+	ret    = verdict{kind: verdictReturn}
+)
+
+func (v verdict) render(w *nftText) {
 	switch v.kind {
-	case expr.VerdictGoto:
-		return "goto " + v.chain
-	case expr.VerdictJump:
-		return "jump " + v.chain
-	case expr.VerdictReturn:
-		return "return"
-	case expr.VerdictAccept:
-		return "accept"
+	case verdictGoto:
+		w.WriteString("goto ")
+		w.ident(v.chain)
+	case verdictJump:
+		w.WriteString("jump ")
+		w.ident(v.chain)
+	case verdictReturn:
+		w.WriteString("return")
+	case verdictAccept:
+		w.WriteString("accept")
+	default:
+		w.fail(fmt.Errorf("verdict %d has no nft syntax", v.kind))
 	}
-	return "?"
 }
 
-func (v verdict) exprs(*compileCtx) ([]expr.Any, error) {
-	return []expr.Any{&expr.Verdict{Kind: v.kind, Chain: v.chain}}, nil
+func (v verdict) lower(*lowering) []expr.Any {
+	k := map[verdictKind]expr.VerdictKind{verdictAccept: expr.VerdictAccept, verdictReturn: expr.VerdictReturn,
+		verdictJump: expr.VerdictJump, verdictGoto: expr.VerdictGoto}[v.kind]
+	return []expr.Any{&expr.Verdict{Kind: k, Chain: v.chain}}
 }

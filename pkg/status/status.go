@@ -12,7 +12,7 @@ import (
 
 	"github.com/fwdd/fwdd/pkg/config"
 	"github.com/fwdd/fwdd/pkg/conntrack"
-	"github.com/fwdd/fwdd/pkg/fwmark"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 	"github.com/fwdd/fwdd/pkg/nft"
 	"github.com/fwdd/fwdd/pkg/sysctl"
 )
@@ -61,7 +61,7 @@ type Report struct {
 
 // Sources are where Collect reads; zero values mean this host.
 type Sources struct {
-	Kernel  *nft.Kernel
+	Kernel  *nft.Netlink
 	Sysctls sysctl.Sysctls
 	NetNS   int // for the conntrack dump
 }
@@ -69,7 +69,7 @@ type Sources struct {
 // Collect reads the kernel's view of the forwards of cfg.
 func Collect(cfg *config.Config, src Sources) (*Report, error) {
 	if src.Kernel == nil {
-		src.Kernel = &nft.Kernel{}
+		src.Kernel = &nft.Netlink{}
 	}
 	if src.Sysctls == nil {
 		src.Sysctls = sysctl.NewFS("")
@@ -95,7 +95,7 @@ func Collect(cfg *config.Config, src Sources) (*Report, error) {
 		if err != nil {
 			return nil, err
 		}
-		m, err := nft.Compile(cfg, assigned, nil)
+		m, err := nft.Compile(cfg, assigned)
 		if err != nil {
 			return nil, err
 		}
@@ -134,7 +134,7 @@ func Collect(cfg *config.Config, src Sources) (*Report, error) {
 }
 
 // ctmarkTag and ctmarkMask are the ct mark bits of fwdd's connections.
-const ctmarkTag, ctmarkMask = fwmark.Tag, fwmark.Mask
+const ctmarkTag, ctmarkMask = ctmark.Tag, ctmark.Mask
 
 func readBool(s sysctl.Sysctls, name string) bool {
 	v, err := s.Get(name)

@@ -3,12 +3,19 @@ package sysctl
 import (
 	"errors"
 	"io/fs"
-	"slices"
 	"strconv"
+	"strings"
 
 	"go.uber.org/zap"
+)
 
-	"github.com/fwdd/fwdd/pkg/config"
+// RPFilter is a reverse-path filter mode (the names fwdd's config uses).
+type RPFilter string
+
+const (
+	RPFilterKeep  RPFilter = "keep"  // write nothing
+	RPFilterLoose RPFilter = "loose" // 2
+	RPFilterOff   RPFilter = "off"   // 0
 )
 
 // Plan is what fwdd wants of the kernel, derived from the configuration.
@@ -20,7 +27,7 @@ type Plan struct {
 	// IPv6Forward enables net.ipv6.conf.all.forwarding. Note that the kernel
 	// then ignores router advertisements on interfaces with accept_ra=1.
 	IPv6Forward bool
-	// RPFilter is the reverse-path filter mode; "" means keep.
+	// RPFilter is the reverse-path filter mode; "" or RPFilterKeep keeps it.
 	//
 	// The kernel uses max(conf.all.rp_filter, conf.<iface>.rp_filter), and 2
 	// (loose) is the largest value, so:
@@ -30,7 +37,7 @@ type Plan struct {
 	//   - off writes 0 to all, default and each interface in Interfaces; an
 	//     interface not named keeps its own value (max(0, x) = x);
 	//   - keep writes nothing.
-	RPFilter config.RPFilter
+	RPFilter RPFilter
 	// Interfaces are the interfaces forwards are bound to. One that does not
 	// exist (yet) is logged as a warning, not an error.
 	Interfaces []string
@@ -41,29 +48,6 @@ type Plan struct {
 	// ConntrackBuckets sets net.netfilter.nf_conntrack_buckets (the hash
 	// table's size) when > 0; like ConntrackMax, only on the host.
 	ConntrackBuckets int
-}
-
-// PlanFor derives the Plan of a validated configuration: IPv6 forwarding when
-// forwarding is wanted and any forward is IPv6, and rp_filter for the
-// interfaces forwards name.
-func PlanFor(c *config.Config) Plan {
-	p := Plan{
-		IPForward:        c.Sysctl.IPForward,
-		RPFilter:         c.Sysctl.RPFilter,
-		ConntrackMax:     c.Sysctl.ConntrackMax,
-		ConntrackBuckets: c.Sysctl.ConntrackBuckets,
-	}
-	for i := range c.Forwards {
-		f := &c.Forwards[i]
-		if f.IPv6() && c.Sysctl.IPForward {
-			p.IPv6Forward = true
-		}
-		if f.Interface != "" && !slices.Contains(p.Interfaces, f.Interface) {
-			p.Interfaces = append(p.Interfaces, f.Interface)
-		}
-	}
-	slices.Sort(p.Interfaces)
-	return p
 }
 
 type setting struct {
@@ -81,9 +65,9 @@ func (p Plan) settings() []setting {
 	}
 	var rp string
 	switch p.RPFilter {
-	case config.RPFilterLoose:
+	case RPFilterLoose:
 		rp = "2"
-	case config.RPFilterOff:
+	case RPFilterOff:
 		rp = "0"
 	}
 	if rp != "" {
@@ -121,5 +105,21 @@ func Apply(s Sysctls, p Plan, log *zap.Logger) error {
 				zap.String("old", old), zap.String("new", st.value))
 		}
 	}
-	return errors.Join(errs...)
+	if len(errs) == 0 {
+		return nil
+	}
+	return joined(errs)
 }
+
+// joined is errors.Join on one line: errors carry no newlines.
+type joined []error
+
+func (j joined) Error() string {
+	parts := make([]string, len(j))
+	for i, e := range j {
+		parts[i] = e.Error()
+	}
+	return strings.Join(parts, "; ")
+}
+
+func (j joined) Unwrap() []error { return j }

@@ -4,15 +4,12 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"net/netip"
 	"os"
 	"os/exec"
 	"testing"
 
 	"golang.org/x/sys/unix"
 )
-
-func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
 
 // newTestNetNS creates a named network namespace with `ip netns add` and
 // returns an open fd to it; both go away in t.Cleanup.

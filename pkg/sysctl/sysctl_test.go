@@ -5,14 +5,13 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
-
-	"github.com/fwdd/fwdd/pkg/config"
 )
 
 // procTree lays out files like /proc/sys below a temporary directory.
@@ -146,27 +145,6 @@ func TestReadOnlyError(t *testing.T) {
 	}
 }
 
-func TestPlanFor(t *testing.T) {
-	c := &config.Config{
-		Sysctl: config.Sysctl{IPForward: true, RPFilter: config.RPFilterLoose, ConntrackMax: 1 << 20},
-		Forwards: []config.Forward{
-			{Name: "a", Interface: "eth1", To: mustAddr("10.0.0.1")},
-			{Name: "b", Interface: "eth0.100", To: mustAddr("fd00::1")},
-			{Name: "c", Interface: "eth1", To: mustAddr("10.0.0.2")},
-			{Name: "d", To: mustAddr("10.0.0.3")},
-		},
-	}
-	want := Plan{IPForward: true, IPv6Forward: true, RPFilter: config.RPFilterLoose,
-		Interfaces: []string{"eth0.100", "eth1"}, ConntrackMax: 1 << 20}
-	if diff := cmp.Diff(want, PlanFor(c)); diff != "" {
-		t.Errorf("PlanFor (-want +got):\n%s", diff)
-	}
-	c.Sysctl.IPForward = false
-	if PlanFor(c).IPv6Forward {
-		t.Errorf("IPv6Forward without IPForward")
-	}
-}
-
 func TestApply(t *testing.T) {
 	base := map[string]string{
 		"net/ipv4/ip_forward":                "0",
@@ -201,7 +179,7 @@ func TestApply(t *testing.T) {
 		},
 		{
 			name: "loose with a missing interface",
-			plan: Plan{RPFilter: config.RPFilterLoose, Interfaces: []string{"eth0.100", "eth1", "wg0"}},
+			plan: Plan{RPFilter: RPFilterLoose, Interfaces: []string{"eth0.100", "eth1", "wg0"}},
 			want: map[string]string{
 				"net/ipv4/conf/all/rp_filter": "2", "net/ipv4/conf/default/rp_filter": "2", "net/ipv4/conf/eth1/rp_filter": "2",
 			},
@@ -214,7 +192,7 @@ func TestApply(t *testing.T) {
 		},
 		{
 			name: "off",
-			plan: Plan{RPFilter: config.RPFilterOff, Interfaces: []string{"eth0.100"}},
+			plan: Plan{RPFilter: RPFilterOff, Interfaces: []string{"eth0.100"}},
 			want: map[string]string{
 				"net/ipv4/conf/all/rp_filter": "0", "net/ipv4/conf/default/rp_filter": "0", "net/ipv4/conf/eth0.100/rp_filter": "0",
 			},
@@ -226,7 +204,7 @@ func TestApply(t *testing.T) {
 		},
 		{
 			name: "keep",
-			plan: Plan{RPFilter: config.RPFilterKeep, Interfaces: []string{"eth1"}},
+			plan: Plan{RPFilter: RPFilterKeep, Interfaces: []string{"eth1"}},
 		},
 		{
 			name:     "conntrack max read-only does not stop the rest",
@@ -312,7 +290,7 @@ func TestApplyFS(t *testing.T) {
 		"net/ipv4/conf/default/rp_filter": "1",
 	})
 	core, logs := observer.New(zapcore.InfoLevel)
-	err := Apply(NewFS(root), Plan{IPForward: true, RPFilter: config.RPFilterLoose, Interfaces: []string{"eth7"}}, zap.New(core))
+	err := Apply(NewFS(root), Plan{IPForward: true, RPFilter: RPFilterLoose, Interfaces: []string{"eth7"}}, zap.New(core))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -329,4 +307,16 @@ func errString(err error) string {
 		return ""
 	}
 	return err.Error()
+}
+
+// Several failed settings are one error on one line, each still matchable.
+func TestApplyErrorsOnOneLine(t *testing.T) {
+	f := NewFake(map[string]string{"net.ipv4.ip_forward": "0", "net.netfilter.nf_conntrack_max": "100"})
+	f.SetReadOnly("net.ipv4.ip_forward", "net.netfilter.nf_conntrack_max")
+	err := Apply(f, Plan{IPForward: true, ConntrackMax: 5}, zap.NewNop())
+	var ro *ReadOnlyError
+	if err == nil || strings.Contains(err.Error(), "\n") || !errors.As(err, &ro) ||
+		!strings.Contains(err.Error(), "ip_forward") || !strings.Contains(err.Error(), "nf_conntrack_max") {
+		t.Errorf("Apply = %q", err)
+	}
 }

@@ -1,11 +1,11 @@
-// Package fwmark defines how fwdd tags the conntrack entries of the
+// Package ctmark defines how fwdd tags the conntrack entries of the
 // connections it forwards, so that the kernel's counters, conntrack events
 // and fwdd status can attribute each connection to its forward.
 //
 // A forwarded connection's ct mark is Tag|id, where id is the forward's
 // numeric id (1..MaxID). fwdd sets the mark only on connections whose mark is
 // still 0 when its DNAT runs: a mark another component set first is left alone.
-package fwmark
+package ctmark
 
 // Tag marks the high byte of every ct mark fwdd sets.
 const Tag uint32 = 0xfd000000

@@ -1,0 +1,398 @@
+package nft
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/userdata"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// elementsPerMessage bounds the elements sent in one netlink message: the
+// kernel truncates an element list's length to 16 bits (FACTS.md), so large
+// sets are sent in chunks, all in the same batch.
+const elementsPerMessage = 1000
+
+// DefaultSocketBuffer is the send and receive buffer of fwdd's nftables
+// sockets: big batches fail with EMSGSIZE on the default send buffer, and
+// the acks of a big batch overflow the default receive buffer (ENOBUFS).
+const DefaultSocketBuffer = 64 << 20
+
+func datatype(f Field) nftables.SetDatatype {
+	switch f {
+	case FieldIPv4:
+		return nftables.TypeIPAddr
+	case FieldIPv6:
+		return nftables.TypeIP6Addr
+	case FieldProto:
+		return nftables.TypeInetProto
+	case FieldPort:
+		return nftables.TypeInetService
+	case FieldMark:
+		return nftables.TypeMark
+	}
+	return nftables.TypeInvalid
+}
+
+func concatType(fs []Field) (nftables.SetDatatype, error) {
+	if len(fs) == 1 {
+		return datatype(fs[0]), nil
+	}
+	ts := make([]nftables.SetDatatype, len(fs))
+	for i, f := range fs {
+		ts[i] = datatype(f)
+	}
+	return nftables.ConcatSetType(ts...)
+}
+
+// kernelSet describes a named set for google/nftables.
+func kernelSet(t *nftables.Table, s *Set) (*nftables.Set, error) {
+	kt, err := concatType(s.Key)
+	if err != nil {
+		return nil, fmt.Errorf("key type of set %s: %w", s.Name, err)
+	}
+	ks := &nftables.Set{Table: t, Name: s.Name, KeyType: kt, Concatenation: len(s.Key) > 1,
+		Counter: s.Counter, Comment: s.Comment}
+	if len(s.Key) == 1 && s.Key[0] == FieldMark {
+		ks.KeyByteOrder = binaryutil.NativeEndian
+	}
+	if s.IsMap() {
+		ks.IsMap = true
+		if ks.DataType, err = concatType(s.Data); err != nil {
+			return nil, fmt.Errorf("data type of map %s: %w", s.Name, err)
+		}
+	}
+	return ks, nil
+}
+
+func kernelElems(s *Set, es []Element) []nftables.SetElement {
+	out := make([]nftables.SetElement, len(es))
+	for i, e := range es {
+		out[i] = nftables.SetElement{Key: e.Key, Comment: e.Comment}
+		if s.IsMap() {
+			out[i].Val = e.Data
+		}
+	}
+	return out
+}
+
+func kernelChain(t *nftables.Table, c *Chain) *nftables.Chain {
+	kc := &nftables.Chain{Name: c.Name, Table: t}
+	if c.Hook != nil {
+		kc.Type = nftables.ChainType(c.Hook.Type)
+		kc.Hooknum = map[string]*nftables.ChainHook{
+			"prerouting": nftables.ChainHookPrerouting, "input": nftables.ChainHookInput,
+			"forward": nftables.ChainHookForward, "output": nftables.ChainHookOutput,
+			"postrouting": nftables.ChainHookPostrouting,
+		}[c.Hook.Hook]
+		kc.Priority = nftables.ChainPriorityRef(nftables.ChainPriority(c.Hook.Priority))
+		policy := nftables.ChainPolicyAccept
+		if c.Hook.Drop {
+			policy = nftables.ChainPolicyDrop
+		}
+		kc.Policy = &policy
+	}
+	return kc
+}
+
+// Stats describes one applied batch.
+type Stats struct {
+	Full     bool          // the whole table was replaced
+	Messages int           // netlink messages in the batch
+	Elements int           // set elements added or deleted
+	Elapsed  time.Duration // from building the batch to the kernel's answer
+	// Recovered is set when the first attempt's outcome was unknown (ENOBUFS)
+	// and the table was then read back (and replaced if it differed).
+	Recovered bool
+}
+
+// Netlink is the Backend that programs the nftables of one network
+// namespace over netlink (google/nftables).
+type Netlink struct {
+	// NetNS is an open fd of the namespace, 0 for the current one. It must
+	// stay open while the Netlink is used.
+	NetNS int
+	// SendBuffer and ReceiveBuffer override DefaultSocketBuffer (tests
+	// shrink the receive buffer to provoke ENOBUFS).
+	SendBuffer, ReceiveBuffer int
+}
+
+func (k *Netlink) conn() (*nftables.Conn, error) { return k.dial(false) }
+
+// readConn is one lasting socket for a series of reads (Read): dialing per
+// request costs more than the requests. Close it with CloseLasting.
+func (k *Netlink) readConn() (*nftables.Conn, error) { return k.dial(true) }
+
+func (k *Netlink) dial(lasting bool) (*nftables.Conn, error) {
+	snd, rcv := k.SendBuffer, k.ReceiveBuffer
+	if snd == 0 {
+		snd = DefaultSocketBuffer
+	}
+	if rcv == 0 {
+		rcv = DefaultSocketBuffer
+	}
+	// SetWriteBuffer/SetReadBuffer use SO_SNDBUFFORCE/SO_RCVBUFFORCE
+	// (CAP_NET_ADMIN), so the size is not capped by net.core.*mem_max.
+	setBuf := func(c *netlink.Conn) error {
+		if err := c.SetWriteBuffer(snd); err != nil {
+			return fmt.Errorf("set netlink send buffer: %w", err)
+		}
+		if err := c.SetReadBuffer(rcv); err != nil {
+			return fmt.Errorf("set netlink receive buffer: %w", err)
+		}
+		return nil
+	}
+	// A fresh socket per batch: leftover acks of an earlier batch can never
+	// be mistaken for this one's (FACTS.md: "mismatched sequence").
+	opts := []nftables.ConnOption{nftables.WithNetNSFd(k.NetNS), nftables.WithSockOptions(setBuf)}
+	if lasting {
+		opts = append(opts, nftables.AsLasting())
+	}
+	c, err := nftables.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("open nftables netlink socket: %w", err)
+	}
+	return c, nil
+}
+
+// ErrOutcomeUnknown wraps a failed batch whose effect is unknown: the kernel
+// may have committed it although an ack was lost (ENOBUFS).
+var ErrOutcomeUnknown = errors.New("outcome of the batch unknown")
+
+// ruleTagType is the user data type of a rule's tag. nft shows only the
+// comment (type 0) and ignores types it does not know.
+const ruleTagType userdata.Type = 0xfd
+
+// Run sends the plan as one batch on a fresh socket.
+func (k *Netlink) Run(p *Plan) error {
+	if p.Empty() {
+		return nil
+	}
+	c, err := k.conn()
+	if err != nil {
+		return err
+	}
+	t := &nftables.Table{Name: p.Table, Family: nftables.TableFamilyINet}
+	// Named sets get ids above the plan's anonymous ones: a lookup by id
+	// must find the set its rule means.
+	nextID := uint32(0)
+	for _, op := range p.Ops {
+		for _, a := range op.Anon {
+			nextID = max(nextID, a.ID)
+		}
+	}
+	sets := map[string]*nftables.Set{}
+	set := func(s *Set) (*nftables.Set, error) {
+		if ks := sets[s.Name]; ks != nil {
+			return ks, nil
+		}
+		ks, err := kernelSet(t, s)
+		if err != nil {
+			return nil, err
+		}
+		nextID++
+		ks.ID = nextID
+		sets[s.Name] = ks
+		return ks, nil
+	}
+	for _, op := range p.Ops {
+		switch op.Kind {
+		case OpAddTable:
+			c.AddTable(t)
+		case OpDeleteTable:
+			c.DelTable(t)
+		case OpAddSet:
+			ks, err := set(op.Set)
+			if err == nil {
+				err = c.AddSet(ks, nil)
+			}
+			if err != nil {
+				return fmt.Errorf("add set %s: %w", op.Set.Name, err)
+			}
+		case OpAddElements, OpDeleteElements:
+			ks, err := set(op.Set)
+			if err == nil {
+				if op.Kind == OpAddElements {
+					err = c.SetAddElements(ks, kernelElems(op.Set, op.Elements))
+				} else {
+					err = c.SetDeleteElements(ks, kernelElems(op.Set, op.Elements))
+				}
+			}
+			if err != nil {
+				return fmt.Errorf("elements of set %s: %w", op.Set.Name, err)
+			}
+		case OpAddChain:
+			c.AddChain(kernelChain(t, op.Chain))
+		case OpFlushChain:
+			c.FlushChain(&nftables.Chain{Name: op.Chain.Name, Table: t})
+		case OpDeleteChain:
+			c.DelChain(&nftables.Chain{Name: op.Chain.Name, Table: t})
+		case OpAddRule:
+			for _, a := range op.Anon {
+				if err := c.AddSet(anonSet(t, a)); err != nil {
+					return fmt.Errorf("chain %s: add anonymous set: %w", op.Chain.Name, err)
+				}
+			}
+			var ud []byte
+			if op.Rule.Comment != "" {
+				ud = userdata.AppendString(ud, userdata.TypeComment, op.Rule.Comment)
+			}
+			ud = userdata.Append(ud, ruleTagType, binary.BigEndian.AppendUint64(nil, op.Tag))
+			c.AddRule(&nftables.Rule{Table: t, Chain: &nftables.Chain{Name: op.Chain.Name, Table: t},
+				Exprs: op.Exprs, UserData: ud})
+		default:
+			return fmt.Errorf("run plan: unknown operation %d", op.Kind)
+		}
+	}
+	if err := c.Flush(); err != nil {
+		if errors.Is(err, unix.ENOBUFS) {
+			return fmt.Errorf("table inet %s: %w: %w", p.Table, ErrOutcomeUnknown, err)
+		}
+		return fmt.Errorf("table inet %s: %w", p.Table, err)
+	}
+	return nil
+}
+
+func anonSet(t *nftables.Table, a AnonSet) (*nftables.Set, []nftables.SetElement) {
+	kt, _ := concatType(a.Key)
+	s := &nftables.Set{Table: t, Anonymous: true, Constant: true, ID: a.ID, Name: "__set%d", KeyType: kt}
+	if len(a.Data) > 0 {
+		s.IsMap, s.Name = true, "__map%d"
+		s.DataType, _ = concatType(a.Data)
+	}
+	elems := make([]nftables.SetElement, len(a.Elements))
+	for i, e := range a.Elements {
+		elems[i] = nftables.SetElement{Key: e.Key, Val: e.Data}
+	}
+	return s, elems
+}
+
+var hookNames = map[nftables.ChainHook]string{
+	*nftables.ChainHookPrerouting: "prerouting", *nftables.ChainHookInput: "input",
+	*nftables.ChainHookForward: "forward", *nftables.ChainHookOutput: "output",
+	*nftables.ChainHookPostrouting: "postrouting",
+}
+
+// Read reads fwdd's table back (nil when it does not exist): its chains
+// with their hooks and rule tags, its named sets, and with elements also
+// every element. Dumps are flow-controlled by the reader, so this works
+// where a batch's acks did not.
+func (k *Netlink) Read(table string, elements bool) (*Table, error) {
+	exists, err := k.TableExists(table)
+	if err != nil || !exists {
+		return nil, err
+	}
+	c, err := k.readConn()
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = c.CloseLasting() }()
+	nt := &nftables.Table{Name: table, Family: nftables.TableFamilyINet}
+	t := &Table{Name: table, Elements: elements}
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, fmt.Errorf("list chains: %w", err)
+	}
+	for _, ch := range chains {
+		if ch.Table.Name != table {
+			continue
+		}
+		tc := TableChain{Name: ch.Name}
+		if ch.Hooknum != nil {
+			tc.Hook = &Hook{Type: string(ch.Type), Hook: hookNames[*ch.Hooknum]}
+			if ch.Priority != nil {
+				tc.Hook.Priority = int(*ch.Priority)
+			}
+			tc.Hook.Drop = ch.Policy != nil && *ch.Policy == nftables.ChainPolicyDrop
+		}
+		rules, err := c.GetRules(nt, ch)
+		if err != nil {
+			return nil, fmt.Errorf("list rules of chain %s: %w", ch.Name, err)
+		}
+		for _, r := range rules {
+			var tag uint64
+			if b := userdata.Get(r.UserData, ruleTagType); len(b) == 8 {
+				tag = binary.BigEndian.Uint64(b)
+			}
+			tc.Rules = append(tc.Rules, tag)
+		}
+		t.Chains = append(t.Chains, tc)
+	}
+	sets, err := c.GetSets(nt)
+	if err != nil {
+		return nil, fmt.Errorf("list sets: %w", err)
+	}
+	for _, s := range sets {
+		if s.Anonymous {
+			continue
+		}
+		ts := TableSet{Name: s.Name}
+		if i, ok := setIndex[s.Name]; ok && elements {
+			// Described from fwdd's own declaration: GetSets mis-decodes
+			// some types (FACTS.md).
+			decl := setOrder[i]
+			ks, err := kernelSet(nt, decl)
+			if err != nil {
+				return nil, err
+			}
+			elems, err := c.GetSetElements(ks)
+			if err != nil {
+				return nil, fmt.Errorf("read set %s: %w", s.Name, err)
+			}
+			ts.Elements = make([]Element, len(elems))
+			for j, e := range elems {
+				ts.Elements[j] = Element{Key: e.Key, Comment: e.Comment}
+				if decl.IsMap() {
+					ts.Elements[j].Data = e.Val
+				}
+			}
+		}
+		t.Sets = append(t.Sets, ts)
+	}
+	return t, nil
+}
+
+// VerifyContent reads the whole table back and says how it differs from m
+// (nil: it holds exactly m).
+func (k *Netlink) VerifyContent(m *Model) error {
+	t, err := k.Read(m.Table, true)
+	if err != nil {
+		return err
+	}
+	return t.Differs(m)
+}
+
+// TableExists reports whether table inet <table> exists.
+func (k *Netlink) TableExists(table string) (bool, error) {
+	c, err := k.conn()
+	if err != nil {
+		return false, err
+	}
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return false, fmt.Errorf("list tables: %w", err)
+	}
+	for _, t := range tables {
+		if t.Name == table {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+func familyName(f nftables.TableFamily) string {
+	switch f {
+	case nftables.TableFamilyIPv4:
+		return "ip"
+	case nftables.TableFamilyIPv6:
+		return "ip6"
+	case nftables.TableFamilyINet:
+		return "inet"
+	}
+	return fmt.Sprint(uint8(f))
+}

@@ -1,0 +1,218 @@
+package nft
+
+import (
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
+
+	"github.com/fwdd/fwdd/pkg/config"
+)
+
+// hostile returns a one-forward config whose interface is iface, built
+// directly so that the renderer is tested whatever the config accepts.
+func hostile(iface, name string) *config.Config {
+	return &config.Config{
+		Daemon: config.Daemon{Table: "fwdd"},
+		Forwards: []config.Forward{{
+			Name: name, Protos: []config.Proto{config.TCP}, Port: config.PortRange{Lo: 80, Hi: 80},
+			To: netip.MustParseAddr("10.0.0.2"), ToPort: config.PortRange{Lo: 8080, Hi: 8080},
+			Interface: iface, SNAT: config.SNAT{Kind: config.SNATMasquerade},
+		}},
+	}
+}
+
+// nft strings have no escapes: what cannot be written exactly is refused,
+// by fwdd print and by Plan.Render alike, never printed.
+func TestRenderRefusesWhatNftCannotExpress(t *testing.T) {
+	for _, tc := range []struct{ iface, name, want string }{
+		{`x";drop#`, "web", `forward "web": cannot write interface name "x\";drop#": it contains '"'`},
+		{`eth*`, "web", `nft would read '*' as a wildcard`},
+		{`a\b`, "web", `it contains '\'`},
+		{"a\nb", "web", "byte 0x0a"},
+		{"abcdefghijklmnop", "web", "must be 1-15 bytes"},
+		{"eth0", `web" drop`, `cannot write "web\" drop" as an nft string`},
+		{"eth0", "web;x", "cannot write \"fwd_web;x\" as an nft name"},
+	} {
+		cfg := hostile(tc.iface, tc.name)
+		m, err := Compile(cfg, map[string]uint32{tc.name: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out strings.Builder
+		err = m.Render(&out)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("interface %q name %q: render error %v, want %q", tc.iface, tc.name, err, tc.want)
+		}
+		if out.Len() != 0 {
+			t.Errorf("interface %q: a refused render wrote %q", tc.iface, out.String())
+		}
+		if err := Replace(m).Render(&out); err == nil || out.Len() != 0 {
+			t.Errorf("interface %q: plan render: %v, wrote %d bytes", tc.iface, err, out.Len())
+		}
+	}
+	// What nft can express is printed as is.
+	m, err := Compile(hostile("a#b;c{d}$e@f", "0-drop_x"), map[string]uint32{"0-drop_x": 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := m.String(); !strings.Contains(s, `iifname "a#b;c{d}$e@f"`) || !strings.Contains(s, `comment "0-drop_x"`) {
+		t.Errorf("render:\n%s", s)
+	}
+}
+
+func TestReplacePlanText(t *testing.T) {
+	p := Replace(compile(t, "[[forward]]\nname = \"web\"\nport = 80\nto = \"10.0.0.2:8080\"\ninterface = \"eth1\"\n", nil))
+	s := p.String()
+	for _, want := range []string{
+		"add table inet fwdd\ndelete table inet fwdd\nadd table inet fwdd\n",
+		"add map inet fwdd dnat4_addr { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }\n",
+		`add set inet fwdd traffic_orig { type mark; counter; comment "packets client -> backend"; }` + "\n",
+		`add element inet fwdd traffic_orig { 0xfd000001 counter packets 0 bytes 0 comment "web" }` + "\n",
+		"add chain inet fwdd prerouting { type nat hook prerouting priority -100; policy accept; }\n",
+		"add chain inet fwdd fwd_web\n",
+		`add rule inet fwdd dispatch meta nfproto ipv4 iifname "eth1" fib daddr type local meta l4proto tcp th dport 80 goto fwd_web comment "web"` + "\n",
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("replace plan lacks %q:\n%s", want, s)
+		}
+	}
+	if p.Messages() != len(p.Ops)+2 {
+		t.Errorf("%d messages for %d operations", p.Messages(), len(p.Ops))
+	}
+}
+
+// Big sets are sent in operations of at most elementsPerMessage elements.
+func TestPlanSplitsElements(t *testing.T) {
+	p := Replace(compileCfg(t, manyForwards(t, 2500), nil))
+	n := 0
+	for _, op := range p.Ops {
+		if op.Kind == OpAddElements && op.Set.Name == "dnat4_addr" {
+			n++
+			if len(op.Elements) > elementsPerMessage {
+				t.Errorf("%d elements in one operation", len(op.Elements))
+			}
+		}
+	}
+	if n != 3 {
+		t.Errorf("2,500 dnat4_addr elements in %d operations, want 3", n)
+	}
+}
+
+func TestFakeAppliesAllOrNothing(t *testing.T) {
+	f := NewFake()
+	m := compile(t, goldenConfig, nil)
+	if err := f.Run(Replace(m)); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := f.Dump("fwdd")
+	if want := m.String(); !strings.Contains(want, strings.TrimPrefix(before, "table inet fwdd {\n")) {
+		t.Errorf("fake dump differs from the model's rendering:\n%s", cmp.Diff(want, before))
+	}
+	web := m.Set("dnat4_port")
+	elem := m.Elements("dnat4_port")[0]
+	other := elem
+	other.Data = append([]byte(nil), elem.Data...)
+	other.Data[0]++
+	for _, tc := range []struct {
+		name string
+		ops  []Op
+		want error
+	}{
+		{"element with other data", []Op{{Kind: OpAddElements, Set: web, Elements: []Element{other}}}, unix.EEXIST},
+		{"missing element", []Op{{Kind: OpDeleteElements, Set: web, Elements: []Element{elem}}, {Kind: OpDeleteElements, Set: web, Elements: []Element{elem}}}, unix.ENOENT},
+		{"missing chain", []Op{{Kind: OpFlushChain, Chain: &Chain{Name: "nope"}}}, unix.ENOENT},
+		{"chain still referenced", []Op{{Kind: OpDeleteChain, Chain: &Chain{Name: "fwd_lab"}}}, unix.EBUSY},
+		{"rule on a missing set", []Op{{Kind: OpAddRule, Chain: &Chain{Name: "dispatch"}, Rule: &Rule{Stmts: []Stmt{matchSet{key{loadCtMrk}, "nope"}}}}}, unix.ENOENT},
+	} {
+		// A valid first operation, so that all-or-nothing is tested.
+		ops := append([]Op{{Kind: OpAddElements, Set: m.Set(SetNoSNAT), Elements: []Element{elem4Mark(0xfd0000ff)}}}, tc.ops...)
+		if err := f.Run(&Plan{Table: "fwdd", Ops: ops}); !errors.Is(err, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
+		}
+		if after, _ := f.Dump("fwdd"); after != before {
+			t.Errorf("%s: a rejected batch changed the table:\n%s", tc.name, cmp.Diff(before, after))
+		}
+	}
+	// Adding an identical element again is accepted, like the kernel does.
+	if err := f.Run(&Plan{Table: "fwdd", Ops: []Op{{Kind: OpAddElements, Set: web, Elements: []Element{elem}}}}); err != nil {
+		t.Errorf("identical element: %v", err)
+	}
+	// Flushing the referrer first frees the chain.
+	if err := f.Run(&Plan{Table: "fwdd", Ops: []Op{{Kind: OpFlushChain, Chain: &Chain{Name: "dispatch"}}, {Kind: OpDeleteChain, Chain: &Chain{Name: "fwd_lab"}}}}); err != nil {
+		t.Errorf("flush then delete: %v", err)
+	}
+	f.FailNext(unix.EPERM)
+	if err := f.Run(Replace(m)); !errors.Is(err, unix.EPERM) {
+		t.Errorf("injected rejection: %v", err)
+	}
+	f.LoseAckNext(true)
+	if err := f.Run(Replace(m)); !errors.Is(err, ErrOutcomeUnknown) || !errors.Is(err, unix.ENOBUFS) {
+		t.Errorf("injected unknown outcome: %v", err)
+	}
+	if after, _ := f.Dump("fwdd"); after != before {
+		t.Errorf("the committed batch of an unknown outcome is not in the table")
+	}
+}
+
+func elem4Mark(m uint32) Element { return elem([]Value{Mark(m)}, nil, "") }
+
+// Reconcile keeps what is right in a table read back and fixes the rest,
+// without replacing it.
+func TestReconcile(t *testing.T) {
+	old := compile(t, goldenConfig, nil)
+	f := NewFake()
+	if err := f.Run(Replace(old)); err != nil {
+		t.Fatal(err)
+	}
+	// Behind fwdd's back: a rule added to dispatch, an element deleted.
+	behind := &Plan{Table: "fwdd", Ops: []Op{
+		{Kind: OpAddRule, Chain: &Chain{Name: "dispatch"}, Rule: &Rule{Stmts: []Stmt{accept}}},
+		{Kind: OpDeleteElements, Set: old.Set("dnat4_port"), Elements: old.Elements("dnat4_port")[:1]},
+	}}
+	if err := f.Behind(behind); err != nil {
+		t.Fatal(err)
+	}
+	changed := strings.Replace(goldenConfig, `to = "192.168.1.70:22"`, `to = "192.168.1.71:22"`, 1)
+	m := compile(t, changed, old)
+	tb, err := f.Read("fwdd", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tb.Differs(m) == nil {
+		t.Fatal("a changed table reads back as equal")
+	}
+	p := Reconcile(tb, m)
+	if p.Full {
+		t.Fatalf("reconcile replaced the table:\n%s", p)
+	}
+	var got []string
+	for _, op := range p.Ops {
+		switch op.Kind {
+		case OpFlushChain, OpAddChain, OpDeleteChain:
+			got = append(got, op.Chain.Name)
+		case OpAddElements, OpDeleteElements:
+			got = append(got, op.Set.Name)
+		}
+	}
+	if d := cmp.Diff([]string{"dispatch", "fwd_lab", "dnat4_port"}, got); d != "" {
+		t.Errorf("reconcile touches (-want +got):\n%s\n%s", d, p)
+	}
+	if err := f.Run(p); err != nil {
+		t.Fatal(err)
+	}
+	if tb, _ = f.Read("fwdd", true); tb.Differs(m) != nil {
+		t.Errorf("after reconcile: %v", tb.Differs(m))
+	}
+	// Other base chains: replaced.
+	drop := compile(t, strings.Replace(changed, "[daemon]\n", "[daemon]\nforward_policy = \"drop\"\n", 1), m)
+	if p := Reconcile(tb, drop); !p.Full {
+		t.Error("a table with another forward policy was reconciled, not replaced")
+	}
+	if p := Reconcile(nil, m); !p.Full {
+		t.Error("no table: not a full replace")
+	}
+}
