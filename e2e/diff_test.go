@@ -3,6 +3,7 @@ package e2e
 import (
 	"errors"
 	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -36,6 +37,8 @@ func TestKernelDiff(t *testing.T) {
 	if code != 1 {
 		t.Errorf("changed file: exit %d, want 1\n%s", code, out)
 	}
+	t.Logf("fwdd diff:\n%s", out)
+	predicted := regexp.MustCompile(`the batch a reload would send, (\d+) messages`).FindStringSubmatch(out)
 	for _, want := range []string{
 		"~ forward moves\n    to: \"10.22.0.2:8081\" -> \"10.22.0.2:8082\"\n",
 		"+ forward new\n",
@@ -46,11 +49,20 @@ func TestKernelDiff(t *testing.T) {
 			t.Errorf("diff lacks %q:\n%s", want, out)
 		}
 	}
+	// The batch, in nft syntax: only the changed forwards' elements.
+	if !strings.Contains(out, "the batch a reload would send") || !strings.Contains(out, "add element inet fwdd") ||
+		!strings.Contains(out, "delete element inet fwdd") || strings.Contains(out, "delete table") {
+		t.Errorf("no differences-only batch:\n%s", out)
+	}
 	if strings.Contains(out, "forward keep") {
 		t.Errorf("unchanged forward listed:\n%s", out)
 	}
 	if out, err := d.reload(reloadAfter); err != nil {
 		t.Fatalf("reload: %v\n%s", err, out)
+	}
+	// The batch shown is the batch the reload sent.
+	if predicted == nil || !strings.Contains(d.proc.Output(), `"fullReplace": false, "recovered": false, "messages": `+predicted[1]+`,`) {
+		t.Errorf("diff predicted %v messages; the reload logged:\n%s", predicted, d.proc.Output())
 	}
 	if out, code := diffExit(t, topo, d); code != 0 {
 		t.Errorf("after the reload: exit %d\n%s", code, out)

@@ -44,11 +44,54 @@ func runDiff(cfgPath, stateDir string, stdout, stderr io.Writer) int {
 			}
 		}
 	}
-	if len(forwards)+len(settings) == 0 {
+	p, err := reloadPlan(running, cfg)
+	if err != nil {
+		fmt.Fprintln(stderr, "fwdd diff:", err)
+		return 2
+	}
+	if len(forwards)+len(settings) == 0 && p.Empty() {
 		fmt.Fprintln(stdout, "no difference")
 		return 0
 	}
+	if p.Empty() {
+		fmt.Fprintln(stdout, "\nthe table would not change (no batch)")
+	} else {
+		kind := "only the differences"
+		if p.Full {
+			kind = "the whole table (resets its counters)"
+		}
+		fmt.Fprintf(stdout, "\nthe batch a reload would send, %d messages, %s:\n%s", p.Messages(), kind, p.String())
+	}
 	return 1
+}
+
+// reloadPlan is the batch a reload with cfg would send: the differences
+// from the config in force, or the whole table when the kernel's table no
+// longer holds what fwdd applied.
+func reloadPlan(running, cfg *config.Config) (*nft.Plan, error) {
+	have, err := (&nft.Netlink{}).Read(running.Daemon.Table, true)
+	if err != nil {
+		return nil, fmt.Errorf("read table inet %s: %w", running.Daemon.Table, err)
+	}
+	compile := func(c *config.Config) (*nft.Model, error) {
+		ids, err := nft.AssignIDs(have.IDs(), c)
+		if err != nil {
+			return nil, err
+		}
+		return nft.Compile(c, ids)
+	}
+	old, err := compile(running)
+	if err != nil {
+		return nil, err
+	}
+	m, err := compile(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if have.Differs(old) != nil {
+		return nft.Replace(m), nil
+	}
+	return nft.Diff(old, m), nil
 }
 
 // warnBlockers tells, after a successful reload, which other tables' forward
