@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"go.uber.org/zap"
@@ -38,11 +39,7 @@ func (d *Daemon) startGuard(ctx context.Context, g *errgroup.Group) {
 	g.Go(func() error { return d.guard.run(ctx) })
 }
 
-type noEvents struct{}
-
-func (noEvents) Error() string { return "this backend reports no nftables events" }
-
-var errNoEvents error = noEvents{}
+var errNoEvents = errors.New("this backend reports no nftables events")
 
 // healRequests is where the guard asks the daemon's loop to act; nil (never
 // ready) before the guard starts.

@@ -104,6 +104,11 @@ var checks = []check{
 // Run runs every check.
 func Run(env Env) []Result {
 	env.defaults()
+	defer func() {
+		if env.net != nil {
+			_ = env.net.conn.Close()
+		}
+	}()
 	var out []Result
 	for _, c := range checks {
 		rs := c.run(&env)

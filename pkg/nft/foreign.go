@@ -3,6 +3,7 @@ package nft
 import (
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/google/nftables"
@@ -149,16 +150,8 @@ func (k *Netlink) ForeignBlockers(own string, tag, mask uint32) ([]Blocker, erro
 				Allow: AllowRule(owner, familyName(tk.fam), tk.name, ch.Name, tag, mask)})
 		}
 	}
-	sortBlockers(out)
+	slices.SortFunc(out, func(a, b Blocker) int { return strings.Compare(a.String(), b.String()) })
 	return out, nil
-}
-
-func sortBlockers(bs []Blocker) {
-	for i := 1; i < len(bs); i++ {
-		for j := i; j > 0 && bs[j].String() < bs[j-1].String(); j-- {
-			bs[j], bs[j-1] = bs[j-1], bs[j]
-		}
-	}
 }
 
 // verdicts of a walk through a chain, for one of fwdd's new connections.
