@@ -1,43 +1,38 @@
 // Package e2e runs fwdd for real: each test builds network namespaces
 // (client, gateway, backend, ...) with internal/sandbox, runs the fwdd
-// binary in the gateway namespace and sends real TCP and UDP traffic
-// through it. Kernel tests: they need root and run in CI.
+// binary in the gateway namespace with internal/harness and sends real TCP
+// and UDP traffic through it. Kernel tests: they need root and run in CI.
 package e2e
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/fwdd/fwdd/internal/harness"
 	"github.com/fwdd/fwdd/internal/sandbox"
 )
 
+// fwddBin is the fwdd binary under test, built once by the harness (not
+// for -short runs, which have no kernel tests; harness.Binary builds it
+// then on first use).
 var fwddBin string
 
 func TestMain(m *testing.M) {
-	if os.Geteuid() == 0 {
-		dir, err := os.MkdirTemp("", "fwdd-e2e-")
-		if err != nil {
+	flag.Parse()
+	if os.Geteuid() == 0 && !testing.Short() {
+		var err error
+		if fwddBin, err = harness.Binary(); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
-		fwddBin = filepath.Join(dir, "fwdd")
-		out, err := exec.Command("go", "build", "-race", "-o", fwddBin, "../cmd/fwdd").CombinedOutput()
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "build fwdd: %v\n%s", err, out)
-			os.Exit(1)
-		}
-		code := m.Run()
-		os.RemoveAll(dir)
-		os.Exit(code)
 	}
-	os.Exit(m.Run())
+	os.Exit(harness.Main(m))
 }
 
 func ctxT(t *testing.T) context.Context {
@@ -46,21 +41,9 @@ func ctxT(t *testing.T) context.Context {
 	return ctx
 }
 
-// daemon is one fwdd process running in the gateway namespace.
-type daemon struct {
-	t        *testing.T
-	topo     *sandbox.Topology
-	proc     *sandbox.Proc
-	cfgPath  string
-	stateDir string
-}
-
 func writeConfig(t *testing.T, path, text string) {
 	t.Helper()
-	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(path, 0o644); err != nil {
+	if err := os.WriteFile(path, []byte(text), 0o640); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -68,65 +51,49 @@ func writeConfig(t *testing.T, path, text string) {
 // fwdd runs `fwdd <args>` in the gateway namespace and returns its output.
 func fwdd(t *testing.T, topo *sandbox.Topology, args ...string) (string, error) {
 	t.Helper()
-	out, err := topo.Gateway.Run(ctxT(t), append([]string{fwddBin}, args...)...)
-	return string(out), err
-}
-
-// startFwdd writes the config and starts the daemon; it returns once the
-// daemon has applied its table (or fails the test).
-func startFwdd(t *testing.T, topo *sandbox.Topology, cfg string) *daemon {
-	t.Helper()
-	dir := t.TempDir()
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	d := &daemon{t: t, topo: topo, cfgPath: filepath.Join(dir, "fwdd.toml"), stateDir: filepath.Join(dir, "state")}
-	writeConfig(t, d.cfgPath, cfg)
-	p, err := topo.Gateway.Start(ctxT(t), fwddBin, "run", "-c", d.cfgPath, "--state-dir", d.stateDir)
+	bin, err := harness.Binary()
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.proc = p
-	t.Cleanup(func() { _ = p.Stop() })
-	if err := sandbox.Eventually(20*time.Second, func() error {
-		select {
-		case <-p.Done():
-			return fmt.Errorf("fwdd exited: %s", p.Output())
-		default:
-		}
-		// "ready" follows the conntrack watcher's start: connections made
-		// from then on are counted and logged.
-		if !strings.Contains(p.Output(), "\tready\t") {
-			return fmt.Errorf("not ready yet")
-		}
-		return nil
-	}); err != nil {
-		t.Fatalf("fwdd did not start: %v\n%s", err, p.Output())
-	}
-	return d
+	out, err := topo.Gateway.Run(ctxT(t), append([]string{bin}, args...)...)
+	return string(out), err
+}
+
+// daemon is fwdd in the gateway namespace, run by internal/harness (which
+// checks READY=1, RELOADING=1 and STOPPING=1 on its NOTIFY_SOCKET). The
+// short names keep tests terse.
+type daemon struct {
+	*harness.Daemon
+	t        *testing.T
+	topo     *sandbox.Topology
+	proc     *sandbox.Proc // the first process; after Restart, d.Proc()
+	cfgPath  string
+	stateDir string
+}
+
+// startFwdd starts the daemon in the gateway with cfg; it returns once the
+// daemon is ready, and stops it in t.Cleanup.
+func startFwdd(t *testing.T, topo *sandbox.Topology, cfg string) *daemon {
+	t.Helper()
+	h := harness.New(t, topo.Gateway, cfg, harness.Options{Bin: fwddBin})
+	return &daemon{Daemon: h, t: t, topo: topo, proc: h.Proc(), cfgPath: h.ConfigPath, stateDir: h.StateDir}
 }
 
 // reload rewrites the config and runs `fwdd reload`, which returns once the
 // daemon applied it (or failed to).
 func (d *daemon) reload(cfg string) (string, error) {
 	d.t.Helper()
-	writeConfig(d.t, d.cfgPath, cfg)
-	return fwdd(d.t, d.topo, "reload", "-c", d.cfgPath, "--state-dir", d.stateDir, "--timeout", "30s")
-}
-
-// stop sends SIGTERM and waits for a clean exit.
-func (d *daemon) stop() {
-	d.t.Helper()
-	if err := d.proc.Signal(syscall.SIGTERM); err != nil {
+	if err := d.WriteConfig(cfg); err != nil {
 		d.t.Fatal(err)
 	}
-	select {
-	case <-d.proc.Done():
-	case <-time.After(20 * time.Second):
-		d.t.Fatalf("fwdd did not stop:\n%s", d.proc.Output())
-	}
-	if err := d.proc.Wait(); err != nil {
-		d.t.Fatalf("fwdd exited with %v:\n%s", err, d.proc.Output())
+	return d.ReloadCommand()
+}
+
+// stop sends SIGTERM and fails the test unless the daemon stops cleanly.
+func (d *daemon) stop() {
+	d.t.Helper()
+	if err := d.Stop(); err != nil {
+		d.t.Fatal(err)
 	}
 }
 

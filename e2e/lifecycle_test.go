@@ -1,12 +1,9 @@
 package e2e
 
 import (
-	"io"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/fwdd/fwdd/internal/sandbox"
 )
@@ -78,22 +75,7 @@ func TestKernelReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer held.Close()
-	echo := func(msg string) error {
-		if err := held.SetDeadline(time.Now().Add(3 * time.Second)); err != nil {
-			return err
-		}
-		if _, err := held.Write([]byte(msg)); err != nil {
-			return err
-		}
-		buf := make([]byte, len(msg))
-		if _, err := io.ReadFull(held, buf); err != nil {
-			return err
-		}
-		if string(buf) != msg {
-			t.Errorf("echo %q, got %q", msg, buf)
-		}
-		return nil
-	}
+	echo := func(msg string) error { return sandbox.Echo(held, msg) }
 	if err := echo("before"); err != nil {
 		t.Fatal(err)
 	}
@@ -130,16 +112,8 @@ func TestKernelReload(t *testing.T) {
 			t.Errorf("reload error does not say what is wrong:\n%s", out)
 		}
 		// Signal the daemon directly too: it must refuse, log and keep running.
-		if err := d.proc.Signal(syscall.SIGHUP); err != nil {
-			t.Fatal(err)
-		}
-		if err := sandbox.Eventually(10*time.Second, func() error {
-			if !strings.Contains(d.proc.Output(), "reload failed; the running rules are unchanged") {
-				return io.EOF
-			}
-			return nil
-		}); err != nil {
-			t.Fatalf("no reload error logged:\n%s", d.proc.Output())
+		if l, err := d.Reload(); err == nil || l.Msg != "reload failed; the running rules are unchanged" || !strings.Contains(err.Error(), "port") {
+			t.Fatalf("SIGHUP with a broken file: %v; logged %q", err, l.Text)
 		}
 		if after := nftList(t, topo, "ruleset"); after != before {
 			t.Errorf("ruleset changed by a broken reload:\n--- before\n%s\n--- after\n%s", before, after)
@@ -178,11 +152,13 @@ func TestKernelOnStopKeep(t *testing.T) {
 	}
 	mustGreet(t, topo.Client, "10.11.0.1:80", "backend")
 	// A restart takes the kept table over, with the same forward ids.
-	d2 := startFwdd(t, topo, cfg)
+	if err := d.Restart(); err != nil {
+		t.Fatal(err)
+	}
 	if got := nftList(t, topo, "table", "inet", "fwdd"); stripCounters(got) != stripCounters(table) {
 		t.Errorf("restart changed the table:\n%s\nwant:\n%s", got, table)
 	}
-	d2.stop()
+	d.stop()
 }
 
 // stripCounters drops counter values and handles, which differ between runs.

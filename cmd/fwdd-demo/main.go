@@ -1,9 +1,10 @@
 // Command fwdd-demo shows fwdd at work in a throwaway sandbox of network
-// namespaces: it runs the real fwdd binary on a sandboxed gateway, sends
-// real TCP and UDP traffic through it, reloads a changed config, refuses a
-// broken one and cleans everything up again. It never touches the host's
-// own network. `sudo make demo` runs it; it exits non-zero if any step
-// fails, so it doubles as a smoke test.
+// namespaces: it runs the real fwdd binary on a sandboxed gateway (with
+// internal/harness, as the end-to-end tests do), sends real TCP and UDP
+// traffic through it, reloads a changed config, refuses a broken one and
+// cleans everything up again. It never touches the host's own network.
+// `sudo make demo` runs it; it exits non-zero if any step fails, so it
+// doubles as a smoke test.
 //
 // Usage:
 //
@@ -11,209 +12,325 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
+
+	"github.com/fwdd/fwdd/internal/harness"
+	"github.com/fwdd/fwdd/internal/sandbox"
 )
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
-}
-
-func run(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("fwdd-demo", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: fwdd-demo [--fwdd PATH] [--keep]\n\n"+
-			"Runs fwdd in a throwaway sandbox of network namespaces and sends real\n"+
-			"traffic through it. Needs root; never touches the host's own network.\n\n")
-		fs.PrintDefaults()
-	}
+	fs := flag.NewFlagSet("fwdd-demo", flag.ExitOnError)
 	bin := fs.String("fwdd", "bin/fwdd", "path of the fwdd binary (make build)")
 	keep := fs.Bool("keep", false, "pause before cleaning up, to look around in the sandbox")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "fwdd-demo: unexpected arguments %q\n", fs.Args())
-		return 2
-	}
+	_ = fs.Parse(os.Args[1:])
 	if os.Geteuid() != 0 {
-		fmt.Fprintln(stderr, "fwdd-demo needs root to create network namespaces; run: sudo make demo")
-		return 1
+		fmt.Fprintln(os.Stderr, "fwdd-demo needs root to create network namespaces; run: sudo make demo")
+		os.Exit(1)
 	}
 	abs, err := filepath.Abs(*bin)
-	if err == nil {
-		err = checkExecutable(abs)
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "fwdd-demo: fwdd binary: %v (build it with: make build)\n", err)
-		return 1
+	if fi, serr := os.Stat(abs); err != nil || serr != nil || fi.Mode().Perm()&0o111 == 0 {
+		fmt.Fprintf(os.Stderr, "fwdd-demo: %s is not an executable (build it with: make build)\n", *bin)
+		os.Exit(1)
 	}
 
-	if os.Getenv(workerEnv) != "1" {
-		return supervise(args, stdout, stderr, *keep)
-	}
-
-	// The worker. A signal (forwarded by the supervisor, or sent
-	// directly) cancels the context: the step under way fails fast and
-	// the cleanup removes the sandbox. Later signals are swallowed, so a
-	// second Ctrl-C cannot cut the cleanup short.
+	// The first Ctrl-C (or SIGTERM) cancels ctx: the step under way fails
+	// fast and the teardown runs. Later signals are only reported, so they
+	// cannot cut the teardown short. Everything the sandbox starts runs in
+	// a process group of its own, out of reach of the terminal's Ctrl-C.
 	ctx, cancel := context.WithCancelCause(context.Background())
-	defer cancel(nil)
-	// No signal.Stop: until the process exits, a signal must not fall
-	// back to its default action, which would kill the worker mid-cleanup.
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
-	// Tell the supervisor that signals are handled now.
-	if ready := os.NewFile(readyFd, "ready"); ready != nil {
-		_, _ = ready.Write([]byte{1})
-		ready.Close()
-	}
 	go func() {
-		first := true
+		cancel(fmt.Errorf("interrupted (%v)", <-sigs))
 		for sig := range sigs {
-			if first { // the demo says so in its output
-				cancel(errInterrupted)
-				first = false
-				continue
-			}
-			fmt.Fprintf(stderr, "fwdd-demo: %v: still cleaning up, please wait\n", sig)
+			fmt.Fprintf(os.Stderr, "fwdd-demo: %v: still cleaning up, please wait\n", sig)
 		}
 	}()
-
-	// fwdd logs in journald's format under systemd; the demo reads its
-	// terminal format.
-	os.Unsetenv("JOURNAL_STREAM")
-	d := &demo{out: stdout, fwdd: abs, keep: *keep}
-	return d.run(ctx)
+	d := &demo{bin: abs, started: time.Now()}
+	os.Exit(d.run(ctx, *keep))
 }
 
-// workerEnv marks the worker process (see supervise).
-const workerEnv = "FWDD_DEMO_WORKER"
-
-// readyFd is the worker's end of a pipe (ExtraFiles[0]) on which it says
-// that it handles signals: until then a signal would kill it outright.
-const readyFd = 3
-
-// supervise runs the demo in a worker process of its own process group and
-// relays signals to it.
-//
-// Ctrl-C makes the terminal send SIGINT to its whole foreground process
-// group. Had the demo run there itself, that SIGINT would also hit the
-// programs it happens to be running (an "ip netns del" of the cleanup, the
-// fwdd daemon, ...), and a namespace could be left behind. The worker and
-// everything it starts live in a process group of their own, so only the
-// supervisor gets the terminal's signals, and it hands them on to the
-// worker alone.
-func supervise(args []string, stdout, stderr io.Writer, keep bool) int {
-	self, err := os.Executable()
-	if err != nil {
-		fmt.Fprintln(stderr, "fwdd-demo:", err)
-		return 1
-	}
-	cmd := exec.Command(self, args...)
-	cmd.Env = append(os.Environ(), workerEnv+"=1")
-	// Not the terminal itself: a process outside the foreground group is
-	// stopped when it reads from the terminal (SIGTTIN), and also when it
-	// writes to it if "stty tostop" is set.
-	cmd.Stdout = struct{ io.Writer }{stdout}
-	cmd.Stderr = struct{ io.Writer }{stderr}
-	cmd.WaitDelay = 5 * time.Second
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	var stdinW *os.File
-	if keep { // the pause reads a line
-		r, w, err := os.Pipe()
-		if err != nil {
-			fmt.Fprintln(stderr, "fwdd-demo:", err)
-			return 1
-		}
-		cmd.Stdin, stdinW = r, w
-		defer r.Close()
-	}
-
-	readyR, readyW, err := os.Pipe()
-	if err != nil {
-		fmt.Fprintln(stderr, "fwdd-demo:", err)
-		return 1
-	}
-	cmd.ExtraFiles = []*os.File{readyW}
-
-	// No signal.Stop: a late Ctrl-C must not kill the supervisor while
-	// the worker is still finishing.
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
-	err = cmd.Start()
-	readyW.Close()
-	if err != nil {
-		fmt.Fprintln(stderr, "fwdd-demo: start worker:", err)
-		return 1
-	}
-	if stdinW != nil {
-		go func() {
-			_, _ = io.Copy(stdinW, os.Stdin)
-			stdinW.Close()
-		}()
-	}
-	ready := make(chan struct{})
-	go func() {
-		var b [1]byte
-		if n, _ := readyR.Read(b[:]); n == 1 {
-			close(ready)
-		}
-		readyR.Close()
-	}()
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	var pending []os.Signal // received before the worker was ready
-	for {
-		select {
-		case <-ready:
-			ready = nil
-			for _, sig := range pending {
-				_ = cmd.Process.Signal(sig)
-			}
-			pending = nil
-		case sig := <-sigs:
-			if ready != nil {
-				pending = append(pending, sig)
-				continue
-			}
-			_ = cmd.Process.Signal(sig)
-		case err := <-done:
-			var ee *exec.ExitError
-			switch {
-			case err == nil:
-				return 0
-			case errors.As(err, &ee) && ee.Exited():
-				return ee.ExitCode()
-			}
-			fmt.Fprintf(stderr, "fwdd-demo: worker: %v (a later run removes what it left behind)\n", err)
-			return 1
-		}
-	}
+// demo is one run.
+type demo struct {
+	bin     string
+	started time.Time
+	section int
+	topo    *sandbox.Topology
+	fwdd    *harness.Daemon
+	shown   int // daemon log lines already shown
+	servers []server
 }
 
-var errInterrupted = errors.New("interrupted")
+func (d *demo) run(ctx context.Context, keep bool) int {
+	fmt.Println("fwdd demo: real forwarding, real traffic, in a throwaway sandbox of network namespaces.")
+	err := d.steps(ctx)
+	if err != nil {
+		fmt.Printf("\nFAILED: %v\n", err)
+		if d.fwdd != nil {
+			d.showLog("fwdd's log since the last excerpt:")
+		}
+	}
+	if keep && err == nil {
+		d.pause(ctx)
+	}
+	if terr := d.teardown(); terr != nil {
+		fmt.Println("FAILED:", terr)
+		return 1
+	}
+	switch {
+	case ctx.Err() != nil:
+		return 130
+	case err != nil:
+		return 1
+	}
+	fmt.Printf("\ndemo passed in %.1fs\n", time.Since(d.started).Seconds())
+	return 0
+}
 
-func checkExecutable(path string) error {
-	fi, err := os.Stat(path)
+func (d *demo) steps(ctx context.Context) error {
+	for _, step := range []struct {
+		title string
+		fn    func(context.Context) error
+	}{
+		{"Build a throwaway sandbox", d.buildSandbox},
+		{"Start servers on the backend", d.startServers},
+		{"Start fwdd on the gateway", d.startFwdd},
+		{"Send traffic from the client", d.firstTraffic},
+		{"fwdd status", d.status},
+		{"Change the config and reload", d.reload},
+		{"A broken config is refused", d.brokenReload},
+	} {
+		if err := context.Cause(ctx); err != nil {
+			return err
+		}
+		d.header(step.title)
+		if err := step.fn(ctx); err != nil {
+			if cause := context.Cause(ctx); cause != nil {
+				err = cause
+			}
+			return fmt.Errorf("%s: %w", step.title, err)
+		}
+	}
+	return nil
+}
+
+func (d *demo) buildSandbox(context.Context) error {
+	topo, err := sandbox.Build(sandbox.Options{Base: "fwdd_demo", NoClient2: true})
 	if err != nil {
 		return err
 	}
-	if !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
-		return fmt.Errorf("%s is not an executable file", path)
+	d.topo = topo
+	var names []string
+	for _, h := range topo.Hosts() {
+		names = append(names, h.Name)
 	}
+	say("network namespaces %s-{%s}", topo.Prefix, strings.Join(names, ","))
+	say("(ip netns list shows them; the host's own interfaces, routes and firewall are left alone)")
+	block(`
+client  10.11.0.2 --- cli0 10.11.0.1 [ gateway ] bak0 10.22.0.1 --- 10.22.0.2 backend
+        fd11::2            fd11::1   [  fwdd   ]      fd22::1       fd22::2
+                                     [         ] oth0 10.44.0.1 --- 10.44.0.2 other
+                                                      fd44::1       fd44::2`)
+	return nil
+}
+
+func (d *demo) startFwdd(ctx context.Context) error {
+	cfg := render(firstForwards)
+	fwdd, err := harness.Start(d.topo.Gateway, cfg, harness.Options{Bin: d.bin})
+	d.fwdd = fwdd
+	if err != nil {
+		return err
+	}
+	say("%s (root, 0640):", fwdd.ConfigPath)
+	block(cfg)
+	say("")
+	cmdLine("fwdd run -c %s --state-dir %s   (pid %d; READY=1 on its NOTIFY_SOCKET, as systemd sees it)",
+		fwdd.ConfigPath, fwdd.StateDir, fwdd.PID())
+	if _, err := fwdd.WaitLog(0, "ready", 5*time.Second); err != nil {
+		return err
+	}
+	d.showLog("fwdd's log:")
+	say("")
+	cmdLine("nft list table inet fwdd   (the maps that say where traffic goes)")
+	out, err := d.topo.Gateway.Run(ctx, "nft", "list", "table", "inet", "fwdd")
+	if err != nil {
+		return err
+	}
+	block(mapsWith(string(out), "10.22.0.2", "fd22::2"))
+	return nil
+}
+
+func (d *demo) firstTraffic(ctx context.Context) error {
+	return d.probes(ctx, `"web" has log = true, so fwdd logged:`, []probe{
+		{"tcp", "10.11.0.1:80", "web", "10.22.0.2:8080", "10.22.0.1", "masquerade"},
+		{"udp", "10.11.0.1:53", "dns", "10.22.0.2:5353", "10.22.0.1", "masquerade"},
+		{"tcp", "[fd11::1]:80", "web6", "[fd22::2]:8080", "fd22::1", "masquerade, IPv6"},
+		{"tcp", "10.11.0.1:81", "direct", "10.22.0.2:8080", "10.11.0.2", `snat = "none": the real client`},
+		{"tcp", "10.11.0.1:9000", "app-range", "10.22.0.2:9100", "10.22.0.1", "range, 1:1"},
+		{"tcp", "10.11.0.1:9002", "app-range", "10.22.0.2:9102", "10.22.0.1", "range, 1:1"},
+		{"tcp", "10.44.0.2:80", "", "10.44.0.2:80", "10.11.0.2", "transit: passes untouched"},
+	})
+}
+
+func (d *demo) status(context.Context) error {
+	cmdLine("fwdd status -c %s", d.fwdd.ConfigPath)
+	out, err := d.fwdd.Command("status")
+	block(out)
+	if err == nil && !strings.Contains(out, "present, matches") {
+		err = errors.New("fwdd status does not report the table as present and matching the config")
+	}
+	return err
+}
+
+func (d *demo) reload(ctx context.Context) error {
+	held, greeting, err := d.topo.Client.DialTCP(ctx, "10.11.0.1:81")
+	if err != nil {
+		return fmt.Errorf("open a connection to keep across the reload: %w", err)
+	}
+	defer held.Close()
+	say(`open a connection to "direct" (10.11.0.1:81) and keep it: %q`, greeting)
+	say("")
+	say(`change fwdd.toml: "web" goes to port 8081 now, "app-range" is removed, and "admin" added:`)
+	block(render(adminForward))
+	if err := d.fwdd.WriteConfig(render(secondForwards())); err != nil {
+		return err
+	}
+	say("")
+	cmdLine("fwdd reload -c %s --state-dir %s", d.fwdd.ConfigPath, d.fwdd.StateDir)
+	n := len(d.fwdd.Log())
+	out, err := d.fwdd.ReloadCommand()
+	block(out)
+	if err != nil {
+		return err
+	}
+	line, err := d.fwdd.WaitLog(n, "reloaded", 5*time.Second)
+	if err != nil {
+		return err
+	}
+	d.showLog("fwdd's log (it names what changed):")
+	for key, want := range map[string]string{"added": "admin", "removed": "app-range", "changed": "web"} {
+		if got := line.Strings(key); len(got) != 1 || got[0] != want {
+			return fmt.Errorf("the reloaded log line says %s %v, want [%s]", key, got, want)
+		}
+	}
+	say("")
+	if err := d.probes(ctx, "fwdd's log:", []probe{
+		{"tcp", "10.11.0.1:80", "web", "10.22.0.2:8081", "10.22.0.1", "changed: now port 8081"},
+		{"tcp", "10.11.0.1:82", "admin", "10.22.0.2:8080", "10.22.0.1", "added"},
+		{"tcp", "10.11.0.1:9000", "app-range", "", "", "removed"},
+		{"udp", "10.11.0.1:53", "dns", "10.22.0.2:5353", "10.22.0.1", "unchanged"},
+	}); err != nil {
+		return err
+	}
+	say("")
+	if err := sandbox.Echo(held, "still here\n"); err != nil {
+		return fmt.Errorf(`the connection to "direct" (unchanged) broke across the reload: %w`, err)
+	}
+	say(`the connection to "direct", opened before the reload, still works:`)
+	say("unchanged forwards keep their connections")
+	return nil
+}
+
+func (d *demo) brokenReload(ctx context.Context) error {
+	say("add a forward with an impossible port:")
+	block(render(brokenForward))
+	before, err := d.topo.Gateway.Run(ctx, "nft", "list", "ruleset")
+	if err != nil {
+		return err
+	}
+	if err := d.fwdd.WriteConfig(render(append(secondForwards(), brokenForward...))); err != nil {
+		return err
+	}
+	say("")
+	cmdLine("fwdd reload -c %s --state-dir %s", d.fwdd.ConfigPath, d.fwdd.StateDir)
+	out, err := d.fwdd.ReloadCommand()
+	block(out)
+	if err == nil {
+		return errors.New("fwdd reload accepted a broken config")
+	}
+	say("(%v; the daemon was not even signalled)", errors.Unwrap(err))
+	say("")
+	cmdLine("kill -HUP %d   (signal the daemon directly, skipping the check)", d.fwdd.PID())
+	if _, err := d.fwdd.Reload(); err == nil {
+		return errors.New("the daemon accepted a broken config")
+	}
+	d.showLog("fwdd's log:")
+	after, err := d.topo.Gateway.Run(ctx, "nft", "list", "ruleset")
+	if err != nil {
+		return err
+	}
+	if string(after) != string(before) {
+		return errors.New("the ruleset changed on a refused reload")
+	}
+	say("the kernel's ruleset is byte for byte what it was before")
+	say("")
+	if err := d.probes(ctx, "fwdd's log:", []probe{
+		{"tcp", "10.11.0.1:80", "web", "10.22.0.2:8081", "10.22.0.1", "as before"},
+		{"tcp", "10.11.0.1:82", "admin", "10.22.0.2:8080", "10.22.0.1", "as before"},
+	}); err != nil {
+		return err
+	}
+	// The good file back, for `fwdd status` in the --keep pause.
+	return d.fwdd.WriteConfig(render(secondForwards()))
+}
+
+// pause waits for Enter or a signal (--keep).
+func (d *demo) pause(ctx context.Context) {
+	banner("Paused (--keep)")
+	say("The sandbox stays up until you press Enter (or Ctrl-C). In another terminal:")
+	say("  sudo ip netns exec %s-gateway nft list table inet fwdd", d.topo.Prefix)
+	say("  sudo ip netns exec %s-gateway %s status -c %s", d.topo.Prefix, d.bin, d.fwdd.ConfigPath)
+	say(`  sudo ip netns exec %s-client bash -c 'exec 3<>/dev/tcp/10.11.0.1/80; head -1 <&3'`, d.topo.Prefix)
+	enter := make(chan struct{})
+	go func() {
+		if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err == nil {
+			close(enter)
+		}
+	}()
+	select {
+	case <-ctx.Done():
+	case <-enter:
+	}
+}
+
+// teardown stops fwdd (SIGTERM: STOPPING=1, exit status 0), checks that
+// its table is gone, and removes the sandbox.
+func (d *demo) teardown() error {
+	d.section = 7
+	d.header("Stop fwdd and remove the sandbox")
+	if d.topo == nil {
+		say("nothing to remove; your host's network was not touched")
+		return nil
+	}
+	var errs []error
+	if d.fwdd != nil && d.fwdd.Running() {
+		cmdLine("kill -TERM %d", d.fwdd.PID())
+		errs = append(errs, d.fwdd.Stop())
+		d.showLog("fwdd's log:")
+		cmdLine("fwdd status -c %s", d.fwdd.ConfigPath)
+		out, _ := d.fwdd.Command("status")
+		block(firstLine(out))
+		if !strings.Contains(firstLine(out), "absent") {
+			errs = append(errs, errors.New(`table "inet fwdd" still there after fwdd stopped`))
+		}
+	}
+	if d.fwdd != nil {
+		errs = append(errs, d.fwdd.Close())
+	}
+	errs = append(errs, d.topo.Close())
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	say("sandbox removed (%s-*); your host's network was not touched", d.topo.Prefix)
 	return nil
 }

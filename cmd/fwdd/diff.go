@@ -73,7 +73,7 @@ func reloadPlan(running, cfg *config.Config) (*nft.Plan, error) {
 		return nil, fmt.Errorf("read table inet %s: %w", running.Daemon.Table, err)
 	}
 	compile := func(c *config.Config) (*nft.Model, error) {
-		ids, err := nft.AssignIDs(have.IDs(), c)
+		ids, err := nft.AssignIDs(c)
 		if err != nil {
 			return nil, err
 		}

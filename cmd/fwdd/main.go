@@ -10,16 +10,19 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/coreos/go-systemd/v22/journal"
 	"go.uber.org/zap"
 
 	"github.com/fwdd/fwdd/internal/logging"
 	"github.com/fwdd/fwdd/pkg/config"
 	fwdaemon "github.com/fwdd/fwdd/pkg/daemon"
 	"github.com/fwdd/fwdd/pkg/nft"
+	"github.com/fwdd/fwdd/pkg/selfcheck"
 	fwstatus "github.com/fwdd/fwdd/pkg/status"
 )
 
@@ -38,6 +41,8 @@ commands:
            (exit 0: none, 1: changes, 2: error)
   doctor   check the gateway for what breaks forwarding; each problem with its fix
            (--probe: connect to each backend; --json)
+  health   cheap check for keepalived's track_script; exit 0 healthy, 1 bad config,
+           3 table absent, 4 table differs from the config, 5 daemon not running
   version  print fwdd's version
 
 flags (all commands): -c, --config PATH (default /etc/fwdd/fwdd.toml)
@@ -71,7 +76,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "check":
 		cfg, err := config.Load(cfgPath)
 		if err != nil {
-			fmt.Fprintln(stderr, err)
+			printErr(stderr, err) // ExecStartPre: why a start failed, at priority err
 			return 1
 		}
 		for _, w := range cfg.Warnings {
@@ -92,7 +97,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "reload":
 		if err := reload(cfgPath, *stateDir, *timeout, stdout); err != nil {
-			fmt.Fprintln(stderr, err)
+			printErr(stderr, err)
 			return 1
 		}
 		return 0
@@ -102,6 +107,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runDiff(cfgPath, *stateDir, stdout, stderr)
 	case "doctor":
 		return runDoctor(cfgPath, *stateDir, *probe, *jsonOut, stdout, stderr)
+	case "health":
+		res := selfcheck.Check(selfcheck.Options{ConfigPath: cfgPath, StateDir: *stateDir})
+		if res.Code == selfcheck.OK {
+			fmt.Fprintln(stdout, res.Message)
+		} else {
+			fmt.Fprintln(stderr, "fwdd health:", res.Message)
+		}
+		return res.Code
 	case "version":
 		fmt.Fprintln(stdout, "fwdd", version)
 		return 0
@@ -113,19 +126,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 2
 }
 
-// compileFile compiles the config with the ids the kernel's table already
-// uses, so that the printed table matches the running one.
+// compileFile compiles the config; forward ids are a function of the file,
+// so the printed table is the one the daemon programs.
 func compileFile(path string) (*nft.Model, error) {
 	cfg, err := config.Load(path)
 	if err != nil {
 		return nil, err
 	}
-	k := &nft.Netlink{}
-	prev, err := k.ReadIDs(cfg.Daemon.Table)
-	if err != nil {
-		prev = nil // not root or no nftables: print with fresh ids
-	}
-	ids, err := nft.AssignIDs(prev, cfg)
+	ids, err := nft.AssignIDs(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -149,6 +157,11 @@ func runDaemon(cfgPath, stateDir string, stdout io.Writer) int {
 		},
 		Notify: func(state string) { _, _ = daemon.SdNotify(false, state) },
 	})
+	defer func() {
+		if err := d.RemoveState(); err != nil {
+			log.Warn("cannot remove daemon state", zap.Error(err))
+		}
+	}()
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
 	if err := d.Start(); err != nil {
@@ -167,22 +180,25 @@ func runDaemon(cfgPath, stateDir string, stdout io.Writer) int {
 }
 
 // reload checks the file first, so a bad file changes nothing and says what
-// is wrong, then signals the daemon and waits for its verdict.
+// is wrong, then signals the daemon and waits for its verdict. It signals
+// only a process it has verified to be the fwdd daemon of this config in
+// this network namespace (see daemon.FindDaemon), through a pidfd.
 func reload(cfgPath, stateDir string, timeout time.Duration, stdout io.Writer) error {
 	if _, err := config.Load(cfgPath); err != nil {
 		return fmt.Errorf("%w\nreload refused: the running rules are unchanged", err)
 	}
-	before, err := fwdaemon.ReadState(stateDir)
+	d, err := fwdaemon.FindDaemon(stateDir, cfgPath)
 	if err != nil {
-		return fmt.Errorf("is fwdd running? %w", err)
+		return fmt.Errorf("reload refused: %w", err)
 	}
-	if err := syscall.Kill(before.PID, syscall.SIGHUP); err != nil {
-		return fmt.Errorf("signal fwdd (pid %d): %w", before.PID, err)
+	defer d.Close()
+	if err := d.Signal(syscall.SIGHUP); err != nil {
+		return err
 	}
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
-		st, err := fwdaemon.ReadState(stateDir)
-		if err == nil && st.Applies > before.Applies {
+		st, err := d.Latest()
+		if err == nil && st.Applies > d.Applies {
 			if !st.OK {
 				return fmt.Errorf("reload failed, the running rules are unchanged: %s", st.Error)
 			}
@@ -190,9 +206,28 @@ func reload(cfgPath, stateDir string, timeout time.Duration, stdout io.Writer) e
 			warnBlockers(cfgPath, stdout)
 			return nil
 		}
+		if d.Exited() {
+			return fmt.Errorf("fwdd (pid %d) exited during the reload", d.PID)
+		}
 		time.Sleep(2 * time.Millisecond)
 	}
-	return fmt.Errorf("fwdd (pid %d) did not finish the reload within %s", before.PID, timeout)
+	return fmt.Errorf("fwdd (pid %d) did not finish the reload within %s", d.PID, timeout)
+}
+
+// printErr writes err to stderr. When stderr is a journal stream (under
+// systemd, e.g. ExecReload=) each line carries the syslog prefix <3>, so the
+// journal stores it at priority err and `journalctl -p warning` shows it;
+// without it the journal would take the unit's default, info.
+func printErr(stderr io.Writer, err error) {
+	prefix := ""
+	if stderr == io.Writer(os.Stderr) {
+		if ok, _ := journal.StderrIsJournalStream(); ok {
+			prefix = "<3>"
+		}
+	}
+	for _, line := range strings.Split(err.Error(), "\n") {
+		fmt.Fprintln(stderr, prefix+line)
+	}
 }
 
 func status(cfgPath string, jsonOut bool, stdout, stderr io.Writer) int {

@@ -7,8 +7,7 @@
 // touches the root namespace's interfaces, firewall, routes or sysctls:
 // veth pairs are created directly inside the gateway namespace (ip -n) with
 // their peer placed straight into the leaf namespace, and sysctls are only
-// written on a thread that has been switched into (and verified to be in)
-// a sandbox namespace.
+// written through pkg/sysctl on a thread moved into a sandbox namespace.
 //
 // # Standard topology
 //
@@ -37,13 +36,22 @@
 // may inherit IPv4 settings from the root namespace): enabling forwarding
 // is fwdd's job, or the test's via [Host.SetSysctl].
 //
+// # Processes and files
+//
+// [Host.Start] and [Host.StartCmd] run programs in a namespace, each in a
+// process group of its own: a Ctrl-C at the terminal reaches only the
+// program that built the sandbox, which can then stop them in order. Files
+// a run needs (configs, sockets, daemons' state) go in [Topology.Dir].
+// internal/harness runs fwdd this way.
+//
 // # Cleanup
 //
 // [New] registers cleanup with testing.TB; [Build] returns a [Topology] whose
 // Close is idempotent. Close stops the processes the sandbox started (by
-// PID), closes the traffic helpers and namespace handles and deletes the
-// namespaces. A run holds an flock on a lock file in /run/fwdd-sandbox for
-// its whole life time, so [Sweep] can tell the namespaces of a crashed run
-// (lock file present but not locked) from those of a run that is still
-// going, in this process or another one.
+// PID), closes the traffic helpers and namespace handles, deletes the
+// namespaces and removes the run directory. A run holds an flock on a lock
+// file in /run/fwdd-sandbox for its whole life time, so [Sweep] can tell the
+// namespaces (and run directory) of a crashed run (lock file present but
+// not locked) from those of a run that is still going, in this process or
+// another one.
 package sandbox

@@ -8,13 +8,14 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/fwdd/fwdd/pkg/sysctl"
 )
 
 // Host is one network namespace of a [Topology].
@@ -27,6 +28,9 @@ type Host struct {
 	IPv6 netip.Addr
 	// Links lists the host's interfaces toward other hosts.
 	Links []Link
+	// Extra lists the backend's further addresses (Options.BackendAddrs),
+	// IPv4 and IPv6 in turn.
+	Extra []netip.Addr
 
 	topo *Topology
 
@@ -38,6 +42,9 @@ type Host struct {
 	pruneAt int
 	closed  bool
 }
+
+// Topology returns the topology the host belongs to.
+func (h *Host) Topology() *Topology { return h.topo }
 
 // Link returns the interface called name. It panics if there is none, as
 // that is a bug in the calling test.
@@ -170,53 +177,49 @@ func checkThreadNS(nsFd int) error {
 
 // SetSysctl sets a sysctl inside the host's namespace, e.g.
 // SetSysctl("net.ipv4.ip_forward", "1"). Only net.* keys are accepted,
-// because only those are per network namespace. The file under /proc/sys
-// is opened on a thread verified to be in the namespace (see Do), so the
-// root namespace is never written.
+// because only those are per network namespace; pkg/sysctl writes them on
+// a thread moved into the namespace, so the root namespace is never
+// written.
 func (h *Host) SetSysctl(key, value string) error {
-	path, err := sysctlPath(key)
-	if err != nil {
-		return err
-	}
 	h.topo.opts.Logf("sandbox: %s: sysctl %s=%s", h.Name, key, value)
-	return h.Do(func() error {
-		if err := os.WriteFile(path, []byte(value+"\n"), 0); err != nil {
-			return fmt.Errorf("sysctl %s=%s in %s: %w", key, value, h.NS, err)
-		}
-		return nil
+	return h.sysctl(key, func(s sysctl.Sysctls) error {
+		_, _, err := s.Set(key, value)
+		return err
 	})
 }
 
 // Sysctl reads a net.* sysctl inside the host's namespace.
 func (h *Host) Sysctl(key string) (string, error) {
-	path, err := sysctlPath(key)
-	if err != nil {
-		return "", err
-	}
-	var v []byte
-	err = h.Do(func() error {
+	var v string
+	err := h.sysctl(key, func(s sysctl.Sysctls) error {
 		var err error
-		v, err = os.ReadFile(path)
+		v, err = s.Get(key)
 		return err
 	})
-	if err != nil {
-		return "", fmt.Errorf("sysctl %s in %s: %w", key, h.NS, err)
-	}
-	return strings.TrimSpace(string(v)), nil
+	return strings.TrimSpace(v), err
 }
 
-// sysctlPath maps "net.ipv4.ip_forward" or "net/ipv4/ip_forward" to its
-// /proc/sys file. In the dotted form, interface names must not contain
-// dots; use the slash form for those.
-func sysctlPath(key string) (string, error) {
-	if !strings.Contains(key, "/") {
-		key = strings.ReplaceAll(key, ".", "/")
+// sysctl runs fn with the host's namespace's sysctls (key must be net.*).
+func (h *Host) sysctl(key string, fn func(sysctl.Sysctls) error) error {
+	if !strings.HasPrefix(key, "net.") && !strings.HasPrefix(key, "net/") {
+		return fmt.Errorf("sysctl %q: only net.* keys are per namespace", key)
 	}
-	p := filepath.Join("/proc/sys", key)
-	if !strings.HasPrefix(p, "/proc/sys/net/") || strings.Contains(key, "..") {
-		return "", fmt.Errorf("sysctl %q: only net.* keys are per namespace", key)
+	// A private duplicate of the namespace handle, as in Do.
+	h.mu.Lock()
+	if h.fd < 0 {
+		h.mu.Unlock()
+		return fmt.Errorf("sysctl %s in %s: namespace closed", key, h.NS)
 	}
-	return p, nil
+	fd, err := unix.FcntlInt(uintptr(h.fd), unix.F_DUPFD_CLOEXEC, 0)
+	h.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("sysctl %s in %s: dup netns fd: %w", key, h.NS, err)
+	}
+	defer unix.Close(fd)
+	if err := fn(sysctl.InNetNS(fd, sysctl.NewFS(""))); err != nil {
+		return fmt.Errorf("in %s: %w", h.NS, err)
+	}
+	return nil
 }
 
 // track registers c to be closed when the host is closed.

@@ -25,13 +25,32 @@ type Proc struct {
 	err   error // Wait result, set before done is closed
 }
 
-// Start starts "ip netns exec NS args..." (ip execs the program, so the
-// PID is the program's own). Its stdout and stderr are captured (see
+// Cmd describes a process for [Host.StartCmd].
+type Cmd struct {
+	Args []string // program and arguments
+	// Env is added to the sandbox program's environment ("KEY=value";
+	// a later entry of the same key wins).
+	Env []string
+	// Output, if set, also receives everything the process writes to
+	// stdout and stderr, as it arrives.
+	Output io.Writer
+}
+
+// Start starts "ip netns exec NS args..."; see [Host.StartCmd].
+func (h *Host) Start(ctx context.Context, args ...string) (*Proc, error) {
+	return h.StartCmd(ctx, Cmd{Args: args})
+}
+
+// StartCmd starts "ip netns exec NS c.Args..." (ip execs the program, so
+// the PID is the program's own). Its stdout and stderr are captured (see
 // Output) and, if Options.Output is set, streamed there line by line.
 // Cancelling ctx stops the process like Stop. The sandbox stops the process
 // on Close if it is still running; it also dies with SIGKILL if the
-// starting program dies (Pdeathsig). Do not call Start inside Do.
-func (h *Host) Start(ctx context.Context, args ...string) (*Proc, error) {
+// starting program dies (Pdeathsig). It runs in a process group of its own,
+// so a Ctrl-C at the terminal reaches only the program that started it,
+// which can then stop it in order. Do not call StartCmd inside Do.
+func (h *Host) StartCmd(ctx context.Context, c Cmd) (*Proc, error) {
+	args := c.Args
 	if len(args) == 0 {
 		return nil, errors.New("start: no command")
 	}
@@ -39,13 +58,16 @@ func (h *Host) Start(ctx context.Context, args ...string) (*Proc, error) {
 	p := &Proc{
 		Host:  h,
 		Args:  args,
-		out:   &procOutput{prefix: "[" + h.Name + "] ", stream: t.opts.Output},
+		out:   &procOutput{prefix: "[" + h.Name + "] ", stream: t.opts.Output, tee: c.Output},
 		grace: t.opts.StopGrace,
 		done:  make(chan struct{}),
 	}
 	cmd := exec.CommandContext(ctx, t.ip, append([]string{"netns", "exec", h.NS}, args...)...)
+	if len(c.Env) > 0 {
+		cmd.Env = append(os.Environ(), c.Env...)
+	}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = p.grace // SIGKILL this long after a ctx-triggered SIGTERM
 	p.cmd = cmd
@@ -146,6 +168,7 @@ func (p *Proc) kill() error {
 type procOutput struct {
 	prefix string
 	stream io.Writer
+	tee    io.Writer // Cmd.Output
 
 	mu      sync.Mutex
 	all     bytes.Buffer
@@ -156,6 +179,9 @@ func (o *procOutput) Write(b []byte) (int, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.all.Write(b)
+	if o.tee != nil {
+		_, _ = o.tee.Write(b) // like the stream: never break the pipe
+	}
 	if o.stream != nil {
 		o.partial = append(o.partial, b...)
 		for {

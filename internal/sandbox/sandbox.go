@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -46,12 +47,21 @@ type Options struct {
 	NoClient2 bool
 	// NoOther omits other and the gateway's oth0 interface.
 	NoOther bool
+	// Bare builds no hosts at all: the caller builds its own topology
+	// (e.g. two gateways sharing LANs) with AddHost and Connect, and every
+	// host field of the Topology stays nil.
+	Bare bool
 	// StopGrace is how long Proc.Stop waits after SIGTERM before sending
 	// SIGKILL (default 5s).
 	StopGrace time.Duration
 	// IP is the path of the iproute2 "ip" binary (default: "ip" from PATH,
 	// falling back to /usr/sbin/ip).
 	IP string
+	// BackendAddrs gives the backend host this many more addresses on its
+	// eth0 (at most 200): 10.22.0.3, 10.22.0.4, ... and fd22::3, ...,
+	// listed in its Host.Extra. Servers bound to each stand for separate
+	// backends of one forward.
+	BackendAddrs int
 }
 
 // Link describes one interface of a host and the addresses on it.
@@ -164,7 +174,11 @@ func Build(opts Options) (*Topology, error) {
 	if err := t.lockRun(); err != nil {
 		return nil, err
 	}
-	if err := t.setup(); err != nil {
+	err = os.Mkdir(t.Dir(), 0o755)
+	if err == nil {
+		err = t.setup()
+	}
+	if err != nil {
 		if cerr := t.Close(); cerr != nil {
 			err = errors.Join(err, fmt.Errorf("cleanup after failed setup: %w", cerr))
 		}
@@ -232,7 +246,20 @@ func samePath(f *os.File) bool {
 
 func lockPath(prefix string) string { return filepath.Join(LockDir, prefix+".lock") }
 
+// runDir is a run's directory for files (see [Topology.Dir]).
+func runDir(prefix string) string { return filepath.Join(LockDir, prefix) }
+
+// Dir is a directory for the run's files (configs, sockets, state of the
+// daemons a test starts): owned by root, not writable by others, in a
+// root-only parent, so that programs that refuse files others could have
+// written (fwdd's config) accept what is put there. Close removes it, and
+// so does a later Sweep after a crash.
+func (t *Topology) Dir() string { return runDir(t.Prefix) }
+
 func (t *Topology) setup() error {
+	if t.opts.Bare {
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
 	defer cancel()
 
@@ -274,6 +301,35 @@ func (t *Topology) setup() error {
 			return err
 		}
 	}
+	return nil
+}
+
+// AddHost adds a host (a namespace "<prefix>-<name>", lo up, no DAD) to
+// the topology; it is cleaned up with the topology like the standard hosts.
+func (t *Topology) AddHost(name string) (*Host, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+	defer cancel()
+	return t.addHost(ctx, name)
+}
+
+// Connect links a and b with a veth pair, aIf in a and bIf in b, both up
+// and without addresses (add them with Host.Run("ip", ...)). The pair is
+// created inside a's namespace with its peer placed straight into b's, so
+// nothing appears in the root namespace.
+func (t *Topology) Connect(a *Host, aIf string, b *Host, bIf string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+	defer cancel()
+	for _, c := range [][]string{
+		{"-n", a.NS, "link", "add", aIf, "type", "veth", "peer", "name", bIf, "netns", b.NS},
+		{"-n", a.NS, "link", "set", aIf, "up"},
+		{"-n", b.NS, "link", "set", bIf, "up"},
+	} {
+		if _, err := t.runIP(ctx, c...); err != nil {
+			return err
+		}
+	}
+	a.Links = append(a.Links, Link{Name: aIf, Peer: b})
+	b.Links = append(b.Links, Link{Name: bIf, Peer: a})
 	return nil
 }
 
@@ -329,6 +385,16 @@ func (t *Topology) connect(ctx context.Context, h *Host, s segment) error {
 		{"-n", h.NS, "route", "add", "default", "via", gw4.Addr().String()},
 		{"-n", h.NS, "-6", "route", "add", "default", "via", gw6.Addr().String()},
 	}
+	if s.host == "backend" {
+		for i := range min(t.opts.BackendAddrs, 200) {
+			a4 := netip.MustParseAddr(fmt.Sprintf("10.%d.0.%d", s.subnet, 3+i))
+			a6 := netip.MustParseAddr(fmt.Sprintf("fd%d::%x", s.subnet, 3+i))
+			h.Extra = append(h.Extra, a4, a6)
+			cmds = append(cmds,
+				[]string{"-n", h.NS, "addr", "add", a4.String() + "/24", "dev", LeafIface},
+				[]string{"-n", h.NS, "-6", "addr", "add", a6.String() + "/64", "dev", LeafIface, "nodad"})
+		}
+	}
 	for _, c := range cmds {
 		if _, err := t.runIP(ctx, c...); err != nil {
 			return err
@@ -344,7 +410,11 @@ func (t *Topology) runIP(ctx context.Context, args ...string) ([]byte, error) {
 }
 
 func runIP(ctx context.Context, ip string, args ...string) ([]byte, error) {
-	out, err := exec.CommandContext(ctx, ip, args...).CombinedOutput()
+	cmd := exec.CommandContext(ctx, ip, args...)
+	// Its own process group: a Ctrl-C meant for the program running the
+	// sandbox must not kill a setup or cleanup step half-way.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return out, fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
@@ -380,6 +450,9 @@ func (t *Topology) close() error {
 		if _, err := t.runIP(ctx, "netns", "del", ns); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if err := os.RemoveAll(t.Dir()); err != nil {
+		errs = append(errs, fmt.Errorf("remove run dir: %w", err))
 	}
 	if t.lock != nil {
 		if len(errs) == 0 {
@@ -469,6 +542,10 @@ func sweep(ip, base string, logf func(string, ...any)) ([]string, error) {
 				continue
 			}
 			swept = append(swept, ns)
+		}
+		if err := os.RemoveAll(runDir(prefix)); err != nil {
+			errs = append(errs, err)
+			ok = false
 		}
 		if ok {
 			os.Remove(f.Name())

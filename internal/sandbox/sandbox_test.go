@@ -5,13 +5,14 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -90,16 +91,8 @@ func ctxT(t *testing.T) context.Context {
 // echo checks that c still echoes.
 func echo(t *testing.T, c net.Conn, msg string) {
 	t.Helper()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.WriteString(c, msg); err != nil {
-		t.Fatalf("write: %v", err)
-	}
-	buf := make([]byte, len(msg))
-	if _, err := io.ReadFull(c, buf); err != nil {
-		t.Fatalf("read echo: %v", err)
-	}
-	if string(buf) != msg {
-		t.Fatalf("echo = %q, want %q", buf, msg)
+	if err := Echo(c, msg); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -329,6 +322,12 @@ func TestKernelCloseCleansUp(t *testing.T) {
 	if _, err := os.Stat(lockPath(sb.Prefix)); err != nil {
 		t.Fatalf("run lock: %v", err)
 	}
+	if fi, err := os.Stat(sb.Dir()); err != nil || fi.Mode().Perm() != 0o755 {
+		t.Fatalf("run dir: %v %v", fi, err)
+	}
+	if err := os.WriteFile(filepath.Join(sb.Dir(), "x.toml"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 
 	// A process that ignores SIGTERM: Close must SIGKILL it.
 	stubborn, err := sb.Backend.Start(t.Context(), "sh", "-c", `trap "" TERM; echo ready; while :; do sleep 0.05; done`)
@@ -374,6 +373,9 @@ func TestKernelCloseCleansUp(t *testing.T) {
 	}
 	if _, err := os.Stat(lockPath(sb.Prefix)); !os.IsNotExist(err) {
 		t.Fatalf("run lock left: %v", err)
+	}
+	if _, err := os.Stat(sb.Dir()); !os.IsNotExist(err) {
+		t.Fatalf("run dir left: %v", err)
 	}
 	if got := rootLinks(t); got != before {
 		t.Fatalf("root links changed:\nbefore:\n%s\nafter:\n%s", before, got)
@@ -434,6 +436,38 @@ func TestKernelProc(t *testing.T) {
 		t.Errorf("output %q: SIGTERM handler did not run", p.Output())
 	}
 
+	// Cmd: extra environment, output also to a writer, and a process
+	// group of its own (a terminal's Ctrl-C does not reach it).
+	var tee strings.Builder
+	var teeMu sync.Mutex
+	e, err := sb.Gateway.StartCmd(t.Context(), Cmd{
+		Args: []string{"sh", "-c", `echo "x=$SANDBOX_X"; exec sleep 60`},
+		Env:  []string{"SANDBOX_X=42"},
+		Output: writerFunc(func(p []byte) (int, error) {
+			teeMu.Lock()
+			defer teeMu.Unlock()
+			return tee.Write(p)
+		}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pgid, err := syscall.Getpgid(e.PID())
+	if err != nil || pgid != e.PID() {
+		t.Errorf("process group %d, %v; want its own (%d)", pgid, err, e.PID())
+	}
+	if err := Eventually(5*time.Second, func() error {
+		teeMu.Lock()
+		defer teeMu.Unlock()
+		if tee.String() != "x=42\n" || e.Output() != "x=42\n" {
+			return fmt.Errorf("output %q, tee %q; want x=42", e.Output(), tee.String())
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
+	}
+	_ = e.Stop() // killed by SIGTERM: an exit error
+
 	// Cancelling the context stops the process too.
 	ctx, cancel := context.WithCancel(t.Context())
 	q, err := sb.Client.Start(ctx, "sleep", "60")
@@ -490,7 +524,7 @@ func TestKernelDo(t *testing.T) {
 	if now, _ := os.Readlink("/proc/thread-self/ns/net"); now != root {
 		t.Errorf("namespace changed: %s -> %s", root, now)
 	}
-	if _, err := sysctlPath("kernel.hostname"); err == nil {
+	if err := sb.Gateway.SetSysctl("kernel.hostname", "x"); err == nil {
 		t.Error("non-net sysctl accepted")
 	}
 }
@@ -528,6 +562,12 @@ func TestKernelSweep(t *testing.T) {
 	}
 	if _, err := os.Stat(lockPath(crashed.Prefix)); !os.IsNotExist(err) {
 		t.Errorf("crashed run's lock file left: %v", err)
+	}
+	if _, err := os.Stat(crashed.Dir()); !os.IsNotExist(err) {
+		t.Errorf("crashed run's dir left: %v", err)
+	}
+	if _, err := os.Stat(live.Dir()); err != nil {
+		t.Errorf("live run's dir: %v", err)
 	}
 	select {
 	case <-p.Done():

@@ -166,6 +166,25 @@ func (s *TCPServer) handle(c net.Conn) {
 	_, _ = io.Copy(c, c)
 }
 
+// Echo checks that c, a connection to a [TCPServer] (after its greeting),
+// still works: msg comes back within DefaultTimeout.
+func Echo(c net.Conn, msg string) error {
+	if err := c.SetDeadline(time.Now().Add(DefaultTimeout)); err != nil {
+		return err
+	}
+	if _, err := io.WriteString(c, msg); err != nil {
+		return fmt.Errorf("echo: %w", err)
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return fmt.Errorf("echo: %w", err)
+	}
+	if string(buf) != msg {
+		return fmt.Errorf("echoed %q, want %q", buf, msg)
+	}
+	return nil
+}
+
 // Close stops the listener and closes all open connections. It is
 // idempotent.
 func (s *TCPServer) Close() error {

@@ -1,12 +1,13 @@
 package config
 
 import (
-	"hash/maphash"
+	"errors"
 	"runtime"
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
+
+	"golang.org/x/sync/errgroup"
 )
 
 // Reusing the forwards that did not change.
@@ -42,15 +43,11 @@ type Parser struct {
 	// and nothing of it is kept.
 	CacheLimit int
 
-	mu    sync.Mutex
-	seed  maphash.Seed
-	cache map[uint64]*cachedBlock // by the hash of the block's text
-}
-
-// cachedBlock is one [[forward]] block that decoded alone without a problem.
-type cachedBlock struct {
-	text string // in the latest file it was in
-	fwd  Forward
+	mu sync.Mutex
+	// cache holds each [[forward]] block of the latest configuration that
+	// decoded alone without a problem, by its text (within the latest files,
+	// so that no earlier version stays in memory).
+	cache map[string]Forward
 }
 
 // Parse decodes and validates a configuration file like the package-level
@@ -141,14 +138,11 @@ func (p *Parser) fromBlocks(srcs []source) *Config {
 	if !checkLimits(ps, srcs, MaxFileSize, MaxForwards) {
 		return nil
 	}
-	if p.cache == nil {
-		p.seed = maphash.MakeSeed()
-	}
-	next := make(map[uint64]*cachedBlock, len(p.cache))
+	next := make(map[string]Forward, len(p.cache))
 	files := make([]*fileResult, len(srcs))
 	type todo struct {
-		fwd   *Forward
-		block block
+		fwd  *Forward
+		text string
 	}
 	var missing []todo
 	for i, src := range srcs {
@@ -162,38 +156,34 @@ func (p *Parser) fromBlocks(srcs []source) *Config {
 		f.valid = make([]bool, len(blocks))
 		for j, b := range blocks {
 			f.nameLines[j], f.valid[j] = b.line, true
-			h := maphash.String(p.seed, b.text)
-			cb := next[h]
-			if cb == nil || cb.text != b.text {
-				cb = p.cache[h]
+			if fwd, ok := p.cache[b.text]; ok {
+				f.fwds[j] = fwd
+				next[b.text] = fwd
+			} else {
+				missing = append(missing, todo{&f.fwds[j], b.text})
 			}
-			if cb == nil || cb.text != b.text {
-				missing = append(missing, todo{&f.fwds[j], b})
-				continue
-			}
-			cb.text = b.text // point into the latest file only
-			next[h] = cb
-			f.fwds[j] = cb.fwd
 		}
 		files[i] = f
 	}
 
-	var failed atomic.Bool
-	parallel(len(missing), func(k int) {
-		t := missing[k]
-		bp := &problems{}
-		r := decodeFile(bp, source{text: t.block.text}, true)
-		if len(bp.list) > 0 || len(r.fwds) != 1 || r.fwds[0].Line != 1 {
-			failed.Store(true)
-			return
-		}
-		*t.fwd = r.fwds[0]
-	}, &failed)
-	if failed.Load() {
+	var g errgroup.Group
+	g.SetLimit(runtime.GOMAXPROCS(0))
+	for _, t := range missing {
+		g.Go(func() error {
+			bp := &problems{}
+			r := decodeFile(bp, source{text: t.text}, true)
+			if len(bp.list) > 0 || len(r.fwds) != 1 || r.fwds[0].Line != 1 {
+				return errDoubt
+			}
+			*t.fwd = r.fwds[0]
+			return nil
+		})
+	}
+	if g.Wait() != nil {
 		return nil
 	}
 	for _, t := range missing {
-		next[maphash.String(p.seed, t.block.text)] = &cachedBlock{text: t.block.text, fwd: *t.fwd}
+		next[t.text] = *t.fwd
 	}
 
 	for i, f := range files {
@@ -213,17 +203,5 @@ func (p *Parser) fromBlocks(srcs []source) *Config {
 	return c
 }
 
-// parallel calls f(0) ... f(n-1) on up to GOMAXPROCS goroutines, until done
-// or stop is set.
-func parallel(n int, f func(int), stop *atomic.Bool) {
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range min(runtime.GOMAXPROCS(0), n) {
-		wg.Go(func() {
-			for i := int(next.Add(1)) - 1; i < n && !stop.Load(); i = int(next.Add(1)) - 1 {
-				f(i)
-			}
-		})
-	}
-	wg.Wait()
-}
+// errDoubt says that a block does not decode alone as one forward.
+var errDoubt = errors.New("decode the files whole")

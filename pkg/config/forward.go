@@ -35,24 +35,7 @@ func parseForward(ps *problems, i int, t map[string]any, lines *keyLines) Forwar
 	f.Protos = parseProtos(fs, t["proto"])
 	f.Port = parsePortValue(fs, t["port"])
 
-	switch s, ok := fs.str("to", t["to"], ""); {
-	case !ok:
-	case s == "":
-		fs.errorf("to", "required; %s", toHint)
-	default:
-		f.To, f.ToPort = parseTo(fs, s)
-	}
-	if f.To.IsValid() && !f.Port.IsZero() && !f.ToPort.IsZero() {
-		switch {
-		case f.ToPort.Len() == 1:
-			// The whole range goes to one port.
-		case f.Port.Len() == 1:
-			fs.errorf("to", "a single port (%d) cannot be sent to a port range (%s); use a single to port", f.Port.Lo, f.ToPort)
-		case f.Port.Len() != f.ToPort.Len():
-			fs.errorf("to", "port range %s has %d ports but to range %s has %d; they must be equal, or to must be a single port",
-				f.Port, f.Port.Len(), f.ToPort, f.ToPort.Len())
-		}
-	}
+	parseBalancing(fs, t, lines, &f)
 
 	if s, ok := fs.str("address", t["address"], ""); ok && s != "" {
 		if a, ok := parseAddrField(fs, "address", s); ok {

@@ -61,7 +61,13 @@ func readConfig(path string, rules fileRules) ([]source, error) {
 	case err != nil:
 		return nil, fmt.Errorf("read config directory: %w", err)
 	}
-	if err := checkDirs(filepath.Join(dir, "."), rules); err != nil {
+	// The directory itself, even empty: whoever can write it can add a file.
+	if fi, err := os.Stat(dir); err != nil {
+		return nil, fmt.Errorf("config directory: %w", err)
+	} else if err := checkOwner(dir, fi, rules.uid, "directory "); err != nil {
+		return nil, err
+	}
+	if err := checkDirs(dir, rules); err != nil {
 		return nil, err
 	}
 	for _, e := range entries { // sorted by name

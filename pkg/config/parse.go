@@ -37,7 +37,7 @@ var allowedKeys = map[string][]string{
 	"daemon":    {"table", "on_stop", "log_level", "metrics", "forward_policy"},
 	"sysctl":    {"ip_forward", "rp_filter", "conntrack_max", "conntrack_buckets"},
 	"conntrack": {"warn_percent", "critical_percent"},
-	"forward":   {"name", "proto", "port", "address", "to", "interface", "sources", "snat", "log"},
+	"forward":   {"name", "proto", "port", "address", "to", "backend", "balance", "health", "on_change", "interface", "sources", "snat", "log"},
 }
 
 // Keys returns every key the configuration accepts, as "table.key" (for
@@ -555,6 +555,9 @@ func (f *Forward) elements() int {
 	n := 1
 	if f.Port.Len() > 1 && (f.ToPort.Len() > 1 || f.ToPort.IsZero()) {
 		n = f.Port.Len()
+	}
+	if f.Balanced() { // the balance map: per port, one element per backend
+		return len(f.Protos)*n + n*len(f.Backends)
 	}
 	return len(f.Protos) * n
 }

@@ -279,7 +279,7 @@ func TestParseGood(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Parse: %v", err)
 			}
-			if diff := cmp.Diff(tt.want, got, cmpOpts); diff != "" {
+			if diff := cmp.Diff(withOneBackend(tt.want), got, cmpOpts); diff != "" {
 				t.Errorf("Parse (-want +got):\n%s", diff)
 			}
 		})
@@ -302,6 +302,7 @@ func parseBadTests() []parseBadTest {
 		{"daemon array of tables", "\n[[daemon]]\n", []string{"fwdd.toml:2: daemon: must be a table ([daemon]), not an array of tables"}},
 		{"forward string", "forward = \"x\"\n", []string{"fwdd.toml:1: forward: must be an array of tables ([[forward]]), not a string"}},
 		{"unknown top key", "\nbogus = 1\n", []string{`fwdd.toml:2: unknown key "bogus"; allowed: daemon, sysctl, conntrack, forward`}},
+		{"unknown escaped key", "\n\"a\\\"b\" = 1\n", []string{`fwdd.toml:2: unknown key "a\"b"`}},
 		{"unknown section", "[dameon]\ntable = \"x\"\n", []string{`fwdd.toml:1: unknown key "dameon"`}},
 		{"unknown daemon key", "[daemon]\ntable = \"x\"\ntabel = \"y\"\n", []string{`fwdd.toml:3: daemon: unknown key "tabel"; allowed: table, on_stop, log_level, metrics`}},
 		{"unknown sub-table", "[daemon]\n[daemon.extra]\na = 1\n", []string{`fwdd.toml:2: daemon: unknown key "extra"`}},
@@ -309,7 +310,7 @@ func parseBadTests() []parseBadTest {
 			"unknown forward key in two forwards",
 			web(`prot = "tcp"`) + fwd(`name = "b"`, `port = 81`, `to = "10.0.0.1"`, `prot = "udp"`),
 			[]string{
-				`fwdd.toml:5: forward "web": unknown key "prot"; allowed: name, proto, port, address, to, interface, sources, snat, log`,
+				`fwdd.toml:5: forward "web": unknown key "prot"; allowed: name, proto, port, address, to, backend, balance, health, on_change, interface, sources, snat, log`,
 				`fwdd.toml:10: forward "b": unknown key "prot"`,
 			},
 		},
@@ -370,7 +371,7 @@ func parseBadTests() []parseBadTest {
 
 		// to
 		{"to missing", fwd(`name = "web"`, `port = 80`), []string{`fwdd.toml:1: forward "web": to: required; must be "IP", "IP:port"`}},
-		{"to type", fwd(`name = "web"`, `port = 80`, `to = 5`), []string{`fwdd.toml:4: forward "web": to: must be a string, not an integer`}},
+		{"to type", fwd(`name = "web"`, `port = 80`, `to = 5`), []string{`fwdd.toml:4: forward "web": to: must be a string or a list of strings, not an integer`}},
 		{"to hostname", fwd(`name = "web"`, `port = 80`, `to = "backend:80"`), []string{`to: "backend" is not an IP address; must be "IP", "IP:port"`}},
 		{"to bad port", fwd(`name = "web"`, `port = 80`, `to = "10.0.0.1:http"`), []string{`to: port: "http" is not a port or port range`}},
 		{"to port 0", fwd(`name = "web"`, `port = 80`, `to = "10.0.0.1:0"`), []string{`to: port: 0 is out of range`}},
@@ -665,6 +666,9 @@ func TestKeys(t *testing.T) {
 		"forward.name": `"a"`, "forward.proto": `"udp"`, "forward.port": "1", "forward.address": `"10.0.0.1"`,
 		"forward.to": `"10.0.0.2"`, "forward.interface": `"eth0"`, "forward.sources": `["10.1.0.0/16"]`,
 		"forward.snat": `"none"`, "forward.log": "true",
+		"forward.balance": `"source"`, "forward.health": `{ check = "tcp" }`, "forward.on_change": `"cut"`,
+		// [[forward.backend]] is exclusive with to: TestParseBalancing has it.
+		"forward.backend": "",
 	}
 	var b strings.Builder
 	table := ""
@@ -682,7 +686,9 @@ func TestKeys(t *testing.T) {
 		if !ok {
 			t.Fatalf("Keys has %s, the test has no value for it", k)
 		}
-		b.WriteString(key + " = " + v + "\n")
+		if v != "" {
+			b.WriteString(key + " = " + v + "\n")
+		}
 		delete(values, k)
 	}
 	if len(values) > 0 {

@@ -1,6 +1,9 @@
 package config
 
-import "strings"
+import (
+	"strconv"
+	"strings"
+)
 
 // Key positions.
 //
@@ -17,7 +20,12 @@ import "strings"
 type keyLines struct {
 	header int
 	keys   map[string]int
+	// subs holds the keys of each [[forward.<name>]] of a forward, by name.
+	subs map[string][]*keyLines
 }
+
+// sub returns the key lines of each [[forward.<name>]] table, in order.
+func (k *keyLines) sub(name string) []*keyLines { return k.subs[name] }
 
 func (k *keyLines) set(key string, line int) {
 	if k.keys == nil {
@@ -104,6 +112,14 @@ func (p *positions) header(name []string, array bool, line int) *keyLines {
 			// [forward.x] or [[forward.x]]: a key of the current forward.
 			f := p.forwards[len(p.forwards)-1]
 			f.set(name[1], line)
+			if len(name) == 2 && array { // [[forward.backend]]: its keys have lines of their own
+				kl := &keyLines{header: line}
+				if f.subs == nil {
+					f.subs = make(map[string][]*keyLines)
+				}
+				f.subs[name[1]] = append(f.subs[name[1]], kl)
+				return kl
+			}
 			return &keyLines{}
 		}
 	}
@@ -136,12 +152,12 @@ func headerName(s string, array bool) []string {
 		c := s[0]
 		switch {
 		case c == '"' || c == '\'':
-			end := strings.IndexByte(s[1:], c)
+			end := closeString(s[1:], s[:1])
 			if end < 0 {
 				return nil
 			}
-			b.WriteString(s[1 : 1+end])
-			s = s[end+2:]
+			b.WriteString(unquoteKey(s[:1+end]))
+			s = s[1+end:]
 			continue
 		case c == '.':
 			parts = append(parts, b.String())
@@ -166,11 +182,11 @@ func keyPrefix(s string) (key, rest string, ok bool) {
 		case s == "":
 			return "", "", false
 		case s[0] == '"' || s[0] == '\'':
-			end := strings.IndexByte(s[1:], s[0])
+			end := closeString(s[1:], s[:1])
 			if end < 0 {
 				return "", "", false
 			}
-			part, s = s[1:1+end], s[end+2:]
+			part, s = unquoteKey(s[:1+end]), s[1+end:]
 		default:
 			i := 0
 			for i < len(s) && isBareKeyChar(s[i]) {
@@ -194,6 +210,17 @@ func keyPrefix(s string) (key, rest string, ok bool) {
 			return "", "", false
 		}
 	}
+}
+
+// unquoteKey returns the key a quoted key stands for: a 'literal' as is, a
+// "basic" one with its escapes (those TOML shares with Go) resolved.
+func unquoteKey(q string) string {
+	if q[0] == '"' {
+		if k, err := strconv.Unquote(q); err == nil {
+			return k
+		}
+	}
+	return q[1 : len(q)-1]
 }
 
 func isBareKeyChar(c byte) bool {

@@ -158,6 +158,12 @@ type Forward struct {
 	Sources   []netip.Prefix // empty = any; masked, sorted, disjoint, same family as To
 	SNAT      SNAT
 	Log       bool
+	// Backends are the forward's backends, one at least, all of To's
+	// family; To and ToPort are the first one's.
+	Backends []Backend
+	Balance  Balance
+	Health   Health
+	OnChange OnChange
 }
 
 // IPv6 reports whether the forward is for IPv6 traffic.
@@ -193,7 +199,11 @@ func (f *Forward) Equal(g *Forward) bool {
 		f.Interface == g.Interface &&
 		slices.Equal(f.Sources, g.Sources) &&
 		f.SNAT == g.SNAT &&
-		f.Log == g.Log
+		f.Log == g.Log &&
+		slices.Equal(f.Backends, g.Backends) &&
+		f.Balance == g.Balance &&
+		f.Health == g.Health &&
+		f.OnChange == g.OnChange
 }
 
 // ForwardByName returns the forward called name, or nil. It scans the list;

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
+	"sync"
 	"syscall"
 	"time"
 
@@ -40,6 +41,9 @@ type Options struct {
 	// Load reads the config (default: the file at ConfigPath, decoding only
 	// the blocks that changed since the last load); tests load from memory.
 	Load func() (*config.Config, error)
+	// DeleteFlows deletes conntrack entries (default: conntrack.Delete in
+	// the namespace of a *nft.Netlink Kernel; nothing with another Kernel).
+	DeleteFlows func(sels ...conntrack.Selector) (int, error)
 	// PressureInterval is how often the conntrack table fill is read
 	// (default conntrack.DefaultPressureInterval).
 	PressureInterval time.Duration
@@ -71,6 +75,8 @@ type Daemon struct {
 	metrics *metrics.Metrics
 	tasks   tasks
 	guard   *guard // nil until Run
+	// applyMu serialises the batches of reloads and of health changes.
+	applyMu sync.Mutex
 	// parser keeps the decoded [[forward]] blocks of the last file, so a
 	// reload decodes only the blocks that changed.
 	parser config.Parser
@@ -94,13 +100,16 @@ func New(opts Options) *Daemon {
 		opts.StateDir = DefaultStateDir
 	}
 	d := &Daemon{opts: opts, log: opts.Log, applier: nft.Applier{Backend: opts.Kernel},
-		state: State{PID: os.Getpid()}}
+		state: NewState(opts.ConfigPath)}
 	d.applier.Observe = d.logPlan
 	d.parser.CacheLimit = parserCacheLimit
 	if d.opts.Load == nil {
 		d.opts.Load = func() (*config.Config, error) { return d.parser.Load(d.opts.ConfigPath) }
 	}
 	d.tasks.conns = newConnLogger(opts.Log)
+	d.tasks.balancer = newBalancer(opts.Log, nil)
+	d.tasks.balancer.program = d.programBackends
+	d.tasks.balancer.deleteFlows = d.deleteFlows
 	d.tasks.watcher = conntrack.New(conntrack.Options{Log: opts.Log, OnNew: d.tasks.conns.onNew})
 	d.metrics = metrics.New(metrics.Sources{
 		Traffic: func() (map[string]*nft.Traffic, error) {
@@ -200,15 +209,16 @@ func (d *Daemon) Start() error {
 		return err
 	}
 	// A table left by an earlier run (on_stop = "keep", a crash) is taken
-	// over: its forward ids are kept, so its live connections stay
-	// attributed, and it is reconciled with the config in one batch, which
-	// keeps the counters of what did not change.
+	// over and reconciled with the config in one batch, which keeps the
+	// counters of what did not change. Forward ids are a function of the
+	// file, so its live connections stay attributed (and so do those
+	// conntrackd replicated from the other node of an HA pair).
 	have, err := d.opts.Kernel.Read(cfg.Daemon.Table, true)
 	if err != nil {
 		d.log.Warn("cannot read the existing table; replacing it", zap.Error(err))
 		have = nil
 	}
-	ids, err := nft.AssignIDs(have.IDs(), cfg)
+	ids, err := nft.AssignIDs(cfg)
 	if err != nil {
 		d.record(err)
 		return err
@@ -218,6 +228,7 @@ func (d *Daemon) Start() error {
 		d.record(err)
 		return fmt.Errorf("compile table: %w", err)
 	}
+	d.tasks.balancer.set(poolsOf(cfg, ids))
 	st, err := d.applier.Run(nft.Reconcile(have, m))
 	if err != nil {
 		d.record(err)
@@ -262,7 +273,7 @@ func (d *Daemon) reload(start time.Time) error {
 	if cfg.Daemon.Table != cur.Table {
 		return fmt.Errorf("daemon: table: changing the table name from %q to %q needs a restart", cur.Table, cfg.Daemon.Table)
 	}
-	ids, err := nft.AssignIDs(cur.IDs, cfg)
+	ids, err := nft.AssignIDs(cfg)
 	if err != nil {
 		return err
 	}
@@ -276,6 +287,10 @@ func (d *Daemon) reload(start time.Time) error {
 	if err := d.applySysctls(cfg); err != nil {
 		return err
 	}
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
+	d.tasks.balancer.set(poolsOf(cfg, ids))
+	m = d.tasks.balancer.withHealth(m)
 	applyStart := time.Now()
 	p, err := d.applier.Plan(m)
 	if err != nil {
@@ -296,12 +311,28 @@ func (d *Daemon) reload(start time.Time) error {
 	}
 	d.publish(m, st, true)
 	d.recordApplied(cfg)
+	d.deleteStaleFlows(staleFlows(cur.Config, cfg, cur.IDs))
 	d.log.Info("reloaded",
 		zap.Int("numForwards", len(cfg.Forwards)),
 		zap.Strings("added", p.Changes.Added), zap.Strings("removed", p.Changes.Removed), zap.Strings("changed", p.Changes.Changed),
 		zap.Bool("fullReplace", st.Full), zap.Bool("recovered", st.Recovered),
 		zap.Int("messages", st.Messages), zap.Int("elements", st.Elements),
 		zap.Duration("applyElapsed", st.Elapsed), zap.Duration("elapsed", time.Since(start)))
+	return nil
+}
+
+// Repair applies what is in force again after fwdd's table was changed
+// behind its back (self-healing), in one batch that keeps what is still
+// right. Call it from the goroutine that reloads.
+func (d *Daemon) Repair() error {
+	st, err := d.applier.Repair()
+	d.record(err)
+	if err != nil {
+		return fmt.Errorf("repair table: %w", err)
+	}
+	d.log.Info("table repaired", zap.String("table", "inet "+d.InForce().Table),
+		zap.Bool("fullReplace", st.Full), zap.Int("messages", st.Messages), zap.Int("elements", st.Elements),
+		zap.Duration("elapsed", st.Elapsed))
 	return nil
 }
 
@@ -382,6 +413,7 @@ func (d *Daemon) startTasks(ctx context.Context, g *errgroup.Group) {
 	g.Go(func() error { return d.tasks.pressure.Run(ctx) })
 	g.Go(func() error { return d.tasks.conns.run(ctx) })
 	d.startGuard(ctx, g)
+	g.Go(func() error { return d.tasks.balancer.run(ctx) })
 	if addr := cfg.Daemon.Metrics; addr != "" {
 		g.Go(func() error {
 			// A metrics endpoint that cannot listen is logged, not fatal:

@@ -56,6 +56,8 @@ func (d *Daemon) healRequests() <-chan healRequest {
 // its counters) stays. Established connections keep flowing: their NAT is
 // in conntrack.
 func (d *Daemon) heal(r healRequest) {
+	d.applyMu.Lock() // one batch at a time with reloads and health changes
+	defer d.applyMu.Unlock()
 	m := d.InForce()
 	if m == nil {
 		return

@@ -93,4 +93,5 @@ type tasks struct {
 	watcher  *conntrack.Watcher
 	pressure *conntrack.Pressure
 	conns    *connLogger
+	balancer *balancer
 }

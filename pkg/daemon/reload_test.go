@@ -144,7 +144,11 @@ func TestStart(t *testing.T) {
 	if got := e.sysctls.Values()["net/ipv4/ip_forward"]; got != "1" {
 		t.Errorf("ip_forward = %q, want 1", got)
 	}
-	if d := cmp.Diff(map[string]uint32{"web": 1, "dns": 2, "lab": 3}, e.d.IDs()); d != "" {
+	want, err := nft.AssignIDs(e.d.Config()) // a function of the file
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff(want, e.d.IDs()); d != "" {
 		t.Errorf("ids (-want +got):\n%s", d)
 	}
 	// The daemon logs every batch at debug level, in nft syntax.
@@ -389,5 +393,36 @@ func TestMetricsAndStatusDuringReloads(t *testing.T) {
 	}
 	close(done)
 	wg.Wait()
+	e.holds()
+}
+
+// Repair puts the table in force back in one batch, keeping what is right.
+func TestRepair(t *testing.T) {
+	e := newEnv(t, small)
+	e.start()
+	m := e.d.InForce()
+	// One element deleted behind fwdd's back: only it is added again.
+	if err := e.kernel.Behind(&nft.Plan{Table: "fwdd", Ops: []nft.Op{
+		{Kind: nft.OpDeleteElements, Set: m.Set("dnat4_port"), Elements: m.Elements("dnat4_port")[:1]},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.d.Repair(); err != nil {
+		t.Fatal(err)
+	}
+	if p := e.lastPlan(); p.Full || len(p.Ops) != 1 || p.Ops[0].Kind != nft.OpAddElements {
+		t.Errorf("repair of one element:\n%s", p)
+	}
+	e.holds()
+	// The table deleted (nft flush ruleset): it comes back whole.
+	if err := e.kernel.Behind(&nft.Plan{Table: "fwdd", Ops: []nft.Op{{Kind: nft.OpDeleteTable}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.d.Repair(); err != nil {
+		t.Fatal(err)
+	}
+	if !e.lastPlan().Full {
+		t.Error("a deleted table was not replaced")
+	}
 	e.holds()
 }

@@ -143,7 +143,7 @@ func checkTable(e *Env) []Result {
 	if err != nil {
 		return []Result{fail(name, "run fwdd doctor as root", "cannot read %s: %v", name, err)}
 	}
-	ids, err := nft.AssignIDs(have.IDs(), e.Cfg)
+	ids, err := nft.AssignIDs(e.Cfg)
 	if err != nil {
 		return []Result{fail(name, "", "%v", err)}
 	}

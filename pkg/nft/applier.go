@@ -130,6 +130,23 @@ func (a *Applier) recover(m *Model, st *Stats) error {
 	return t.Differs(m)
 }
 
+// Repair makes the kernel's table equal to the model in force again, in one
+// batch planned from the table read back: what is still right (with its
+// counters) is kept and the rest fixed; a table deleted, or with other base
+// chains or sets, is replaced. It is for self-healing after an edit behind
+// fwdd's back.
+func (a *Applier) Repair() (Stats, error) {
+	m := a.Last()
+	if m == nil {
+		return Stats{}, errors.New("repair table: nothing applied yet")
+	}
+	t, err := a.Backend.Read(m.Table, true)
+	if err != nil {
+		return Stats{}, fmt.Errorf("read table inet %s: %w", m.Table, err)
+	}
+	return a.Run(Reconcile(t, m))
+}
+
 // Delete removes fwdd's table if it exists, in one batch.
 func (a *Applier) Delete(table string) error {
 	t, err := a.Backend.Read(table, false)

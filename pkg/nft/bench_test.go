@@ -4,7 +4,7 @@ import "testing"
 
 func BenchmarkCompile10000(b *testing.B) {
 	cfg := manyForwards(b, 10_000)
-	ids, _ := AssignIDs(nil, cfg)
+	ids, _ := AssignIDs(cfg)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if _, err := Compile(cfg, ids); err != nil {
@@ -17,7 +17,7 @@ func BenchmarkCompile10000(b *testing.B) {
 // compile does not depend on the previous model).
 func BenchmarkRecompile10000(b *testing.B) {
 	cfg := manyForwards(b, 10_000)
-	ids, _ := AssignIDs(nil, cfg)
+	ids, _ := AssignIDs(cfg)
 	cfg = manyForwards(b, 10_000) // configs are immutable: change a copy
 	cfg.Forwards[5].Port.Lo, cfg.Forwards[5].Port.Hi = 81, 81
 	b.ResetTimer()
@@ -31,7 +31,7 @@ func BenchmarkRecompile10000(b *testing.B) {
 // BenchmarkDiff10000 plans the reload of one changed forward among 10,000.
 func BenchmarkDiff10000(b *testing.B) {
 	cfg := manyForwards(b, 10_000)
-	ids, _ := AssignIDs(nil, cfg)
+	ids, _ := AssignIDs(cfg)
 	old, _ := Compile(cfg, ids)
 	cfg = manyForwards(b, 10_000)
 	cfg.Forwards[5].Port.Lo, cfg.Forwards[5].Port.Hi = 81, 81

@@ -3,7 +3,9 @@ package nft
 import (
 	"encoding/binary"
 	"fmt"
+	"hash/fnv"
 	"net/netip"
+	"slices"
 	"sort"
 
 	"github.com/fwdd/fwdd/pkg/config"
@@ -32,37 +34,57 @@ func setName(kind string, fam Family, suffix string) string {
 	return fmt.Sprintf("%s%d_%s", kind, fam, suffix)
 }
 
-// AssignIDs gives every forward of cfg an id for its ct mark: forwards that
-// keep their name keep their id (so live connections stay attributed across
-// reloads), new ones get the lowest free id.
-func AssignIDs(prev map[string]uint32, cfg *config.Config) (map[string]uint32, error) {
-	ids := make(map[string]uint32, len(cfg.Forwards))
-	used := make(map[uint32]bool, len(cfg.Forwards))
-	// Ids of forwards removed in this change are not reused by forwards
-	// added in the same change: their live connections still carry them.
-	for _, id := range prev {
+// AssignIDs gives every forward of cfg the id its ct mark carries. The ids
+// are a pure function of the forward names in the file: the same file gives
+// the same ids on every node, whatever each node's reload history, so that
+// connections conntrackd replicates to another gateway stay attributed to
+// the right forward there.
+//
+// A forward's id is its name's FNV-1a hash folded into 1..MaxID. When two
+// names hash to the same id, the name that sorts first keeps it and the
+// other takes the next free id (wrapping), in sorted-name order. A renamed
+// forward therefore gets a new id: its established connections keep the old
+// mark, keep flowing (their NAT is in conntrack) but are no longer counted
+// or attributed. A removed forward's id is taken again only by a later
+// forward whose name hashes to it (about one chance in 16 million).
+func AssignIDs(cfg *config.Config) (map[string]uint32, error) {
+	names := make([]string, len(cfg.Forwards))
+	for i := range cfg.Forwards {
+		names[i] = cfg.Forwards[i].Name
+	}
+	return assignIDs(names, nameSlot)
+}
+
+// nameSlot is a forward name's preferred id.
+func nameSlot(name string) uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(name))
+	return h.Sum32()%ctmark.MaxID + 1
+}
+
+// assignIDs gives each name slot(name), or on a collision the next free id
+// after it; names are taken in sorted order, so the result does not depend
+// on the order of the file.
+func assignIDs(names []string, slot func(string) uint32) (map[string]uint32, error) {
+	if len(names) > int(ctmark.MaxID) {
+		return nil, fmt.Errorf("assign forward ids: more than %d forwards", ctmark.MaxID)
+	}
+	sorted := slices.Clone(names)
+	slices.Sort(sorted)
+	ids := make(map[string]uint32, len(names))
+	used := make(map[uint32]bool, len(names))
+	for _, name := range sorted {
+		if _, dup := ids[name]; dup {
+			return nil, fmt.Errorf("assign forward ids: forward %q named twice", name)
+		}
+		id := slot(name)
+		for used[id] {
+			if id++; id > ctmark.MaxID {
+				id = 1
+			}
+		}
+		ids[name] = id
 		used[id] = true
-	}
-	kept := make(map[uint32]bool, len(prev))
-	for _, f := range cfg.Forwards {
-		if id, ok := prev[f.Name]; ok && id != 0 && !kept[id] {
-			ids[f.Name] = id
-			kept[id] = true
-		}
-	}
-	next := uint32(1)
-	for _, f := range cfg.Forwards {
-		if _, ok := ids[f.Name]; ok {
-			continue
-		}
-		for used[next] {
-			next++
-		}
-		if next > ctmark.MaxID {
-			return nil, fmt.Errorf("assign forward ids: more than %d forwards", ctmark.MaxID)
-		}
-		ids[f.Name] = next
-		used[next] = true
 	}
 	return ids, nil
 }
@@ -79,15 +101,20 @@ func restricted(f *config.Forward) bool { return f.Interface != "" || len(f.Sour
 // made when a batch or a diff needs them, so the daemon's memory does not
 // grow with them (a 100,000-forward table has 400,000 elements).
 type part struct {
-	fwd   *config.Forward // points into the config compiled; configs are immutable
-	id    uint32
+	fwd *config.Forward // points into the config compiled; configs are immutable
+	id  uint32
+	// up says which backends of a balanced forward are in the kernel
+	// (nil: all); see Model.WithUp.
+	up    []bool
 	rules []Rule
 	chain *Chain
 }
 
 // unchanged reports whether q (of an older model) contributes the same to
 // the table as p.
-func (p *part) unchanged(q *part) bool { return q != nil && q.id == p.id && q.fwd.Equal(p.fwd) }
+func (p *part) unchanged(q *part) bool {
+	return q != nil && q.id == p.id && q.fwd.Equal(p.fwd) && slices.Equal(q.up, p.up)
+}
 
 // setOrder lists the table's sets and maps; every model has them all, in
 // this order.
@@ -103,14 +130,14 @@ var setOrder = func() []*Set {
 			&Set{Name: setName("snat", fam, ""), Key: []Field{FieldMark}, Data: []Field{af}},
 		)
 	}
-	return append(out,
+	return append(append(out,
 		&Set{Name: SetNoSNAT, Key: []Field{FieldMark}},
 		&Set{Name: SetTrafficOrig, Key: []Field{FieldMark}, Counter: true, Comment: "packets client -> backend"},
 		&Set{Name: SetTrafficReply, Key: []Field{FieldMark}, Counter: true, Comment: "packets backend -> client"},
-	)
+	), balanceSets()...)
 }()
 
-const numSets = 13
+const numSets = 17
 
 var setIndex = func() map[string]int {
 	if len(setOrder) != numSets {
@@ -137,6 +164,14 @@ func (p *part) numElems() int {
 	if p.fwd.SNAT.Kind != config.SNATMasquerade {
 		n++
 	}
+	if p.fwd.Balanced() {
+		ranges, _ := Slots(weights(p.fwd), p.up)
+		n += p.fwd.Port.Len() * len(ranges)
+		if !restricted(p.fwd) {
+			n += len(p.fwd.Protos) * p.fwd.Port.Len()
+		}
+		return n
+	}
 	if !restricted(p.fwd) {
 		n += 2 * len(p.fwd.Protos) * p.fwd.Port.Len()
 	}
@@ -159,6 +194,10 @@ func (p *part) elements(out *[numSets][]Element) {
 		add(SetNoSNAT, elem([]Value{markV}, nil, f.Name))
 	case config.SNATFixed:
 		add(setName("snat", fam, ""), elem([]Value{markV}, []Value{Addr(f.SNAT.Addr)}, f.Name))
+	}
+	if f.Balanced() {
+		i := setIndex[balanceSetName(fam, f.Balance == config.BalanceSource)]
+		out[i] = append(out[i], balanceElems(f, mark, p.up)...)
 	}
 	if restricted(f) {
 		return
@@ -191,7 +230,9 @@ func (p *part) elements(out *[numSets][]Element) {
 			binary.BigEndian.PutUint16(d[len(to):], f.TargetPort(uint16(port)))
 			buf = buf[kl+dl:]
 			out[marks] = append(out[marks], Element{Key: k, Data: markB})
-			out[dnats] = append(out[dnats], Element{Key: k, Data: d})
+			if !f.Balanced() {
+				out[dnats] = append(out[dnats], Element{Key: k, Data: d})
+			}
 		}
 	}
 }
@@ -226,11 +267,43 @@ func Compile(cfg *config.Config, ids map[string]uint32) (*Model, error) {
 		m.Chains = append(m.Chains, c)
 		if c.Name == "output" {
 			// The regular chains sit between the DNAT and the SNAT chains.
+			m.Chains = append(m.Chains, snatGuard(cfg))
 			m.Chains = append(m.Chains, dispatchChain(restrictedRules))
 			m.Chains = append(m.Chains, forwardChains...)
 		}
 	}
 	return m, nil
+}
+
+// snatGuard drops TCP segments that conntrack does not know and that do
+// not open a connection (anything but a SYN without ACK), addressed to a
+// fixed snat address (an HA pair's backend-side VIP). After a
+// failover keepalived takes the VIP over before its notify hook commits the
+// connections conntrackd synced: a backend's retransmission reaching the new
+// master in between would match no entry, be delivered to the local stack
+// (the VIP is local) and be answered with a reset, killing the connection.
+// Dropped instead, the backend retransmits again after the commit and the
+// connection survives. A SYN-ACK of a connection the other node saw open
+// just before the switch is dropped too: the client's retransmitted SYN
+// then opens it here. New connections (SYN) and known ones are untouched.
+// The chain runs before fwdd's DNAT (priority -150, after conntrack), so
+// such a segment cannot match a forward either.
+func snatGuard(cfg *config.Config) *Chain {
+	c := &Chain{Name: "snat_guard", Hook: &Hook{Type: "filter", Hook: "prerouting", Priority: -150},
+		Comment: "untracked TCP other than a SYN to a fixed snat address: drop, not reset (HA failover)"}
+	var addrs []netip.Addr
+	for i := range cfg.Forwards {
+		if sn := cfg.Forwards[i].SNAT; sn.Kind == config.SNATFixed && !slices.Contains(addrs, sn.Addr) {
+			addrs = append(addrs, sn.Addr)
+		}
+	}
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	for _, a := range addrs {
+		fam := familyOf(a)
+		c.Rules = append(c.Rules, Rule{Stmts: []Stmt{matchNFProto{fam}, matchAddr{dst: true, prefix: netip.PrefixFrom(a, a.BitLen())},
+			matchL4Proto{config.TCP}, matchCtStateNewOrInvalid{}, matchTCPNotSyn{}, drop}})
+	}
+	return c
 }
 
 // dispatchChain finds a new connection's forward: the restricted forwards'
@@ -248,6 +321,7 @@ func dispatchChain(restrictedRules []Rule) *Chain {
 			Rule{Stmts: []Stmt{matchNFProto{fam}, matchFibLocal{}, natMap{fam: fam, key: byPort, set: setName("dnat", fam, "port"), withPort: true}}},
 		)
 	}
+	dispatch.Rules = append(dispatch.Rules, balanceRules()...)
 	return dispatch
 }
 
@@ -257,6 +331,8 @@ func restrictedForward(f *config.Forward, fam Family, mark uint32) ([]Rule, *Cha
 	chain := &Chain{Name: forwardChainPfx + f.Name, Comment: "forward " + f.Name}
 	var dnat Stmt
 	switch {
+	case f.Balanced():
+		dnat = balanceDNAT{fam: fam, source: f.Balance == config.BalanceSource}
 	case f.ToPort.Len() > 1:
 		pm := dnatPortMap{fam: fam}
 		for p := int(f.Port.Lo); p <= int(f.Port.Hi); p++ {

@@ -81,28 +81,6 @@ func TestCompileGolden(t *testing.T) {
 	}
 }
 
-func TestAssignIDsKeepsIDs(t *testing.T) {
-	cfg := mustParse(t, goldenConfig)
-	prev := map[string]uint32{"dns": 7, "gone": 1}
-	ids, err := AssignIDs(prev, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ids["dns"] != 7 {
-		t.Errorf("dns: id %d, want 7 (kept)", ids["dns"])
-	}
-	seen := map[uint32]string{}
-	for name, id := range ids {
-		if id == 1 {
-			t.Errorf("%s got id 1, which the removed forward 'gone' still holds", name)
-		}
-		if other, dup := seen[id]; dup {
-			t.Errorf("id %d given to %s and %s", id, name, other)
-		}
-		seen[id] = name
-	}
-}
-
 func TestDiffOnlyChanges(t *testing.T) {
 	old := compile(t, goldenConfig, nil)
 	changed := strings.Replace(goldenConfig, `to = "192.168.1.50:8080"`, `to = "192.168.1.51:8080"`, 1)

@@ -188,7 +188,7 @@ func (t *fakeTable) apply(op *Op, ours bool) (*fakeTable, error) {
 			return nil, fmt.Errorf("no set %s: %w", op.Set.Name, unix.ENOENT)
 		}
 		for _, e := range op.Elements {
-			k := string(e.Key)
+			k := string(e.Key) + "\x00" + string(e.KeyEnd)
 			old, ok := s.elems[k]
 			switch {
 			case op.Kind == OpDeleteElements && !ok:

@@ -41,11 +41,7 @@ func fwdAddr(i int) string {
 // compileCfg compiles cfg keeping the ids of prev (may be nil).
 func compileCfg(t testing.TB, cfg *config.Config, prev *Model) *Model {
 	t.Helper()
-	var prevIDs map[string]uint32
-	if prev != nil {
-		prevIDs = prev.IDs
-	}
-	ids, err := AssignIDs(prevIDs, cfg)
+	ids, err := AssignIDs(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

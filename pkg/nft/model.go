@@ -23,6 +23,11 @@ const (
 	FieldProto                  // inet_proto
 	FieldPort                   // inet_service
 	FieldMark                   // mark (host byte order)
+	// FieldMarkBE is a mark in network byte order, as interval keys need
+	// (they compare bytewise); FieldSlot is a number drawn per connection
+	// (numgen or jhash), likewise. See balance.go.
+	FieldMarkBE
+	FieldSlot
 )
 
 // nftName is the nft type name of the field.
@@ -36,8 +41,10 @@ func (f Field) nftName() string {
 		return "inet_proto"
 	case FieldPort:
 		return "inet_service"
-	case FieldMark:
+	case FieldMark, FieldMarkBE:
 		return "mark"
+	case FieldSlot:
+		return "integer"
 	}
 	return "invalid"
 }
@@ -45,7 +52,7 @@ func (f Field) nftName() string {
 // size is the field's length in bytes before padding.
 func (f Field) size() int {
 	switch f {
-	case FieldIPv4, FieldMark:
+	case FieldIPv4, FieldMark, FieldMarkBE, FieldSlot:
 		return 4
 	case FieldIPv6:
 		return 16
@@ -94,6 +101,10 @@ func (v Value) String() string {
 		return fmt.Sprint(binary.BigEndian.Uint16(v.raw))
 	case FieldMark:
 		return fmt.Sprintf("0x%08x", binary.NativeEndian.Uint32(v.raw))
+	case FieldMarkBE:
+		return fmt.Sprintf("0x%08x", binary.BigEndian.Uint32(v.raw))
+	case FieldSlot:
+		return fmt.Sprint(binary.BigEndian.Uint32(v.raw))
 	}
 	return "?"
 }
@@ -137,7 +148,9 @@ func renderValues(vals []Value) string {
 // kernel takes them (see concatBytes): elements are made in bulk (400,000
 // for 100,000 forwards), so they carry bytes, not typed values.
 type Element struct {
-	Key     []byte
+	Key []byte
+	// KeyEnd is the last key of an interval element (sets with Interval).
+	KeyEnd  []byte
 	Data    []byte // nil in a plain set
 	Comment string
 }
@@ -152,7 +165,7 @@ func elem(key, data []Value, comment string) Element {
 
 // id identifies an element for diffing: key, data and comment.
 func (e Element) id() string {
-	return string(e.Key) + "\x00" + string(e.Data) + "\x00" + e.Comment
+	return string(e.Key) + "\x00" + string(e.KeyEnd) + "\x00" + string(e.Data) + "\x00" + e.Comment
 }
 
 // decode splits key or data bytes back into typed values.
@@ -182,6 +195,11 @@ type Set struct {
 	Data    []Field
 	Counter bool // every element carries a packet/byte counter
 	Comment string
+	// Interval: elements are ranges (Element.KeyEnd) on the last key field.
+	Interval bool
+	// Typeof, when set, declares the key and data in nft's typeof syntax
+	// (needed for the integer slot of the balance maps).
+	Typeof, DataTypeof string
 }
 
 // IsMap reports whether the set maps keys to data.

@@ -33,8 +33,10 @@ func datatype(f Field) nftables.SetDatatype {
 		return nftables.TypeInetProto
 	case FieldPort:
 		return nftables.TypeInetService
-	case FieldMark:
+	case FieldMark, FieldMarkBE:
 		return nftables.TypeMark
+	case FieldSlot:
+		return nftables.TypeInteger
 	}
 	return nftables.TypeInvalid
 }
@@ -57,7 +59,7 @@ func kernelSet(t *nftables.Table, s *Set) (*nftables.Set, error) {
 		return nil, fmt.Errorf("key type of set %s: %w", s.Name, err)
 	}
 	ks := &nftables.Set{Table: t, Name: s.Name, KeyType: kt, Concatenation: len(s.Key) > 1,
-		Counter: s.Counter, Comment: s.Comment}
+		Counter: s.Counter, Comment: s.Comment, Interval: s.Interval}
 	if len(s.Key) == 1 && s.Key[0] == FieldMark {
 		ks.KeyByteOrder = binaryutil.NativeEndian
 	}
@@ -73,7 +75,7 @@ func kernelSet(t *nftables.Table, s *Set) (*nftables.Set, error) {
 func kernelElems(s *Set, es []Element) []nftables.SetElement {
 	out := make([]nftables.SetElement, len(es))
 	for i, e := range es {
-		out[i] = nftables.SetElement{Key: e.Key, Comment: e.Comment}
+		out[i] = nftables.SetElement{Key: e.Key, KeyEnd: e.KeyEnd, Comment: e.Comment}
 		if s.IsMap() {
 			out[i].Val = e.Data
 		}
@@ -346,7 +348,7 @@ func (k *Netlink) Read(table string, elements bool) (*Table, error) {
 			}
 			ts.Elements = make([]Element, len(elems))
 			for j, e := range elems {
-				ts.Elements[j] = Element{Key: e.Key, Comment: e.Comment}
+				ts.Elements[j] = Element{Key: e.Key, KeyEnd: e.KeyEnd, Comment: e.Comment}
 				if decl.IsMap() {
 					ts.Elements[j].Data = e.Val
 				}

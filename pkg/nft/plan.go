@@ -163,7 +163,7 @@ func (p *Plan) renderOp(w *nftText, op *Op) {
 				w.WriteString(", ")
 			}
 			if op.Kind == OpDeleteElements {
-				w.WriteString(renderBytes(op.Set.Key, e.Key))
+				w.WriteString(renderKey(op.Set, e))
 			} else {
 				renderElem(w, op.Set, e)
 			}

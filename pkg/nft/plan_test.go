@@ -2,6 +2,7 @@ package nft
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/fwdd/fwdd/pkg/config"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 )
 
 // hostile returns a one-forward config whose interface is iface, built
@@ -65,13 +67,14 @@ func TestRenderRefusesWhatNftCannotExpress(t *testing.T) {
 }
 
 func TestReplacePlanText(t *testing.T) {
-	p := Replace(compile(t, "[[forward]]\nname = \"web\"\nport = 80\nto = \"10.0.0.2:8080\"\ninterface = \"eth1\"\n", nil))
+	m := compile(t, "[[forward]]\nname = \"web\"\nport = 80\nto = \"10.0.0.2:8080\"\ninterface = \"eth1\"\n", nil)
+	p := Replace(m)
 	s := p.String()
 	for _, want := range []string{
 		"add table inet fwdd\ndelete table inet fwdd\nadd table inet fwdd\n",
 		"add map inet fwdd dnat4_addr { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }\n",
 		`add set inet fwdd traffic_orig { type mark; counter; comment "packets client -> backend"; }` + "\n",
-		`add element inet fwdd traffic_orig { 0xfd000001 counter packets 0 bytes 0 comment "web" }` + "\n",
+		fmt.Sprintf(`add element inet fwdd traffic_orig { 0x%08x counter packets 0 bytes 0 comment "web" }`+"\n", ctmark.ForID(m.IDs["web"])),
 		"add chain inet fwdd prerouting { type nat hook prerouting priority -100; policy accept; }\n",
 		"add chain inet fwdd fwd_web\n",
 		`add rule inet fwdd dispatch meta nfproto ipv4 iifname "eth1" fib daddr type local meta l4proto tcp th dport 80 goto fwd_web comment "web"` + "\n",

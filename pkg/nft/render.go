@@ -56,11 +56,22 @@ func typeText(fs []Field) string {
 // renderSetDecl writes a set's type, flags and comment, each between pre
 // and post.
 func renderSetDecl(w *nftText, s *Set, pre, post string) {
-	w.WriteString(pre + "type " + typeText(s.Key))
-	if s.IsMap() {
-		w.WriteString(" : " + typeText(s.Data))
+	switch {
+	case s.Typeof != "":
+		w.WriteString(pre + "typeof " + s.Typeof)
+		if s.IsMap() {
+			w.WriteString(" : " + s.DataTypeof)
+		}
+	default:
+		w.WriteString(pre + "type " + typeText(s.Key))
+		if s.IsMap() {
+			w.WriteString(" : " + typeText(s.Data))
+		}
 	}
 	w.WriteString(post)
+	if s.Interval {
+		w.WriteString(pre + "flags interval" + post)
+	}
 	if s.Counter {
 		w.WriteString(pre + "counter" + post)
 	}
@@ -71,8 +82,22 @@ func renderSetDecl(w *nftText, s *Set, pre, post string) {
 	}
 }
 
+// renderKey renders an element's key; an interval element's last field is
+// written lo-hi.
+func renderKey(s *Set, e Element) string {
+	k := renderBytes(s.Key, e.Key)
+	if len(e.KeyEnd) == 0 {
+		return k
+	}
+	end := decode(s.Key, e.KeyEnd)
+	if len(end) == 0 {
+		return k
+	}
+	return k + "-" + end[len(end)-1].String()
+}
+
 func renderElem(w *nftText, s *Set, e Element) {
-	w.WriteString(renderBytes(s.Key, e.Key))
+	w.WriteString(renderKey(s, e))
 	if s.Counter {
 		w.WriteString(" counter packets 0 bytes 0")
 	}

@@ -279,6 +279,34 @@ func (m matchCtDirection) lower(*lowering) []expr.Any {
 	return []expr.Any{&expr.Ct{Key: expr.CtKeyDIRECTION, Register: 1}, cmpEq(1, []byte{d})}
 }
 
+// matchCtStateNewOrInvalid matches packets conntrack has no entry for
+// (new, including a mid-stream packet picked up as new) or could not track.
+type matchCtStateNewOrInvalid struct{}
+
+func (matchCtStateNewOrInvalid) render(w *nftText) { w.WriteString("ct state invalid,new") }
+func (matchCtStateNewOrInvalid) lower(*lowering) []expr.Any {
+	bits := binary.NativeEndian.AppendUint32(nil, expr.CtStateBitINVALID|expr.CtStateBitNEW)
+	return []expr.Any{
+		&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: bits, Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+	}
+}
+
+// matchTCPNotSyn matches TCP segments other than a connection's first (a
+// SYN without ACK): mid-stream segments and SYN-ACKs. It must follow a
+// match on meta l4proto tcp.
+type matchTCPNotSyn struct{}
+
+func (matchTCPNotSyn) render(w *nftText) { w.WriteString("tcp flags & (syn | ack) != syn") }
+func (matchTCPNotSyn) lower(*lowering) []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0x12}, Xor: []byte{0}},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0x02}},
+	}
+}
+
 // matchSet matches when the key is in a named set; for a set with counters
 // the matched element's counter counts the packet.
 type matchSet struct {
@@ -425,6 +453,7 @@ const (
 	verdictReturn
 	verdictJump
 	verdictGoto
+	verdictDrop
 )
 
 type verdict struct {
@@ -438,6 +467,7 @@ func goTo(chain string) verdict { return verdict{kind: verdictGoto, chain: chain
 var (
 	accept = verdict{kind: verdictAccept}
 	ret    = verdict{kind: verdictReturn}
+	drop   = verdict{kind: verdictDrop}
 )
 
 func (v verdict) render(w *nftText) {
@@ -452,6 +482,8 @@ func (v verdict) render(w *nftText) {
 		w.WriteString("return")
 	case verdictAccept:
 		w.WriteString("accept")
+	case verdictDrop:
+		w.WriteString("drop")
 	default:
 		w.fail(fmt.Errorf("verdict %d has no nft syntax", v.kind))
 	}
@@ -459,6 +491,6 @@ func (v verdict) render(w *nftText) {
 
 func (v verdict) lower(*lowering) []expr.Any {
 	k := map[verdictKind]expr.VerdictKind{verdictAccept: expr.VerdictAccept, verdictReturn: expr.VerdictReturn,
-		verdictJump: expr.VerdictJump, verdictGoto: expr.VerdictGoto}[v.kind]
+		verdictJump: expr.VerdictJump, verdictGoto: expr.VerdictGoto, verdictDrop: expr.VerdictDrop}[v.kind]
 	return []expr.Any{&expr.Verdict{Kind: k, Chain: v.chain}}
 }

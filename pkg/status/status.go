@@ -87,11 +87,7 @@ func Collect(cfg *config.Config, src Sources) (*Report, error) {
 		if traffic, err = src.Kernel.ReadTraffic(cfg.Daemon.Table); err != nil {
 			return nil, err
 		}
-		ids := make(map[string]uint32, len(traffic))
-		for name, t := range traffic {
-			ids[name] = t.ID
-		}
-		assigned, err := nft.AssignIDs(ids, cfg)
+		assigned, err := nft.AssignIDs(cfg)
 		if err != nil {
 			return nil, err
 		}

@@ -87,6 +87,11 @@ func (p Plan) settings() []setting {
 	return ss
 }
 
+// raNote is logged when fwdd turns IPv6 forwarding on: a router does not
+// autoconfigure from router advertisements, so a host that relied on SLAAC
+// for its own address or default route loses them when they expire.
+const raNote = "the kernel now ignores IPv6 router advertisements on interfaces with accept_ra=1; set accept_ra=2 on those this host autoconfigures from"
+
 // Apply brings the kernel to p. It logs one line per value it changed and
 // nothing for values already right. It tries every setting and returns the
 // errors of those that failed, joined.
@@ -100,6 +105,9 @@ func Apply(s Sysctls, p Plan, log *zap.Logger) error {
 				zap.String("sysctl", Display(st.name)), zap.String("interface", st.iface))
 		case err != nil:
 			errs = append(errs, err)
+		case changed && st.name == Conf("ipv6", "all", "forwarding") && st.value == "1":
+			log.Warn("sysctl changed", zap.String("sysctl", Display(st.name)),
+				zap.String("old", old), zap.String("new", st.value), zap.String("note", raNote))
 		case changed:
 			log.Info("sysctl changed", zap.String("sysctl", Display(st.name)),
 				zap.String("old", old), zap.String("new", st.value))

@@ -1,48 +1,27 @@
-package sysctl
+package sysctl_test
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"os"
-	"os/exec"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/fwdd/fwdd/internal/sandbox"
+	"github.com/fwdd/fwdd/pkg/sysctl"
 )
 
-// newTestNetNS creates a named network namespace with `ip netns add` and
-// returns an open fd to it; both go away in t.Cleanup.
-func newTestNetNS(t *testing.T) int {
-	t.Helper()
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	name := "fwddtest-" + hex.EncodeToString(b)
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
-	fd, err := unix.Open("/run/netns/"+name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatalf("open namespace %s: %v", name, err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	return fd
-}
-
-// TestKernelNetNS checks, against the real /proc/sys of a fresh namespace,
-// that Get/Set act on that namespace only and that nf_conntrack_max gives
-// the read-only error there.
+// TestKernelNetNS checks, against the real /proc/sys of a sandbox
+// namespace, that Get/Set act on that namespace only and that
+// nf_conntrack_max gives the read-only error there.
 func TestKernelNetNS(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("kernel test: needs root")
-	}
-	hostFwd, err := NewFS("").Get("net.ipv4.ip_forward")
+	topo := sandbox.New(t, sandbox.Options{NoClient2: true, NoOther: true})
+	hostFwd, err := sysctl.NewFS("").Get("net.ipv4.ip_forward")
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	s := InNetNS(newTestNetNS(t), NewFS(""))
+	s := sysctl.InNetNS(topo.Gateway.Fd(), sysctl.NewFS(""))
 
 	if v, err := s.Get("net.ipv4.ip_forward"); err != nil || v != "0" {
 		t.Fatalf("Get in fresh namespace = %q, %v; want 0", v, err)
@@ -54,10 +33,13 @@ func TestKernelNetNS(t *testing.T) {
 	if v, _ := s.Get("net.ipv4.ip_forward"); v != "1" {
 		t.Errorf("after Set, Get = %q, want 1", v)
 	}
+	if v, _ := topo.Backend.Sysctl("net.ipv4.ip_forward"); v != "0" {
+		t.Errorf("another namespace's net.ipv4.ip_forward = %q, want 0", v)
+	}
 	if _, changed, err := s.Set("net.ipv4.ip_forward", "1"); err != nil || changed {
 		t.Errorf("second Set = %v, %v; want unchanged", changed, err)
 	}
-	if v, _ := NewFS("").Get("net.ipv4.ip_forward"); v != hostFwd {
+	if v, _ := sysctl.NewFS("").Get("net.ipv4.ip_forward"); v != hostFwd {
 		t.Errorf("host net.ipv4.ip_forward changed from %q to %q", hostFwd, v)
 	}
 
@@ -66,7 +48,7 @@ func TestKernelNetNS(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, _, err = s.Set("net.netfilter.nf_conntrack_max", cur+"1")
-	if !errors.Is(err, ErrReadOnly) || !errors.Is(err, unix.EACCES) {
+	if !errors.Is(err, sysctl.ErrReadOnly) || !errors.Is(err, unix.EACCES) {
 		t.Fatalf("Set nf_conntrack_max in child namespace = %v, want read-only (EACCES)", err)
 	}
 	want := "net.netfilter.nf_conntrack_max is read-only in this network namespace (it is host-wide); set it on the host"
@@ -75,7 +57,7 @@ func TestKernelNetNS(t *testing.T) {
 	}
 
 	// A missing interface, through the real tree.
-	_, _, err = s.Set(Conf("ipv4", "nosuch0.1", "rp_filter"), "2")
+	_, _, err = s.Set(sysctl.Conf("ipv4", "nosuch0.1", "rp_filter"), "2")
 	if !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("Set of missing interface = %v, want ErrNotExist", err)
 	}

@@ -156,7 +156,7 @@ func TestApply(t *testing.T) {
 		"net/netfilter/nf_conntrack_max":     "262144",
 		"net/netfilter/nf_conntrack_buckets": "262144",
 	}
-	type logLine struct{ Msg, Sysctl, Old, New, Interface string }
+	type logLine struct{ Msg, Sysctl, Old, New, Interface, Note string }
 	tests := []struct {
 		name     string
 		plan     Plan
@@ -174,7 +174,7 @@ func TestApply(t *testing.T) {
 			want: map[string]string{"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1"},
 			wantLogs: []logLine{
 				{Msg: "sysctl changed", Sysctl: "net.ipv4.ip_forward", Old: "0", New: "1"},
-				{Msg: "sysctl changed", Sysctl: "net.ipv6.conf.all.forwarding", Old: "0", New: "1"},
+				{Msg: "sysctl changed", Sysctl: "net.ipv6.conf.all.forwarding", Old: "0", New: "1", Note: raNote},
 			},
 		},
 		{
@@ -260,7 +260,10 @@ func TestApply(t *testing.T) {
 			for _, e := range logs.All() {
 				m := e.ContextMap()
 				s := func(k string) string { v, _ := m[k].(string); return v }
-				got = append(got, logLine{e.Message, s("sysctl"), s("old"), s("new"), s("interface")})
+				got = append(got, logLine{e.Message, s("sysctl"), s("old"), s("new"), s("interface"), s("note")})
+				if e.Message == "sysctl changed" && (s("note") != "") != (e.Level == zapcore.WarnLevel) {
+					t.Errorf("%s logged at %s; a change with a note is a warning, others info", s("sysctl"), e.Level)
+				}
 			}
 			if diff := cmp.Diff(tt.wantLogs, got); diff != "" {
 				t.Errorf("logs (-want +got):\n%s", diff)

@@ -12,7 +12,7 @@ import (
 
 // applySample is one round of the apply measurements for one size.
 type applySample struct {
-	// fwdd run: process start to state file written, and the logged apply.
+	// fwdd run: process start to the "forwarding" line, and the logged apply.
 	StartWall     time.Duration
 	StartLogged   time.Duration // "forwarding" elapsed: building and sending the batch
 	StartMessages int
@@ -23,7 +23,7 @@ type applySample struct {
 	ReloadMessages    int
 	ReloadElements    int
 	ReloadFull        bool
-	SignalWall        time.Duration // SIGHUP sent by us to state file written
+	SignalWall        time.Duration // SIGHUP sent by us to the "reloaded" line
 	SignalApplyLogged time.Duration
 	SignalLogged      time.Duration
 	SignalMessages    int
@@ -99,9 +99,9 @@ func (e *env) applySample(n int, f *applyFiles) (applySample, error) {
 	}
 	defer func() { _ = d.stop() }()
 	s.StartWall = d.Wall
-	s.StartLogged, _ = durationField(d.Log, "elapsed")
-	s.StartMessages, _ = intField(d.Log, "messages")
-	if s.RSSKiB, s.HWMKiB, err = memoryOf(d.proc.PID()); err != nil {
+	s.StartLogged, _ = d.Forwarding.Duration("elapsed")
+	s.StartMessages, _ = d.Forwarding.Int("messages")
+	if s.RSSKiB, s.HWMKiB, err = memoryOf(d.PID()); err != nil {
 		return s, err
 	}
 	if err := e.checkForward(n, serverPort); err != nil {
@@ -109,7 +109,7 @@ func (e *env) applySample(n int, f *applyFiles) (applySample, error) {
 	}
 
 	// Move one forward to the other port with `fwdd reload` ...
-	if _, err := e.writeConfig(filepath.Base(f.cfg), f.moved); err != nil {
+	if err := d.WriteConfig(string(f.moved)); err != nil {
 		return s, err
 	}
 	wall, log, err := d.reloadCLI()
@@ -117,30 +117,30 @@ func (e *env) applySample(n int, f *applyFiles) (applySample, error) {
 		return s, err
 	}
 	s.ReloadWall = wall
-	s.ReloadApplyLogged, _ = durationField(log, "applyElapsed")
-	s.ReloadLogged, _ = durationField(log, "elapsed")
-	s.ReloadMessages, _ = intField(log, "messages")
-	s.ReloadElements, _ = intField(log, "elements")
-	s.ReloadFull, _ = log["fullReplace"].(bool)
+	s.ReloadApplyLogged, _ = log.Duration("applyElapsed")
+	s.ReloadLogged, _ = log.Duration("elapsed")
+	s.ReloadMessages, _ = log.Int("messages")
+	s.ReloadElements, _ = log.Int("elements")
+	s.ReloadFull, _ = log.Fields["fullReplace"].(bool)
 	if err := e.checkForward(n, altPort); err != nil {
 		return s, fmt.Errorf("after fwdd reload: %w", err)
 	}
 
 	// ... and back with a bare SIGHUP.
-	if _, err := e.writeConfig(filepath.Base(f.cfg), f.orig); err != nil {
+	if err := d.WriteConfig(string(f.orig)); err != nil {
 		return s, err
 	}
 	if wall, log, err = d.reloadSignal(); err != nil {
 		return s, err
 	}
 	s.SignalWall = wall
-	s.SignalApplyLogged, _ = durationField(log, "applyElapsed")
-	s.SignalLogged, _ = durationField(log, "elapsed")
-	s.SignalMessages, _ = intField(log, "messages")
+	s.SignalApplyLogged, _ = log.Duration("applyElapsed")
+	s.SignalLogged, _ = log.Duration("elapsed")
+	s.SignalMessages, _ = log.Int("messages")
 	if err := e.checkForward(n, serverPort); err != nil {
 		return s, fmt.Errorf("after SIGHUP: %w", err)
 	}
-	if s.RSSKiB2, s.HWMKiB2, err = memoryOf(d.proc.PID()); err != nil {
+	if s.RSSKiB2, s.HWMKiB2, err = memoryOf(d.PID()); err != nil {
 		return s, err
 	}
 	if err := d.stop(); err != nil {
@@ -208,7 +208,7 @@ func (e *env) measureIdle(n int, window time.Duration) (idleResult, error) {
 		return r, err
 	}
 	defer func() { _ = d.stop() }()
-	pid := d.proc.PID()
+	pid := d.PID()
 	if err := sleep(e.ctx, 2*time.Second); err != nil {
 		return r, err
 	}

@@ -120,10 +120,10 @@ func (e *env) connSample(v connVariant, file string, o connOptions) (s connSampl
 		}
 		defer func() {
 			_ = d.stop()
-			s.DaemonWarnings = logWarnings(d.proc.Output())
+			s.DaemonWarnings = logWarnings(d.Log())
 		}()
 		s.Setup = d.Wall
-		daemonPID = d.proc.PID()
+		daemonPID = d.PID()
 	case kindLinear, kindTable:
 		wall, out, err := e.timed(e.topo.Gateway, 5*time.Minute, "nft", "-f", file)
 		if err != nil {

@@ -1,20 +1,17 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/fwdd/fwdd/internal/harness"
 	"github.com/fwdd/fwdd/internal/sandbox"
-	fwdaemon "github.com/fwdd/fwdd/pkg/daemon"
 )
 
 // env is the benchmark's sandbox: client -- gateway -- backend, with the
@@ -24,9 +21,8 @@ type env struct {
 	topo *sandbox.Topology
 	fwdd string // fwdd binary (absolute path)
 	self string // this program, run inside namespaces for its helper modes
-	dir  string // configs, rulesets, state dirs
+	dir  string // configs and rulesets: the sandbox's run dir
 	logf func(format string, args ...any)
-	seq  int // numbers state dirs
 }
 
 // newEnv builds the namespaces and starts the backend servers, socat and
@@ -36,11 +32,7 @@ func newEnv(ctx context.Context, fwddBin string, verbose bool, logf func(string,
 	if err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "fwdd-bench-")
-	if err != nil {
-		return nil, err
-	}
-	e := &env{ctx: ctx, fwdd: fwddBin, self: self, dir: dir, logf: logf}
+	e := &env{ctx: ctx, fwdd: fwddBin, self: self, logf: logf}
 	opts := sandbox.Options{Base: "fwddbench", NoClient2: true, NoOther: true, StopGrace: 20 * time.Second}
 	if verbose {
 		opts.Logf = logf
@@ -48,20 +40,16 @@ func newEnv(ctx context.Context, fwddBin string, verbose bool, logf func(string,
 	}
 	e.topo, err = sandbox.Build(opts)
 	if err != nil {
-		os.RemoveAll(dir)
 		return nil, fmt.Errorf("build sandbox: %w", err)
 	}
+	e.dir = e.topo.Dir()
 	if err := e.start(); err != nil {
 		return nil, errors.Join(err, e.close())
 	}
 	return e, nil
 }
 
-func (e *env) close() error {
-	err := e.topo.Close()
-	os.RemoveAll(e.dir)
-	return err
-}
+func (e *env) close() error { return e.topo.Close() }
 
 func (e *env) start() error {
 	gw, be := e.topo.Gateway, e.topo.Backend
@@ -169,199 +157,89 @@ func (e *env) flushConntrack() error {
 	return nil
 }
 
-// writeConfig writes an fwdd config; fwdd wants it owned by root and not
-// writable by group or others.
+// writeConfig writes a config or ruleset into the run dir; fwdd wants a
+// config owned by root and not writable by group or others.
 func (e *env) writeConfig(name string, data []byte) (string, error) {
 	path := filepath.Join(e.dir, name)
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+	if err := os.WriteFile(path, data, 0o640); err != nil {
 		return "", err
 	}
-	if err := os.Chmod(tmp, 0o644); err != nil {
-		return "", err
-	}
-	return path, os.Rename(tmp, path)
+	return path, os.Chmod(path, 0o640)
 }
 
 // daemonRun is one fwdd daemon in the gateway namespace.
 type daemonRun struct {
-	e        *env
-	proc     *sandbox.Proc
-	cfgPath  string
-	stateDir string
-	// Wall is the time from starting the process to its state file saying
-	// the table is applied.
+	*harness.Daemon
+	// Wall is the time from starting the process to its "forwarding" log
+	// line, written once the table is applied.
 	Wall time.Duration
-	// Log is the "forwarding" line's fields.
-	Log map[string]any
+	// Forwarding is the "forwarding" line.
+	Forwarding harness.Line
 }
 
-// startFwdd starts fwdd with cfgPath and waits until it has applied its
-// table.
+// startFwdd starts fwdd with the config in cfgPath and waits until it is
+// ready (READY=1).
 func (e *env) startFwdd(cfgPath string) (*daemonRun, error) {
-	e.seq++
-	d := &daemonRun{e: e, cfgPath: cfgPath, stateDir: filepath.Join(e.dir, fmt.Sprintf("state%d", e.seq))}
-	start := time.Now()
-	p, err := e.topo.Gateway.Start(e.ctx, e.fwdd, "run", "-c", cfgPath, "--state-dir", d.stateDir)
+	cfg, err := os.ReadFile(cfgPath)
 	if err != nil {
 		return nil, err
 	}
-	d.proc = p
-	st, err := d.waitApplied(0, 2*time.Minute)
-	d.Wall = time.Since(start)
-	if err == nil && !st.OK {
-		err = errors.New(st.Error)
+	d, err := harness.Start(e.topo.Gateway, string(cfg), harness.Options{Bin: e.fwdd, ReadyTimeout: 2 * time.Minute})
+	var l harness.Line
+	if err == nil {
+		l, err = d.WaitLog(0, "forwarding", 5*time.Second)
 	}
 	if err != nil {
-		_ = d.stop()
-		return nil, fmt.Errorf("fwdd run -c %s: %w\n%s", cfgPath, err, lastLines(p.Output(), 20))
+		if d != nil {
+			err = errors.Join(err, d.Close())
+		}
+		return nil, fmt.Errorf("fwdd run with %s: %w", filepath.Base(cfgPath), err)
 	}
-	if d.Log, err = d.waitLog("forwarding", 1); err != nil {
-		_ = d.stop()
-		return nil, err
-	}
-	return d, nil
-}
-
-// waitApplied polls the state file every millisecond until the daemon
-// records an apply after the first `after`.
-func (d *daemonRun) waitApplied(after uint64, timeout time.Duration) (fwdaemon.State, error) {
-	deadline := time.Now().Add(timeout)
-	for {
-		st, err := fwdaemon.ReadState(d.stateDir)
-		if err == nil && st.Applies > after {
-			return st, nil
-		}
-		select {
-		case <-d.proc.Done():
-			return st, fmt.Errorf("fwdd exited: %v", d.proc.Wait())
-		case <-d.e.ctx.Done():
-			return st, d.e.ctx.Err()
-		default:
-		}
-		if time.Now().After(deadline) {
-			return st, fmt.Errorf("fwdd applied nothing within %v", timeout)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
-// waitLog waits for the nth log line with message msg and returns its
-// fields.
-func (d *daemonRun) waitLog(msg string, nth int) (map[string]any, error) {
-	var fields map[string]any
-	err := sandbox.Eventually(5*time.Second, func() error {
-		all := logLines(d.proc.Output(), msg)
-		if len(all) < nth {
-			return fmt.Errorf("no %q log line #%d from fwdd yet", msg, nth)
-		}
-		fields = all[nth-1]
-		return nil
-	})
-	return fields, err
+	return &daemonRun{Daemon: d, Wall: l.Time.Sub(d.Started()), Forwarding: l}, nil
 }
 
 // reloadCLI runs `fwdd reload` and returns its wall time and the daemon's
-// "reloaded" log line.
-func (d *daemonRun) reloadCLI() (time.Duration, map[string]any, error) {
-	n := len(logLines(d.proc.Output(), "reloaded"))
-	wall, out, err := d.e.timed(d.e.topo.Gateway, 2*time.Minute, d.e.fwdd, "reload", "-c", d.cfgPath, "--state-dir", d.stateDir, "--timeout", "2m")
-	if err != nil {
-		return wall, nil, fmt.Errorf("fwdd reload: %w: %s", err, out)
-	}
-	fields, err := d.waitLog("reloaded", n+1)
-	return wall, fields, err
-}
-
-// reloadSignal sends SIGHUP itself and waits for the state file: the time
-// from the signal to the daemon recording the applied change, without the
-// reload command's own start-up and config check.
-func (d *daemonRun) reloadSignal() (time.Duration, map[string]any, error) {
-	n := len(logLines(d.proc.Output(), "reloaded"))
-	before, err := fwdaemon.ReadState(d.stateDir)
-	if err != nil {
-		return 0, nil, err
-	}
+// "reloaded" line.
+func (d *daemonRun) reloadCLI() (time.Duration, harness.Line, error) {
+	n := len(d.Log())
 	start := time.Now()
-	if err := d.proc.Signal(syscall.SIGHUP); err != nil {
-		return 0, nil, err
-	}
-	st, err := d.waitApplied(before.Applies, 2*time.Minute)
+	out, err := d.Command("reload", "--state-dir", d.StateDir, "--timeout", "2m")
 	wall := time.Since(start)
-	if err == nil && !st.OK {
-		err = errors.New(st.Error)
-	}
 	if err != nil {
-		return wall, nil, fmt.Errorf("reload on SIGHUP: %w", err)
+		return wall, harness.Line{}, fmt.Errorf("%w: %s", err, out)
 	}
-	fields, err := d.waitLog("reloaded", n+1)
-	return wall, fields, err
+	l, err := d.WaitLog(n, "reloaded", 5*time.Second)
+	return wall, l, err
 }
 
-// stop stops fwdd (on_stop = "flush" removes its table).
+// reloadSignal sends SIGHUP and returns the time from the signal to the
+// daemon's "reloaded" line, written once the change is applied, without
+// the reload command's own start-up and config check.
+func (d *daemonRun) reloadSignal() (time.Duration, harness.Line, error) {
+	start := time.Now()
+	l, err := d.Reload()
+	if err != nil {
+		return 0, l, fmt.Errorf("reload on SIGHUP: %w", err)
+	}
+	return l.Time.Sub(start), l, nil
+}
+
+// stop stops fwdd (on_stop = "flush" removes its table) and removes its
+// files.
 func (d *daemonRun) stop() error {
-	if err := d.proc.Stop(); err != nil {
-		return fmt.Errorf("stop fwdd: %w\n%s", err, lastLines(d.proc.Output(), 10))
-	}
-	return nil
-}
-
-// logLines returns the fields of every zap console line ("TIME\tLEVEL\tMSG\t{json}")
-// whose message is msg.
-func logLines(out, msg string) []map[string]any {
-	var res []map[string]any
-	sc := bufio.NewScanner(strings.NewReader(out))
-	sc.Buffer(make([]byte, 1<<20), 1<<24)
-	for sc.Scan() {
-		parts := strings.SplitN(sc.Text(), "\t", 4)
-		if len(parts) < 3 || parts[2] != msg {
-			continue
-		}
-		fields := map[string]any{}
-		if len(parts) == 4 {
-			_ = json.Unmarshal([]byte(parts[3]), &fields)
-		}
-		res = append(res, fields)
-	}
-	return res
+	return errors.Join(d.Stop(), d.Close())
 }
 
 // logWarnings counts the WARN and ERROR lines of fwdd's output by message.
-func logWarnings(out string) map[string]int {
+func logWarnings(lines []harness.Line) map[string]int {
 	var m map[string]int
-	for _, line := range strings.Split(out, "\n") {
-		parts := strings.SplitN(line, "\t", 4)
-		if len(parts) >= 3 && (parts[1] == "WARN" || parts[1] == "ERROR") {
+	for _, l := range lines {
+		if l.Level == "WARN" || l.Level == "ERROR" {
 			if m == nil {
 				m = map[string]int{}
 			}
-			m[parts[2]]++
+			m[l.Msg]++
 		}
 	}
 	return m
-}
-
-// durationField reads a zap duration ("52.3ms", or seconds as a number).
-func durationField(m map[string]any, key string) (time.Duration, bool) {
-	switch v := m[key].(type) {
-	case string:
-		d, err := time.ParseDuration(v)
-		return d, err == nil
-	case float64:
-		return time.Duration(v * float64(time.Second)), true
-	}
-	return 0, false
-}
-
-func intField(m map[string]any, key string) (int, bool) {
-	v, ok := m[key].(float64)
-	return int(v), ok
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

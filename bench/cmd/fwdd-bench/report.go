@@ -419,7 +419,7 @@ func writeApply(b *strings.Builder, res *results) {
 	a := res.Apply
 	sizes := slices.Sorted(maps.Keys(a))
 	p("## 3. Time to apply and to reload\n\n")
-	p("*fwdd start*: from starting `fwdd run` (in the gateway, no table present) to its state file saying the table is applied (polled every 1 ms); "+
+	p("*fwdd start*: from starting `fwdd run` (in the gateway, no table present) to its \"forwarding\" log line, written once the table is applied (timed when the benchmark reads it); "+
 		"*logged*: the `elapsed` of its \"forwarding\" line (building and sending the netlink batch, until the kernel's answer). "+
 		"*nft -f*: `nft -f` of `fwdd print` of the same config (the same table, the same one-transaction replace), table absent before. "+
 		"Wall times of commands in the gateway include `ip netns exec`, %s here.\n\n", fmtDur(float64(res.ExecOverhead)))
@@ -435,8 +435,8 @@ func writeApply(b *strings.Builder, res *results) {
 			fmtNum(msgs.Median), fmtDur(nf.Median), spread(nf, fmtDur), fmtX(ratio(fw, nf)), fmtX(ratio(lg, nf)), float64(s[0].PrintBytes)/1e6)
 	}
 	p("\nReload after changing one forward (its backend port) among N: *`fwdd reload`* is the command's wall time " +
-		"(its own start-up and config check, SIGHUP, then polling the daemon's state every 20 ms until applied); " +
-		"*SIGHUP*: the benchmark sends SIGHUP itself and polls the state file every 1 ms (the change back). " +
+		"(its own start-up and config check, SIGHUP, then waiting for the daemon's record of the apply); " +
+		"*SIGHUP*: the benchmark sends SIGHUP itself, until the daemon's \"reloaded\" line, written once the change is applied (the change back). " +
 		"*logged*: the daemon's \"reloaded\" line: `elapsed` from reading the config to applied, `applyElapsed` the netlink batch alone. " +
 		"After each reload a connection through the changed forward checked that the change was live.\n\n")
 	p("| forwards | `fwdd reload` (wall) | min – max | SIGHUP to applied | min – max | logged elapsed | logged applyElapsed | messages | elements | full replace |\n")

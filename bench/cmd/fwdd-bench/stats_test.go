@@ -30,22 +30,3 @@ func TestSummarize(t *testing.T) {
 		t.Errorf("empty summary: %+v", s)
 	}
 }
-
-func TestLogLines(t *testing.T) {
-	out := "2026-01-01T00:00:00.000Z\tINFO\tforwarding\t{\"numForwards\": 3, \"messages\": 30, \"elapsed\": \"52.5ms\"}\n" +
-		"2026-01-01T00:00:01.000Z\tINFO\treloaded\t{\"messages\": 4, \"applyElapsed\": \"1.5ms\", \"elapsed\": \"1.2s\"}\n"
-	f := logLines(out, "forwarding")
-	if len(f) != 1 {
-		t.Fatalf("%d forwarding lines", len(f))
-	}
-	if d, ok := durationField(f[0], "elapsed"); !ok || d.Microseconds() != 52500 {
-		t.Errorf("elapsed = %v, %v", d, ok)
-	}
-	if n, ok := intField(f[0], "messages"); !ok || n != 30 {
-		t.Errorf("messages = %v, %v", n, ok)
-	}
-	r := logLines(out, "reloaded")
-	if d, ok := durationField(r[0], "elapsed"); len(r) != 1 || !ok || d.Milliseconds() != 1200 {
-		t.Errorf("reloaded: %v", r)
-	}
-}

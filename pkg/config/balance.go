@@ -1,0 +1,329 @@
+package config
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Backend is one backend of a forward.
+type Backend struct {
+	To netip.Addr
+	// ToPort is as Forward.ToPort: zero keeps the original port.
+	ToPort PortRange
+	Weight int // 1-100
+}
+
+func (b Backend) String() string {
+	switch {
+	case b.ToPort.IsZero():
+		return b.To.String()
+	case b.To.Is6():
+		return fmt.Sprintf("[%s]:%s", b.To, b.ToPort)
+	}
+	return fmt.Sprintf("%s:%s", b.To, b.ToPort)
+}
+
+// Balance is how new connections are spread over several backends.
+type Balance string
+
+const (
+	// BalanceRandom spreads new connections at random, by weight.
+	BalanceRandom Balance = "random"
+	// BalanceSource sends a client address always to the same backend
+	// while the set of healthy backends does not change.
+	BalanceSource Balance = "source"
+)
+
+// Check is the kind of health check.
+type Check string
+
+const (
+	CheckNone Check = "none" // no checks: every backend always in
+	CheckTCP  Check = "tcp"  // a TCP connect
+	CheckHTTP Check = "http" // GET Path answers 2xx or 3xx
+)
+
+// Health is a forward's health checks, with HAProxy's meaning: a check
+// every Interval, each allowed Timeout; a backend goes down after Fall
+// failed checks in a row and comes back after Rise good ones.
+type Health struct {
+	Check    Check
+	Interval time.Duration
+	Timeout  time.Duration
+	Fall     int
+	Rise     int
+	Path     string // CheckHTTP only
+}
+
+// OnChange says what happens to a forward's established TCP connections
+// when their backend goes down or a reload changes the forward's target.
+type OnChange string
+
+const (
+	OnChangeKeep OnChange = "keep" // they keep their backend
+	OnChangeCut  OnChange = "cut"  // their conntrack entries are deleted
+)
+
+// Limits of the balancing keys.
+const (
+	MaxBackends = 256
+	MaxWeight   = 100
+	minInterval = 100 * time.Millisecond
+	maxInterval = time.Hour
+	minTimeout  = 10 * time.Millisecond
+)
+
+// Default health checks: none, and HAProxy's timing.
+var defaultHealth = Health{Check: CheckNone, Interval: 2 * time.Second, Timeout: time.Second, Fall: 3, Rise: 2}
+
+var healthKeys = []string{"check", "interval", "timeout", "fall", "rise", "path"}
+
+// Balanced reports whether the forward has several backends.
+func (f *Forward) Balanced() bool { return len(f.Backends) > 1 }
+
+// parseBalancing reads to (a string or a list), [[forward.backend]],
+// balance, health and on_change into f. To and ToPort are the first
+// backend's, so code that knows one backend sees it there.
+func parseBalancing(fs *fields, t map[string]any, lines *keyLines, f *Forward) {
+	f.Balance = Balance(fs.oneOf("balance", t["balance"], string(BalanceRandom), string(BalanceRandom), string(BalanceSource)))
+	f.OnChange = OnChange(fs.oneOf("on_change", t["on_change"], string(OnChangeKeep), string(OnChangeKeep), string(OnChangeCut)))
+	f.Health = parseHealth(fs, t["health"])
+
+	to, list := t["to"], t["backend"]
+	switch {
+	case to != nil && list != nil:
+		fs.errorf("backend", "to and [[forward.backend]] are exclusive: list the backends in to = [...] or give each a [[forward.backend]] with to and weight, not both")
+		return
+	case to == nil && list == nil:
+		fs.errorf("to", "required; %s, a list of them, or [[forward.backend]] tables", toHint)
+		return
+	}
+	var bs []Backend
+	var field []string // the key each backend's problems are reported on
+	var lineOf []int
+	switch v := to.(type) {
+	case nil:
+		tables, ok := list.([]map[string]any)
+		if !ok {
+			fs.errorf("backend", "must be [[forward.backend]] tables, each with to and weight, not %s", tomlType(list))
+			return
+		}
+		subs := lines.sub("backend")
+		for i, bt := range tables {
+			kl := &keyLines{header: lines.line("backend")}
+			if i < len(subs) {
+				kl = subs[i]
+			}
+			bfs := &fields{ps: fs.ps, lines: kl, forward: fs.forward, name: fs.name}
+			for key := range bt {
+				if key != "to" && key != "weight" {
+					bfs.errorf(key, "unknown key %s in [[forward.backend]]; allowed: to, weight", quote(key))
+				}
+			}
+			s, ok := bfs.str("to", bt["to"], "")
+			if !ok {
+				return
+			}
+			if s == "" {
+				bfs.errorf("to", "required in every [[forward.backend]]; %s", toHint)
+				return
+			}
+			a, p := parseTo(bfs, s)
+			if !a.IsValid() {
+				return
+			}
+			w := int(bfs.integer("weight", bt["weight"], 1, 1, MaxWeight))
+			bs = append(bs, Backend{To: a, ToPort: p, Weight: w})
+			field, lineOf = append(field, "to"), append(lineOf, kl.line("to"))
+		}
+	case string:
+		if v == "" {
+			fs.errorf("to", "required; %s", toHint)
+			return
+		}
+		a, p := parseTo(fs, v)
+		if !a.IsValid() {
+			return
+		}
+		bs = []Backend{{To: a, ToPort: p, Weight: 1}}
+		field, lineOf = []string{"to"}, []int{lines.line("to")}
+	case []any:
+		if len(v) == 0 {
+			fs.errorf("to", "empty list; give at least one backend: %s", toHint)
+			return
+		}
+		for _, e := range v {
+			s, ok := e.(string)
+			if !ok || s == "" {
+				fs.errorf("to", "list elements must be backend addresses (%s), not %s", toHint, tomlType(e))
+				return
+			}
+			a, p := parseTo(fs, s)
+			if !a.IsValid() {
+				return
+			}
+			bs = append(bs, Backend{To: a, ToPort: p, Weight: 1})
+			field, lineOf = append(field, "to"), append(lineOf, lines.line("to"))
+		}
+	default:
+		fs.errorf("to", "must be a string or a list of strings, not %s; %s", tomlType(to), toHint)
+		return
+	}
+	if len(bs) > MaxBackends {
+		fs.errorf("to", "%d backends; at most %d per forward", len(bs), MaxBackends)
+		return
+	}
+	at := func(i int) *fields {
+		return &fields{ps: fs.ps, lines: &keyLines{header: lineOf[i]}, forward: fs.forward, name: fs.name}
+	}
+	for i, b := range bs {
+		if b.To.Is4() != bs[0].To.Is4() {
+			at(i).errorf(field[i], "backend %s is %s but backend %s is %s; all backends of a forward must be one family", b, family(b.To), bs[0], family(bs[0].To))
+			return
+		}
+		if j := slices.IndexFunc(bs[:i], func(c Backend) bool { return c.To == b.To && c.ToPort == b.ToPort }); j >= 0 {
+			at(i).errorf(field[i], "backend %s is listed twice", b)
+			return
+		}
+		if !checkPortMapping(at(i), field[i], f.Port, b.ToPort) {
+			return
+		}
+		if len(bs) > 1 && f.Port.Len() > 1 && mapping(b.ToPort) != mapping(bs[0].ToPort) {
+			at(i).errorf(field[i], "backend %s maps the port range %s differently from backend %s; every backend of a port range forward must map it the same way (all keep the port, all one port, or all a range of %d ports)",
+				b, f.Port, bs[0], f.Port.Len())
+			return
+		}
+	}
+	f.Backends = bs
+	f.To, f.ToPort = bs[0].To, bs[0].ToPort
+}
+
+// mapping names how a backend's port spec maps a range.
+func mapping(p PortRange) int {
+	switch {
+	case p.IsZero():
+		return 0
+	case p.Len() == 1:
+		return 1
+	}
+	return 2
+}
+
+// checkPortMapping checks one backend's port against the forward's.
+func checkPortMapping(fs *fields, field string, port, to PortRange) bool {
+	if port.IsZero() || to.IsZero() {
+		return true
+	}
+	switch {
+	case to.Len() == 1:
+		// The whole range goes to one port.
+	case port.Len() == 1:
+		fs.errorf(field, "a single port (%d) cannot be sent to a port range (%s); use a single to port", port.Lo, to)
+		return false
+	case port.Len() != to.Len():
+		fs.errorf(field, "port range %s has %d ports but to range %s has %d; they must be equal, or to must be a single port",
+			port, port.Len(), to, to.Len())
+		return false
+	}
+	return true
+}
+
+// parseHealth reads health = { check, interval, timeout, fall, rise, path }.
+func parseHealth(fs *fields, v any) Health {
+	h := defaultHealth
+	if v == nil {
+		return h
+	}
+	t, ok := v.(map[string]any)
+	if !ok {
+		fs.errorf("health", "must be a table, e.g. health = { check = \"tcp\", interval = \"2s\", timeout = \"1s\", fall = 3, rise = 2 }, not %s", tomlType(v))
+		return h
+	}
+	for key := range t {
+		if !slices.Contains(healthKeys, key) {
+			fs.errorf("health", "unknown key %s in health; allowed: %s", quote(key), strings.Join(healthKeys, ", "))
+			return h
+		}
+	}
+	switch c := t["check"].(type) {
+	case nil:
+	case string:
+		if !slices.Contains([]Check{CheckNone, CheckTCP, CheckHTTP}, Check(c)) {
+			fs.errorf("health", "check %s is not allowed; must be \"none\", \"tcp\" or \"http\"", quote(c))
+			return h
+		}
+		h.Check = Check(c)
+	default:
+		fs.errorf("health", "check must be \"none\", \"tcp\" or \"http\", not %s", tomlType(c))
+		return h
+	}
+	interval, iok := duration(fs, "interval", t["interval"], h.Interval, minInterval, maxInterval)
+	timeout, tok := duration(fs, "timeout", t["timeout"], h.Timeout, minTimeout, maxInterval)
+	if !iok || !tok {
+		return h
+	}
+	if _, set := t["timeout"]; !set && timeout > interval {
+		timeout = interval // a short interval shortens the default timeout
+	}
+	if timeout > interval {
+		fs.errorf("health", "interval %v is below timeout %v; timeout must be at most interval", interval, timeout)
+		return h
+	}
+	h.Interval, h.Timeout = interval, timeout
+	h.Fall = int(healthInt(fs, "fall", t["fall"], int64(h.Fall)))
+	h.Rise = int(healthInt(fs, "rise", t["rise"], int64(h.Rise)))
+	if p, ok := t["path"]; ok {
+		s, isStr := p.(string)
+		switch {
+		case h.Check != CheckHTTP:
+			fs.errorf("health", "path is only for check = \"http\" (check is %s)", quote(string(h.Check)))
+		case !isStr:
+			fs.errorf("health", "path must be a string, not %s", tomlType(p))
+		case !strings.HasPrefix(s, "/") || strings.ContainsAny(s, " \t\r\n"):
+			fs.errorf("health", "path %s must start with / and contain no blanks", quote(s))
+		default:
+			h.Path = s
+		}
+	}
+	if h.Check == CheckHTTP && h.Path == "" {
+		h.Path = "/"
+	}
+	return h
+}
+
+// duration reads a duration such as "2s" or "500ms" within lo-hi.
+func duration(fs *fields, key string, v any, def, lo, hi time.Duration) (time.Duration, bool) {
+	if v == nil {
+		return def, true
+	}
+	s, ok := v.(string)
+	if !ok {
+		fs.errorf("health", "%s must be a duration such as \"2s\" or \"500ms\", not %s", key, tomlType(v))
+		return def, false
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		fs.errorf("health", "%s %s is not a duration; write e.g. \"2s\" or \"500ms\"", key, quote(s))
+		return def, false
+	}
+	if d < lo || d > hi {
+		fs.errorf("health", "%s %s is out of range; must be between %v and %v", key, quote(s), lo, hi)
+		return def, false
+	}
+	return d, true
+}
+
+func healthInt(fs *fields, key string, v any, def int64) int64 {
+	if v == nil {
+		return def
+	}
+	n, ok := v.(int64)
+	if !ok || n < 1 || n > 100 {
+		fs.errorf("health", "%s must be an integer between 1 and 100, not %v", key, v)
+		return def
+	}
+	return n
+}

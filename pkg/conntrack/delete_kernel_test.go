@@ -1,0 +1,208 @@
+package conntrack
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mdlayher/netlink"
+	ct "github.com/ti-mo/conntrack"
+	"golang.org/x/sys/unix"
+
+	"github.com/fwdd/fwdd/pkg/ctmark"
+	"github.com/fwdd/fwdd/pkg/sysctl"
+)
+
+// deleteTopo is cli -- gw where gw DNATs like a forward with several
+// backends would:
+//
+//	forward 3: udp/6000 from source ports < 31005 to .50:7000, others to .51:7000;
+//	           tcp/6001 to gw itself, port 7001 (a listener of the test)
+//	forward 4: udp/6002 to .52:7002
+//
+// .50-.52 do not exist: a UDP entry is confirmed when its first datagram
+// leaves gw, whether or not anyone answers.
+func deleteTopo(t *testing.T) (cli, gw int) {
+	t.Helper()
+	cliName, cli := netNS(t, "cli")
+	gwName, gw := netNS(t, "gw")
+	run(t, "ip", "-n", cliName, "link", "add", "vc", "type", "veth", "peer", "name", "vg", "netns", gwName)
+	run(t, "ip", "-n", cliName, "addr", "add", cliAddr.String()+"/24", "dev", "vc")
+	run(t, "ip", "-n", gwName, "addr", "add", gwAddr.String()+"/24", "dev", "vg")
+	for _, ns := range []string{cliName, gwName} {
+		run(t, "ip", "-n", ns, "link", "set", "lo", "up")
+	}
+	run(t, "ip", "-n", cliName, "link", "set", "vc", "up")
+	run(t, "ip", "-n", gwName, "link", "set", "vg", "up")
+	s := sysctl.InNetNS(gw, sysctl.NewFS(""))
+	for n, v := range map[string]string{
+		"net.ipv4.ip_forward":                           "1",
+		"net.netfilter.nf_conntrack_udp_timeout":        "600",
+		"net.netfilter.nf_conntrack_udp_timeout_stream": "600",
+	} {
+		if _, _, err := s.Set(n, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m3, m4 := ctmark.ForID(3), ctmark.ForID(4)
+	rules := fmt.Sprintf(`table ip test {
+	chain pre {
+		type nat hook prerouting priority dstnat;
+		udp dport 6000 udp sport < 31005 ct mark set %#x dnat to 10.213.0.50:7000
+		udp dport 6000 ct mark set %#x dnat to 10.213.0.51:7000
+		tcp dport 6001 ct mark set %#x dnat to %s:7001
+		udp dport 6002 ct mark set %#x dnat to 10.213.0.52:7002
+	}
+}
+`, m3, m3, m3, gwAddr, m4)
+	// A test fixture, so nft's syntax is the clearest way to write it.
+	cmd := exec.Command("ip", "netns", "exec", gwName, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(rules)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nft: %v: %s", err, out)
+	}
+	return cli, gw
+}
+
+// entryKey summarises an entry for counting.
+type entryKey struct {
+	mark    uint32
+	proto   uint8
+	backend netip.AddrPort
+}
+
+func dumpEntries(t *testing.T, gw int) map[entryKey]int {
+	t.Helper()
+	c, err := ct.Dial(&netlink.Config{NetNS: gw})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	flows, err := c.Dump(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[entryKey]int{}
+	for _, f := range flows {
+		if _, ok := ctmark.ID(f.Mark); ok {
+			out[entryKey{f.Mark, f.TupleOrig.Proto.Protocol,
+				netip.AddrPortFrom(f.TupleReply.IP.SourceAddress, f.TupleReply.Proto.SourcePort)}]++
+		}
+	}
+	return out
+}
+
+func TestKernelDeleteEntries(t *testing.T) {
+	requireRoot(t)
+	cli, gw := deleteTopo(t)
+	m3, m4 := ctmark.ForID(3), ctmark.ForID(4)
+	b50 := netip.MustParseAddrPort("10.213.0.50:7000")
+	b51 := netip.MustParseAddrPort("10.213.0.51:7000")
+	b52 := netip.MustParseAddrPort("10.213.0.52:7002")
+	tcpBackend := netip.AddrPortFrom(gwAddr, 7001)
+
+	udpFlows(t, cli, 31000, 10, 6000) // 5 to .50, 5 to .51
+	udpFlows(t, cli, 32000, 4, 6002)
+	var ln net.Listener
+	inNS(t, gw, func() {
+		var err error
+		if ln, err = net.Listen("tcp4", tcpBackend.String()); err != nil {
+			t.Error(err)
+		}
+	})
+	if ln == nil {
+		t.FailNow()
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+	}()
+	inNS(t, cli, func() {
+		for range 3 {
+			c, err := net.Dial("tcp4", netip.AddrPortFrom(gwAddr, 6001).String())
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+	})
+
+	want := map[entryKey]int{
+		{m3, unix.IPPROTO_UDP, b50}:        5,
+		{m3, unix.IPPROTO_UDP, b51}:        5,
+		{m3, unix.IPPROTO_TCP, tcpBackend}: 3,
+		{m4, unix.IPPROTO_UDP, b52}:        4,
+	}
+	check := func(step string) {
+		t.Helper()
+		var got map[entryKey]int
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			got = dumpEntries(t, gw)
+			if fmt.Sprint(got) == fmt.Sprint(want) || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("%s: entries = %v, want %v", step, got, want)
+		}
+	}
+	check("before")
+
+	live, err := LiveByBackend(gw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantLive := map[BackendKey]int{{m3, b50}: 5, {m3, b51}: 5, {m3, tcpBackend}: 3, {m4, b52}: 4}
+	if fmt.Sprint(live) != fmt.Sprint(wantLive) {
+		t.Errorf("LiveByBackend = %v, want %v", live, wantLive)
+	}
+
+	del := func(step string, wantN int, sels ...Selector) {
+		t.Helper()
+		n, err := Delete(gw, sels...)
+		if err != nil {
+			t.Fatalf("%s: Delete: %v", step, err)
+		}
+		if n != wantN {
+			t.Errorf("%s: Delete = %d, want %d", step, n, wantN)
+		}
+		check(step)
+	}
+
+	// One backend's UDP entries: the other backend's, TCP and forward 4 stay.
+	delete(want, entryKey{m3, unix.IPPROTO_UDP, b50})
+	del("udp of one backend", 5, Selector{Mark: m3, Proto: unix.IPPROTO_UDP, Backend: b50.Addr()})
+
+	// A port outside the backend's range selects nothing.
+	del("other port", 0, Selector{Mark: m3, Proto: unix.IPPROTO_UDP, Backend: b51.Addr(), PortFirst: 7001, PortLast: 7100})
+
+	// The forward's UDP entries, and forward 4's one backend, in one call.
+	delete(want, entryKey{m3, unix.IPPROTO_UDP, b51})
+	delete(want, entryKey{m4, unix.IPPROTO_UDP, b52})
+	del("udp of a forward and a backend of another", 9,
+		Selector{Mark: m3, Proto: unix.IPPROTO_UDP},
+		Selector{Mark: m4, Backend: b52.Addr(), PortFirst: 7002, PortLast: 7002})
+
+	// The forward's remaining (TCP) entries: a kernel-side flush by mark.
+	udpFlows(t, cli, 32100, 2, 6002)
+	want[entryKey{m4, unix.IPPROTO_UDP, b52}] = 2
+	check("forward 4 again")
+	delete(want, entryKey{m3, unix.IPPROTO_TCP, tcpBackend})
+	del("whole forward", 3, Selector{Mark: m3})
+
+	// Nothing left to select is no error.
+	del("nothing", 0, Selector{Mark: m3})
+}

@@ -1,0 +1,122 @@
+package daemon
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/fwdd/fwdd/pkg/conntrack"
+	"github.com/fwdd/fwdd/pkg/ctmark"
+	"github.com/fwdd/fwdd/pkg/health"
+)
+
+func listenLocal(t *testing.T, addr string) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// TestBalancer: a backend going down is taken out of the kernel and its
+// UDP entries deleted; all down is fail open (every backend in, an error
+// logged, no entries deleted); a backend coming back is put in again.
+func TestBalancer(t *testing.T) {
+	ln1, ln2 := listenLocal(t, "127.0.0.1:0"), listenLocal(t, "127.0.0.1:0")
+	a1 := netip.MustParseAddrPort(ln1.Addr().String())
+	a2 := netip.MustParseAddrPort(ln2.Addr().String())
+	core, logs := observer.New(zapcore.InfoLevel)
+	b := newBalancer(zap.New(core), nil)
+	events := make(chan []bool, 10)
+	deleted := make(chan []conntrack.Selector, 10)
+	b.program = func(forward string, up []bool) error {
+		if forward != "dns" {
+			t.Errorf("program(%q)", forward)
+		}
+		events <- up
+		return nil
+	}
+	b.deleteFlows = func(sels ...conntrack.Selector) (int, error) {
+		deleted <- sels
+		return 1, nil
+	}
+	spec := health.Spec{Kind: health.KindTCP, Interval: 20 * time.Millisecond, Timeout: 200 * time.Millisecond, Fall: 2, Rise: 2}
+	b.set([]pool{{forward: "dns", id: 7, backends: []netip.AddrPort{a1, a2}, portSpan: 1, spec: spec, udp: true}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	next := func() []bool {
+		t.Helper()
+		select {
+		case up := <-events:
+			return up
+		case <-time.After(5 * time.Second):
+			t.Fatal("no kernel update within 5s")
+			return nil
+		}
+	}
+	ln1.Close()
+	if up := next(); !cmp.Equal(up, []bool{false, true}) {
+		t.Fatalf("after backend 1 went down: program(%v)", up)
+	}
+	var got []conntrack.Selector
+	select {
+	case got = <-deleted:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no entries deleted within 5s of backend 1 going down")
+	}
+	want := []conntrack.Selector{{Mark: ctmark.ForID(7), Proto: 17, Backend: a1.Addr(), PortFirst: a1.Port(), PortLast: a1.Port()}}
+	if d := cmp.Diff(want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); d != "" {
+		t.Errorf("deleted (-want +got):\n%s", d)
+	}
+
+	ln2.Close()
+	if up := next(); !cmp.Equal(up, []bool{true, true}) {
+		t.Fatalf("all down: program(%v), want every backend in (fail open)", up)
+	}
+	if n := logs.FilterMessageSnippet("fail open").FilterLevelExact(zapcore.ErrorLevel).Len(); n != 1 {
+		t.Errorf("%d fail-open errors logged, want 1", n)
+	}
+
+	listenLocal(t, a1.String())
+	if up := next(); !cmp.Equal(up, []bool{true, false}) {
+		t.Fatalf("backend 1 back: program(%v)", up)
+	}
+	select {
+	case sels := <-deleted:
+		t.Errorf("entries deleted in fail open or when a backend came back: %v", sels)
+	default:
+	}
+	if n := logs.FilterMessageSnippet("fail open ends").Len(); n != 1 {
+		t.Errorf("%d 'fail open ends' lines, want 1", n)
+	}
+	if up, _ := b.upSet("dns"); !cmp.Equal(up, []bool{true, false}) {
+		t.Errorf("upSet = %v", up)
+	}
+
+	// A reload keeping the pool keeps its health.
+	b.set([]pool{{forward: "dns", id: 7, backends: []netip.AddrPort{a1, a2}, portSpan: 1, spec: spec, udp: true}})
+	if up, _ := b.upSet("dns"); !cmp.Equal(up, []bool{true, false}) {
+		t.Errorf("upSet after set = %v, want the health kept", up)
+	}
+}

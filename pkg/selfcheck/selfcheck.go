@@ -1,0 +1,109 @@
+// Package selfcheck answers, cheaply, "is fwdd forwarding as configured on this
+// node?" for keepalived's track_script: the config is valid, fwdd's table is
+// in the kernel with exactly the content the config gives, and the daemon
+// that owns it is alive. It reads the table and the daemon's state file
+// only: no conntrack dump.
+package selfcheck
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/fwdd/fwdd/pkg/config"
+	"github.com/fwdd/fwdd/pkg/daemon"
+	"github.com/fwdd/fwdd/pkg/nft"
+)
+
+// Exit codes of `fwdd health` (2 is a usage error, as for every command).
+const (
+	OK            = 0
+	ConfigInvalid = 1 // the config file cannot be loaded
+	TableAbsent   = 3 // fwdd's table is not in the kernel
+	TableDiffers  = 4 // the table is not what the config compiles to (edited, foreign, or a reload failed)
+	DaemonDown    = 5 // no fwdd daemon runs for this state directory
+)
+
+// Result is the verdict: Code is one of the exit codes, Message says why.
+type Result struct {
+	Code    int
+	Message string
+}
+
+// Options say where to look; zero values mean this host's defaults.
+type Options struct {
+	ConfigPath string
+	StateDir   string
+	Kernel     *nft.Netlink
+	// Proc is the proc file system (default /proc), to check the daemon's PID.
+	Proc string
+}
+
+// Check runs the checks in order and returns the first failure.
+func Check(o Options) Result {
+	if o.Kernel == nil {
+		o.Kernel = &nft.Netlink{}
+	}
+	if o.StateDir == "" {
+		o.StateDir = daemon.DefaultStateDir
+	}
+	if o.Proc == "" {
+		o.Proc = "/proc"
+	}
+	cfg, err := config.Load(o.ConfigPath)
+	if err != nil {
+		return Result{ConfigInvalid, err.Error()}
+	}
+	table := "inet " + cfg.Daemon.Table
+	present, err := o.Kernel.TableExists(cfg.Daemon.Table)
+	if err != nil {
+		return Result{TableAbsent, fmt.Sprintf("read nftables: %v", err)}
+	}
+	if !present {
+		return Result{TableAbsent, fmt.Sprintf("table %s is not in the kernel", table)}
+	}
+	ids, err := nft.AssignIDs(cfg)
+	if err != nil {
+		return Result{ConfigInvalid, err.Error()}
+	}
+	m, err := nft.Compile(cfg, ids)
+	if err != nil {
+		return Result{ConfigInvalid, fmt.Sprintf("compile table: %v", err)}
+	}
+	st, stErr := daemon.ReadState(o.StateDir)
+	if err := o.Kernel.VerifyContent(m); err != nil {
+		msg := fmt.Sprintf("table %s differs from %s: %v", table, cfg.Path, err)
+		if stErr == nil && !st.OK {
+			msg += "; the daemon's last apply failed: " + st.Error
+		}
+		return Result{TableDiffers, msg}
+	}
+	if stErr != nil {
+		return Result{DaemonDown, fmt.Sprintf("no daemon: %v", stErr)}
+	}
+	if err := alive(o.Proc, st.PID); err != nil {
+		return Result{DaemonDown, fmt.Sprintf("daemon (pid %d, from %s): %v", st.PID, o.StateDir, err)}
+	}
+	return Result{OK, fmt.Sprintf("ok: table %s matches %s (%d forwards), daemon pid %d", table, cfg.Path, len(cfg.Forwards), st.PID)}
+}
+
+// alive checks that pid runs and is an fwdd process (not a reused PID).
+func alive(proc string, pid int) error {
+	if pid <= 0 {
+		return errors.New("no pid recorded")
+	}
+	if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+		return errors.New("not running")
+	}
+	comm, err := os.ReadFile(filepath.Join(proc, fmt.Sprint(pid), "comm"))
+	if err != nil {
+		return fmt.Errorf("not running: %w", err)
+	}
+	if name := strings.TrimSpace(string(comm)); name != "fwdd" {
+		return fmt.Errorf("pid is %q, not fwdd", name)
+	}
+	return nil
+}
