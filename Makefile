@@ -5,11 +5,7 @@ DEBDIR  ?= .
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 BIN     := bin/fwdd
 
-<<<<<<< HEAD
-.PHONY: all build test unit lint fuzz demo bench install clean
-=======
-.PHONY: all build test unit lint demo bench install deb man clean
->>>>>>> refs/heads/pkg
+.PHONY: all build test unit lint fuzz demo bench install deb man clean
 
 all: build
 

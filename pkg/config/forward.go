@@ -291,12 +291,12 @@ func looksLikePort(g string) bool {
 	return ok && n >= 1 && n <= 65535
 }
 
-const ifaceHint = "an interface name is 1-15 letters, digits, '.', '-' or '_'"
+const ifaceHint = `an interface name is 1-15 printable ASCII characters other than '/', ':', '"', '\' and '*'`
 
 // checkInterfaceName allows the names that the kernel takes
 // (dev_valid_name) and that nft prints and reads back unchanged: nft strings
-// have no escapes, and a trailing '*' is a wildcard to nft but a literal
-// character over netlink, so wildcards are not supported.
+// have no escapes, and a '*' is a wildcard to nft but a literal character
+// over netlink, so wildcards are not supported.
 func checkInterfaceName(s string) string {
 	switch {
 	case len(s) > 15:
@@ -306,12 +306,13 @@ func checkInterfaceName(s string) string {
 	}
 	for i := 0; i < len(s); i++ {
 		switch c := s[i]; {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '.', c == '-', c == '_':
 		case c == '*':
 			return "wildcards ('*') are not supported"
 		case c <= ' ' || c == 0x7f:
 			return "whitespace and control characters are not allowed"
-		default:
+		case c > 0x7f:
+			return "only ASCII characters are allowed"
+		case c == '/' || c == ':' || c == '"' || c == '\\':
 			return fmt.Sprintf("%q is not allowed", c)
 		}
 	}

@@ -535,8 +535,9 @@ func parseBadTests() []parseBadTest {
 		{"sources host bits v6", fwd(`name = "web"`, `port = 80`, `to = "fd00::1"`, `sources = ["fd00::1/64"]`), []string{`sources: fd00::1/64 has host bits set; write fd00::/64`}},
 
 		// Interface names nft and the kernel both read back unchanged.
-		{"interface wildcard", web(`interface = "eth*"`), []string{`fwdd.toml:5: forward "web": interface: "eth*" is not a valid interface name: wildcards ('*') are not supported; an interface name is 1-15 letters, digits, '.', '-' or '_'`}},
-		{"interface quote", web(`interface = 'x";drop#'`), []string{`interface: "x\";drop#" is not a valid interface name: '"' is not allowed; an interface name is 1-15 letters`}},
+		{"interface wildcard", web(`interface = "eth*"`), []string{`fwdd.toml:5: forward "web": interface: "eth*" is not a valid interface name: wildcards ('*') are not supported; an interface name is 1-15 printable ASCII characters other than '/', ':', '"', '\' and '*'`}},
+		{"interface quote", web(`interface = 'x";drop#'`), []string{`interface: "x\";drop#" is not a valid interface name: '"' is not allowed; an interface name is 1-15 printable ASCII`}},
+		{"interface not ascii", web(`interface = "eth\u00e9"`), []string{`only ASCII characters are allowed`}},
 		{"interface backslash", web(`interface = 'a\b'`), []string{`'\\' is not allowed`}},
 
 		// metrics
