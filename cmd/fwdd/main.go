@@ -37,12 +37,9 @@ commands:
   print    print, in nft syntax, the table fwdd would program
   reload   check the config, signal the daemon, wait until the new rules are in
   status   show the table, forwarding, conntrack and per-forward counters
-  diff     what a reload with the file would change: forwards field by field
-           (exit 0: none, 1: changes, 2: error)
-  doctor   check the gateway for what breaks forwarding; each problem with its fix
-           (--probe: connect to each backend; --json)
-  health   cheap check for keepalived's track_script; exit 0 healthy, 1 bad config,
-           3 table absent, 4 table differs from the config, 5 daemon not running
+  diff     what a reload with the file would change (exit 0 none, 1 changes, 2 error)
+  doctor   check the gateway for what breaks forwarding, each problem with its fix
+  health   cheap check for keepalived's track_script (exit 0 healthy; see fwdd(8))
   version  print fwdd's version
 
 flags (all commands): -c, --config PATH (default /etc/fwdd/fwdd.toml)
