@@ -66,7 +66,7 @@ func TestKernelHealth(t *testing.T) {
 	check(0, "ok")
 
 	d.stop() // on_stop = "keep": the table stays, the daemon is gone
-	check(5, "not running")
+	check(5, "no daemon")
 	nftRun(t, topo, "delete table inet fwdd\n")
 	check(3, "not in the kernel")
 }

@@ -92,7 +92,11 @@ func (d *daemon) reload(cfg string) (string, error) {
 // stop sends SIGTERM and fails the test unless the daemon stops cleanly.
 func (d *daemon) stop() {
 	d.t.Helper()
-	if err := d.Stop(); err != nil {
+	stop := d.proc.Stop // a daemon a test started itself, without the harness
+	if d.Daemon != nil {
+		stop = d.Stop
+	}
+	if err := stop(); err != nil {
 		d.t.Fatal(err)
 	}
 }

@@ -216,10 +216,9 @@ func TestKernelChangesUnderLoad(t *testing.T) {
 	})
 
 	phase("SIGKILL and start again", func() {
-		if err := d.proc.Signal(syscall.SIGKILL); err != nil {
+		if err := d.Kill(); err != nil {
 			t.Fatal(err)
 		}
-		<-d.proc.Done()
 		d = startFwdd(t, topo, loadConfig("b"))
 		mustGreet(t, topo.Client, "10.11.0.1:115", "backend")
 	})

@@ -15,10 +15,8 @@ func commandsAndFlags(t *testing.T) (cmds, flags []string) {
 	t.Helper()
 	_, list, _ := strings.Cut(usage, "commands:\n")
 	list, _, _ = strings.Cut(list, "\n\n")
-	for _, l := range strings.Split(list, "\n") {
-		if f := strings.Fields(l); len(f) > 0 {
-			cmds = append(cmds, f[0])
-		}
+	for _, m := range regexp.MustCompile(`(?m)^  ([a-z]+) `).FindAllStringSubmatch(list, -1) {
+		cmds = append(cmds, m[1]) // deeper-indented lines continue a description
 	}
 	var stderr bytes.Buffer
 	run([]string{"version", "-h"}, &bytes.Buffer{}, &stderr)
@@ -47,8 +45,8 @@ func TestManPageAndCompletionKnowEveryCommand(t *testing.T) {
 		if !regexp.MustCompile(`(?m)^\*\*` + c + `\*\*`).Match(man) {
 			t.Errorf("fwdd.8.md has no entry for the command %q", c)
 		}
-		if got := complete(t, "fwdd", c[:1]); !strings.Contains(" "+got+" ", " "+c+" ") {
-			t.Errorf("completing %q offers %q, not %q", c[:1], got, c)
+		if got := complete(t, "fwdd", c[:2]); !strings.Contains(" "+got+" ", " "+c+" ") {
+			t.Errorf("completing %q offers %q, not %q", c[:2], got, c)
 		}
 	}
 	for _, f := range flags {

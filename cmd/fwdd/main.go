@@ -39,7 +39,7 @@ commands:
   status   show the table, forwarding, conntrack and per-forward counters
   diff     what a reload with the file would change (exit 0 none, 1 changes, 2 error)
   doctor   check the gateway for what breaks forwarding, each problem with its fix
-  health   cheap check for keepalived's track_script (exit 0 healthy; see fwdd(8))
+  health   cheap check of this node for keepalived's track_script (exit codes: fwdd(8))
   version  print fwdd's version
 
 flags (all commands): -c, --config PATH (default /etc/fwdd/fwdd.toml)
