@@ -189,7 +189,7 @@ table ip strict {
 }
 `)
 	d := startFwdd(t, topo, reloadBefore)
-	if !strings.Contains(d.proc.Output(), "another firewall drops forwarded packets by default") ||
+	if !strings.Contains(d.proc.Output(), "another firewall drops fwdd's forwarded connections") ||
 		!strings.Contains(d.proc.Output(), "table ip strict chain forward") {
 		t.Errorf("no warning about the foreign drop policy:\n%s", d.proc.Output())
 	}

@@ -37,6 +37,8 @@ commands:
   print    print, in nft syntax, the table fwdd would program
   reload   check the config, signal the daemon, wait until the new rules are in
   status   show the table, forwarding, conntrack and per-forward counters (NAME...: only those)
+  diff     what a reload with the file would change (exit 0 none, 1 changes, 2 error)
+  doctor   check the gateway for what breaks forwarding, each problem with its fix
   health   cheap check of this node for keepalived's track_script (exit codes: fwdd(8))
   version  print fwdd's version
 
@@ -59,7 +61,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfgPath, "c", cfgPath, "config file")
 	fs.StringVar(&cfgPath, "config", cfgPath, "config file")
 	stateDir := fs.String("state-dir", fwdaemon.DefaultStateDir, "where the daemon records its latest apply")
-	jsonOut := fs.Bool("json", false, "status: print JSON")
+	jsonOut := fs.Bool("json", false, "status, doctor: print JSON")
+	probe := fs.Bool("probe", false, "doctor: connect to each backend")
 	timeout := fs.Duration("timeout", time.Minute, "reload: how long to wait for the daemon")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -97,6 +100,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "status":
 		return status(cfgPath, fs.Args(), *jsonOut, stdout, stderr)
+	case "diff":
+		return runDiff(cfgPath, *stateDir, stdout, stderr)
+	case "doctor":
+		return runDoctor(cfgPath, *stateDir, *probe, *jsonOut, stdout, stderr)
 	case "health":
 		res := selfcheck.Check(selfcheck.Options{ConfigPath: cfgPath, StateDir: *stateDir})
 		if res.Code == selfcheck.OK {
@@ -193,6 +200,7 @@ func reload(cfgPath, stateDir string, timeout time.Duration, stdout io.Writer) e
 				return fmt.Errorf("reload failed, the running rules are unchanged: %s", st.Error)
 			}
 			fmt.Fprintf(stdout, "reloaded: %d forwards\n", st.Forwards)
+			warnBlockers(cfgPath, stdout)
 			return nil
 		}
 		if d.Exited() {
@@ -241,6 +249,9 @@ func status(cfgPath string, only []string, jsonOut bool, stdout, stderr io.Write
 	}
 	if !r.Table.Present || !r.Table.MatchesConfig {
 		return 3 // like systemctl status: not running as configured
+	}
+	if len(r.Blockers) > 0 {
+		return 4 // another firewall drops the forwarded connections
 	}
 	return 0
 }

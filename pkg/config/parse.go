@@ -35,7 +35,7 @@ const MaxFileSize = 64 << 20
 var allowedKeys = map[string][]string{
 	"":          {"daemon", "sysctl", "conntrack", "forward"},
 	"daemon":    {"table", "on_stop", "log_level", "metrics", "forward_policy"},
-	"sysctl":    {"ip_forward", "rp_filter", "conntrack_max"},
+	"sysctl":    {"ip_forward", "rp_filter", "conntrack_max", "conntrack_buckets"},
 	"conntrack": {"warn_percent", "critical_percent"},
 	"forward":   {"name", "proto", "port", "address", "to", "backend", "balance", "health", "on_change", "interface", "sources", "snat", "log"},
 }
@@ -461,6 +461,8 @@ func parseSysctl(ps *problems, t map[string]any, lines *keyLines) Sysctl {
 			string(RPFilterKeep), string(RPFilterLoose), string(RPFilterOff))),
 		// nf_conntrack_max is a C int.
 		ConntrackMax: int(fs.integer("conntrack_max", t["conntrack_max"], 0, 0, 1<<31-1)),
+		// nf_conntrack_buckets is an unsigned int the kernel caps at 2^30.
+		ConntrackBuckets: int(fs.integer("conntrack_buckets", t["conntrack_buckets"], 0, 0, 1<<30)),
 	}
 }
 

@@ -331,6 +331,7 @@ func parseBadTests() []parseBadTest {
 		{"ip_forward type", "[sysctl]\nip_forward = \"yes\"\n", []string{"fwdd.toml:2: sysctl: ip_forward: must be true or false, not a string"}},
 		{"rp_filter", "[sysctl]\nrp_filter = \"strict\"\n", []string{`sysctl: rp_filter: "strict" is not allowed; must be "keep", "loose" or "off"`}},
 		{"conntrack_max negative", "[sysctl]\nconntrack_max = -1\n", []string{"sysctl: conntrack_max: -1 is out of range; must be between 0 and 2147483647"}},
+		{"conntrack_buckets too big", "[sysctl]\nconntrack_buckets = 2000000000\n", []string{"sysctl: conntrack_buckets: 2000000000 is out of range; must be between 0 and 1073741824"}},
 		{"warn range", "[conntrack]\nwarn_percent = 0\n", []string{"fwdd.toml:2: conntrack: warn_percent: 0 is out of range; must be between 1 and 100"}},
 		{"critical range", "[conntrack]\ncritical_percent = 101\n", []string{"conntrack: critical_percent: 101 is out of range; must be between 1 and 100"}},
 		{"critical float", "[conntrack]\ncritical_percent = 90.5\n", []string{"critical_percent: must be an integer between 1 and 100, not a float"}},
@@ -661,7 +662,7 @@ func TestKeys(t *testing.T) {
 	values := map[string]string{
 		"daemon.table": `"t"`, "daemon.on_stop": `"keep"`, "daemon.log_level": `"debug"`,
 		"daemon.metrics": `"127.0.0.1:9641"`, "daemon.forward_policy": `"drop"`,
-		"sysctl.ip_forward": "false", "sysctl.rp_filter": `"loose"`, "sysctl.conntrack_max": "1000",
+		"sysctl.ip_forward": "false", "sysctl.rp_filter": `"loose"`, "sysctl.conntrack_max": "1000", "sysctl.conntrack_buckets": "1000",
 		"conntrack.warn_percent": "10", "conntrack.critical_percent": "20",
 		"forward.name": `"a"`, "forward.proto": `"udp"`, "forward.port": "1", "forward.address": `"10.0.0.1"`,
 		"forward.to": `"10.0.0.2"`, "forward.interface": `"eth0"`, "forward.sources": `["10.1.0.0/16"]`,

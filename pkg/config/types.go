@@ -75,6 +75,9 @@ type Sysctl struct {
 	IPForward    bool     // default true
 	RPFilter     RPFilter // default keep
 	ConntrackMax int      // 0 = leave alone
+	// ConntrackBuckets sets nf_conntrack_buckets (the conntrack hash
+	// table's size) where the kernel allows it; 0 = leave alone.
+	ConntrackBuckets int
 }
 
 // Conntrack is the [conntrack] section.

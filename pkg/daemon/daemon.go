@@ -47,17 +47,23 @@ type Options struct {
 	// PressureInterval is how often the conntrack table fill is read
 	// (default conntrack.DefaultPressureInterval).
 	PressureInterval time.Duration
+	// CheckInterval is how often the table is checked when no nftables
+	// event says it changed (default DefaultCheckInterval).
+	CheckInterval time.Duration
 }
 
 // Kernel is what the daemon needs of nftables: run plans and read its
-// table back (nft.Backend), read the per-forward counters, and list other
-// tables' forward chains that drop by default.
+// table back (nft.Backend), read the per-forward counters, list other
+// tables' forward chains that drop fwdd's connections, and tell whether a
+// table of fwdd's name is fwdd's. A Kernel that also has
+// WatchEvents() (*nft.Events, error) is watched for changes (see guard.go).
 type Kernel interface {
 	nft.Backend
 	ReadTraffic(table string) (map[string]*nft.Traffic, error)
 	ReadTrafficOf(table string, ids map[string]uint32) (map[string]*nft.Traffic, error)
 	ReadTotals(table string) (nft.Totals, error)
-	ForeignDropPolicies(own string) ([]string, error)
+	ForeignBlockers(own string, tag, mask uint32) ([]nft.Blocker, error)
+	CheckOwner(table string) error
 }
 
 // Daemon owns fwdd's table for as long as it runs. What is in force (the
@@ -70,6 +76,7 @@ type Daemon struct {
 	state   State
 	metrics *metrics.Metrics
 	tasks   *tasks
+	guard   *guard // nil until Run
 	// applyMu serialises the batches of reloads and of health changes.
 	applyMu sync.Mutex
 	// parser keeps the decoded [[forward]] blocks of the last file, so a
@@ -179,6 +186,11 @@ func (d *Daemon) Start() error {
 			return err
 		}
 	}
+	// A table of that name that fwdd did not create is left alone.
+	if err := d.opts.Kernel.CheckOwner(cfg.Daemon.Table); err != nil {
+		d.record(err)
+		return err
+	}
 	if err := d.applySysctls(cfg); err != nil {
 		d.record(err)
 		return err
@@ -210,8 +222,8 @@ func (d *Daemon) Start() error {
 		return fmt.Errorf("apply table: %w", err)
 	}
 	d.publish(m, st, false)
+	d.recordApplied(cfg)
 	d.record(nil)
-	d.warnForeignDrops()
 	// Building the first batch is the daemon's peak: give that memory back.
 	debug.FreeOSMemory()
 	d.log.Info("forwarding",
@@ -220,21 +232,6 @@ func (d *Daemon) Start() error {
 		zap.Bool("adopted", have != nil && !st.Full),
 		zap.Int("messages", st.Messages), zap.Duration("elapsed", st.Elapsed))
 	return nil
-}
-
-// warnForeignDrops says when another table's forward chain drops by
-// default: fwdd cannot override it, the operator must allow fwdd's marks there.
-func (d *Daemon) warnForeignDrops() {
-	drops, err := d.opts.Kernel.ForeignDropPolicies(d.InForce().Table)
-	if err != nil {
-		d.log.Debug("cannot list other tables' chains", zap.Error(err))
-		return
-	}
-	for _, c := range drops {
-		d.log.Warn("another firewall drops forwarded packets by default; fwdd's connections need an accept rule there",
-			zap.String("chain", c), zap.String("policy", "drop"),
-			zap.String("allow", "ct mark and 0xff000000 == 0xfd000000 accept"))
-	}
 }
 
 // Reload re-reads the config and applies the changes in one transaction.
@@ -271,6 +268,9 @@ func (d *Daemon) reload(start time.Time) error {
 	if err != nil {
 		return fmt.Errorf("compile table: %w", err)
 	}
+	if err := d.opts.Kernel.CheckOwner(cfg.Daemon.Table); err != nil {
+		return err
+	}
 	if err := d.applySysctls(cfg); err != nil {
 		return err
 	}
@@ -297,6 +297,7 @@ func (d *Daemon) reload(start time.Time) error {
 		d.log.Warn("changes to [daemon] metrics and [conntrack] take effect at the next restart")
 	}
 	d.publish(m, st, true)
+	d.recordApplied(cfg)
 	d.deleteStaleFlows(staleFlows(cur.Config, cfg, cur.IDs))
 	d.log.Info("reloaded",
 		zap.Int("numForwards", len(cfg.Forwards)),
@@ -332,6 +333,10 @@ func (d *Daemon) Stop() error {
 		d.log.Info("stopping; rules stay in the kernel (on_stop = \"keep\")", zap.String("table", "inet "+cur.Table))
 		return nil
 	}
+	if err := d.opts.Kernel.CheckOwner(cur.Table); err != nil {
+		d.log.Warn("stopped; table not removed", zap.Error(err))
+		return nil
+	}
 	if err := d.applier.Delete(cur.Table); err != nil {
 		return fmt.Errorf("remove table on stop: %w", err)
 	}
@@ -356,6 +361,10 @@ func (d *Daemon) Run(ctx context.Context, sigs <-chan os.Signal) error {
 	case <-time.After(10 * time.Second):
 		d.log.Warn("conntrack watcher not ready after 10s; forwarding works, connection counts may lag")
 	}
+	select {
+	case <-d.guard.ready: // other firewalls' drops are logged before ready
+	case <-time.After(10 * time.Second):
+	}
 	d.opts.Notify("READY=1")
 	d.log.Info("ready", zap.Int("pid", os.Getpid()))
 	for {
@@ -371,6 +380,8 @@ func (d *Daemon) Run(ctx context.Context, sigs <-chan os.Signal) error {
 			case syscall.SIGTERM, syscall.SIGINT:
 				return d.stop(sigs)
 			}
+		case r := <-d.healRequests():
+			d.heal(r)
 		}
 	}
 }
@@ -388,6 +399,7 @@ func (d *Daemon) startTasks(ctx context.Context, g *errgroup.Group) {
 	g.Go(func() error { return d.tasks.watcher.Run(ctx) })
 	g.Go(func() error { return d.tasks.pressure.Run(ctx) })
 	g.Go(func() error { return d.tasks.conns.run(ctx) })
+	d.startGuard(ctx, g)
 	g.Go(func() error { return d.tasks.balancer.run(ctx) })
 	if addr := cfg.Daemon.Metrics; addr != "" {
 		g.Go(func() error {

@@ -26,9 +26,10 @@ func (d *Daemon) applySysctls(cfg *config.Config) error {
 // rp_filter for the interfaces forwards name.
 func sysctlPlan(c *config.Config) sysctl.Plan {
 	p := sysctl.Plan{
-		IPForward:    c.Sysctl.IPForward,
-		RPFilter:     sysctl.RPFilter(c.Sysctl.RPFilter),
-		ConntrackMax: c.Sysctl.ConntrackMax,
+		IPForward:        c.Sysctl.IPForward,
+		RPFilter:         sysctl.RPFilter(c.Sysctl.RPFilter),
+		ConntrackMax:     c.Sysctl.ConntrackMax,
+		ConntrackBuckets: c.Sysctl.ConntrackBuckets,
 	}
 	for i := range c.Forwards {
 		f := &c.Forwards[i]

@@ -64,6 +64,7 @@ type Metrics struct {
 	descPackets, descBytes, descLive, descEstablished, descNew                *prometheus.Desc
 	descAllPackets, descAllBytes, descAllLive, descAllEstablished, descAllNew *prometheus.Desc
 	descExported, descOverflows, descCTEntries, descCTLimit, descScrapeErrs   *prometheus.Desc
+	heal                                                                      healMetrics
 }
 
 // New registers fwdd's metrics.
@@ -126,6 +127,7 @@ func New(src Sources) *Metrics {
 	m.handler = promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{MaxRequestsInFlight: 1})
 	m.reloads.WithLabelValues("success")
 	m.reloads.WithLabelValues("failure")
+	m.heal = newHealMetrics(m.reg)
 	return m
 }
 

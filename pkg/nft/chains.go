@@ -25,7 +25,10 @@ type baseChain struct {
 var baseChains = []baseChain{
 	{name: "prerouting", typ: "nat", hook: "prerouting", priority: -100,
 		comment: "DNAT of connections arriving from the network",
-		rules:   func(config.ForwardPolicy) []Rule { return []Rule{{Stmts: []Stmt{jump(chainDispatch)}}} }},
+		// The first rule's comment marks the table as fwdd's (see Ownership).
+		rules: func(config.ForwardPolicy) []Rule {
+			return []Rule{{Comment: OwnerMark, Stmts: []Stmt{jump(chainDispatch)}}}
+		}},
 	{name: "output", typ: "nat", hook: "output", priority: -100,
 		comment: "DNAT of the host's own connections to its forwarded addresses",
 		rules: func(config.ForwardPolicy) []Rule {

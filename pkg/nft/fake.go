@@ -27,8 +27,10 @@ type Fake struct {
 	// unknownNext: the next Run ends in ErrOutcomeUnknown, after applying
 	// its plan if unknownCommits.
 	unknownNext, unknownCommits bool
-	// ForeignDrops is what ForeignDropPolicies reports.
-	ForeignDrops []string
+	// Blockers is what ForeignBlockers reports; NotOwned what CheckOwner
+	// returns (fake_guard.go).
+	Blockers []Blocker
+	NotOwned error
 }
 
 type fakeTable struct {
@@ -352,13 +354,6 @@ func (f *Fake) ReadTrafficOf(table string, ids map[string]uint32) (map[string]*T
 
 // ReadTotals reports zero: the fake forwards nothing.
 func (f *Fake) ReadTotals(string) (Totals, error) { return Totals{}, nil }
-
-// ForeignDropPolicies returns f.ForeignDrops.
-func (f *Fake) ForeignDropPolicies(string) ([]string, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return slices.Clone(f.ForeignDrops), nil
-}
 
 // ErrFakeNoTable is returned by Dump for a table that does not exist.
 var ErrFakeNoTable = errors.New("no such table")

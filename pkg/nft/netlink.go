@@ -387,35 +387,6 @@ func (k *Netlink) TableExists(table string) (bool, error) {
 	return false, nil
 }
 
-// ForeignDropPolicies lists base chains of other tables on the forward hook
-// whose policy is drop: every table's chains see each packet, so such a
-// chain drops fwdd's forwarded connections unless it accepts them. It only
-// reads.
-func (k *Netlink) ForeignDropPolicies(own string) ([]string, error) {
-	c, err := k.conn()
-	if err != nil {
-		return nil, err
-	}
-	chains, err := c.ListChains()
-	if err != nil {
-		return nil, fmt.Errorf("list chains: %w", err)
-	}
-	var out []string
-	for _, ch := range chains {
-		if ch.Table == nil || ch.Hooknum == nil || ch.Policy == nil {
-			continue
-		}
-		if ch.Table.Name == own && ch.Table.Family == nftables.TableFamilyINet {
-			continue
-		}
-		if *ch.Hooknum == *nftables.ChainHookForward && *ch.Policy == nftables.ChainPolicyDrop &&
-			(ch.Table.Family == nftables.TableFamilyINet || ch.Table.Family == nftables.TableFamilyIPv4 || ch.Table.Family == nftables.TableFamilyIPv6) {
-			out = append(out, fmt.Sprintf("table %s %s chain %s", familyName(ch.Table.Family), ch.Table.Name, ch.Name))
-		}
-	}
-	return out, nil
-}
-
 func familyName(f nftables.TableFamily) string {
 	switch f {
 	case nftables.TableFamilyIPv4:

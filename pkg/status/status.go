@@ -12,6 +12,7 @@ import (
 
 	"github.com/fwdd/fwdd/pkg/config"
 	"github.com/fwdd/fwdd/pkg/conntrack"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 	"github.com/fwdd/fwdd/pkg/nft"
 	"github.com/fwdd/fwdd/pkg/sysctl"
 )
@@ -61,6 +62,8 @@ type Report struct {
 	IPv6Forward bool      `json:"ipv6_forward"`
 	Conntrack   Conntrack `json:"conntrack"`
 	Forwards    []Forward `json:"forwards"`
+	// Blockers are other tables' forward chains that drop fwdd's connections.
+	Blockers []nft.Blocker `json:"blockers"`
 }
 
 // Sources are where Collect reads; zero values mean this host.
@@ -130,6 +133,9 @@ func Collect(cfg *config.Config, src Sources) (*Report, error) {
 	r.IPv6Forward = readBool(src.Sysctls, "net.ipv6.conf.all.forwarding")
 	if count, max, err := conntrack.CountFrom(src.Sysctls); err == nil {
 		r.Conntrack = Conntrack{Count: count, Max: max}
+	}
+	if r.Blockers, err = src.Kernel.ForeignBlockers(cfg.Daemon.Table, ctmarkTag, ctmarkMask); err != nil {
+		return nil, err
 	}
 	live := map[uint32]conntrack.Live{}
 	if present {
@@ -208,6 +214,9 @@ func missingTraffic(names []string, traffic map[string]*nft.Traffic) string {
 	}
 	return ""
 }
+
+// ctmarkTag and ctmarkMask are the ct mark bits of fwdd's connections.
+const ctmarkTag, ctmarkMask = ctmark.Tag, ctmark.Mask
 
 func readBool(s sysctl.Sysctls, name string) bool {
 	v, err := s.Get(name)
@@ -292,6 +301,9 @@ func (r *Report) WriteText(w io.Writer) error {
 		fmt.Fprintf(w, "  %s\n", r.Table.Problem)
 	}
 	fmt.Fprintf(w, "forwarding: ipv4 %s, ipv6 %s\n", onOff(r.IPForward), onOff(r.IPv6Forward))
+	for _, b := range r.Blockers {
+		fmt.Fprintf(w, "BLOCKED by %s: it drops fwdd's connections\n  allow them: %s\n", b, b.Allow)
+	}
 	if r.Conntrack.Max > 0 {
 		fmt.Fprintf(w, "conntrack: %d of %d entries (%.1f%%)\n", r.Conntrack.Count, r.Conntrack.Max,
 			100*float64(r.Conntrack.Count)/float64(r.Conntrack.Max))

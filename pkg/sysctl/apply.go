@@ -45,6 +45,9 @@ type Plan struct {
 	// child network namespace the kernel refuses; Apply then returns a
 	// *ReadOnlyError saying to set it on the host.
 	ConntrackMax int
+	// ConntrackBuckets sets net.netfilter.nf_conntrack_buckets (the hash
+	// table's size) when > 0; like ConntrackMax, only on the host.
+	ConntrackBuckets int
 }
 
 type setting struct {
@@ -77,6 +80,9 @@ func (p Plan) settings() []setting {
 	}
 	if p.ConntrackMax > 0 {
 		ss = append(ss, setting{name: "net.netfilter.nf_conntrack_max", value: strconv.Itoa(p.ConntrackMax)})
+	}
+	if p.ConntrackBuckets > 0 {
+		ss = append(ss, setting{name: "net.netfilter.nf_conntrack_buckets", value: strconv.Itoa(p.ConntrackBuckets)})
 	}
 	return ss
 }

@@ -70,7 +70,7 @@ type ReadOnlyError struct {
 }
 
 func (e *ReadOnlyError) Error() string {
-	if e.Name == "net.netfilter.nf_conntrack_max" {
+	if e.Name == "net.netfilter.nf_conntrack_max" || e.Name == "net.netfilter.nf_conntrack_buckets" {
 		// The kernel makes it 0444 in every namespace but the initial one.
 		return e.Name + " is read-only in this network namespace (it is host-wide); set it on the host"
 	}

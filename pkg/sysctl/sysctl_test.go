@@ -147,13 +147,14 @@ func TestReadOnlyError(t *testing.T) {
 
 func TestApply(t *testing.T) {
 	base := map[string]string{
-		"net/ipv4/ip_forward":              "0",
-		"net/ipv6/conf/all/forwarding":     "0",
-		"net/ipv4/conf/all/rp_filter":      "1",
-		"net/ipv4/conf/default/rp_filter":  "1",
-		"net/ipv4/conf/eth1/rp_filter":     "1",
-		"net/ipv4/conf/eth0.100/rp_filter": "2",
-		"net/netfilter/nf_conntrack_max":   "262144",
+		"net/ipv4/ip_forward":                "0",
+		"net/ipv6/conf/all/forwarding":       "0",
+		"net/ipv4/conf/all/rp_filter":        "1",
+		"net/ipv4/conf/default/rp_filter":    "1",
+		"net/ipv4/conf/eth1/rp_filter":       "1",
+		"net/ipv4/conf/eth0.100/rp_filter":   "2",
+		"net/netfilter/nf_conntrack_max":     "262144",
+		"net/netfilter/nf_conntrack_buckets": "262144",
 	}
 	type logLine struct{ Msg, Sysctl, Old, New, Interface, Note string }
 	tests := []struct {
@@ -212,6 +213,20 @@ func TestApply(t *testing.T) {
 			want:     map[string]string{"net/ipv4/ip_forward": "1"},
 			wantLogs: []logLine{{Msg: "sysctl changed", Sysctl: "net.ipv4.ip_forward", Old: "0", New: "1"}},
 			wantErr:  "net.netfilter.nf_conntrack_max is read-only in this network namespace (it is host-wide); set it on the host",
+		},
+		{
+			name:     "conntrack buckets read-only (a child namespace)",
+			plan:     Plan{ConntrackBuckets: 1 << 19},
+			readOnly: []string{"net.netfilter.nf_conntrack_buckets"},
+			wantErr:  "net.netfilter.nf_conntrack_buckets is read-only in this network namespace (it is host-wide); set it on the host",
+		},
+		{
+			name: "conntrack buckets",
+			plan: Plan{ConntrackBuckets: 1 << 20},
+			want: map[string]string{"net/netfilter/nf_conntrack_buckets": "1048576"},
+			wantLogs: []logLine{
+				{Msg: "sysctl changed", Sysctl: "net.netfilter.nf_conntrack_buckets", Old: "262144", New: "1048576"},
+			},
 		},
 		{
 			name: "conntrack max",

@@ -1,0 +1,94 @@
+package main
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/fwdd/fwdd/pkg/config"
+	fwdaemon "github.com/fwdd/fwdd/pkg/daemon"
+	"github.com/fwdd/fwdd/pkg/nft"
+)
+
+// runDiff prints what a reload with the file would change, like diff(1):
+// exit 0 when nothing, 1 when something would change, 2 on error.
+func runDiff(cfgPath, stateDir string, stdout, stderr io.Writer) int {
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 2
+	}
+	running, err := fwdaemon.ReadApplied(stateDir)
+	if err != nil {
+		fmt.Fprintf(stderr, "fwdd diff: is fwdd running? %v\n", err)
+		return 2
+	}
+	forwards, settings := config.Diff(running, cfg)
+	fmt.Fprintf(stdout, "--- in force (%s)\n+++ %s\n", fwdaemon.AppliedPath(stateDir), cfgPath)
+	for _, s := range settings {
+		fmt.Fprintf(stdout, "~ %s: %s -> %s\n", s.Field, s.Old, s.New)
+	}
+	for _, f := range forwards {
+		switch f.Kind {
+		case "added":
+			fmt.Fprintf(stdout, "+ forward %s\n", f.Name)
+			for _, kv := range config.ForwardFields(cfg.ForwardByName(f.Name)) {
+				fmt.Fprintf(stdout, "    %s = %s\n", kv[0], kv[1])
+			}
+		case "removed":
+			fmt.Fprintf(stdout, "- forward %s\n", f.Name)
+		case "changed":
+			fmt.Fprintf(stdout, "~ forward %s\n", f.Name)
+			for _, c := range f.Fields {
+				fmt.Fprintf(stdout, "    %s: %s -> %s\n", c.Field, c.Old, c.New)
+			}
+		}
+	}
+	p, err := reloadPlan(running, cfg)
+	if err != nil {
+		fmt.Fprintln(stderr, "fwdd diff:", err)
+		return 2
+	}
+	if len(forwards)+len(settings) == 0 && p.Empty() {
+		fmt.Fprintln(stdout, "no difference")
+		return 0
+	}
+	if p.Empty() {
+		fmt.Fprintln(stdout, "\nthe table would not change (no batch)")
+	} else {
+		kind := "only the differences"
+		if p.Full {
+			kind = "the whole table (resets its counters)"
+		}
+		fmt.Fprintf(stdout, "\nthe batch a reload would send, %d messages, %s:\n%s", p.Messages(), kind, p.String())
+	}
+	return 1
+}
+
+// reloadPlan is the batch a reload with cfg would send: the differences
+// from the config in force, or the whole table when the kernel's table no
+// longer holds what fwdd applied.
+func reloadPlan(running, cfg *config.Config) (*nft.Plan, error) {
+	have, err := (&nft.Netlink{}).Read(running.Daemon.Table, true)
+	if err != nil {
+		return nil, fmt.Errorf("read table inet %s: %w", running.Daemon.Table, err)
+	}
+	compile := func(c *config.Config) (*nft.Model, error) {
+		ids, err := nft.AssignIDs(c)
+		if err != nil {
+			return nil, err
+		}
+		return nft.Compile(c, ids)
+	}
+	old, err := compile(running)
+	if err != nil {
+		return nil, err
+	}
+	m, err := compile(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if have.Differs(old) != nil {
+		return nft.Replace(m), nil
+	}
+	return nft.Diff(old, m), nil
+}

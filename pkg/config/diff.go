@@ -1,0 +1,180 @@
+package config
+
+import (
+	"fmt"
+	"reflect"
+	"strings"
+)
+
+// FieldChange is one field that differs between two versions of a forward
+// or section, in the file's syntax.
+type FieldChange struct {
+	Field    string `json:"field"`
+	Old, New string
+}
+
+// ForwardChange is a forward added, removed or changed between two configs.
+type ForwardChange struct {
+	Name string `json:"name"`
+	// Kind is "added", "removed" or "changed".
+	Kind   string        `json:"kind"`
+	Fields []FieldChange `json:"fields,omitempty"` // for "changed"
+}
+
+// Diff lists the forwards of b that are not in a (added), those of a not
+// in b (removed), and those in both that differ, field by field; then the
+// [daemon], [sysctl] and [conntrack] keys that differ. Forwards come in b's
+// order, removed ones last in a's order.
+func Diff(a, b *Config) (forwards []ForwardChange, settings []FieldChange) {
+	old := a.ForwardsByName()
+	seen := map[string]bool{}
+	for i := range b.Forwards {
+		f := &b.Forwards[i]
+		seen[f.Name] = true
+		o, ok := old[f.Name]
+		switch {
+		case !ok:
+			forwards = append(forwards, ForwardChange{Name: f.Name, Kind: "added"})
+		case !o.Equal(f):
+			forwards = append(forwards, ForwardChange{Name: f.Name, Kind: "changed", Fields: forwardFields(o, f)})
+		}
+	}
+	for i := range a.Forwards {
+		if !seen[a.Forwards[i].Name] {
+			forwards = append(forwards, ForwardChange{Name: a.Forwards[i].Name, Kind: "removed"})
+		}
+	}
+	settings = append(settings, sectionFields("daemon", a.Daemon, b.Daemon)...)
+	settings = append(settings, sectionFields("sysctl", a.Sysctl, b.Sysctl)...)
+	settings = append(settings, sectionFields("conntrack", a.Conntrack, b.Conntrack)...)
+	return forwards, settings
+}
+
+// ForwardFields renders each field of a forward in the file's syntax.
+func ForwardFields(f *Forward) [][2]string {
+	protos := make([]string, len(f.Protos))
+	for i, p := range f.Protos {
+		protos[i] = fmt.Sprintf("%q", p.String())
+	}
+	proto := protos[0]
+	if len(protos) > 1 {
+		proto = "[" + strings.Join(protos, ", ") + "]"
+	}
+	addr := `""`
+	if !f.Local() {
+		addr = fmt.Sprintf("%q", f.Address)
+	}
+	to := f.To.String()
+	if f.To.Is6() && !f.ToPort.IsZero() {
+		to = "[" + to + "]"
+	}
+	if !f.ToPort.IsZero() {
+		to += ":" + portRangeText(f.ToPort)
+	}
+	sources := make([]string, len(f.Sources))
+	for i, s := range f.Sources {
+		sources[i] = fmt.Sprintf("%q", s)
+	}
+	snat := `"masquerade"`
+	switch f.SNAT.Kind {
+	case SNATNone:
+		snat = `"none"`
+	case SNATFixed:
+		snat = fmt.Sprintf("%q", f.SNAT.Addr)
+	}
+	return [][2]string{
+		{"proto", proto},
+		{"port", fmt.Sprintf("%q", portRangeText(f.Port))},
+		{"address", addr},
+		{"to", fmt.Sprintf("%q", to)},
+		{"interface", fmt.Sprintf("%q", f.Interface)},
+		{"sources", "[" + strings.Join(sources, ", ") + "]"},
+		{"snat", snat},
+		{"log", fmt.Sprint(f.Log)},
+	}
+}
+
+func portRangeText(r PortRange) string {
+	if r.Lo == r.Hi {
+		return fmt.Sprint(r.Lo)
+	}
+	return fmt.Sprintf("%d-%d", r.Lo, r.Hi)
+}
+
+func forwardFields(a, b *Forward) []FieldChange {
+	fa, fb := ForwardFields(a), ForwardFields(b)
+	var out []FieldChange
+	for i := range fa {
+		if fa[i][1] != fb[i][1] {
+			out = append(out, FieldChange{Field: fa[i][0], Old: fa[i][1], New: fb[i][1]})
+		}
+	}
+	return out
+}
+
+// sectionFields compares two values of a section struct field by field; the
+// keys are the struct fields' names in the file's snake_case.
+func sectionFields(section string, a, b any) []FieldChange {
+	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
+	var out []FieldChange
+	for i := 0; i < va.NumField(); i++ {
+		x, y := va.Field(i).Interface(), vb.Field(i).Interface()
+		if reflect.DeepEqual(x, y) {
+			continue
+		}
+		out = append(out, FieldChange{Field: section + "." + snake(va.Type().Field(i).Name),
+			Old: fmt.Sprintf("%v", x), New: fmt.Sprintf("%v", y)})
+	}
+	return out
+}
+
+// snake turns a Go field name into the file's key: IPForward -> ip_forward,
+// ConntrackMax -> conntrack_max.
+func snake(name string) string {
+	var b strings.Builder
+	runes := []rune(name)
+	for i, r := range runes {
+		upper := r >= 'A' && r <= 'Z'
+		if upper && i > 0 {
+			prevLower := runes[i-1] >= 'a' && runes[i-1] <= 'z'
+			nextLower := i+1 < len(runes) && runes[i+1] >= 'a' && runes[i+1] <= 'z'
+			if prevLower || (nextLower && runes[i-1] >= 'A' && runes[i-1] <= 'Z') {
+				b.WriteByte('_')
+			}
+		}
+		b.WriteString(strings.ToLower(string(r)))
+	}
+	return b.String()
+}
+
+// TOML renders the configuration as a file that parses back to it (every
+// key spelled out), e.g. to keep a record of the configuration in force
+// that a later process can compare with.
+func (c *Config) TOML() []byte {
+	var b strings.Builder
+	for _, sec := range []struct {
+		name string
+		v    any
+	}{{"daemon", c.Daemon}, {"sysctl", c.Sysctl}, {"conntrack", c.Conntrack}} {
+		fmt.Fprintf(&b, "[%s]\n", sec.name)
+		v := reflect.ValueOf(sec.v)
+		for i := 0; i < v.NumField(); i++ {
+			f := v.Field(i)
+			val := fmt.Sprint(f.Interface())
+			if f.Kind() == reflect.String {
+				val = fmt.Sprintf("%q", f.String())
+			}
+			fmt.Fprintf(&b, "%s = %s\n", snake(v.Type().Field(i).Name), val)
+		}
+		b.WriteString("\n")
+	}
+	for i := range c.Forwards {
+		f := &c.Forwards[i]
+		fmt.Fprintf(&b, "[[forward]]\nname = %q\n", f.Name)
+		for _, kv := range ForwardFields(f) {
+			fmt.Fprintf(&b, "%s = %s\n", kv[0], kv[1])
+		}
+		b.WriteString("\n")
+	}
+	return []byte(b.String())
+}

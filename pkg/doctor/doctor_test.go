@@ -1,0 +1,178 @@
+package doctor
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jsimonetti/rtnetlink/v2"
+
+	"github.com/fwdd/fwdd/pkg/config"
+)
+
+func mustParse(t *testing.T, text string) *config.Config {
+	t.Helper()
+	cfg, err := config.Parse("t.toml", []byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+func TestConntrackResult(t *testing.T) {
+	c := config.Conntrack{WarnPercent: 80, CriticalPercent: 95}
+	for _, tc := range []struct {
+		count, max int
+		want       Status
+	}{{10, 100, OK}, {79, 100, OK}, {80, 100, Warn}, {95, 100, Fail}, {100, 100, Fail}, {5, 0, OK}} {
+		r := conntrackResult(tc.count, tc.max, c)
+		if r.Status != tc.want {
+			t.Errorf("%d/%d: %s, want %s", tc.count, tc.max, r.Status, tc.want)
+		}
+		if r.Status != OK && !strings.Contains(r.Fix, "conntrack_max = ") {
+			t.Errorf("%d/%d: fix %q", tc.count, tc.max, r.Fix)
+		}
+	}
+}
+
+func TestBucketsResult(t *testing.T) {
+	if r := bucketsResult(262144, 262144); r.Status != OK {
+		t.Errorf("equal: %+v", r)
+	}
+	r := bucketsResult(1048576, 65536)
+	if r.Status != Warn || !strings.Contains(r.Fix, "[sysctl] conntrack_buckets = 1048576") {
+		t.Errorf("16 per bucket: %+v", r)
+	}
+}
+
+func TestSoftirqShare(t *testing.T) {
+	before := "cpu  100 0 100 700 0 0 100 0 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n"
+	after := "cpu  110 0 110 720 0 0 160 0 5 5\n"
+	got, err := softirqShare(before, after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != 60 { // 60 softirq jiffies of 100
+		t.Errorf("share %v, want 60", got)
+	}
+	if r := softirqResult(got, time.Second); r.Status != Warn || !strings.Contains(r.Fix, "rps_cpus") {
+		t.Errorf("result %+v", r)
+	}
+	if r := softirqResult(3, time.Second); r.Status != OK {
+		t.Errorf("result %+v", r)
+	}
+	if _, err := softirqShare("intr 1 2\n", after); err == nil {
+		t.Error("no cpu line: no error")
+	}
+}
+
+const interrupts = `           CPU0       CPU1
+ 24:     120000          0   PCI-MSI 1048576-edge      eth0-rx-0
+ 25:      50000          0   PCI-MSI 1048577-edge      eth0-rx-1
+ 26:          3          0   PCI-MSI 1048578-edge      eth10-rx-0
+ 27:          0          0   PCI-MSI 1048579-edge      virtio0-config
+`
+
+func TestQueues(t *testing.T) {
+	irqs := irqCounts(interrupts, "eth0")
+	if len(irqs) != 2 || irqs["24"][0] != 120000 {
+		t.Fatalf("irqCounts: %v", irqs)
+	}
+	if r := queuesResult("eth0", 2, 2, irqs, true); r.Status != Warn || !strings.Contains(r.Fix, "irqbalance") {
+		t.Errorf("one CPU: %+v", r)
+	}
+	if r := queuesResult("eth0", 1, 4, nil, false); r.Status != Warn || !strings.Contains(r.Fix, "echo f > /sys/class/net/eth0/queues/rx-0/rps_cpus") {
+		t.Errorf("one queue: %+v", r)
+	}
+	spread := map[string][]uint64{"24": {5, 0}, "25": {0, 7}}
+	if r := queuesResult("eth0", 2, 2, spread, true); r.Status != OK {
+		t.Errorf("spread: %+v", r)
+	}
+}
+
+func TestZeroCounters(t *testing.T) {
+	cfg := mustParse(t, "[[forward]]\nname = \"a\"\nport = 80\nto = \"10.0.0.2\"\n[[forward]]\nname = \"b\"\nport = 81\nto = \"10.0.0.2\"\n")
+	rs := zeroCounters(cfg, map[string]uint64{"a": 10, "b": 0})
+	if len(rs) != 2 || rs[0].Status != OK || rs[1].Status != Warn || !strings.Contains(rs[1].Fix, "port 81") {
+		t.Errorf("one moves: %+v", rs)
+	}
+	for _, r := range zeroCounters(cfg, map[string]uint64{"a": 0, "b": 0}) {
+		if r.Status != OK {
+			t.Errorf("all idle is not a problem: %+v", r)
+		}
+	}
+}
+
+func TestOffloadResult(t *testing.T) {
+	if r := offloadResult("flannel.1", "vxlan", true, true, [2]int{5, 4}); r.Status != Fail || r.Fix != "ethtool -K flannel.1 tx-checksum-ip-generic off" {
+		t.Errorf("old kernel: %+v", r)
+	}
+	if r := offloadResult("flannel.1", "vxlan", true, true, [2]int{6, 1}); r.Status != OK {
+		t.Errorf("fixed kernel: %+v", r)
+	}
+	if r := offloadResult("flannel.1", "vxlan", false, true, [2]int{5, 4}); r.Status != OK {
+		t.Errorf("offload off: %+v", r)
+	}
+}
+
+func TestDropsResult(t *testing.T) {
+	if r := dropsResult("eth0", rtnetlink.LinkStats64{RXPackets: 10}); r.Status != OK {
+		t.Errorf("%+v", r)
+	}
+	r := dropsResult("eth0", rtnetlink.LinkStats64{RXPackets: 10, RXDropped: 2, RXOverErrors: 1})
+	if r.Status != Warn || r.Message != "receive: 2 dropped, 1 overruns of 10 packets since it came up" {
+		t.Errorf("%+v", r)
+	}
+}
+
+func TestRPInterfaces(t *testing.T) {
+	cfg := mustParse(t, "[[forward]]\nname = \"a\"\nport = 80\ninterface = \"eth1\"\nto = \"10.0.0.2\"\n"+
+		"[[forward]]\nname = \"b\"\nport = 81\naddress = \"192.0.2.1\"\nto = \"10.0.0.2\"\n"+
+		"[[forward]]\nname = \"c\"\nport = 82\nto = \"[fd00::2]:80\"\n")
+	n := &netInfo{links: []*link{
+		{name: "lo", up: true, loopback: true},
+		{name: "eth0", up: true},
+		{name: "eth2", up: true, addrs: nil},
+		{name: "eth3", up: true},
+	}}
+	n.links[3].addrs = append(n.links[3].addrs, mustAddr(t, "192.0.2.1"))
+	got := strings.Join(rpInterfaces(cfg, n), ",")
+	if got != "eth1,eth3" {
+		t.Errorf("rpInterfaces = %s, want eth1,eth3", got)
+	}
+}
+
+func TestWriteText(t *testing.T) {
+	var b strings.Builder
+	rs := []Result{
+		{Check: "ip_forward", Subject: "ipv4", Status: Fail, Message: "off", Fix: "sysctl -w net.ipv4.ip_forward=1"},
+		{Check: "softirq", Status: Warn, Advice: true, Message: "high", Fix: "spread"},
+		{Check: "table", Status: OK, Message: "fine"},
+	}
+	if err := WriteText(&b, rs); err != nil {
+		t.Fatal(err)
+	}
+	want := `fail   ip_forward ipv4: off
+       fix: sysctl -w net.ipv4.ip_forward=1
+advice softirq: high
+       fix: spread
+ok     table: fine
+3 results: 1 failed, 1 warnings
+`
+	if b.String() != want {
+		t.Errorf("got:\n%s\nwant:\n%s", b.String(), want)
+	}
+	if !Failed(rs) || Failed(rs[1:]) {
+		t.Error("Failed")
+	}
+}
+
+func mustAddr(t *testing.T, s string) netip.Addr {
+	t.Helper()
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
