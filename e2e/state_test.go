@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -43,6 +44,16 @@ func TestKernelReloadTwoNamespaces(t *testing.T) {
 	a := start(topoA, filepath.Join(dir, "a"))
 	b := start(topoB, filepath.Join(dir, "b"))
 	reloads := func(d *daemon) int { return strings.Count(d.proc.Output(), "\treloaded\t") }
+	stop := func(d *daemon) {
+		if err := d.proc.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-d.proc.Done():
+		case <-time.After(20 * time.Second):
+			t.Fatalf("fwdd did not stop:\n%s", d.proc.Output())
+		}
+	}
 
 	// Each reload reaches its own daemon.
 	for _, d := range []*daemon{a, b} {
@@ -83,11 +94,11 @@ func TestKernelReloadTwoNamespaces(t *testing.T) {
 
 	// The daemon's next apply writes its own record again, and on exit
 	// it removes only its own record.
-	b.stop()
+	stop(b)
 	if _, err := os.Lstat(filepath.Join(b.stateDir, "state.json")); !os.IsNotExist(err) {
 		t.Errorf("B's state survived its exit: %v", err)
 	}
-	a.stop()
+	stop(a)
 	if _, err := os.Lstat(aState); err != nil {
 		t.Errorf("A removed a state that was not its own (planted B's): %v", err)
 	}
