@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mdlayher/netlink"
-	ct "github.com/ti-mo/conntrack"
 	"golang.org/x/sys/unix"
 
 	"github.com/fwdd/fwdd/internal/sandbox"
@@ -67,15 +65,7 @@ type entryKey struct {
 
 func dumpEntries(t *testing.T, gw int) map[entryKey]int {
 	t.Helper()
-	c, err := ct.Dial(&netlink.Config{NetNS: gw})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	flows, err := c.Dump(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	flows := dumpAll(t, gw)
 	out := map[entryKey]int{}
 	for _, f := range flows {
 		if _, ok := ctmark.ID(f.Mark); ok {

@@ -104,9 +104,9 @@ func udpFlows(t *testing.T, topo *sandbox.Topology, firstPort, n int, dport uint
 	}
 }
 
-// truth counts the gateway's entries per forward with ti-mo/conntrack's
-// full dump, independently of the code under test.
-func truth(t *testing.T, gw int) map[uint32]Live {
+// dumpAll returns every conntrack entry of the gateway namespace, read
+// with ti-mo/conntrack's full dump, independently of the code under test.
+func dumpAll(t *testing.T, gw int) []ct.Flow {
 	t.Helper()
 	c, err := ct.Dial(&netlink.Config{NetNS: gw})
 	if err != nil {
@@ -117,6 +117,14 @@ func truth(t *testing.T, gw int) map[uint32]Live {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return flows
+}
+
+// truth counts the gateway's entries per forward with ti-mo/conntrack's
+// full dump, independently of the code under test.
+func truth(t *testing.T, gw int) map[uint32]Live {
+	t.Helper()
+	flows := dumpAll(t, gw)
 	out := map[uint32]Live{}
 	for _, f := range flows {
 		if id, ok := ctmark.ID(f.Mark); ok {

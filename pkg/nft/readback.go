@@ -79,24 +79,6 @@ func (t *Traffic) set(set string, packets, bytes uint64) {
 	}
 }
 
-// ReadIDs returns the forward ids recorded in the kernel's table (empty when
-// the table does not exist), so a restarted daemon keeps them.
-func (k *Netlink) ReadIDs(table string) (map[string]uint32, error) {
-	exists, err := k.TableExists(table)
-	if err != nil || !exists {
-		return map[string]uint32{}, err
-	}
-	tr, err := k.ReadTraffic(table)
-	if err != nil {
-		return nil, err
-	}
-	ids := make(map[string]uint32, len(tr))
-	for name, t := range tr {
-		ids[name] = t.ID
-	}
-	return ids, nil
-}
-
 // Totals are the counters of all forwards together: the rule counters of
 // the counting chains, read without walking the per-forward sets.
 type Totals struct {
