@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/BurntSushi/toml"
 	"github.com/fwdd/fwdd/pkg/ctmark"
@@ -276,7 +277,25 @@ func syntaxProblem(path, text string, err error) *Problem {
 	case strings.HasPrefix(msg, "expected '.' or ']' to end table name"):
 		msg = "the header is not closed: write [name], e.g. [daemon]"
 	}
-	return &Problem{Path: path, Line: line, Msg: "invalid TOML: " + msg, Err: err}
+	return &Problem{Path: path, Line: line, Msg: "invalid TOML: " + oneLine(msg), Err: err}
+}
+
+// oneLine escapes the control characters the library quotes from the file
+// (`not a binary number: '0b\n'`), so a message stays on one journal line.
+func oneLine(s string) string {
+	if !strings.ContainsFunc(s, unicode.IsControl) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if unicode.IsControl(r) {
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 func forwardWhere(i int, t map[string]any) string {

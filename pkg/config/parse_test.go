@@ -544,6 +544,7 @@ func parseBadTests() []parseBadTest {
 		{"metrics host", "[daemon]\nmetrics = \"not a host:9641\"\n", []string{`fwdd.toml:2: daemon: metrics: "not a host:9641": host "not a host" is not an IP address (or localhost); must be "" (off) or host:port`}},
 
 		// Messages name the line, in fwdd's words.
+		{"newline quoted by the library", "a = 0b\n", []string{`fwdd.toml:1: invalid TOML: not a binary number: '0b\n'`}},
 		{"unclosed array header", "[[forward]\nname = \"a\"\n", []string{`fwdd.toml:1: invalid TOML: the header is not closed: write [[name]], e.g. [[forward]]`}},
 		{"unclosed header", "a = 1\n[daemon\ntable = \"x\"\n", []string{`fwdd.toml:2: invalid TOML: the header is not closed: write [name], e.g. [daemon]`}},
 		{"top-level forward key", "\nforward.name = \"a\"\n", []string{`fwdd.toml:2: forward: must be an array of tables, not a table: write [[forward]] on a line of its own, then its keys`}},
