@@ -38,8 +38,8 @@ import (
 // not be modified.
 type Parser struct {
 	// CacheLimit is the most [[forward]] blocks the Parser remembers
-	// (0: no limit). A configuration with more is parsed afresh each time
-	// and nothing of it is kept.
+	// (0: no limit, negative: none). A configuration with more is parsed
+	// afresh each time and nothing of it is kept.
 	CacheLimit int
 
 	mu sync.Mutex

@@ -18,11 +18,8 @@ import (
 // up to /, as sshd's StrictModes requires. Group-readable files (0640
 // root:fwdd) are fine.
 func Load(path string) (*Config, error) {
-	srcs, err := readConfig(path, rootOnly)
-	if err != nil {
-		return nil, err
-	}
-	return parseFiles(srcs)
+	p := Parser{CacheLimit: -1} // its parallel decode, nothing kept
+	return p.Load(path)
 }
 
 // Dir returns the config directory of the config file at path: forwards may

@@ -245,9 +245,14 @@ func (d *Daemon) Reload() error {
 		d.metrics.ReloadFailed()
 		d.log.Error("reload failed; the running rules are unchanged", zap.Error(err))
 	}
-	debug.FreeOSMemory() // after the verdict is recorded: not in the reload's latency
 	return err
 }
+
+// freeDelay is how long after a reload its memory goes back to the OS
+// (debug.FreeOSMemory, a full collection): not at once, because the next
+// reload would then fault every page of its working set in again, which
+// took longer than the reload's own work; reloads often come in bursts.
+const freeDelay = 2 * time.Second
 
 func (d *Daemon) reload(start time.Time) error {
 	cfg, err := d.opts.Load()
@@ -382,6 +387,7 @@ func (d *Daemon) Run(ctx context.Context, sigs <-chan os.Signal) error {
 	}
 	d.opts.Notify("READY=1")
 	d.log.Info("ready", zap.Int("pid", os.Getpid()))
+	var free <-chan time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -392,11 +398,15 @@ func (d *Daemon) Run(ctx context.Context, sigs <-chan os.Signal) error {
 				d.opts.Notify(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", monotonicUsec()))
 				_ = d.Reload()
 				d.opts.Notify("READY=1")
+				free = time.After(freeDelay)
 			case syscall.SIGTERM, syscall.SIGINT:
 				return d.stop(sigs)
 			}
 		case r := <-d.healRequests():
 			d.heal(r)
+		case <-free:
+			free = nil
+			debug.FreeOSMemory()
 		}
 	}
 }
