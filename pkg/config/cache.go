@@ -1,10 +1,13 @@
 package config
 
 import (
+	"errors"
 	"runtime"
 	"slices"
 	"strings"
 	"sync"
+
+	"golang.org/x/sync/errgroup"
 )
 
 // Reusing the forwards that did not change.
@@ -15,7 +18,7 @@ import (
 // each file at the lines that start with [[forward]] and looks each block
 // up by its text; the blocks it has not seen before are decoded, through the
 // same decodeFile as a whole file, as documents made of those blocks alone
-// (one per CPU, in parallel).
+// (in parallel, one per CPU).
 //
 // Blocks decoded this way mean what they mean in the file when the document
 // decodes without a problem to exactly one forward per block, each with its
@@ -184,20 +187,31 @@ func (p *Parser) fromBlocks(srcs []source) *Config {
 	return c
 }
 
+// blocksPerDocument bounds the blocks decoded as one document: what the
+// library builds for a document lives until it is decoded, so all of a
+// 100,000-forward file at once would add to the daemon's peak memory.
+const blocksPerDocument = 4096
+
 // decodeBlocks decodes the blocks texts into out, in documents of many
-// blocks decoded in parallel, and reports whether each decoded as one
-// forward and nothing else.
+// blocks decoded in parallel (one per CPU), and reports whether each block
+// decoded as one forward and nothing else.
 func decodeBlocks(out []*Forward, texts []string) bool {
-	parts := min(runtime.GOMAXPROCS(0), (len(texts)+255)/256)
-	ok := make([]bool, parts)
-	var wg sync.WaitGroup
-	for k := range parts {
-		lo, hi := k*len(texts)/parts, (k+1)*len(texts)/parts
-		wg.Go(func() { ok[k] = decodeDocument(out[lo:hi], texts[lo:hi]) })
+	var g errgroup.Group
+	g.SetLimit(runtime.GOMAXPROCS(0))
+	for lo := 0; lo < len(texts); lo += blocksPerDocument {
+		hi := min(lo+blocksPerDocument, len(texts))
+		g.Go(func() error {
+			if !decodeDocument(out[lo:hi], texts[lo:hi]) {
+				return errDoubt
+			}
+			return nil
+		})
 	}
-	wg.Wait()
-	return !slices.Contains(ok, false)
+	return g.Wait() == nil
 }
+
+// errDoubt says that blocks do not decode as one forward each.
+var errDoubt = errors.New("decode the files whole")
 
 // decodeDocument decodes blocks as one document.
 func decodeDocument(out []*Forward, texts []string) bool {
