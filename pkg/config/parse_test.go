@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -15,7 +16,7 @@ import (
 func defaultConfig() Config {
 	return Config{
 		Path:      "fwdd.toml",
-		Daemon:    Daemon{Table: "fwdd", OnStop: OnStopFlush, LogLevel: "info", ForwardPolicy: ForwardAccept},
+		Daemon:    Daemon{Table: "fwdd", OnStop: OnStopFlush, LogLevel: "info", ForwardPolicy: ForwardAccept, CtMark: ctmark.Default},
 		Sysctl:    Sysctl{IPForward: true, RPFilter: RPFilterKeep},
 		Conntrack: Conntrack{WarnPercent: 80, CriticalPercent: 95},
 	}
@@ -68,7 +69,7 @@ critical_percent = 100
 `,
 			want: &Config{
 				Path:      "fwdd.toml",
-				Daemon:    Daemon{Table: "nat-fwd", OnStop: OnStopKeep, LogLevel: "debug", Metrics: "[::1]:9650", ForwardPolicy: ForwardDrop},
+				Daemon:    Daemon{Table: "nat-fwd", OnStop: OnStopKeep, LogLevel: "debug", Metrics: "[::1]:9650", ForwardPolicy: ForwardDrop, CtMark: ctmark.Default},
 				Sysctl:    Sysctl{IPForward: false, RPFilter: RPFilterLoose, ConntrackMax: 262144},
 				Conntrack: Conntrack{WarnPercent: 50, CriticalPercent: 100},
 			},
@@ -643,7 +644,7 @@ func TestParseLimits(t *testing.T) {
 	if !checkLimits(newProblems(nil), []source{{text: three}}, 1000, 3) {
 		t.Errorf("3 forwards refused with a limit of 3")
 	}
-	if MaxForwards != 1<<24-1 {
+	if MaxForwards != int(ctmark.Default.MaxID()) || MaxForwards != 1<<24-1 {
 		t.Errorf("MaxForwards = %d, want the ct mark's forward ids", MaxForwards)
 	}
 
@@ -663,6 +664,7 @@ func TestKeys(t *testing.T) {
 	values := map[string]string{
 		"daemon.table": `"t"`, "daemon.on_stop": `"keep"`, "daemon.log_level": `"debug"`,
 		"daemon.metrics": `"127.0.0.1:9641"`, "daemon.forward_policy": `"drop"`,
+		"daemon.ct_mark": `"0x00fd0000/0x00ff0000"`, "daemon.ct_mask": "0xffff0000",
 		"sysctl.ip_forward": "false", "sysctl.rp_filter": `"loose"`, "sysctl.conntrack_max": "1000", "sysctl.conntrack_buckets": "1000",
 		"conntrack.warn_percent": "10", "conntrack.critical_percent": "20",
 		"forward.name": `"a"`, "forward.proto": `"udp"`, "forward.port": "1", "forward.address": `"10.0.0.1"`,
