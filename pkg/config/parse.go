@@ -3,8 +3,8 @@ package config
 import (
 	"errors"
 	"fmt"
-	"net"
 	"math/bits"
+	"net"
 	"net/netip"
 	"regexp"
 	"slices"

@@ -19,7 +19,7 @@ import (
 type pool struct {
 	forward  string
 	id       uint32
-	mark     uint32 // fwdd's bits of its connections' ct mark (ctmark.Layout.ForID)
+	mark     uint32           // fwdd's bits of its connections' ct mark (ctmark.Layout.ForID)
 	backends []netip.AddrPort // port 0: the original port is kept
 	// portSpan is the number of ports of a 1:1 mapped range (1 otherwise):
 	// backend i's connections use ports backends[i].Port() .. +portSpan-1.

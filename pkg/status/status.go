@@ -214,7 +214,6 @@ func missingTraffic(names []string, traffic map[string]*nft.Traffic) string {
 	return ""
 }
 
-
 func readBool(s sysctl.Sysctls, name string) bool {
 	v, err := s.Get(name)
 	return err == nil && strings.TrimSpace(v) == "1"
