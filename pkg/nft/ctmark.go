@@ -37,8 +37,8 @@ import (
 //
 //	meta nfproto ipv4 ct mark and 0xffff0000 == 0x00000000 jump mark4
 //	chain mark4 {
-//		ip daddr . meta l4proto . th dport vmap @mark4_addr
-//		fib daddr type local meta l4proto . th dport vmap @mark4_port
+//		meta nfproto ipv4 ip daddr . meta l4proto . th dport vmap @mark4_addr
+//		meta nfproto ipv4 fib daddr type local meta l4proto . th dport vmap @mark4_port
 //	}
 //
 // The chains are fixed for a layout (at most 256 per chunk, 4 chunks), so
@@ -119,10 +119,12 @@ func markChain(l ctmark.Layout, fam Family) *Chain {
 	byAddr := key{loadDaddr(fam), loadL4Proto, loadDport}
 	byPort := key{loadL4Proto, loadDport}
 	for i := range markChunks(l) {
-		c.Rules = append(c.Rules, Rule{Stmts: []Stmt{vmap{byAddr, chunkSetName(setName("mark", fam, "addr"), i)}}})
+		// nft makes an address match in an inet table depend on the
+		// family; without it nft would list the key as raw payload.
+		c.Rules = append(c.Rules, Rule{Stmts: []Stmt{matchNFProto{fam}, vmap{byAddr, chunkSetName(setName("mark", fam, "addr"), i)}}})
 	}
 	for i := range markChunks(l) {
-		c.Rules = append(c.Rules, Rule{Stmts: []Stmt{matchFibLocal{}, vmap{byPort, chunkSetName(setName("mark", fam, "port"), i)}}})
+		c.Rules = append(c.Rules, Rule{Stmts: []Stmt{matchNFProto{fam}, matchFibLocal{}, vmap{byPort, chunkSetName(setName("mark", fam, "port"), i)}}})
 	}
 	return c
 }
