@@ -165,6 +165,10 @@ func testPrintMatchesNetlink(t *testing.T, text string) {
 	if err := a.Differs(m); err != nil {
 		t.Errorf("programmed table: %v", err)
 	}
+	// Read back (verdict maps included), it needs no repair.
+	if p := nft.Reconcile(a, m); !p.Empty() {
+		t.Errorf("reconcile of the programmed table is not empty:\n%s", p)
+	}
 }
 
 // What nft cannot express is refused by fwdd print (by the config's checks

@@ -126,11 +126,6 @@ func ParseUint32(s string) (uint32, error) {
 	return uint32(n), nil
 }
 
-// NftMatch is the nft expression that matches fwdd's connections.
-func (l Layout) NftMatch() string {
-	return fmt.Sprintf("ct mark and 0x%08x == 0x%08x", l.TagMask, l.Tag)
-}
-
 // Connmark is the VALUE/MASK of fwdd's connections for iptables'
 // `-m connmark --mark` and `conntrack -m`.
 func (l Layout) Connmark() string { return fmt.Sprintf("0x%08x/0x%08x", l.Tag, l.TagMask) }
