@@ -34,6 +34,10 @@ func (v ctmarkVariant) String() string {
 type ctmarkSample struct {
 	StartWall   time.Duration // fwdd run to its "forwarding" line
 	StartLogged time.Duration // the apply it logs
+	// StartCPU is fwdd's CPU time (user and system) from exec to applied:
+	// the kernel processes a netlink batch in the sender's system call, so
+	// this is the apply's cost with little of the machine's other load.
+	StartCPU time.Duration
 	Messages    int
 	Elements    int
 	Conns       *connSample `json:",omitempty"` // table alone
@@ -87,7 +91,11 @@ func (e *env) measureCtMark(o *options) (*ctmarkResults, error) {
 			s.StartLogged, _ = d.Forwarding.Duration("elapsed")
 			s.Messages, _ = d.Forwarding.Int("messages")
 			s.Elements, _ = d.Forwarding.Int("elements")
-			err = e.checkForward(v.N, serverPort)
+			ticks, err := cpuTicks(d.PID())
+			s.StartCPU = time.Duration(ticks) * time.Second / clockTicks
+			if err == nil {
+				err = e.checkForward(v.N, serverPort)
+			}
 			if serr := d.stop(); err == nil {
 				err = serr
 			}
@@ -103,7 +111,7 @@ func (e *env) measureCtMark(o *options) (*ctmarkResults, error) {
 				s.Conns = &cs
 				note = fmt.Sprintf("  table alone %8.0f conn/s", cs.Rate)
 			}
-			e.logf("ctmark round %d/%d %-14s start %v (logged %v, %d msgs)%s", r+1, o.applyRounds, v, ms(s.StartWall), ms(s.StartLogged), s.Messages, note)
+			e.logf("ctmark round %d/%d %-14s start %v (logged %v, cpu %v, %d msgs)%s", r+1, o.applyRounds, v, ms(s.StartWall), ms(s.StartLogged), s.StartCPU, s.Messages, note)
 			res.Samples[v.String()] = append(res.Samples[v.String()], s)
 		}
 	}
@@ -124,20 +132,22 @@ func writeCtMark(b *strings.Builder, r *ctmarkResults, o *options) {
 	p("## 7. ct mark layouts\n\n")
 	p("The default layout (fwdd owns the whole ct mark, set from one map) against a partial `ct_mask` "+
 		"(`%s`: 20 id bits in three chunks, fwdd ORs its bits in through one verdict map per chunk and leaves the other bits), "+
-		"interleaved: `fwdd run` to applied (its \"forwarding\" line) and its logged apply; new connections per second through "+
+		"interleaved: `fwdd run` to applied (its \"forwarding\" line), its logged apply, and its CPU time (user and system) until then, "+
+		"which holds the kernel's work on the batch and little of the machine's other load; new connections per second through "+
 		"the table alone (`fwdd print | nft -f`, no daemon), %d clients, %v per sample after %v warm-up.\n\n",
 		strings.ReplaceAll(strings.TrimSpace(partialMark), "\n", "`, `"), o.workers, o.connDuration, o.connWarmup)
-	p("| variant | start to applied, ms | logged apply, ms | messages | conn/s (table alone) | conn/s vs default |\n|---|---:|---:|---:|---:|---:|\n")
+	p("| variant | start to applied, ms | logged apply, ms | CPU to applied, ms | messages | conn/s (table alone) | conn/s vs default |\n|---|---:|---:|---:|---:|---:|---:|\n")
 	for _, n := range r.Sizes {
 		def := r.Samples[ctmarkVariant{false, n}.String()]
 		for _, partial := range []bool{false, true} {
 			v := ctmarkVariant{partial, n}
 			ss := r.Samples[v.String()]
-			var wall, logged, rates, defRates []float64
+			var wall, logged, cpu, rates, defRates []float64
 			msgs := 0
 			for _, s := range ss {
 				wall = append(wall, float64(s.StartWall)/1e6)
 				logged = append(logged, float64(s.StartLogged)/1e6)
+				cpu = append(cpu, float64(s.StartCPU)/1e6)
 				msgs = s.Messages
 				if s.Conns != nil {
 					rates = append(rates, s.Conns.Rate)
@@ -148,14 +158,14 @@ func writeCtMark(b *strings.Builder, r *ctmarkResults, o *options) {
 					defRates = append(defRates, s.Conns.Rate)
 				}
 			}
-			w, l := summarize(wall), summarize(logged)
+			w, l, c := summarize(wall), summarize(logged), summarize(cpu)
 			conns, rel := "–", "–"
 			if len(rates) > 0 {
-				c := summarize(rates)
-				conns = fmt.Sprintf("%s (%s)", fmtNum(c.Median), spread(c, fmtNum))
-				rel = fmt.Sprintf("%.2f", ratio(c, summarize(defRates)))
+				r := summarize(rates)
+				conns = fmt.Sprintf("%s (%s)", fmtNum(r.Median), spread(r, fmtNum))
+				rel = fmt.Sprintf("%.2f", ratio(r, summarize(defRates)))
 			}
-			p("| %s | %.0f (%.0f – %.0f) | %.0f (%.0f – %.0f) | %d | %s | %s |\n", v, w.Median, w.Min, w.Max, l.Median, l.Min, l.Max, msgs, conns, rel)
+			p("| %s | %.0f (%.0f – %.0f) | %.0f (%.0f – %.0f) | %.0f (%.0f – %.0f) | %d | %s | %s |\n", v, w.Median, w.Min, w.Max, l.Median, l.Min, l.Max, c.Median, c.Min, c.Max, msgs, conns, rel)
 		}
 	}
 	p("\n")
