@@ -38,9 +38,9 @@ type ctmarkSample struct {
 	// the kernel processes a netlink batch in the sender's system call, so
 	// this is the apply's cost with little of the machine's other load.
 	StartCPU time.Duration
-	Messages    int
-	Elements    int
-	Conns       *connSample `json:",omitempty"` // table alone
+	Messages int
+	Elements int
+	Conns    *connSample `json:",omitempty"` // table alone
 }
 
 type ctmarkResults struct {
