@@ -201,7 +201,7 @@ func (p *part) numElems(l ctmark.Layout) int {
 	}
 	marks := 1 // mark map elements per key
 	if !l.Whole() {
-		marks = chunkElemCount(l, l.ForID(p.id))
+		marks = len(chunkTargets(l, l.ForID(p.id), ""))
 	}
 	if p.fwd.Balanced() {
 		ranges, _ := Slots(weights(p.fwd), p.up)
@@ -256,6 +256,10 @@ func (p *part) elements(l ctmark.Layout, out *[numSets][]Element) {
 	}
 	to := f.To.AsSlice()
 	markB := binary.NativeEndian.AppendUint32(nil, mark)
+	var targets []chunkTarget
+	if !l.Whole() {
+		targets = chunkTargets(l, mark, markSet)
+	}
 	kl := len(addr) + 8
 	dl := len(to) + 4
 	n := len(f.Protos) * f.Port.Len()
@@ -270,10 +274,11 @@ func (p *part) elements(l ctmark.Layout, out *[numSets][]Element) {
 			copy(d, to)
 			binary.BigEndian.PutUint16(d[len(to):], f.TargetPort(uint16(port)))
 			buf = buf[kl+dl:]
-			if l.Whole() {
+			if targets == nil {
 				out[marks] = append(out[marks], Element{Key: k, Data: markB})
-			} else {
-				chunkElems(l, mark, markSet, k, out)
+			}
+			for _, t := range targets {
+				out[t.set] = append(out[t.set], Element{Key: k, Data: t.chain})
 			}
 			if !f.Balanced() {
 				out[dnats] = append(out[dnats], Element{Key: k, Data: d})

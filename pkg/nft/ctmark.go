@@ -129,27 +129,24 @@ func markChain(l ctmark.Layout, fam Family) *Chain {
 	return c
 }
 
-// chunkElems appends a key's verdict elements to the chunk maps of base.
-func chunkElems(l ctmark.Layout, mark uint32, base string, k []byte, out *[numSets][]Element) {
-	for i, c := range markChunks(l) {
-		v := c.value(mark)
-		if i > 0 && v == 0 {
-			continue
-		}
-		si := setIndex[chunkSetName(base, i)]
-		out[si] = append(out[si], Element{Key: k, Data: []byte(chunkChainName(i, v))})
-	}
+// chunkTarget is one verdict element of a forward's keys: the chunk map
+// (by set index) and the chain it jumps to.
+type chunkTarget struct {
+	set   int
+	chain []byte
 }
 
-// chunkElemCount is the number of verdict elements of one key.
-func chunkElemCount(l ctmark.Layout, mark uint32) int {
-	n := 0
+// chunkTargets returns the verdict elements each key of a forward with
+// fwdd's bits mark has in the chunk maps of base: the same for every key,
+// so made once per forward.
+func chunkTargets(l ctmark.Layout, mark uint32, base string) []chunkTarget {
+	var out []chunkTarget
 	for i, c := range markChunks(l) {
-		if i == 0 || c.value(mark) != 0 {
-			n++
+		if v := c.value(mark); i == 0 || v != 0 {
+			out = append(out, chunkTarget{setIndex[chunkSetName(base, i)], []byte(chunkChainName(i, v))})
 		}
 	}
-	return n
+	return out
 }
 
 // loadCtMark loads the ct mark as the layout's sets are keyed: whole, or
