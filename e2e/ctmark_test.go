@@ -205,4 +205,20 @@ func TestKernelCtMarkShared(t *testing.T) {
 	if after := nftList(t, topo, "table", "inet", "other"); after != before {
 		t.Errorf("the other tool's table changed:\n%s\nwas:\n%s", after, before)
 	}
+
+	// A reload that moves the UDP forward deletes its conntrack entry,
+	// found by fwdd's bits whatever the other tool's: the same client flow
+	// reaches the new backend at once. The held TCP connections stay.
+	moved := listenUDP(t, topo.Backend, "10.22.0.2:6353")
+	if out, err := d.reload(strings.Replace(sharedMarkConfig, "10.22.0.2:5353", "10.22.0.2:6353", 1)); err != nil {
+		t.Fatalf("reload: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if _, err := topo.Client.AskUDP(ctx, "10.11.0.1:53", []byte("ping"), sandbox.FromPort(40000)); err != nil || countFrom(moved, 40000) != 1 {
+		t.Errorf("after the reload the UDP flow did not reach the new backend (%v; %d datagrams there)", err, countFrom(moved, 40000))
+	}
+	if got := marksByPort(t, topo)["tcp/80"]; len(got) != n {
+		t.Errorf("after the reload %d entries of web, want %d", len(got), n)
+	}
 }
