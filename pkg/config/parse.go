@@ -24,8 +24,9 @@ const MaxElements = 2_000_000
 
 // MaxForwards is the most forwards a configuration may hold: each needs its
 // own id in the ct mark (see pkg/ctmark), and the default layout carries
-// 24-bit ids. A [daemon] ct_mask with fewer id bits lowers the limit.
-var MaxForwards = int(ctmark.Default.MaxID())
+// 24-bit ids (ctmark.Default.MaxID). A [daemon] ct_mask with fewer id bits
+// lowers the limit.
+const MaxForwards = 1<<24 - 1
 
 // MaxFileSize is the largest file fwdd reads (64 MiB), so that a huge file
 // cannot exhaust memory.

@@ -13,7 +13,8 @@ import (
 )
 
 // Selector picks conntrack entries of one forward: those whose ct mark,
-// masked with the layout's Mask (fwdd's bits), is Mark and, when set, whose protocol is Proto and whose backend (the reply
+// masked with the layout's Mask (fwdd's bits), is Mark and, when set,
+// whose protocol is Proto and whose backend (the reply
 // direction's source, i.e. where DNAT sent the connection) is Backend with
 // a port in [PortFirst, PortLast].
 //

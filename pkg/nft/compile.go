@@ -201,7 +201,7 @@ func (p *part) numElems(l ctmark.Layout) int {
 	}
 	marks := 1 // mark map elements per key
 	if !l.Whole() {
-		marks = len(chunkTargets(l, l.ForID(p.id), ""))
+		marks = len(chunkTargets(l, l.ForID(p.id), "")) // only counted: no map named
 	}
 	if p.fwd.Balanced() {
 		ranges, _ := Slots(weights(p.fwd), p.up)

@@ -3,6 +3,7 @@ package nft
 import (
 	"encoding/binary"
 	"fmt"
+	"math/bits"
 
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
@@ -61,10 +62,7 @@ const maxChunkBits = 8
 func markChunks(l ctmark.Layout) []chunk {
 	w := l.IDBits()
 	k := (w + maxChunkBits - 1) / maxChunkBits
-	shift := 0
-	for m := l.IDMask(); m&1 == 0; m >>= 1 {
-		shift++
-	}
+	shift := bits.TrailingZeros32(l.IDMask())
 	out := make([]chunk, k)
 	for i := range out {
 		cw := w / k
