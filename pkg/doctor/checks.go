@@ -185,7 +185,8 @@ func checkForeign(e *Env) []Result {
 		}
 	}
 	if len(out) == 0 {
-		out = append(out, ok("", "no other table drops fwdd's connections"))
+		// The layout in force, for a firewall added later.
+		out = append(out, ok("", "no other table drops fwdd's connections (they carry ct mark and %#08x == %#08x)", mask, tag))
 	}
 	return out
 }
