@@ -288,7 +288,7 @@ func Diff(old, m *Model) *Plan {
 			op.elements(&del)
 		}
 	}
-	if old.Table != m.Table || hooks(old) != hooks(m) {
+	if old.Table != m.Table || hooksChanged(old, m) {
 		r := Replace(m)
 		r.Changes = p.Changes
 		return r
@@ -355,14 +355,18 @@ func chainText(c *Chain) string {
 
 // hooks describes a model's base chains and their policies: a diff only
 // changes rules and elements, so anything else replaces the table.
-func hooks(m *Model) string {
-	var s string
+// hooksChanged reports whether a chain of both models changed its type,
+// hook, priority or policy (the kernel cannot change a base chain in
+// place). A base chain in only one of them (snat_guard) is added or
+// deleted like any chain.
+func hooksChanged(old, m *Model) bool {
 	for _, c := range m.Chains {
-		if c.Hook != nil {
-			s += fmt.Sprintf("%s:%+v;", c.Name, *c.Hook)
+		oc := old.Chain(c.Name)
+		if oc != nil && ((oc.Hook == nil) != (c.Hook == nil) || oc.Hook != nil && *oc.Hook != *c.Hook) {
+			return true
 		}
 	}
-	return s
+	return false
 }
 
 // diffElems compares one forward's old and new elements of one set.

@@ -50,6 +50,7 @@ type options struct {
 	quick        bool
 	verbose      bool
 	phases       []string
+	variants     []string // throughput and connection variants to run; nil: all
 	sizes        []int
 	applySizes   []int
 	rounds       int
@@ -77,6 +78,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.BoolVar(&o.quick, "quick", false, "smoke run of about two minutes: fewer and shorter samples")
 	fs.BoolVar(&o.verbose, "verbose", false, "show sandbox commands and the output of every process")
 	phases := fs.String("phases", "throughput,conns,apply,idle,observe,balance", "what to measure")
+	variants := fs.String("variants", "", "only these throughput and connection variants, e.g. fwdd,fwddtable,dnat (default all: "+strings.Join(allVariants, ",")+")")
 	sizes := fs.String("sizes", "1,1000,10000,100000", "numbers of forwards for the connection test")
 	applySizes := fs.String("apply-sizes", "1000,10000,100000", "numbers of forwards for the apply test")
 	fs.IntVar(&o.rounds, "rounds", 7, "rounds of the throughput and connection tests")
@@ -115,6 +117,14 @@ func parseFlags(args []string) (*options, error) {
 			return nil, fmt.Errorf("-phases: unknown phase %q", p)
 		}
 	}
+	if *variants != "" {
+		o.variants = strings.Split(*variants, ",")
+		for _, v := range o.variants {
+			if !slices.Contains(allVariants, v) {
+				return nil, fmt.Errorf("-variants: unknown variant %q (known: %s)", v, strings.Join(allVariants, ","))
+			}
+		}
+	}
 	var err error
 	if o.sizes, err = parseSizes(*sizes); err != nil {
 		return nil, fmt.Errorf("-sizes: %w", err)
@@ -147,6 +157,28 @@ func parseSizes(s string) ([]int, error) {
 }
 
 func (o *options) has(phase string) bool { return slices.Contains(o.phases, phase) }
+
+// allVariants are the kinds of throughput and connection variants -variants
+// may choose from.
+var allVariants = []string{tputRouting, tputFwdd, tputTable, tputDNAT, tputSocat, tputHAProxy, kindLinear}
+
+// runs reports whether variant kind v is to be measured.
+func (o *options) runs(v string) bool { return o.variants == nil || slices.Contains(o.variants, v) }
+
+// roundOrder is the order of round r over n variants: round-robin, each
+// round starting one variant later, and every other round backwards, so
+// that two variants measured next to each other swap places from one round
+// to the next (neither always runs right after the other).
+func roundOrder(r, n int) []int {
+	order := make([]int, n)
+	for k := range n {
+		order[k] = (r + k) % n
+	}
+	if r%2 == 1 {
+		slices.Reverse(order)
+	}
+	return order
+}
 
 func benchMain(args []string) int {
 	o, err := parseFlags(args)
@@ -222,13 +254,13 @@ func runPhases(e *env, o *options, res *results, mon *cpuMonitor) error {
 	}
 	if o.has(phaseThroughput) {
 		mon.setPhase(phaseThroughput)
-		if res.Throughput, err = e.measureThroughput(o.rounds, o.tputSeconds); err != nil {
+		if res.Throughput, err = e.measureThroughput(o, o.rounds, o.tputSeconds); err != nil {
 			return err
 		}
 	}
 	if o.has(phaseConns) {
 		mon.setPhase(phaseConns)
-		if res.Conns, err = e.measureConns(connOptions{sizes: o.sizes, rounds: o.rounds,
+		if res.Conns, err = e.measureConns(connOptions{sizes: o.sizes, rounds: o.rounds, runs: o.runs,
 			duration: o.connDuration, warmup: o.connWarmup, workers: o.workers}); err != nil {
 			return err
 		}
