@@ -353,12 +353,10 @@ func chainText(c *Chain) string {
 	return w.String()
 }
 
-// hooks describes a model's base chains and their policies: a diff only
-// changes rules and elements, so anything else replaces the table.
 // hooksChanged reports whether a chain of both models changed its type,
-// hook, priority or policy (the kernel cannot change a base chain in
-// place). A base chain in only one of them (snat_guard) is added or
-// deleted like any chain.
+// hook, priority or policy: a diff changes rules, elements and whole
+// chains, so that replaces the table. A base chain in only one of them
+// (snat_guard) is added or deleted like any chain.
 func hooksChanged(old, m *Model) bool {
 	for _, c := range m.Chains {
 		oc := old.Chain(c.Name)

@@ -139,10 +139,10 @@ func (t *Table) Differs(m *Model) error {
 // Reconcile is the plan that takes the table read back (t, nil when absent)
 // to m in one batch without replacing it where it can: it keeps chains
 // whose rules are fwdd's and as wanted, and set elements (with their
-// counters) that are wanted, and adds, flushes and deletes the rest. A
-// table with other base chains (but snat_guard), hooks, policies or sets
-// than m is replaced. t
-// must have been read with its elements.
+// counters) that are wanted, and adds, flushes and deletes the rest (a
+// missing base chain is added, an extra snat_guard deleted). A table with
+// other base chains, hooks, policies or sets than m is replaced. t must
+// have been read with its elements.
 func Reconcile(t *Table, m *Model) *Plan {
 	if t == nil || !t.Elements || t.Name != m.Table {
 		return Replace(m)
