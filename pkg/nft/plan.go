@@ -354,9 +354,9 @@ func chainText(c *Chain) string {
 }
 
 // hooksChanged reports whether a chain of both models changed its type,
-// hook, priority or policy: a diff changes rules, elements and whole
-// chains, so that replaces the table. A base chain in only one of them
-// (snat_guard) is added or deleted like any chain.
+// hook, priority or policy, which replaces the table (a diff adds, flushes
+// and deletes chains, rules and elements only). A base chain in only one of
+// them (snat_guard) is added or deleted like any chain.
 func hooksChanged(old, m *Model) bool {
 	for _, c := range m.Chains {
 		oc := old.Chain(c.Name)
