@@ -63,9 +63,9 @@ type connOptions struct {
 	runs     func(kind string) bool // which kinds of variant to measure
 }
 
-// measureConns measures new connections per second, round-robin over
-// routing, fwdd and linear rules of every size; each round starts one
-// variant later.
+// measureConns measures new connections per second over routing, fwdd,
+// fwdd's table alone and linear rules of every size, interleaved (see
+// roundOrder).
 func (e *env) measureConns(o connOptions) (connResults, error) {
 	files := map[connVariant]string{}
 	var variants []connVariant

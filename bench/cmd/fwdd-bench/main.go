@@ -165,14 +165,15 @@ var allVariants = []string{tputRouting, tputFwdd, tputTable, tputDNAT, tputSocat
 // runs reports whether variant kind v is to be measured.
 func (o *options) runs(v string) bool { return o.variants == nil || slices.Contains(o.variants, v) }
 
-// roundOrder is the order of round r over n variants: round-robin, each
-// round starting one variant later, and every other round backwards, so
-// that two variants measured next to each other swap places from one round
-// to the next (neither always runs right after the other).
+// roundOrder is the order of round r over n variants: every other round
+// is the one before backwards, so that two variants measured next to each
+// other swap places from one round to the next (neither always runs right
+// after the other), and each pair of rounds starts one variant later
+// (round-robin).
 func roundOrder(r, n int) []int {
 	order := make([]int, n)
 	for k := range n {
-		order[k] = (r + k) % n
+		order[k] = (r/2 + k) % n
 	}
 	if r%2 == 1 {
 		slices.Reverse(order)

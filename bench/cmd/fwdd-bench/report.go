@@ -250,7 +250,7 @@ func markdown(res *results, plotted bool) string {
 	p("| fwdd | %s (checkout %s) |\n| tools | %s; %s; %s; %s; %s |\n", m.Fwdd, m.Git, m.Nft, m.Iperf3, m.Socat, m.HAProxy, m.Go)
 	p("| date | %s |\n| load average (1, 5, 15 min) | %s at start, %s at the end (the benchmark's own load included; other work on the machine shares its CPUs) |\n\n", res.Started.UTC().Format(time.RFC3339), m.LoadAvg, m.LoadAvgEnd)
 	p("Settings: %d rounds of throughput (%d s per iperf3 sample) and connection tests (%v per sample after %v warm-up, %d parallel clients); %d rounds of the apply test; idle window %v. "+
-		"All variants of a test run interleaved (round-robin, each round starting one variant later, every other round in reverse order); a ratio target is judged on the median of the ratios of samples taken next to each other in the same round. "+
+		"All variants of a test run interleaved (every other round the one before backwards, each pair of rounds starting one variant later: of any two variants each runs first in half the rounds); a ratio target is judged on the median of the ratios of samples taken next to each other in the same round. "+
 		"Everything runs on this one machine: client, gateway and backend are network namespaces joined by veth pairs, so the client and server share the CPUs with the forwarding path.\n\n",
 		o.rounds, o.tputSeconds, o.connDuration, o.connWarmup, o.workers, o.applyRounds, o.idle)
 

@@ -47,8 +47,8 @@ table ip %[1]s {
 type tputResults map[string][]float64
 
 // measureThroughput runs one iperf3 TCP stream client -> backend per sample,
-// round-robin over the variants, starting each round one variant later so
-// that no variant always runs first.
+// interleaved over the variants (see roundOrder) so that no variant always
+// runs first or right after another.
 func (e *env) measureThroughput(o *options, rounds int, seconds int) (tputResults, error) {
 	cfg, err := e.writeConfig("throughput.toml", throughputConfig())
 	if err != nil {
