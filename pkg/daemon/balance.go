@@ -10,7 +10,6 @@ import (
 
 	"github.com/fwdd/fwdd/pkg/config"
 	"github.com/fwdd/fwdd/pkg/conntrack"
-	"github.com/fwdd/fwdd/pkg/ctmark"
 	"github.com/fwdd/fwdd/pkg/health"
 	"github.com/fwdd/fwdd/pkg/metrics"
 	"github.com/fwdd/fwdd/pkg/nft"
@@ -20,6 +19,7 @@ import (
 type pool struct {
 	forward  string
 	id       uint32
+	mark     uint32           // fwdd's bits of its connections' ct mark (ctmark.Layout.ForID)
 	backends []netip.AddrPort // port 0: the original port is kept
 	// portSpan is the number of ports of a 1:1 mapped range (1 otherwise):
 	// backend i's connections use ports backends[i].Port() .. +portSpan-1.
@@ -142,7 +142,7 @@ func (b *balancer) onChange(c health.Change) {
 	if c.Up || allDown {
 		return // in fail open the backend still receives connections
 	}
-	sel := conntrack.Selector{Mark: ctmark.ForID(p.id), Backend: c.Backend.Addr()}
+	sel := conntrack.Selector{Mark: p.mark, Backend: c.Backend.Addr()}
 	if port := c.Backend.Port(); port != 0 {
 		sel.PortFirst, sel.PortLast = port, port+uint16(max(p.portSpan, 1)-1)
 	}
@@ -173,7 +173,7 @@ func poolsOf(cfg *config.Config, ids map[string]uint32) []pool {
 		if !f.Balanced() || f.Health.Check == config.CheckNone {
 			continue
 		}
-		p := pool{forward: f.Name, id: ids[f.Name], portSpan: 1, udp: slices.Contains(f.Protos, config.UDP),
+		p := pool{forward: f.Name, id: ids[f.Name], mark: cfg.Daemon.CtMark.ForID(ids[f.Name]), portSpan: 1, udp: slices.Contains(f.Protos, config.UDP),
 			cut: f.OnChange == config.OnChangeCut,
 			spec: health.Spec{Kind: health.Kind(f.Health.Check), Interval: f.Health.Interval, Timeout: f.Health.Timeout,
 				Fall: f.Health.Fall, Rise: f.Health.Rise, Path: f.Health.Path}}
@@ -242,7 +242,7 @@ func (d *Daemon) backendMetrics() []metrics.Backend {
 	}
 	var live map[conntrack.BackendKey]int
 	if k, ok := d.opts.Kernel.(*nft.Netlink); ok {
-		live, _ = conntrack.LiveByBackend(k.NetNS) // unknown on error
+		live, _ = conntrack.LiveByBackend(k.NetNS, d.InForce().Config.Daemon.CtMark) // unknown on error
 	}
 	var out []metrics.Backend
 	for _, p := range pools {
@@ -253,7 +253,7 @@ func (d *Daemon) backendMetrics() []metrics.Backend {
 			if live != nil {
 				mb.Connections = 0
 				for k, n := range live {
-					if k.Mark == ctmark.ForID(p.id) && k.Backend.Addr() == be.Addr() &&
+					if k.Mark == p.mark && k.Backend.Addr() == be.Addr() &&
 						k.Backend.Port() >= be.Port() && int(k.Backend.Port()) < int(be.Port())+max(p.portSpan, 1) {
 						mb.Connections += n
 					}

@@ -12,7 +12,6 @@ import (
 
 	"github.com/fwdd/fwdd/pkg/config"
 	"github.com/fwdd/fwdd/pkg/conntrack"
-	"github.com/fwdd/fwdd/pkg/ctmark"
 	"github.com/fwdd/fwdd/pkg/nft"
 	"github.com/fwdd/fwdd/pkg/sysctl"
 )
@@ -134,7 +133,7 @@ func Collect(cfg *config.Config, src Sources) (*Report, error) {
 	if count, max, err := conntrack.CountFrom(src.Sysctls); err == nil {
 		r.Conntrack = Conntrack{Count: count, Max: max}
 	}
-	if r.Blockers, err = src.Kernel.ForeignBlockers(cfg.Daemon.Table, ctmarkTag, ctmarkMask); err != nil {
+	if r.Blockers, err = src.Kernel.ForeignBlockers(cfg.Daemon.Table, cfg.Daemon.CtMark.Tag, cfg.Daemon.CtMark.TagMask); err != nil {
 		return nil, err
 	}
 	live := map[uint32]conntrack.Live{}
@@ -142,12 +141,12 @@ func Collect(cfg *config.Config, src Sources) (*Report, error) {
 		if len(names) <= dumpPerForward {
 			for _, name := range names {
 				if t := traffic[name]; t != nil {
-					if live[t.ID], err = conntrack.LiveOf(src.NetNS, t.ID); err != nil {
+					if live[t.ID], err = conntrack.LiveOf(src.NetNS, cfg.Daemon.CtMark, t.ID); err != nil {
 						return nil, err
 					}
 				}
 			}
-		} else if live, err = conntrack.LiveByID(src.NetNS); err != nil {
+		} else if live, err = conntrack.LiveByID(src.NetNS, cfg.Daemon.CtMark); err != nil {
 			return nil, err
 		}
 	}
@@ -199,7 +198,7 @@ func readTraffic(cfg *config.Config, k *nft.Netlink, names []string) (map[string
 	for _, n := range names {
 		want[n] = ids[n]
 	}
-	traffic, err := k.ReadTrafficOf(cfg.Daemon.Table, want)
+	traffic, err := k.ReadTrafficOf(cfg.Daemon.Table, cfg.Daemon.CtMark, want)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -214,9 +213,6 @@ func missingTraffic(names []string, traffic map[string]*nft.Traffic) string {
 	}
 	return ""
 }
-
-// ctmarkTag and ctmarkMask are the ct mark bits of fwdd's connections.
-const ctmarkTag, ctmarkMask = ctmark.Tag, ctmark.Mask
 
 func readBool(s sysctl.Sysctls, name string) bool {
 	v, err := s.Get(name)
