@@ -116,6 +116,15 @@ func scrape(t *testing.T, topo *sandbox.Topology) string {
 
 func TestKernelObserve(t *testing.T) {
 	topo := sandbox.New(t, sandbox.Options{NoClient2: true, NoOther: true})
+	// The flows of this test live until it ends: with the default 30 s UDP
+	// timeouts the entries of the pressure and burst subtests would expire
+	// while a loaded machine is still counting them, and two counts read a
+	// moment apart would differ by what expired in between.
+	for _, k := range []string{"net.netfilter.nf_conntrack_udp_timeout", "net.netfilter.nf_conntrack_udp_timeout_stream"} {
+		if err := topo.Gateway.SetSysctl(k, "600"); err != nil {
+			t.Fatal(err)
+		}
+	}
 	listenTCP(t, topo.Backend, "10.22.0.2:8080")
 	listenUDP(t, topo.Backend, "10.22.0.2:5353")
 	d := startFwdd(t, topo, observeConfig)
@@ -294,6 +303,9 @@ to = "10.22.0.2:8080"`, 1)
 		}); err != nil {
 			t.Fatal(err)
 		}
+		// No entry expires during the test (see the timeouts above), so
+		// once the last datagram is through, the count holds still and
+		// both views must show the same number.
 		var watched, dumped int
 		if err := sandbox.Eventually(60*time.Second, func() error {
 			_, _, _, _, dumped = forwardStatus(readStatus(t, topo, d.cfgPath), "dgram")

@@ -94,12 +94,17 @@ func TestBalancer(t *testing.T) {
 	if up := next(); !cmp.Equal(up, []bool{true, true}) {
 		t.Fatalf("all down: program(%v), want every backend in (fail open)", up)
 	}
-	// The line follows the kernel update the test has just seen.
-	failOpen := func() int { return logs.FilterMessageSnippet("fail open").FilterLevelExact(zapcore.ErrorLevel).Len() }
-	for deadline := time.Now().Add(5 * time.Second); failOpen() == 0 && time.Now().Before(deadline); {
-		time.Sleep(time.Millisecond)
+	// The line follows the kernel update the test just saw: wait for it.
+	logged := func(snippet string, level zapcore.Level) int {
+		n := 0
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if n = logs.FilterMessageSnippet(snippet).FilterLevelExact(level).Len(); n > 0 {
+				break
+			}
+		}
+		return n
 	}
-	if n := failOpen(); n != 1 {
+	if n := logged("fail open", zapcore.ErrorLevel); n != 1 {
 		t.Errorf("%d fail-open errors logged, want 1", n)
 	}
 
@@ -112,10 +117,7 @@ func TestBalancer(t *testing.T) {
 		t.Errorf("entries deleted in fail open or when a backend came back: %v", sels)
 	default:
 	}
-	for deadline := time.Now().Add(5 * time.Second); logs.FilterMessageSnippet("fail open ends").Len() == 0 && time.Now().Before(deadline); {
-		time.Sleep(time.Millisecond)
-	}
-	if n := logs.FilterMessageSnippet("fail open ends").Len(); n != 1 {
+	if n := logged("fail open ends", zapcore.InfoLevel); n != 1 {
 		t.Errorf("%d 'fail open ends' lines, want 1", n)
 	}
 	if up, _ := b.upSet("dns"); !cmp.Equal(up, []bool{true, false}) {

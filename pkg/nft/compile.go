@@ -321,7 +321,11 @@ func Compile(cfg *config.Config, ids map[string]uint32) (*Model, error) {
 		m.Chains = append(m.Chains, c)
 		if c.Name == "output" {
 			// The regular chains sit between the DNAT and the SNAT chains.
-			m.Chains = append(m.Chains, snatGuard(cfg))
+			// Only with fixed snat addresses: an empty base chain would
+			// still be called for every packet the host receives.
+			if g := snatGuard(cfg); len(g.Rules) > 0 {
+				m.Chains = append(m.Chains, g)
+			}
 			m.Chains = append(m.Chains, dispatchChain(l, restrictedRules))
 			if !l.Whole() {
 				m.Chains = append(m.Chains, markChain(l, IPv4), markChain(l, IPv6))
@@ -332,6 +336,9 @@ func Compile(cfg *config.Config, ids map[string]uint32) (*Model, error) {
 	}
 	return m, nil
 }
+
+// chainSNATGuard is the one base chain fwdd leaves out when it has no rules.
+const chainSNATGuard = "snat_guard"
 
 // snatGuard drops TCP segments that conntrack does not know and that do
 // not open a connection (anything but a SYN without ACK), addressed to a
@@ -347,7 +354,7 @@ func Compile(cfg *config.Config, ids map[string]uint32) (*Model, error) {
 // The chain runs before fwdd's DNAT (priority -150, after conntrack), so
 // such a segment cannot match a forward either.
 func snatGuard(cfg *config.Config) *Chain {
-	c := &Chain{Name: "snat_guard", Hook: &Hook{Type: "filter", Hook: "prerouting", Priority: -150},
+	c := &Chain{Name: chainSNATGuard, Hook: &Hook{Type: "filter", Hook: "prerouting", Priority: -150},
 		Comment: "untracked TCP other than a SYN to a fixed snat address: drop, not reset (HA failover)"}
 	var addrs []netip.Addr
 	for i := range cfg.Forwards {

@@ -296,7 +296,7 @@ func Diff(old, m *Model) *Plan {
 			op.elements(old.Layout, &del)
 		}
 	}
-	if old.Table != m.Table || hooks(old) != hooks(m) || old.Layout != m.Layout {
+	if old.Table != m.Table || hooksChanged(old, m) || old.Layout != m.Layout {
 		r := Replace(m)
 		r.Changes = p.Changes
 		return r
@@ -361,16 +361,18 @@ func chainText(c *Chain) string {
 	return w.String()
 }
 
-// hooks describes a model's base chains and their policies: a diff only
-// changes rules and elements, so anything else replaces the table.
-func hooks(m *Model) string {
-	var s string
+// hooksChanged reports whether a chain of both models changed its type,
+// hook, priority or policy, which replaces the table (a diff adds, flushes
+// and deletes chains, rules and elements only). A base chain in only one of
+// them (snat_guard) is added or deleted like any chain.
+func hooksChanged(old, m *Model) bool {
 	for _, c := range m.Chains {
-		if c.Hook != nil {
-			s += fmt.Sprintf("%s:%+v;", c.Name, *c.Hook)
+		oc := old.Chain(c.Name)
+		if oc != nil && ((oc.Hook == nil) != (c.Hook == nil) || oc.Hook != nil && *oc.Hook != *c.Hook) {
+			return true
 		}
 	}
-	return s
+	return false
 }
 
 // diffElems compares one forward's old and new elements of one set.

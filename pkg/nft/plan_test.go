@@ -219,3 +219,81 @@ func TestReconcile(t *testing.T) {
 		t.Error("no table: not a full replace")
 	}
 }
+
+// snat_guard exists only with fixed snat addresses (an empty base chain
+// costs a call per packet the host receives); a reload that adds or removes
+// the first such address adds or deletes the chain, keeping the rest of the
+// table and its counters.
+func TestSNATGuardOnlyWithFixedSNAT(t *testing.T) {
+	const plain = "[[forward]]\nname = \"web\"\nport = 80\nto = \"10.0.0.2:8080\"\n"
+	fixed := plain + "snat = \"10.0.0.1\"\n"
+	a := compile(t, plain, nil)
+	if a.Chain(chainSNATGuard) != nil {
+		t.Fatalf("snat_guard without a fixed snat address:\n%s", a)
+	}
+	b := compile(t, fixed, a)
+	if c := b.Chain(chainSNATGuard); c == nil || len(c.Rules) != 1 {
+		t.Fatalf("no snat_guard rule for a fixed snat address:\n%s", b)
+	}
+	f := NewFake()
+	if err := f.Run(Replace(a)); err != nil {
+		t.Fatal(err)
+	}
+	chainOps := func(p *Plan) []string {
+		var got []string
+		for _, op := range p.Ops {
+			switch op.Kind {
+			case OpAddChain, OpDeleteChain:
+				got = append(got, fmt.Sprintf("%d %s", op.Kind, op.Chain.Name))
+			}
+		}
+		return got
+	}
+	for _, step := range []struct {
+		from, to *Model
+		want     Op
+	}{
+		{a, b, Op{Kind: OpAddChain}},
+		{b, a, Op{Kind: OpDeleteChain}},
+	} {
+		p := Diff(step.from, step.to)
+		if p.Full {
+			t.Fatalf("adding or removing snat_guard replaced the table:\n%s", p)
+		}
+		if d := cmp.Diff([]string{fmt.Sprintf("%d %s", step.want.Kind, chainSNATGuard)}, chainOps(p)); d != "" {
+			t.Errorf("chain ops (-want +got):\n%s\n%s", d, p)
+		}
+		if err := f.Run(p); err != nil {
+			t.Fatal(err)
+		}
+		if tb, err := f.Read("fwdd", true); err != nil || tb.Differs(step.to) != nil {
+			t.Fatalf("after the diff: %v %v", err, tb.Differs(step.to))
+		}
+	}
+	// A table of an earlier version, with an empty snat_guard, is
+	// reconciled: the chain is deleted, nothing replaced.
+	old := compile(t, fixed, nil)
+	if err := f.Run(Replace(old)); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Behind(&Plan{Table: "fwdd", Ops: []Op{{Kind: OpFlushChain, Chain: old.Chain(chainSNATGuard)}}}); err != nil {
+		t.Fatal(err)
+	}
+	tb, err := f.Read("fwdd", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := Reconcile(tb, a)
+	if p.Full {
+		t.Fatalf("a table with an empty snat_guard was replaced:\n%s", p)
+	}
+	if d := cmp.Diff([]string{fmt.Sprintf("%d %s", OpDeleteChain, chainSNATGuard)}, chainOps(p)); d != "" {
+		t.Errorf("reconcile chain ops (-want +got):\n%s\n%s", d, p)
+	}
+	if err := f.Run(p); err != nil {
+		t.Fatal(err)
+	}
+	if tb, err := f.Read("fwdd", true); err != nil || tb.Differs(a) != nil {
+		t.Fatalf("after reconcile: %v %v", err, tb.Differs(a))
+	}
+}

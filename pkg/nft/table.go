@@ -140,30 +140,26 @@ func (t *Table) Differs(m *Model) error {
 // Reconcile is the plan that takes the table read back (t, nil when absent)
 // to m in one batch without replacing it where it can: it keeps chains
 // whose rules are fwdd's and as wanted, and set elements (with their
-// counters) that are wanted, and adds, flushes and deletes the rest. A
-// table with other base chains, policies or sets than m is replaced. t
-// must have been read with its elements.
+// counters) that are wanted, and adds, flushes and deletes the rest (a
+// missing base chain is added, an extra snat_guard deleted). A table with
+// other base chains, hooks, policies or sets than m is replaced. t must
+// have been read with its elements.
 func Reconcile(t *Table, m *Model) *Plan {
 	if t == nil || !t.Elements || t.Name != m.Table {
 		return Replace(m)
 	}
-	var tm []*Chain
-	for _, c := range m.Chains {
-		if c.Hook != nil {
-			tm = append(tm, c)
-		}
-	}
-	base := 0
-	for _, tc := range t.Chains {
-		if tc.Hook != nil {
-			base++
-		}
-	}
-	if base != len(tm) || len(t.Sets) != len(m.Sets) {
+	if len(t.Sets) != len(m.Sets) {
 		return Replace(m)
 	}
-	for _, c := range tm {
-		if tc := t.chain(c.Name); tc == nil || tc.Hook == nil || *tc.Hook != *c.Hook {
+	// A missing base chain is added; an extra one is deleted only if it is
+	// snat_guard, which fwdd leaves out without fixed snat addresses.
+	for _, c := range m.Chains {
+		if tc := t.chain(c.Name); tc != nil && ((tc.Hook == nil) != (c.Hook == nil) || tc.Hook != nil && *tc.Hook != *c.Hook) {
+			return Replace(m)
+		}
+	}
+	for _, tc := range t.Chains {
+		if tc.Hook != nil && tc.Name != chainSNATGuard && m.Chain(tc.Name) == nil {
 			return Replace(m)
 		}
 	}

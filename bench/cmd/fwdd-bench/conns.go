@@ -60,14 +60,18 @@ type connOptions struct {
 	duration time.Duration
 	warmup   time.Duration
 	workers  int
+	runs     func(kind string) bool // which kinds of variant to measure
 }
 
-// measureConns measures new connections per second, round-robin over
-// routing, fwdd and linear rules of every size; each round starts one
-// variant later.
+// measureConns measures new connections per second over routing, fwdd,
+// fwdd's table alone and linear rules of every size, interleaved (see
+// roundOrder).
 func (e *env) measureConns(o connOptions) (connResults, error) {
 	files := map[connVariant]string{}
-	variants := []connVariant{{Kind: kindRouting}}
+	var variants []connVariant
+	if o.runs(kindRouting) {
+		variants = append(variants, connVariant{Kind: kindRouting})
+	}
 	for _, n := range o.sizes {
 		fv, tv, lv := connVariant{kindFwdd, n}, connVariant{kindTable, n}, connVariant{kindLinear, n}
 		var err error
@@ -86,12 +90,16 @@ func (e *env) measureConns(o connOptions) (connResults, error) {
 		if files[lv], err = e.writeConfig(fmt.Sprintf("linear-%d.nft", n), linearRuleset(n)); err != nil {
 			return nil, err
 		}
-		variants = append(variants, fv, tv, lv)
+		for _, v := range []connVariant{fv, tv, lv} {
+			if o.runs(v.Kind) {
+				variants = append(variants, v)
+			}
+		}
 	}
 	res := connResults{}
 	for r := range o.rounds {
-		for k := range variants {
-			v := variants[(r+k)%len(variants)]
+		for _, k := range roundOrder(r, len(variants)) {
+			v := variants[k]
 			s, err := e.connSample(v, files[v], o)
 			if err != nil {
 				return nil, fmt.Errorf("connections %s, round %d: %w", v, r+1, err)

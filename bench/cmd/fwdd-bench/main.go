@@ -50,6 +50,7 @@ type options struct {
 	quick        bool
 	verbose      bool
 	phases       []string
+	variants     []string // throughput and connection variants to run; nil: all
 	sizes        []int
 	applySizes   []int
 	rounds       int
@@ -80,6 +81,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.BoolVar(&o.quick, "quick", false, "smoke run of about two minutes: fewer and shorter samples")
 	fs.BoolVar(&o.verbose, "verbose", false, "show sandbox commands and the output of every process")
 	phases := fs.String("phases", "throughput,conns,apply,idle,observe,balance,ctmark", "what to measure")
+	variants := fs.String("variants", "", "only these throughput and connection variants, e.g. fwdd,fwddtable,dnat (default all: "+strings.Join(allVariants, ",")+")")
 	ctmarkSizes := fs.String("ctmark-sizes", "10000,100000", "numbers of forwards for the ct mark layout comparison")
 	ctmarkConnSizes := fs.String("ctmark-conn-sizes", "10000", "those of -ctmark-sizes whose connection rate is measured")
 	sizes := fs.String("sizes", "1,1000,10000,100000", "numbers of forwards for the connection test")
@@ -120,6 +122,14 @@ func parseFlags(args []string) (*options, error) {
 			return nil, fmt.Errorf("-phases: unknown phase %q", p)
 		}
 	}
+	if *variants != "" {
+		o.variants = strings.Split(*variants, ",")
+		for _, v := range o.variants {
+			if !slices.Contains(allVariants, v) {
+				return nil, fmt.Errorf("-variants: unknown variant %q (known: %s)", v, strings.Join(allVariants, ","))
+			}
+		}
+	}
 	var err error
 	if o.sizes, err = parseSizes(*sizes); err != nil {
 		return nil, fmt.Errorf("-sizes: %w", err)
@@ -158,6 +168,29 @@ func parseSizes(s string) ([]int, error) {
 }
 
 func (o *options) has(phase string) bool { return slices.Contains(o.phases, phase) }
+
+// allVariants are the kinds of throughput and connection variants -variants
+// may choose from.
+var allVariants = []string{tputRouting, tputFwdd, tputTable, tputDNAT, tputSocat, tputHAProxy, kindLinear}
+
+// runs reports whether variant kind v is to be measured.
+func (o *options) runs(v string) bool { return o.variants == nil || slices.Contains(o.variants, v) }
+
+// roundOrder is the order of round r over n variants: every other round
+// is the one before backwards, so that two variants measured next to each
+// other swap places from one round to the next (neither always runs right
+// after the other), and each pair of rounds starts one variant later
+// (round-robin).
+func roundOrder(r, n int) []int {
+	order := make([]int, n)
+	for k := range n {
+		order[k] = (r/2 + k) % n
+	}
+	if r%2 == 1 {
+		slices.Reverse(order)
+	}
+	return order
+}
 
 func benchMain(args []string) int {
 	o, err := parseFlags(args)
@@ -233,13 +266,13 @@ func runPhases(e *env, o *options, res *results, mon *cpuMonitor) error {
 	}
 	if o.has(phaseThroughput) {
 		mon.setPhase(phaseThroughput)
-		if res.Throughput, err = e.measureThroughput(o.rounds, o.tputSeconds); err != nil {
+		if res.Throughput, err = e.measureThroughput(o, o.rounds, o.tputSeconds); err != nil {
 			return err
 		}
 	}
 	if o.has(phaseConns) {
 		mon.setPhase(phaseConns)
-		if res.Conns, err = e.measureConns(connOptions{sizes: o.sizes, rounds: o.rounds,
+		if res.Conns, err = e.measureConns(connOptions{sizes: o.sizes, rounds: o.rounds, runs: o.runs,
 			duration: o.connDuration, warmup: o.connWarmup, workers: o.workers}); err != nil {
 			return err
 		}

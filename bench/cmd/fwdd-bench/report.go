@@ -211,6 +211,16 @@ func connRates(ss []connSample) summary {
 	return summarize(v)
 }
 
+// pairedText shows a ratio target's figure: the median of the per-round
+// ratios (the verdict's), their range, and the ratio of the medians.
+func pairedText(pr, a, b summary, numFmt, unit string) string {
+	if pr.missing {
+		return "–"
+	}
+	return fmt.Sprintf("%s, the median of %d per-round ratios (%s – %s); medians "+numFmt+" vs "+numFmt+" %s (%s)",
+		fmtX(pr.Median), pr.N, fmtX(pr.Min), fmtX(pr.Max), a.Median, b.Median, unit, fmtX(ratio(a, b)))
+}
+
 func verdict(ok bool, measured bool) string {
 	switch {
 	case !measured:
@@ -241,7 +251,7 @@ func markdown(res *results, plotted bool) string {
 	p("| fwdd | %s (checkout %s) |\n| tools | %s; %s; %s; %s; %s |\n", m.Fwdd, m.Git, m.Nft, m.Iperf3, m.Socat, m.HAProxy, m.Go)
 	p("| date | %s |\n| load average (1, 5, 15 min) | %s at start, %s at the end (the benchmark's own load included; other work on the machine shares its CPUs) |\n\n", res.Started.UTC().Format(time.RFC3339), m.LoadAvg, m.LoadAvgEnd)
 	p("Settings: %d rounds of throughput (%d s per iperf3 sample) and connection tests (%v per sample after %v warm-up, %d parallel clients); %d rounds of the apply test; idle window %v. "+
-		"All variants of a test run interleaved (round-robin, each round starting one variant later). "+
+		"All variants of a test run interleaved (every other round the one before backwards, each pair of rounds starting one variant later: of any two variants each runs first in half the rounds); a ratio target is judged on the median of the ratios of samples taken next to each other in the same round. "+
 		"Everything runs on this one machine: client, gateway and backend are network namespaces joined by veth pairs, so the client and server share the CPUs with the forwarding path.\n\n",
 		o.rounds, o.tputSeconds, o.connDuration, o.connWarmup, o.workers, o.applyRounds, o.idle)
 
@@ -276,13 +286,21 @@ func writeTargets(b *strings.Builder, res *results) {
 	p("## Targets\n\n| target | result | |\n|---|---|---|\n")
 	if t := res.Throughput; t != nil {
 		fw, rt, so := summarize(t[tputFwdd]), summarize(t[tputRouting]), summarize(t[tputSocat])
-		r := ratio(fw, rt)
-		p("| fwdd throughput >= 0.90× plain routing | %s (%.1f vs %.1f Gbit/s) | %s |\n", fmtX(r), fw.Median, rt.Median, verdict(r >= 0.90, !math.IsNaN(r)))
-		r = ratio(fw, so)
-		p("| fwdd throughput >= 4× socat | %s (%.1f vs %.1f Gbit/s) | %s |\n", fmtX(r), fw.Median, so.Median, verdict(r >= 4, !math.IsNaN(r)))
+		if r := ratio(fw, rt); !math.IsNaN(r) {
+			p("| fwdd throughput >= 0.90× plain routing | %s (%.1f vs %.1f Gbit/s) | %s |\n", fmtX(r), fw.Median, rt.Median, verdict(r >= 0.90, true))
+		}
+		if r := ratio(fw, so); !math.IsNaN(r) {
+			p("| fwdd throughput >= 4× socat | %s (%.1f vs %.1f Gbit/s) | %s |\n", fmtX(r), fw.Median, so.Median, verdict(r >= 4, true))
+		}
 		dn := summarize(t[tputDNAT])
-		r = ratio(fw, dn)
-		p("| fwdd throughput >= 0.97× one hand-written DNAT + masquerade rule, no counters | %s (%.1f vs %.1f Gbit/s) | %s |\n", fmtX(r), fw.Median, dn.Median, verdict(r >= 0.97, !math.IsNaN(r)))
+		pr := paired(t[tputFwdd], t[tputDNAT])
+		p("| fwdd throughput >= 0.97× one hand-written DNAT + masquerade rule, no counters | %s | %s |\n", pairedText(pr, fw, dn, "%.1f", "Gbit/s"), verdict(pr.Median >= 0.97, !pr.missing))
+		if tb := summarize(t[tputTable]); !tb.missing {
+			pt := paired(t[tputFwdd], t[tputTable])
+			p("| fwdd throughput against fwdd's table alone (`fwdd print \\| nft -f`, no daemon) | %s | |\n", pairedText(pt, fw, tb, "%.1f", "Gbit/s"))
+			pd := paired(t[tputTable], t[tputDNAT])
+			p("| fwdd's table alone against the hand-written DNAT rule (the counting chain's per-packet price) | %s | |\n", pairedText(pd, tb, dn, "%.1f", "Gbit/s"))
+		}
 	}
 	if c := res.Conns; c != nil {
 		big := slices.Max(res.Options.sizes)
@@ -291,8 +309,8 @@ func writeTargets(b *strings.Builder, res *results) {
 		p("| conn/s with %s forwards >= 0.85× with 1 | %s (%s vs %s conn/s) | %s |\n", fmtNum(float64(big)), fmtX(r), fmtNum(many.Median), fmtNum(one.Median), verdict(r >= 0.85, !math.IsNaN(r)))
 		for _, n := range slices.Compact([]int{1, big}) {
 			f, t := connRates(c[connVariant{kindFwdd, n}]), connRates(c[connVariant{kindTable, n}])
-			r := ratio(f, t)
-			p("| conn/s with the daemon (/metrics scraped) >= 0.97× fwdd's table alone, %s forwards | %s (%s vs %s conn/s) | %s |\n", fmtNum(float64(n)), fmtX(r), fmtNum(f.Median), fmtNum(t.Median), verdict(r >= 0.97, !math.IsNaN(r)))
+			pr := paired(f.Samples, t.Samples)
+			p("| conn/s with the daemon (/metrics scraped) >= 0.97× fwdd's table alone, %s forwards | %s | %s |\n", fmtNum(float64(n)), pairedText(pr, f, t, "%.0f", "conn/s"), verdict(pr.Median >= 0.97, !pr.missing))
 			ms := cpuPerThousand(c[connVariant{kindFwdd, n}])
 			p("| daemon CPU <= 3 ms per 1,000 new connections, %s forwards, no log = true | %.2f ms | %s |\n", fmtNum(float64(n)), ms.Median, verdict(ms.Median <= 3, !ms.missing))
 		}
@@ -337,7 +355,7 @@ func writeThroughput(b *strings.Builder, res *results) {
 	t := res.Throughput
 	rt := summarize(t[tputRouting])
 	p("## 1. Throughput of one TCP stream, client -> backend\n\n")
-	p("iperf3 -c in the client, iperf3 -s in the backend, %d s per sample after 1 s left out (-O 1); %d samples each.\n\n", res.Options.tputSeconds, len(t[tputRouting]))
+	p("iperf3 -c in the client, iperf3 -s in the backend, %d s per sample after 1 s left out (-O 1); %d samples each.\n\n", res.Options.tputSeconds, res.Options.rounds)
 	p("| path | median Gbit/s | min – max | IQR | vs routing |\n|---|---:|---:|---:|---:|\n")
 	names := map[string]string{
 		tputRouting: "plain routing, no NAT (to 10.22.0.2, no table)",
@@ -345,10 +363,14 @@ func writeThroughput(b *strings.Builder, res *results) {
 		tputSocat:   "socat in the gateway (fork)",
 		tputHAProxy: "haproxy in the gateway (mode tcp)",
 		tputDNAT:    "one hand-written `dnat to` rule + `ct status dnat masquerade`, no counters",
+		tputTable:   "fwdd's table alone (`fwdd print \\| nft -f`, no daemon)",
 	}
 	g := func(x float64) string { return fmt.Sprintf("%.2f", x) }
 	for _, v := range tputVariants {
 		s := summarize(t[v])
+		if s.missing {
+			continue
+		}
 		p("| %s | %s | %s | %s – %s | %s |\n", names[v], g(s.Median), spread(s, g), g(s.Q1), g(s.Q3), fmtX(ratio(s, rt)))
 	}
 	fw := summarize(t[tputFwdd])
@@ -519,6 +541,16 @@ func plotConns(dir string, res *results) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
+	for _, n := range res.Options.sizes {
+		for _, k := range []string{kindFwdd, kindTable, kindLinear} {
+			if len(res.Conns[connVariant{k, n}]) == 0 {
+				return fmt.Errorf("%s was not measured", connVariant{k, n})
+			}
+		}
+	}
+	if len(res.Conns[connVariant{Kind: kindRouting}]) == 0 {
+		return errors.New("routing was not measured")
+	}
 	top := 0.0
 	var data bytes.Buffer
 	data.WriteString("# forwards fwdd_median fwdd_min fwdd_max linear_median linear_min linear_max table_median table_min table_max\n")

@@ -49,3 +49,17 @@ func ratio(a, b summary) float64 {
 	}
 	return a.Median / b.Median
 }
+
+// paired summarizes the ratios a[i]/b[i] of samples taken in the same
+// round (next to each other, see roundOrder): drift of the shared machine
+// between rounds cancels out of each ratio, where a ratio of medians mixes
+// rounds with different background load.
+func paired(a, b []float64) summary {
+	var r []float64
+	for i := range min(len(a), len(b)) {
+		if b[i] > 0 {
+			r = append(r, a[i]/b[i])
+		}
+	}
+	return summarize(r)
+}

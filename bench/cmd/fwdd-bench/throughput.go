@@ -17,9 +17,13 @@ const (
 	// masquerade rule, without counters: NAT's own price, against which
 	// fwdd's per-packet counting is judged.
 	tputDNAT = "dnat"
+	// tputTable is fwdd's table loaded with nft -f (from `fwdd print`) and
+	// no daemon running: the kernel's per-packet share of fwdd's price,
+	// apart from the daemon's presence.
+	tputTable = "fwddtable"
 )
 
-var tputVariants = []string{tputRouting, tputFwdd, tputDNAT, tputSocat, tputHAProxy}
+var tputVariants = []string{tputRouting, tputFwdd, tputTable, tputDNAT, tputSocat, tputHAProxy}
 
 const dnatTable = "handdnat"
 
@@ -43,25 +47,31 @@ table ip %[1]s {
 type tputResults map[string][]float64
 
 // measureThroughput runs one iperf3 TCP stream client -> backend per sample,
-// round-robin over the variants, starting each round one variant later so
-// that no variant always runs first.
-func (e *env) measureThroughput(rounds int, seconds int) (tputResults, error) {
+// interleaved over the variants (see roundOrder) so that no variant always
+// runs first or right after another.
+func (e *env) measureThroughput(o *options, rounds int, seconds int) (tputResults, error) {
 	cfg, err := e.writeConfig("throughput.toml", throughputConfig())
 	if err != nil {
 		return nil, err
 	}
-	dnat, err := e.writeConfig("dnat.nft", dnatRuleset())
-	if err != nil {
+	files := map[string]string{tputFwdd: cfg}
+	if files[tputDNAT], err = e.writeConfig("dnat.nft", dnatRuleset()); err != nil {
 		return nil, err
+	}
+	if files[tputTable], err = e.printTable(cfg); err != nil {
+		return nil, err
+	}
+	var variants []string
+	for _, v := range tputVariants {
+		if o.runs(v) {
+			variants = append(variants, v)
+		}
 	}
 	res := tputResults{}
 	for r := range rounds {
-		for k := range tputVariants {
-			v := tputVariants[(r+k)%len(tputVariants)]
-			file := cfg
-			if v == tputDNAT {
-				file = dnat
-			}
+		for _, k := range roundOrder(r, len(variants)) {
+			v := variants[k]
+			file := files[v]
 			gbps, err := e.tputSample(v, file, seconds)
 			if err != nil {
 				return nil, fmt.Errorf("throughput %s, round %d: %w", v, r+1, err)
@@ -87,11 +97,17 @@ func (e *env) tputSample(variant, cfg string, seconds int) (float64, error) {
 			return 0, err
 		}
 		defer func() { _ = d.stop() }()
-	case tputDNAT:
+	case tputDNAT, tputTable:
 		if out, err := e.run(e.topo.Gateway, time.Minute, "nft", "-f", cfg); err != nil {
 			return 0, fmt.Errorf("nft -f %s: %w: %s", cfg, err, out)
 		}
-		defer func() { _, _ = e.run(e.topo.Gateway, time.Minute, "nft", "delete", "table", "ip", dnatTable) }()
+		table := []string{"ip", dnatTable}
+		if variant == tputTable {
+			table = []string{"inet", "fwdd"}
+		}
+		defer func() {
+			_, _ = e.run(e.topo.Gateway, time.Minute, append([]string{"nft", "delete", "table"}, table...)...)
+		}()
 	case tputSocat:
 		port = socatPort
 	case tputHAProxy:
