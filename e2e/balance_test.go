@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -258,12 +259,16 @@ func TestKernelHealthTCP(t *testing.T) {
 	if !strings.Contains(out, "backend down") || !strings.Contains(out, `"reason": "refused"`) {
 		t.Errorf("no 'backend down' line with reason refused:\n%s", out)
 	}
+	checkBackendStatus(t, topo, d)
 	m := scrape(t, topo)
 	for _, want := range []string{
 		`fwdd_backend_up{backend="10.22.0.3:8080",forward="web"} 0`,
 		`fwdd_backend_up{backend="10.22.0.2:8080",forward="web"} 1`,
 		`fwdd_backend_health_changes_total{backend="10.22.0.3:8080",forward="web"} 1`,
 		`fwdd_backend_connections{backend="10.22.0.2:8080",forward="web"}`,
+		`fwdd_backend_established_connections{backend="10.22.0.2:8080",forward="web"}`,
+		`fwdd_backend_live_packets{backend="10.22.0.2:8080",forward="web"}`,
+		`fwdd_backend_live_bytes{backend="10.22.0.4:8080",forward="web"}`,
 	} {
 		if !strings.Contains(m, want) {
 			t.Errorf("/metrics lacks %s", want)
@@ -281,6 +286,77 @@ func TestKernelHealthTCP(t *testing.T) {
 		t.Fatalf("restarted backend: %v\n%s", err, d.proc.Output())
 	}
 	t.Logf("the restarted backend gets connections again %v after its restart", time.Since(back).Round(time.Millisecond))
+}
+
+// checkBackendStatus: with 10.22.0.3 down, `fwdd status` shows each
+// backend of "web" with its health and last check from the daemon, and
+// the live connections held open meanwhile with their traffic.
+func checkBackendStatus(t *testing.T, topo *sandbox.Topology, d *daemon) {
+	t.Helper()
+	const held = 6
+	for range held {
+		c, _, err := topo.Client.DialTCP(ctxT(t), "10.11.0.1:80")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := sandbox.Echo(c, "ping"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	type backend struct {
+		Address, Health, Reason  string
+		Connections, Established int
+		Packets, Bytes           uint64
+	}
+	var st struct {
+		Forwards []struct {
+			Name     string
+			Backends []backend
+		}
+	}
+	var web []backend
+	if err := sandbox.Eventually(3*time.Second, func() error {
+		out, err := fwdd(t, topo, "status", "--json", "-c", d.cfgPath, "--state-dir", d.stateDir, "web")
+		if err != nil {
+			return fmt.Errorf("fwdd status: %v\n%s", err, out)
+		}
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			return err
+		}
+		if len(st.Forwards) != 1 || len(st.Forwards[0].Backends) != 3 {
+			return fmt.Errorf("status of web: %s", out)
+		}
+		web = st.Forwards[0].Backends
+		if web[1].Health != "down" {
+			return fmt.Errorf("10.22.0.3 is %q, want down: %s", web[1].Health, out)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("status of web's backends: %+v", web)
+	conns := 0
+	for i, b := range web {
+		want := backend{Address: balanceBackends[i] + ":8080", Health: "up", Reason: "connected"}
+		if i == 1 {
+			want.Health, want.Reason = "down", "refused"
+		}
+		if b.Address != want.Address || b.Health != want.Health || b.Reason != want.Reason {
+			t.Errorf("backend %d: %+v, want %s %s (last check %s)", i, b, want.Address, want.Health, want.Reason)
+		}
+		if b.Established > 0 && (b.Packets < 6 || b.Bytes == 0) {
+			t.Errorf("backend %s: %d open connections but %d packets, %d bytes", b.Address, b.Established, b.Packets, b.Bytes)
+		}
+		conns += b.Established
+	}
+	if conns < held || web[1].Established != 0 {
+		t.Errorf("open connections per backend: %+v, want %d on 10.22.0.2 and 10.22.0.4", web, held)
+	}
+	out, err := fwdd(t, topo, "status", "-c", d.cfgPath, "--state-dir", d.stateDir)
+	if err != nil || !strings.Contains(out, "BACKEND") || !strings.Contains(out, "refused since") {
+		t.Errorf("fwdd status: %v, want a backend table with the last check:\n%s", err, out)
+	}
 }
 
 // TestKernelHealthHTTP: a backend that answers 500 is taken out; all down

@@ -99,7 +99,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	case "status":
-		return status(cfgPath, fs.Args(), *jsonOut, stdout, stderr)
+		return status(cfgPath, *stateDir, fs.Args(), *jsonOut, stdout, stderr)
 	case "diff":
 		return runDiff(cfgPath, *stateDir, stdout, stderr)
 	case "doctor":
@@ -227,13 +227,23 @@ func printErr(stderr io.Writer, err error) {
 	}
 }
 
-func status(cfgPath string, only []string, jsonOut bool, stdout, stderr io.Writer) int {
+func status(cfgPath, stateDir string, only []string, jsonOut bool, stdout, stderr io.Writer) int {
 	cfg, err := config.Load(cfgPath)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	r, err := fwstatus.Collect(cfg, fwstatus.Sources{Only: only})
+	src := fwstatus.Sources{Only: only}
+	// The backends' health is known only to the daemon: its state file
+	// records it, trusted once FindDaemon verified who wrote it.
+	if d, err := fwdaemon.FindDaemon(stateDir, cfgPath); err == nil {
+		src.Health = d.Backends
+		if src.Health == nil {
+			src.Health = []fwdaemon.BackendHealth{}
+		}
+		d.Close()
+	}
+	r, err := fwstatus.Collect(cfg, src)
 	if err != nil {
 		fmt.Fprintln(stderr, "status:", err)
 		return 1

@@ -94,7 +94,12 @@ func TestBalancer(t *testing.T) {
 	if up := next(); !cmp.Equal(up, []bool{true, true}) {
 		t.Fatalf("all down: program(%v), want every backend in (fail open)", up)
 	}
-	if n := logs.FilterMessageSnippet("fail open").FilterLevelExact(zapcore.ErrorLevel).Len(); n != 1 {
+	// The error is logged once program returned: wait for it.
+	failOpen := func() int { return logs.FilterMessageSnippet("fail open").FilterLevelExact(zapcore.ErrorLevel).Len() }
+	for deadline := time.Now().Add(2 * time.Second); failOpen() == 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := failOpen(); n != 1 {
 		t.Errorf("%d fail-open errors logged, want 1", n)
 	}
 
@@ -107,7 +112,11 @@ func TestBalancer(t *testing.T) {
 		t.Errorf("entries deleted in fail open or when a backend came back: %v", sels)
 	default:
 	}
-	if n := logs.FilterMessageSnippet("fail open ends").Len(); n != 1 {
+	ends := func() int { return logs.FilterMessageSnippet("fail open ends").Len() }
+	for deadline := time.Now().Add(2 * time.Second); ends() == 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := ends(); n != 1 {
 		t.Errorf("%d 'fail open ends' lines, want 1", n)
 	}
 	if up, _ := b.upSet("dns"); !cmp.Equal(up, []bool{true, false}) {
