@@ -194,7 +194,7 @@ func TestKernelSystemdPackage(t *testing.T) {
 	c.must("systemctl", "start", "fwdd")
 	c.mustActive()
 
-	// Upgrade over itself: try-restart, the operator's config kept.
+	// Upgrade over itself: restarted, the operator's config kept.
 	pid = c.mainPID()
 	c.must("dpkg", "-i", inContainer)
 	c.mustActive()
@@ -224,6 +224,14 @@ func TestKernelSystemdPackage(t *testing.T) {
 	if got := c.must("dpkg-query", "-W", "-f=${db:Status-Abbrev}", "fwdd"); strings.TrimSpace(got) != "rc" {
 		t.Errorf("after remove: status %q, want rc", got)
 	}
+
+	// Reinstall after remove: the kept config in force again, the daemon started.
+	c.must("dpkg", "-i", inContainer)
+	c.mustActive()
+	if !strings.Contains(c.nft("list", "table", "inet", "fwdd"), "10.99.0.2") {
+		t.Error("after reinstall: the table lacks the config's forwards")
+	}
+	c.must("dpkg", "-r", "fwdd")
 
 	// Purge: /etc/fwdd and the unit's enablement gone.
 	c.must("dpkg", "-P", "fwdd")
