@@ -357,6 +357,11 @@ func checkBackendStatus(t *testing.T, topo *sandbox.Topology, d *daemon) {
 	if err != nil || !strings.Contains(out, "BACKEND") || !strings.Contains(out, "refused since") {
 		t.Errorf("fwdd status: %v, want a backend table with the last check:\n%s", err, out)
 	}
+	// A backend the daemon took out is no table that differs: keepalived's
+	// track_script must not fail the node over for it.
+	if out, err := fwdd(t, topo, "health", "-c", d.cfgPath, "--state-dir", d.stateDir); err != nil {
+		t.Errorf("fwdd health with a backend down: %v\n%s", err, out)
+	}
 }
 
 // TestKernelHealthHTTP: a backend that answers 500 is taken out; all down

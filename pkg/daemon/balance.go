@@ -359,6 +359,38 @@ func (b *balancer) backendHealth(order []string, prev []BackendHealth) []Backend
 	return out
 }
 
+// WithHealth leaves out of m's balance maps the backends that health (a
+// daemon's record) says are down, as the daemon does in the kernel (all of
+// a forward's backends in when none is up: fail open). Readers of the
+// table (status, fwdd health) compare it with this model, so that a backend
+// the daemon took out is not a table that differs.
+func WithHealth(m *nft.Model, health []BackendHealth) *nft.Model {
+	down := map[string]bool{}
+	for _, h := range health {
+		if h.Health == "down" {
+			down[h.Forward+"/"+h.Backend] = true
+		}
+	}
+	if len(down) == 0 {
+		return m
+	}
+	for i := range m.Config.Forwards {
+		f := &m.Config.Forwards[i]
+		if !f.Balanced() || f.Health.Check == config.CheckNone {
+			continue
+		}
+		up := make([]bool, len(f.Backends))
+		for j, b := range f.Backends {
+			addr, _ := BackendAddr(f, b)
+			up[j] = !down[f.Name+"/"+addr.String()]
+		}
+		if slices.Contains(up, false) {
+			m = m.WithUp(f.Name, inKernel(up))
+		}
+	}
+	return m
+}
+
 // forwardNames lists the forwards in force, in config order.
 func (d *Daemon) forwardNames() []string {
 	cfg := d.Config()

@@ -143,7 +143,7 @@ func Collect(cfg *config.Config, src Sources) (*Report, error) {
 		if err != nil {
 			return nil, err
 		}
-		m = withHealth(m, fwds, src.Health)
+		m = daemon.WithHealth(m, src.Health)
 		// The table's chains and sets, then the elements of the forwards
 		// reported, by key.
 		if t, err := src.Kernel.Read(cfg.Daemon.Table, false); err != nil {
@@ -215,37 +215,6 @@ func Collect(cfg *config.Config, src Sources) (*Report, error) {
 		r.Forwards = append(r.Forwards, out)
 	}
 	return r, nil
-}
-
-// withHealth leaves out of m's balance maps the backends the daemon found
-// down, as it does in the kernel (all of them in when none is up: fail
-// open), so that a down backend is not reported as a table that differs.
-func withHealth(m *nft.Model, fwds []*config.Forward, health []daemon.BackendHealth) *nft.Model {
-	down := map[string]bool{}
-	for _, h := range health {
-		if h.Health == "down" {
-			down[h.Forward+"/"+h.Backend] = true
-		}
-	}
-	if len(down) == 0 {
-		return m
-	}
-	for _, f := range fwds {
-		if !f.Balanced() {
-			continue
-		}
-		up := make([]bool, len(f.Backends))
-		anyDown, anyUp := false, false
-		for i, b := range f.Backends {
-			addr, _ := daemon.BackendAddr(f, b)
-			up[i] = !down[f.Name+"/"+addr.String()]
-			anyDown, anyUp = anyDown || !up[i], anyUp || up[i]
-		}
-		if anyDown && anyUp {
-			m = m.WithUp(f.Name, up)
-		}
-	}
-	return m
 }
 
 // backends reports the backends of a balanced forward f.
