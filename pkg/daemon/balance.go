@@ -234,6 +234,9 @@ func (d *Daemon) programBackends(forward string, up []bool) error {
 		return err
 	}
 	d.log.Debug("backends updated", zap.String("forward", forward), zap.Int("elements", st.Elements), zap.Duration("elapsed", st.Elapsed))
+	// At once, not at the next tick: fwdd health compares the kernel with
+	// the health recorded there.
+	d.writeHealth()
 	return nil
 }
 
@@ -405,8 +408,9 @@ func (d *Daemon) forwardNames() []string {
 }
 
 // recordHealth writes the daemon's state file, every period, when a
-// backend's health or last check result changed since it was last
-// written: `fwdd status` reads the backends' health there. A check that
+// backend's last check result changed since it was last written (a change
+// of health is written at once, by programBackends): `fwdd status` and
+// `fwdd health` read the backends' health there. A check that
 // ends as the one before changes nothing, so 1,000 healthy backends cost
 // no write at all.
 func (d *Daemon) recordHealth(ctx context.Context, period time.Duration) {
@@ -418,14 +422,20 @@ func (d *Daemon) recordHealth(ctx context.Context, period time.Duration) {
 			return
 		case <-t.C:
 		}
-		d.stateMu.Lock()
-		next := d.tasks.balancer.backendHealth(d.forwardNames(), d.state.Backends)
-		if !slices.Equal(next, d.state.Backends) {
-			d.state.Backends = next
-			if err := WriteState(d.opts.StateDir, d.state); err != nil {
-				d.log.Warn("cannot record daemon state", zap.Error(err))
-			}
-		}
-		d.stateMu.Unlock()
+		d.writeHealth()
+	}
+}
+
+// writeHealth records the backends' health in the state file if it changed.
+func (d *Daemon) writeHealth() {
+	d.stateMu.Lock()
+	defer d.stateMu.Unlock()
+	next := d.tasks.balancer.backendHealth(d.forwardNames(), d.state.Backends)
+	if slices.Equal(next, d.state.Backends) {
+		return
+	}
+	d.state.Backends = next
+	if err := WriteState(d.opts.StateDir, d.state); err != nil {
+		d.log.Warn("cannot record daemon state", zap.Error(err))
 	}
 }
