@@ -504,3 +504,106 @@ func TestKernelBalanceBadInput(t *testing.T) {
 		})
 	}
 }
+
+// heldOn opens connections through addr until one is held on each backend
+// in servers, and returns them by backend.
+func heldOn(t *testing.T, h *sandbox.Host, addr string, servers map[string]*sandbox.TCPServer) map[string]net.Conn {
+	t.Helper()
+	held := map[string]net.Conn{}
+	for i := 0; len(held) < len(servers); i++ {
+		if i == 200 {
+			t.Fatalf("200 connections held on %d backends only", len(held))
+		}
+		before := map[string]int{}
+		for a, s := range servers {
+			before[a] = len(s.Peers())
+		}
+		c, _, err := h.DialTCP(ctxT(t), addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for a, s := range servers {
+			if len(s.Peers()) > before[a] && held[a] == nil {
+				held[a] = c
+				c = nil
+			}
+		}
+		if c != nil {
+			c.Close()
+		}
+	}
+	for _, c := range held {
+		t.Cleanup(func() { c.Close() })
+	}
+	return held
+}
+
+// TestKernelBalanceReload: a reload that changes only the backends and
+// weights of a forward sends only its balance elements, the connections
+// held to the backends that stay keep flowing, and the new weights hold;
+// a reload with bad balancing input is refused with the file's line and
+// leaves the kernel byte-identical.
+func TestKernelBalanceReload(t *testing.T) {
+	topo := balanceTopo(t)
+	servers := tcpServers(t, topo.Backend, 8080)
+	const base = `
+[[forward]]
+name = "other"
+port = 90
+to = "10.22.0.2:8080"
+
+[[forward]]
+name = "web"
+port = 80
+`
+	d := startFwdd(t, topo, base+`to = ["10.22.0.2:8080", "10.22.0.3:8080", "10.22.0.4:8080"]`+"\n")
+	held := heldOn(t, topo.Client, "10.11.0.1:80", servers)
+
+	if err := d.WriteConfig(base + `
+[[forward.backend]]
+to = "10.22.0.2:8080"
+weight = 3
+[[forward.backend]]
+to = "10.22.0.3:8080"
+`); err != nil {
+		t.Fatal(err)
+	}
+	l, err := d.Reload()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 3 intervals deleted, 2 added: nothing else.
+	if l.Fields["fullReplace"] != false || l.Fields["elements"] != float64(5) || fmt.Sprint(l.Fields["changed"]) != "[web]" {
+		t.Errorf("reload of web's backends and weights: %s, want 5 elements of web only, no full replace", l.Text)
+	}
+	for _, a := range []string{"10.22.0.2", "10.22.0.3"} {
+		if err := sandbox.Echo(held[a], "still there"); err != nil {
+			t.Errorf("connection held to %s, which stayed: %v", a, err)
+		}
+	}
+	const n = 2000
+	got := connectMany(t, topo.Client, "10.11.0.1:80", n, servers)
+	t.Logf("after the reload, weights 3:1: %v", got)
+	share(t, "reloaded weights 3:1", got, "10.22.0.2", 0.75, n)
+	share(t, "reloaded weights 3:1", got, "10.22.0.3", 0.25, n)
+	if got["10.22.0.4"] != 0 {
+		t.Errorf("10.22.0.4 left the forward but got %d new connections", got["10.22.0.4"])
+	}
+
+	before := nftList(t, topo, "table", "inet", "fwdd")
+	for _, bad := range []struct{ forward, want string }{
+		{`to = []`, "empty"},
+		{`to = ["10.22.0.2:8080", "[fd22::2]:8080"]`, "family"},
+		{"[[forward.backend]]\nto = \"10.22.0.2:8080\"\nweight = 101", "between 1 and 100"},
+		{`to = ["10.22.0.2:8080", "10.22.0.3:8080"]` + "\nhealth = { check = \"http\", interval = \"1s\", timeout = \"2s\" }", "timeout"},
+		{`to = ["10.22.0.2:8080", "10.22.0.3:8080"]` + "\nhealth = { check = \"tcp\", path = \"/x\" }", "path"},
+	} {
+		out, err := d.reload(base + bad.forward + "\n")
+		if err == nil || !strings.Contains(out, d.cfgPath+":") || !strings.Contains(out, bad.want) {
+			t.Errorf("reload with %q: %v, %q; want it refused naming %s:line and %q", bad.forward, err, out, d.cfgPath, bad.want)
+		}
+		if after := nftList(t, topo, "table", "inet", "fwdd"); after != before {
+			t.Errorf("reload with %q changed the table:\n%s\nwant\n%s", bad.forward, after, before)
+		}
+	}
+}
