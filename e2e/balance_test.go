@@ -590,7 +590,15 @@ to = "10.22.0.3:8080"
 		t.Errorf("10.22.0.4 left the forward but got %d new connections", got["10.22.0.4"])
 	}
 
-	before := nftList(t, topo, "table", "inet", "fwdd")
+	// -s: without counter values, which any packet changes.
+	list := func() string {
+		out, err := topo.Gateway.Run(ctxT(t), "nft", "-s", "list", "table", "inet", "fwdd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(out)
+	}
+	before := list()
 	for _, bad := range []struct{ forward, want string }{
 		{`to = []`, "empty"},
 		{`to = ["10.22.0.2:8080", "[fd22::2]:8080"]`, "family"},
@@ -602,7 +610,7 @@ to = "10.22.0.3:8080"
 		if err == nil || !strings.Contains(out, d.cfgPath+":") || !strings.Contains(out, bad.want) {
 			t.Errorf("reload with %q: %v, %q; want it refused naming %s:line and %q", bad.forward, err, out, d.cfgPath, bad.want)
 		}
-		if after := nftList(t, topo, "table", "inet", "fwdd"); after != before {
+		if after := list(); after != before {
 			t.Errorf("reload with %q changed the table:\n%s\nwant\n%s", bad.forward, after, before)
 		}
 	}

@@ -331,6 +331,9 @@ func (d *Daemon) Repair() error {
 
 // Stop honours on_stop: remove the table, or leave it in the kernel.
 func (d *Daemon) Stop() error {
+	// After the health checker's batches, and none after the table is gone.
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
 	cur := d.InForce()
 	if cur == nil {
 		return nil
