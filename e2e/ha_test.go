@@ -499,7 +499,7 @@ func TestKernelHA(t *testing.T) {
 	for _, c := range []struct{ forward, client string }{{"web", dlAddr}, {"app", ecAddr}} {
 		_, port, _ := net.SplitHostPort(c.client)
 		out := run(t, gw2.host, "conntrack", "-L", "-p", "tcp", "--sport", port)
-		want := fmt.Sprintf("mark=%d ", ctmark.ForID(ids[c.forward]))
+		want := fmt.Sprintf("mark=%d ", ctmark.Default.ForID(ids[c.forward]))
 		if !strings.Contains(out, want) {
 			t.Errorf("gw2: connection from %s: conntrack entry without %q (forward %s):\n%s", c.client, want, c.forward, out)
 		}

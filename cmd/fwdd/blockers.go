@@ -5,7 +5,6 @@ import (
 	"io"
 
 	"github.com/fwdd/fwdd/pkg/config"
-	"github.com/fwdd/fwdd/pkg/ctmark"
 	"github.com/fwdd/fwdd/pkg/nft"
 )
 
@@ -17,7 +16,7 @@ func warnBlockers(cfgPath string, w io.Writer) {
 		return
 	}
 	k := &nft.Netlink{}
-	bs, err := k.ForeignBlockers(cfg.Daemon.Table, ctmark.Tag, ctmark.Mask)
+	bs, err := k.ForeignBlockers(cfg.Daemon.Table, cfg.Daemon.CtMark.Tag, cfg.Daemon.CtMark.TagMask)
 	if err != nil {
 		return
 	}

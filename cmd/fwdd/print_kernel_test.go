@@ -95,9 +95,22 @@ to = "[fd00::61]:443"
 // are the same table: `nft list table` of both, normalised, is equal, and
 // so is every element's bytes read back.
 func TestKernelPrintMatchesNetlink(t *testing.T) {
+	for _, tc := range []struct{ name, config string }{
+		{"default ct mark", hostileButValid},
+		// fwdd owns only the high 16 bits: verdict maps per chunk of the
+		// id, masked keys everywhere (pkg/nft/ctmark.go).
+		{"partial ct_mask", strings.Replace(hostileButValid, "[daemon]\n", "[daemon]\nct_mark = \"0x00fd0000/0x00ff0000\"\nct_mask = 0xffff0000\n", 1)},
+		// 20 id bits in three chunks, below the tag.
+		{"three chunks", strings.Replace(hostileButValid, "[daemon]\n", "[daemon]\nct_mark = \"0x0d000000/0x0f000000\"\nct_mask = 0x0ffffff0\n", 1)},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testPrintMatchesNetlink(t, tc.config) })
+	}
+}
+
+func testPrintMatchesNetlink(t *testing.T, text string) {
 	topo := sandbox.New(t, sandbox.Options{NoClient2: true, NoOther: true})
 	ctx := context.Background()
-	path := writeFile(t, hostileButValid)
+	path := writeFile(t, text)
 	cfg, err := config.Load(path)
 	if err != nil {
 		t.Fatal(err)
@@ -151,6 +164,10 @@ func TestKernelPrintMatchesNetlink(t *testing.T) {
 	}
 	if err := a.Differs(m); err != nil {
 		t.Errorf("programmed table: %v", err)
+	}
+	// Read back (verdict maps included), it needs no repair.
+	if p := nft.Reconcile(a, m); !p.Empty() {
+		t.Errorf("reconcile of the programmed table is not empty:\n%s", p)
 	}
 }
 

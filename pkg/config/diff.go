@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 	"reflect"
 	"strings"
 )
@@ -160,6 +161,10 @@ func (c *Config) TOML() []byte {
 		v := reflect.ValueOf(sec.v)
 		for i := 0; i < v.NumField(); i++ {
 			f := v.Field(i)
+			if l, ok := f.Interface().(ctmark.Layout); ok {
+				fmt.Fprintf(&b, "ct_mark = %q\nct_mask = 0x%08x\n", l.Connmark(), l.Mask)
+				continue
+			}
 			val := fmt.Sprint(f.Interface())
 			if f.Kind() == reflect.String {
 				val = fmt.Sprintf("%q", f.String())

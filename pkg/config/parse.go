@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math/bits"
 	"net"
 	"net/netip"
 	"regexp"
@@ -22,8 +23,10 @@ import (
 const MaxElements = 2_000_000
 
 // MaxForwards is the most forwards a configuration may hold: each needs its
-// own id in the ct mark (see pkg/ctmark).
-const MaxForwards = int(ctmark.MaxID)
+// own id in the ct mark (see pkg/ctmark), and the default layout carries
+// 24-bit ids (ctmark.Default.MaxID). A [daemon] ct_mask with fewer id bits
+// lowers the limit.
+const MaxForwards = 1<<24 - 1
 
 // MaxFileSize is the largest file fwdd reads (64 MiB), so that a huge file
 // cannot exhaust memory.
@@ -35,7 +38,7 @@ const MaxFileSize = 64 << 20
 // [Daemon], TABLE would be taken), maps keep each key as written.
 var allowedKeys = map[string][]string{
 	"":          {"daemon", "sysctl", "conntrack", "forward"},
-	"daemon":    {"table", "on_stop", "log_level", "metrics", "forward_policy"},
+	"daemon":    {"table", "on_stop", "log_level", "metrics", "forward_policy", "ct_mark", "ct_mask"},
 	"sysctl":    {"ip_forward", "rp_filter", "conntrack_max", "conntrack_buckets"},
 	"conntrack": {"warn_percent", "critical_percent"},
 	"forward":   {"name", "proto", "port", "address", "to", "backend", "balance", "health", "on_change", "interface", "sources", "snat", "log"},
@@ -132,6 +135,9 @@ type fileResult struct {
 	fwds      []Forward
 	nameLines []int  // line of each forward's name (its header's when unset)
 	valid     []bool // the forward has no problem of its own
+	// ctMaskLine is the line of [daemon] ct_mask (of the section when the
+	// key is not set), where too many forwards for its id bits are reported.
+	ctMaskLine int
 }
 
 // decodeFile decodes one file with BurntSushi/toml, finds where its keys are,
@@ -176,6 +182,7 @@ func decodeFile(all *problems, src source, dropIn bool) *fileResult {
 	slices.Sort(r.top)
 	if !dropIn {
 		r.daemon, r.warnings = parseDaemon(ps, tables["daemon"], pos.section("daemon"))
+		r.ctMaskLine = pos.section("daemon").line("ct_mask")
 		r.sysctl = parseSysctl(ps, tables["sysctl"], pos.section("sysctl"))
 		r.conntrack = parseConntrack(ps, tables["conntrack"], pos.section("conntrack"))
 	}
@@ -427,6 +434,7 @@ func parseDaemon(ps *problems, t map[string]any, lines *keyLines) (Daemon, []Pro
 			fs.errorf("table", "%s is not a valid table name; must be 1-32 letters, digits, '_' or '-', starting with a letter", quote(s))
 		}
 	}
+	d.CtMark = parseCtMark(fs, t)
 	var warnings []Problem
 	if m, ok := fs.str("metrics", t["metrics"], ""); ok && m != "" {
 		host, err := checkListenAddr(m)
@@ -442,6 +450,45 @@ func parseDaemon(ps *problems, t map[string]any, lines *keyLines) (Daemon, []Pro
 		}
 	}
 	return d, warnings
+}
+
+// parseCtMark reads ct_mark ("VALUE/MASK": the tag of fwdd's connections,
+// as iptables' connmark and conntrack -m write it) and ct_mask (every bit
+// fwdd owns: the tag's and the forward id's).
+func parseCtMark(fs *fields, t map[string]any) ctmark.Layout {
+	l := ctmark.Default
+	s, ok := fs.str("ct_mark", t["ct_mark"], "")
+	if ok && s != "" {
+		var err error
+		if l.Tag, l.TagMask, err = ctmark.ParseMark(s); err != nil {
+			fs.errorf("ct_mark", "%s: %v; must be VALUE/MASK in hex or decimal, e.g. %q (the default)", quote(s), err, ctmark.Default.Connmark())
+			return ctmark.Default
+		}
+	}
+	switch v := t["ct_mask"].(type) {
+	case nil:
+	case int64:
+		if v < 0 || v > 0xffffffff {
+			fs.errorf("ct_mask", "%d is out of range; must be a 32-bit mask, e.g. 0xffff0000", v)
+			return ctmark.Default
+		}
+		l.Mask = uint32(v)
+	case string:
+		m, err := ctmark.ParseUint32(v)
+		if err != nil {
+			fs.errorf("ct_mask", "%v; must be a 32-bit mask, e.g. 0xffff0000", err)
+			return ctmark.Default
+		}
+		l.Mask = m
+	default:
+		fs.errorf("ct_mask", "must be a 32-bit mask (an integer such as 0xffff0000), not %s", tomlType(v))
+		return ctmark.Default
+	}
+	if key, err := l.Validate(); err != nil {
+		fs.errorf(key, "%v; allowed: ct_mark = \"VALUE/MASK\" with a nonzero value inside a contiguous mask, ct_mask holding that mask and one contiguous run of id bits beside it (default %s)", err, ctmark.Default)
+		return ctmark.Default
+	}
+	return l
 }
 
 // checkListenAddr checks a host:port to listen on and returns the host's
@@ -509,8 +556,13 @@ func assemble(ps *problems, path string, files []*fileResult) (*Config, error) {
 		nameLines = append(nameLines, f.nameLines...)
 		valid = append(valid, f.valid...)
 	}
-	if len(c.Forwards) > MaxForwards {
+	switch l := c.Daemon.CtMark; {
+	case len(c.Forwards) > MaxForwards:
 		ps.addIn(messageName(path), 0, "", "", "%d forwards; the limit is %d (the forward ids a ct mark can carry)", len(c.Forwards), MaxForwards)
+	case len(c.Forwards) > int(l.MaxID()):
+		need := bits.Len(uint(len(c.Forwards)))
+		ps.addIn(messageName(path), main.ctMaskLine, "daemon", "ct_mask", "0x%08x leaves %d bits for forward ids (at most %d forwards), but there are %d forwards; they need at least %d id bits: widen ct_mask (e.g. 0x%08x) or use fewer forwards",
+			l.Mask, l.IDBits(), l.MaxID(), len(c.Forwards), need, widen(l, need))
 	}
 	checkNames(ps, c.Forwards, nameLines)
 	checkOverlaps(ps, c.Forwards, valid)
@@ -522,6 +574,18 @@ func assemble(ps *problems, path string, files []*fileResult) (*Config, error) {
 		c.Forwards = nil
 	}
 	return c, nil
+}
+
+// widen returns l's ct_mask with the id field grown to n bits, on the side
+// away from the tag.
+func widen(l ctmark.Layout, n int) uint32 {
+	id := l.IDMask()
+	lo := bits.TrailingZeros32(id)
+	if l.TagMask > id { // the id bits are below the tag: grow downwards
+		top := 32 - bits.LeadingZeros32(id)
+		return l.TagMask | uint32((uint64(1)<<n-1)<<max(top-n, 0))
+	}
+	return l.TagMask | uint32((uint64(1)<<n-1)<<lo)
 }
 
 // checkNames reports forwards whose name another forward already uses.

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -15,7 +16,7 @@ import (
 func defaultConfig() Config {
 	return Config{
 		Path:      "fwdd.toml",
-		Daemon:    Daemon{Table: "fwdd", OnStop: OnStopFlush, LogLevel: "info", ForwardPolicy: ForwardAccept},
+		Daemon:    Daemon{Table: "fwdd", OnStop: OnStopFlush, LogLevel: "info", ForwardPolicy: ForwardAccept, CtMark: ctmark.Default},
 		Sysctl:    Sysctl{IPForward: true, RPFilter: RPFilterKeep},
 		Conntrack: Conntrack{WarnPercent: 80, CriticalPercent: 95},
 	}
@@ -68,7 +69,7 @@ critical_percent = 100
 `,
 			want: &Config{
 				Path:      "fwdd.toml",
-				Daemon:    Daemon{Table: "nat-fwd", OnStop: OnStopKeep, LogLevel: "debug", Metrics: "[::1]:9650", ForwardPolicy: ForwardDrop},
+				Daemon:    Daemon{Table: "nat-fwd", OnStop: OnStopKeep, LogLevel: "debug", Metrics: "[::1]:9650", ForwardPolicy: ForwardDrop, CtMark: ctmark.Default},
 				Sysctl:    Sysctl{IPForward: false, RPFilter: RPFilterLoose, ConntrackMax: 262144},
 				Conntrack: Conntrack{WarnPercent: 50, CriticalPercent: 100},
 			},
@@ -326,6 +327,23 @@ func parseBadTests() []parseBadTest {
 		{"metrics no port", "[daemon]\nmetrics = \"localhost\"\n", []string{`daemon: metrics: "localhost": missing port in address; must be "" (off) or host:port`}},
 		{"metrics named port", "[daemon]\nmetrics = \":http\"\n", []string{`metrics: ":http": port "http" is not a number between 1 and 65535`}},
 		{"metrics port 0", "[daemon]\nmetrics = \":0\"\n", []string{`port "0" is not a number between 1 and 65535`}},
+		// [daemon] ct_mark, ct_mask
+		{"ct_mark without mask", "[daemon]\nct_mark = \"0xfd000000\"\n", []string{`fwdd.toml:2: daemon: ct_mark: "0xfd000000": want VALUE/MASK, e.g. "0xfd000000/0xff000000"; must be VALUE/MASK in hex or decimal`}},
+		{"ct_mark not a number", "[daemon]\nct_mark = \"0xfd/ff\"\n", []string{`fwdd.toml:2: daemon: ct_mark: "0xfd/ff": mask: "ff" is not a 32-bit number (hex with 0x, or decimal)`}},
+		{"ct_mark type", "[daemon]\nct_mark = 0xfd000000\n", []string{`fwdd.toml:2: daemon: ct_mark: must be a string, not an integer`}},
+		{"ct_mark value outside mask", "[daemon]\n\nct_mark = \"0xfd000001/0xff000000\"\n", []string{`fwdd.toml:3: daemon: ct_mark: the value 0xfd000001 has bits outside the mask 0xff000000; allowed: ct_mark = "VALUE/MASK"`}},
+		{"ct_mark tag 0", "[daemon]\nct_mark = \"0/0xff000000\"\n", []string{`fwdd.toml:2: daemon: ct_mark: the value is 0, but a ct mark of 0 means "not marked"`}},
+		{"ct_mark mask not contiguous", "[daemon]\nct_mark = \"0x81000000/0x81000000\"\n", []string{`daemon: ct_mark: the mask 0x81000000 is not one run of contiguous bits`}},
+		{"ct_mask without the tag", "[daemon]\nct_mark = \"0xfd000000/0xff000000\"\nct_mask = 0x00ffffff\n", []string{`fwdd.toml:3: daemon: ct_mask: 0x00ffffff does not hold ct_mark's mask 0xff000000`}},
+		{"ct_mask tag only", "[daemon]\nct_mask = 0xff000000\n", []string{`fwdd.toml:2: daemon: ct_mask: 0xff000000 leaves no bits for forward ids`}},
+		{"ct_mask id bits split", "[daemon]\nct_mark = \"0x00fd0000/0x00ff0000\"\nct_mask = 0xffffff00\n", []string{`fwdd.toml:3: daemon: ct_mask: the id bits of 0xffffff00 (0xff00ff00: ct_mask without ct_mark's mask) are not one run of contiguous bits`}},
+		{"ct_mask too wide", "[daemon]\nct_mask = 0x1ffffffff\n", []string{`fwdd.toml:2: daemon: ct_mask: 8589934591 is out of range; must be a 32-bit mask`}},
+		{"ct_mask type", "[daemon]\nct_mask = true\n", []string{`fwdd.toml:2: daemon: ct_mask: must be a 32-bit mask (an integer such as 0xffff0000), not a boolean`}},
+		{
+			"ct_mask too narrow for the forwards",
+			"[daemon]\nct_mark = \"0x80000000/0x80000000\"\nct_mask = 0xc0000000\n" + web() + fwd(`name = "b"`, `port = 81`, `to = "10.0.0.1"`),
+			[]string{`fwdd.toml:3: daemon: ct_mask: 0xc0000000 leaves 1 bits for forward ids (at most 1 forwards), but there are 2 forwards; they need at least 2 id bits: widen ct_mask (e.g. 0xe0000000) or use fewer forwards`},
+		},
 
 		// [sysctl] and [conntrack]
 		{"ip_forward type", "[sysctl]\nip_forward = \"yes\"\n", []string{"fwdd.toml:2: sysctl: ip_forward: must be true or false, not a string"}},
@@ -643,7 +661,7 @@ func TestParseLimits(t *testing.T) {
 	if !checkLimits(newProblems(nil), []source{{text: three}}, 1000, 3) {
 		t.Errorf("3 forwards refused with a limit of 3")
 	}
-	if MaxForwards != 1<<24-1 {
+	if MaxForwards != int(ctmark.Default.MaxID()) || MaxForwards != 1<<24-1 {
 		t.Errorf("MaxForwards = %d, want the ct mark's forward ids", MaxForwards)
 	}
 
@@ -663,6 +681,7 @@ func TestKeys(t *testing.T) {
 	values := map[string]string{
 		"daemon.table": `"t"`, "daemon.on_stop": `"keep"`, "daemon.log_level": `"debug"`,
 		"daemon.metrics": `"127.0.0.1:9641"`, "daemon.forward_policy": `"drop"`,
+		"daemon.ct_mark": `"0x00fd0000/0x00ff0000"`, "daemon.ct_mask": "0xffff0000",
 		"sysctl.ip_forward": "false", "sysctl.rp_filter": `"loose"`, "sysctl.conntrack_max": "1000", "sysctl.conntrack_buckets": "1000",
 		"conntrack.warn_percent": "10", "conntrack.critical_percent": "20",
 		"forward.name": `"a"`, "forward.proto": `"udp"`, "forward.port": "1", "forward.address": `"10.0.0.1"`,
@@ -838,6 +857,32 @@ func TestTargetPort(t *testing.T) {
 		f := Forward{Port: tt.port, ToPort: tt.to}
 		if got := f.TargetPort(tt.in); got != tt.want {
 			t.Errorf("%v -> %v: TargetPort(%d) = %d, want %d", tt.port, tt.to, tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestParseCtMark(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want ctmark.Layout
+	}{
+		{"", ctmark.Default},
+		{"[daemon]\nct_mark = \"0x00fd0000/0x00ff0000\"\nct_mask = 0xffff0000\n", ctmark.Layout{Tag: 0x00fd0000, TagMask: 0x00ff0000, Mask: 0xffff0000}},
+		{"[daemon]\nct_mark = \"16580608/16711680\"\nct_mask = \"0xffff0000\"\n", ctmark.Layout{Tag: 0x00fd0000, TagMask: 0x00ff0000, Mask: 0xffff0000}},
+		{"[daemon]\nct_mask = 0xfffff000\n", ctmark.Layout{Tag: 0xfd000000, TagMask: 0xff000000, Mask: 0xfffff000}},
+	} {
+		c, err := Parse("fwdd.toml", []byte(tc.in))
+		if err != nil {
+			t.Errorf("%q: %v", tc.in, err)
+			continue
+		}
+		if c.Daemon.CtMark != tc.want {
+			t.Errorf("%q: layout %+v, want %+v", tc.in, c.Daemon.CtMark, tc.want)
+		}
+		// The record of the config in force keeps the layout.
+		back, err := Parse("back.toml", c.TOML())
+		if err != nil || back.Daemon.CtMark != tc.want {
+			t.Errorf("%q: TOML() parses back to %+v, %v", tc.in, back.Daemon.CtMark, err)
 		}
 	}
 }

@@ -8,6 +8,8 @@ package config
 import (
 	"net/netip"
 	"slices"
+
+	"github.com/fwdd/fwdd/pkg/ctmark"
 )
 
 // DefaultPath is where fwdd looks for its configuration.
@@ -46,6 +48,9 @@ type Daemon struct {
 	// ForwardPolicy is what fwdd's forward-hook chain does with forwarded
 	// packets of connections fwdd did not forward; default accept.
 	ForwardPolicy ForwardPolicy
+	// CtMark is where fwdd's bits are in the ct mark ([daemon] ct_mark and
+	// ct_mask); default ctmark.Default.
+	CtMark ctmark.Layout
 }
 
 // ForwardPolicy is the verdict of fwdd's forward chain for traffic that is

@@ -42,20 +42,21 @@ func (b *BackendLive) Add(o BackendLive) {
 const perMarkDumps = 8
 
 // LiveByBackend sums the live conntrack entries of the forwards with the
-// given ct marks (nil: all of fwdd's) by forward and backend, from
+// given ct marks (l.ForID; nil: all of fwdd's) by forward and backend, from
 // kernel-side filtered dumps of the namespace netns (an open fd; 0 means
-// the current one).
-func LiveByBackend(netns int, marks []uint32) (map[BackendKey]BackendLive, error) {
+// the current one). BackendKey.Mark holds fwdd's bits of the mark only
+// (mark & l.Mask).
+func LiveByBackend(netns int, l ctmark.Layout, marks []uint32) (map[BackendKey]BackendLive, error) {
 	c, err := ct.Dial(&netlink.Config{NetNS: netns})
 	if err != nil {
 		return nil, fmt.Errorf("count connections by backend: dial: %w", err)
 	}
 	defer c.Close()
-	filters := []ct.Filter{ct.NewFilter().Mark(ctmark.Tag).MarkMask(ctmark.Mask)}
+	filters := []ct.Filter{ct.NewFilter().Mark(l.Tag).MarkMask(l.TagMask)}
 	if len(marks) > 0 && len(marks) <= perMarkDumps {
 		filters = filters[:0]
 		for _, m := range marks {
-			filters = append(filters, ct.NewFilter().Mark(m).MarkMask(0xffffffff))
+			filters = append(filters, ct.NewFilter().Mark(m).MarkMask(l.Mask))
 		}
 	}
 	var flows []ct.Flow
@@ -68,24 +69,24 @@ func LiveByBackend(netns int, marks []uint32) (map[BackendKey]BackendLive, error
 	}
 	out := map[BackendKey]BackendLive{}
 	for _, f := range flows {
-		if _, ok := ctmark.ID(f.Mark); !ok {
+		if _, ok := l.ID(f.Mark); !ok {
 			continue
 		}
 		b := netip.AddrPortFrom(f.TupleReply.IP.SourceAddress.Unmap(), f.TupleReply.Proto.SourcePort)
-		l := BackendLive{Live: Live{Total: 1},
+		e := BackendLive{Live: Live{Total: 1},
 			Packets: f.CountersOrig.Packets + f.CountersReply.Packets,
 			Bytes:   f.CountersOrig.Bytes + f.CountersReply.Bytes}
 		// As dumpLive counts: TCP in state ESTABLISHED, other flows assured.
 		if f.ProtoInfo.TCP != nil && f.TupleOrig.Proto.Protocol == 6 {
 			if f.ProtoInfo.TCP.State == tcpConntrackEstablished {
-				l.Established = 1
+				e.Established = 1
 			}
 		} else if f.Status.Assured() {
-			l.Established = 1
+			e.Established = 1
 		}
-		k := BackendKey{Mark: f.Mark, Backend: b}
+		k := BackendKey{Mark: f.Mark & l.Mask, Backend: b}
 		sum := out[k]
-		sum.Add(l)
+		sum.Add(e)
 		out[k] = sum
 	}
 	return out, nil

@@ -12,8 +12,9 @@ import (
 	"github.com/fwdd/fwdd/pkg/ctmark"
 )
 
-// Selector picks conntrack entries of one forward: those whose ct mark is
-// Mark and, when set, whose protocol is Proto and whose backend (the reply
+// Selector picks conntrack entries of one forward: those whose ct mark,
+// masked with the layout's Mask (fwdd's bits), is Mark and, when set,
+// whose protocol is Proto and whose backend (the reply
 // direction's source, i.e. where DNAT sent the connection) is Backend with
 // a port in [PortFirst, PortLast].
 //
@@ -49,8 +50,8 @@ func (s Selector) String() string {
 // whole reports whether s selects every entry with its mark.
 func (s Selector) whole() bool { return s.Proto == 0 && !s.Backend.IsValid() }
 
-func (s Selector) match(f ct.Flow) bool {
-	if f.Mark != s.Mark {
+func (s Selector) match(f ct.Flow, mask uint32) bool {
+	if f.Mark&mask != s.Mark {
 		return false
 	}
 	if s.Proto != 0 && f.TupleOrig.Proto.Protocol != s.Proto {
@@ -76,7 +77,7 @@ func (s Selector) match(f ct.Flow) bool {
 // filtered flush and others one by one. Entries that end meanwhile are not
 // an error; entries created after the dump are not deleted (they already
 // follow the rules in force).
-func Delete(netns int, sels ...Selector) (int, error) {
+func Delete(netns int, l ctmark.Layout, sels ...Selector) (int, error) {
 	if len(sels) == 0 {
 		return 0, nil
 	}
@@ -85,9 +86,9 @@ func Delete(netns int, sels ...Selector) (int, error) {
 		return 0, fmt.Errorf("delete conntrack entries: dial: %w", err)
 	}
 	defer c.Close()
-	filter := ct.NewFilter().Mark(ctmark.Tag).MarkMask(ctmark.Mask)
+	filter := ct.NewFilter().Mark(l.Tag).MarkMask(l.TagMask)
 	if len(sels) == 1 {
-		filter = ct.NewFilter().Mark(sels[0].Mark)
+		filter = ct.NewFilter().Mark(sels[0].Mark).MarkMask(l.Mask)
 	}
 	flows, err := c.DumpFilter(filter, nil)
 	if err != nil {
@@ -102,21 +103,21 @@ func Delete(netns int, sels ...Selector) (int, error) {
 			continue
 		}
 		for _, f := range flows {
-			if f.Mark == s.Mark {
+			if f.Mark&l.Mask == s.Mark {
 				n++
 			}
 		}
-		if err := c.FlushFilter(ct.NewFilter().Mark(s.Mark)); err != nil {
+		if err := c.FlushFilter(ct.NewFilter().Mark(s.Mark).MarkMask(l.Mask)); err != nil {
 			errs = append(errs, fmt.Errorf("flush %s: %w", s, err))
 		}
 		flushed[s.Mark] = true
 	}
 	for _, f := range flows {
-		if flushed[f.Mark] {
+		if flushed[f.Mark&l.Mask] {
 			continue
 		}
 		for _, s := range sels {
-			if !s.match(f) {
+			if !s.match(f, l.Mask) {
 				continue
 			}
 			err := c.Delete(ct.Flow{TupleOrig: f.TupleOrig, Zone: f.Zone})

@@ -36,7 +36,7 @@ func deleteTopo(t *testing.T) (topo *sandbox.Topology, gw int) {
 			t.Fatal(err)
 		}
 	}
-	m3, m4 := ctmark.ForID(3), ctmark.ForID(4)
+	m3, m4 := ctmark.Default.ForID(3), ctmark.Default.ForID(4)
 	rules := fmt.Sprintf(`table ip test {
 	chain pre {
 		type nat hook prerouting priority dstnat;
@@ -68,7 +68,7 @@ func dumpEntries(t *testing.T, gw int) map[entryKey]int {
 	flows := dumpAll(t, gw)
 	out := map[entryKey]int{}
 	for _, f := range flows {
-		if _, ok := ctmark.ID(f.Mark); ok {
+		if _, ok := ctmark.Default.ID(f.Mark); ok {
 			out[entryKey{f.Mark, f.TupleOrig.Proto.Protocol,
 				netip.AddrPortFrom(f.TupleReply.IP.SourceAddress, f.TupleReply.Proto.SourcePort)}]++
 		}
@@ -78,7 +78,7 @@ func dumpEntries(t *testing.T, gw int) map[entryKey]int {
 
 func TestKernelDeleteEntries(t *testing.T) {
 	topo, gw := deleteTopo(t)
-	m3, m4 := ctmark.ForID(3), ctmark.ForID(4)
+	m3, m4 := ctmark.Default.ForID(3), ctmark.Default.ForID(4)
 	b50 := netip.MustParseAddrPort("10.11.0.50:7000")
 	b51 := netip.MustParseAddrPort("10.11.0.51:7000")
 	b52 := netip.MustParseAddrPort("10.11.0.52:7002")
@@ -143,7 +143,7 @@ func TestKernelDeleteEntries(t *testing.T) {
 	}
 	check("before")
 
-	live, err := LiveByBackend(gw, nil)
+	live, err := LiveByBackend(gw, ctmark.Default, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +158,7 @@ func TestKernelDeleteEntries(t *testing.T) {
 
 	del := func(step string, wantN int, sels ...Selector) {
 		t.Helper()
-		n, err := Delete(gw, sels...)
+		n, err := Delete(gw, ctmark.Default, sels...)
 		if err != nil {
 			t.Fatalf("%s: Delete: %v", step, err)
 		}

@@ -122,6 +122,7 @@ type Watcher struct {
 	mu      sync.Mutex
 	names   map[uint32]string
 	watched map[uint32]bool
+	layout  ctmark.Layout
 	changed chan struct{} // signalled by SetForwards
 
 	overflows atomic.Uint64
@@ -140,7 +141,7 @@ func New(opts Options) *Watcher {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Watcher{opts: opts, log: log, names: map[uint32]string{}, watched: map[uint32]bool{},
+	return &Watcher{opts: opts, log: log, names: map[uint32]string{}, watched: map[uint32]bool{}, layout: ctmark.Default,
 		changed: make(chan struct{}, 1), ready: make(chan struct{})}
 }
 
@@ -165,10 +166,24 @@ func (w *Watcher) SetForwards(names map[uint32]string, watched []uint32) {
 	}
 }
 
+// SetLayout sets the ct mark layout of the config in force; call it before
+// SetForwards.
+func (w *Watcher) SetLayout(l ctmark.Layout) {
+	w.mu.Lock()
+	w.layout = l
+	w.mu.Unlock()
+}
+
 func (w *Watcher) forwards() (map[uint32]string, map[uint32]bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.names, w.watched
+}
+
+func (w *Watcher) markLayout() ctmark.Layout {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.layout
 }
 
 // Ready is closed once the Watcher listens for the forwards set before Run
@@ -208,7 +223,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 				w.log.Error("cannot listen for conntrack events; connections are not logged", zap.Error(err))
 			}
 		case len(watched) > 0:
-			if err = sock.setFilter(watched); err != nil {
+			if err = sock.setFilter(w.markLayout(), watched); err != nil {
 				w.log.Error("cannot filter conntrack events", zap.Error(err))
 			}
 		}
@@ -257,7 +272,7 @@ func (w *Watcher) listen() (*eventSocket, error) {
 	}
 	s := &eventSocket{c: c, failed: make(chan error, 1), done: make(chan struct{})}
 	_, watched := w.forwards()
-	if err := s.setFilter(watched); err != nil {
+	if err := s.setFilter(w.markLayout(), watched); err != nil {
 		c.Close()
 		return nil, err
 	}
@@ -272,13 +287,13 @@ func (w *Watcher) listen() (*eventSocket, error) {
 	return s, nil
 }
 
-func (s *eventSocket) setFilter(watched map[uint32]bool) error {
+func (s *eventSocket) setFilter(l ctmark.Layout, watched map[uint32]bool) error {
 	marks := make([]uint32, 0, len(watched))
 	for id := range watched {
-		marks = append(marks, ctmark.ForID(id))
+		marks = append(marks, l.ForID(id))
 	}
 	sort.Slice(marks, func(i, j int) bool { return marks[i] < marks[j] })
-	prog, err := bpf.Assemble(markFilter(marks))
+	prog, err := bpf.Assemble(markFilter(l, marks))
 	if err != nil {
 		return fmt.Errorf("assemble conntrack event filter: %w", err)
 	}
@@ -292,10 +307,11 @@ func (s *eventSocket) setFilter(watched map[uint32]bool) error {
 const passAll = 0xffffffff
 
 // markFilter is a classic BPF program for a ctnetlink event socket that
-// passes only messages whose CTA_MARK is one of marks (like
-// libnetfilter_conntrack's nfct_filter). The kernel's netlink attribute
-// search (SKF_AD_NLATTR) finds the mark among the message's attributes.
-func markFilter(marks []uint32) []bpf.Instruction {
+// passes only messages whose CTA_MARK, masked with l.Mask, is one of marks
+// (like libnetfilter_conntrack's nfct_filter). The kernel's netlink
+// attribute search (SKF_AD_NLATTR) finds the mark among the message's
+// attributes.
+func markFilter(l ctmark.Layout, marks []uint32) []bpf.Instruction {
 	const attrsOffset = unix.NLMSG_HDRLEN + 4 // nlmsghdr, nfgenmsg
 	prog := []bpf.Instruction{
 		bpf.LoadConstant{Dst: bpf.RegA, Val: attrsOffset},
@@ -308,11 +324,14 @@ func markFilter(marks []uint32) []bpf.Instruction {
 	}
 	if len(marks) > maxFilterMarks {
 		return append(prog,
-			bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: ctmark.Mask},
-			bpf.JumpIf{Cond: bpf.JumpEqual, Val: ctmark.Tag, SkipFalse: 1},
+			bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: l.TagMask},
+			bpf.JumpIf{Cond: bpf.JumpEqual, Val: l.Tag, SkipFalse: 1},
 			bpf.RetConstant{Val: passAll},
 			bpf.RetConstant{Val: 0},
 		)
+	}
+	if !l.Whole() {
+		prog = append(prog, bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: l.Mask})
 	}
 	for _, m := range marks {
 		prog = append(prog,
@@ -357,7 +376,7 @@ func (w *Watcher) handle(m netlink.Message) {
 	if err := e.Unmarshal(m); err != nil || e.Flow == nil || e.Type != ct.EventNew {
 		return
 	}
-	id, ok := ctmark.ID(e.Flow.Mark)
+	id, ok := w.markLayout().ID(e.Flow.Mark)
 	if !ok {
 		return
 	}

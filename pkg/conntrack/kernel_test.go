@@ -68,7 +68,7 @@ func markRules(t *testing.T, fd int) {
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{r.proto}},
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, r.port)},
-			&expr.Immediate{Register: 1, Data: binary.NativeEndian.AppendUint32(nil, ctmark.ForID(r.fwd))},
+			&expr.Immediate{Register: 1, Data: binary.NativeEndian.AppendUint32(nil, ctmark.Default.ForID(r.fwd))},
 			&expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true},
 		}})
 	}
@@ -127,7 +127,7 @@ func truth(t *testing.T, gw int) map[uint32]Live {
 	flows := dumpAll(t, gw)
 	out := map[uint32]Live{}
 	for _, f := range flows {
-		if id, ok := ctmark.ID(f.Mark); ok {
+		if id, ok := ctmark.Default.ID(f.Mark); ok {
 			l := out[id]
 			l.Total++
 			if f.TupleOrig.Proto.Protocol == unix.IPPROTO_TCP && f.ProtoInfo.TCP != nil && f.ProtoInfo.TCP.State == tcpConntrackEstablished ||
@@ -220,17 +220,17 @@ func TestKernelLive(t *testing.T) {
 		got := truth(t, gw)
 		return got[1] == want[1] && got[2] == want[2]
 	})
-	got, err := LiveByID(gw)
+	got, err := LiveByID(gw, ctmark.Default)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(got) != 2 || got[1] != want[1] || got[2] != want[2] {
 		t.Errorf("LiveByID = %+v, want %+v", got, want)
 	}
-	if l, err := LiveOf(gw, 2); err != nil || l != want[2] {
+	if l, err := LiveOf(gw, ctmark.Default, 2); err != nil || l != want[2] {
 		t.Errorf("LiveOf(2) = %+v, %v; want %+v", l, err, want[2])
 	}
-	if l, err := LiveOf(gw, 3); err != nil || l != (Live{}) {
+	if l, err := LiveOf(gw, ctmark.Default, 3); err != nil || l != (Live{}) {
 		t.Errorf("LiveOf(3) = %+v, %v; want nothing", l, err)
 	}
 
@@ -238,7 +238,7 @@ func TestKernelLive(t *testing.T) {
 	// established.
 	closeTCP()
 	eventually(t, 5*time.Second, "closed connections not established", func() bool {
-		l, err := LiveOf(gw, 1)
+		l, err := LiveOf(gw, ctmark.Default, 1)
 		return err == nil && l.Established == 0 && l.Total == n
 	})
 	if tr := truth(t, gw)[1]; tr != (Live{Total: n}) {

@@ -41,14 +41,15 @@ const (
 
 // LiveByID counts the conntrack entries of each forward id in a namespace
 // (fd 0: the current one) with one dump that the kernel filters by fwdd's
-// mark. It needs no running daemon: `fwdd status` uses it.
-func LiveByID(netns int) (map[uint32]Live, error) {
-	return dumpLive(netns, ctmark.Tag, ctmark.Mask)
+// tag in layout l. It needs no running daemon: `fwdd status` uses it.
+func LiveByID(netns int, l ctmark.Layout) (map[uint32]Live, error) {
+	return dumpLive(netns, l, l.Tag, l.TagMask)
 }
 
-// LiveOf counts the entries of one forward: the kernel sends only those.
-func LiveOf(netns int, id uint32) (Live, error) {
-	m, err := dumpLive(netns, ctmark.ForID(id), 0xffffffff)
+// LiveOf counts the entries of one forward: the kernel sends only those
+// (the other bits of the mark, outside l.Mask, do not matter).
+func LiveOf(netns int, l ctmark.Layout, id uint32) (Live, error) {
+	m, err := dumpLive(netns, l, l.ForID(id), l.Mask)
 	return m[id], err
 }
 
@@ -59,7 +60,7 @@ func LiveOf(netns int, id uint32) (Live, error) {
 // (200,000 entries are about 100 MB); here the reply is read one datagram
 // at a time and only the mark, status, protocol and TCP state are looked
 // at, so memory does not grow with the table.
-func dumpLive(netns int, mark, mask uint32) (map[uint32]Live, error) {
+func dumpLive(netns int, l ctmark.Layout, mark, mask uint32) (map[uint32]Live, error) {
 	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: netns})
 	if err != nil {
 		return nil, fmt.Errorf("dial conntrack: %w", err)
@@ -93,7 +94,7 @@ func dumpLive(netns int, mark, mask uint32) (map[uint32]Live, error) {
 		if !ok || e.mark&mask != mark {
 			continue
 		}
-		id, ok := ctmark.ID(e.mark)
+		id, ok := l.ID(e.mark)
 		if !ok {
 			continue
 		}
@@ -190,7 +191,9 @@ type LiveCache struct {
 	last  map[uint32]Live
 	err   error
 	now   func() time.Time
-	dump  func(netns int) (map[uint32]Live, error)
+	dump  func(netns int, l ctmark.Layout) (map[uint32]Live, error)
+	// layout is where fwdd's bits are in the ct mark; set with SetLayout.
+	layout ctmark.Layout
 }
 
 // DefaultLiveTTL is how long a dump is reused.
@@ -198,7 +201,16 @@ const DefaultLiveTTL = time.Second
 
 // NewLiveCache returns a cache of namespace netns's counts.
 func NewLiveCache(netns int) *LiveCache {
-	return &LiveCache{NetNS: netns, TTL: DefaultLiveTTL, now: time.Now, dump: LiveByID}
+	return &LiveCache{NetNS: netns, TTL: DefaultLiveTTL, now: time.Now, dump: LiveByID, layout: ctmark.Default}
+}
+
+// SetLayout sets the ct mark layout of the config in force.
+func (c *LiveCache) SetLayout(l ctmark.Layout) {
+	c.mu.Lock()
+	if c.layout != l {
+		c.layout, c.last, c.err = l, nil, nil
+	}
+	c.mu.Unlock()
 }
 
 // SetForwards sets the names reported by Stats (id -> name); safe at any time.
@@ -222,7 +234,7 @@ func (c *LiveCache) ByID() (map[uint32]Live, error) {
 
 func (c *LiveCache) byIDLocked() (map[uint32]Live, error) {
 	if c.last == nil && c.err == nil || c.now().Sub(c.at) >= c.TTL {
-		c.last, c.err = c.dump(c.NetNS)
+		c.last, c.err = c.dump(c.NetNS, c.layout)
 		c.at = c.now()
 	}
 	return c.last, c.err

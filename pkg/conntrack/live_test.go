@@ -7,6 +7,8 @@ import (
 	"github.com/mdlayher/netlink"
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/fwdd/fwdd/pkg/ctmark"
 )
 
 // entryMsg encodes a conntrack message payload as the kernel sends it.
@@ -77,7 +79,7 @@ func TestMarkFilterAssembles(t *testing.T) {
 		for i := range marks {
 			marks[i] = 0xfd000000 | uint32(i+1)
 		}
-		prog, err := bpf.Assemble(markFilter(marks))
+		prog, err := bpf.Assemble(markFilter(ctmark.Default, marks))
 		if err != nil {
 			t.Fatalf("%d marks: %v", n, err)
 		}

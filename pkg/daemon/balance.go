@@ -11,7 +11,6 @@ import (
 
 	"github.com/fwdd/fwdd/pkg/config"
 	"github.com/fwdd/fwdd/pkg/conntrack"
-	"github.com/fwdd/fwdd/pkg/ctmark"
 	"github.com/fwdd/fwdd/pkg/health"
 	"github.com/fwdd/fwdd/pkg/metrics"
 	"github.com/fwdd/fwdd/pkg/nft"
@@ -22,6 +21,7 @@ import (
 type pool struct {
 	forward  string
 	id       uint32
+	mark     uint32           // fwdd's bits of its connections' ct mark (ctmark.Layout.ForID)
 	backends []netip.AddrPort // port 0: the original port is kept
 	// portSpan is the number of ports of a 1:1 mapped range (1 otherwise):
 	// backend i's connections use ports backends[i].Port() .. +portSpan-1.
@@ -144,7 +144,7 @@ func (b *balancer) onChange(c health.Change) {
 	if c.Up || allDown {
 		return // in fail open the backend still receives connections
 	}
-	sel := conntrack.Selector{Mark: ctmark.ForID(p.id), Backend: c.Backend.Addr()}
+	sel := conntrack.Selector{Mark: p.mark, Backend: c.Backend.Addr()}
 	if port := c.Backend.Port(); port != 0 {
 		sel.PortFirst, sel.PortLast = port, port+uint16(max(p.portSpan, 1)-1)
 	}
@@ -175,7 +175,7 @@ func poolsOf(cfg *config.Config, ids map[string]uint32) []pool {
 		if !f.Balanced() || f.Health.Check == config.CheckNone {
 			continue
 		}
-		p := pool{forward: f.Name, id: ids[f.Name], portSpan: 1, udp: slices.Contains(f.Protos, config.UDP),
+		p := pool{forward: f.Name, id: ids[f.Name], mark: cfg.Daemon.CtMark.ForID(ids[f.Name]), portSpan: 1, udp: slices.Contains(f.Protos, config.UDP),
 			cut: f.OnChange == config.OnChangeCut,
 			spec: health.Spec{Kind: health.Kind(f.Health.Check), Interval: f.Health.Interval, Timeout: f.Health.Timeout,
 				Fall: f.Health.Fall, Rise: f.Health.Rise, Path: f.Health.Path}}
@@ -264,9 +264,9 @@ func (d *Daemon) backendMetrics() []metrics.Backend {
 	if k, ok := d.opts.Kernel.(*nft.Netlink); ok && n <= metrics.PerForwardLimit {
 		marks := make([]uint32, len(pools))
 		for i, p := range pools {
-			marks[i] = ctmark.ForID(p.id)
+			marks[i] = p.mark
 		}
-		live, _ = conntrack.LiveByBackend(k.NetNS, marks) // unknown on error
+		live, _ = conntrack.LiveByBackend(k.NetNS, d.InForce().Config.Daemon.CtMark, marks) // unknown on error
 	}
 	var out []metrics.Backend
 	for _, p := range pools {
@@ -275,7 +275,7 @@ func (d *Daemon) backendMetrics() []metrics.Backend {
 			mb := metrics.Backend{Forward: p.forward, Backend: be.String(), Up: !ok || s.Up,
 				Checks: s.Checks, Changes: s.Changes, Connections: -1}
 			if live != nil {
-				l := conntrack.OfBackend(live, ctmark.ForID(p.id), be, p.portSpan)
+				l := conntrack.OfBackend(live, p.mark, be, p.portSpan)
 				mb.Connections, mb.Established, mb.Packets, mb.Bytes = l.Total, l.Established, l.Packets, l.Bytes
 			}
 			out = append(out, mb)

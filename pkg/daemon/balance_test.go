@@ -59,7 +59,7 @@ func TestBalancer(t *testing.T) {
 		return 1, nil
 	}
 	spec := health.Spec{Kind: health.KindTCP, Interval: 20 * time.Millisecond, Timeout: 200 * time.Millisecond, Fall: 2, Rise: 2}
-	b.set([]pool{{forward: "dns", id: 7, backends: []netip.AddrPort{a1, a2}, portSpan: 1, spec: spec, udp: true}})
+	b.set([]pool{{forward: "dns", id: 7, mark: ctmark.Default.ForID(7), backends: []netip.AddrPort{a1, a2}, portSpan: 1, spec: spec, udp: true}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- b.run(ctx) }()
@@ -85,7 +85,7 @@ func TestBalancer(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("no entries deleted within 5s of backend 1 going down")
 	}
-	want := []conntrack.Selector{{Mark: ctmark.ForID(7), Proto: 17, Backend: a1.Addr(), PortFirst: a1.Port(), PortLast: a1.Port()}}
+	want := []conntrack.Selector{{Mark: ctmark.Default.ForID(7), Proto: 17, Backend: a1.Addr(), PortFirst: a1.Port(), PortLast: a1.Port()}}
 	if d := cmp.Diff(want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); d != "" {
 		t.Errorf("deleted (-want +got):\n%s", d)
 	}
@@ -124,7 +124,7 @@ func TestBalancer(t *testing.T) {
 	}
 
 	// A reload keeping the pool keeps its health.
-	b.set([]pool{{forward: "dns", id: 7, backends: []netip.AddrPort{a1, a2}, portSpan: 1, spec: spec, udp: true}})
+	b.set([]pool{{forward: "dns", id: 7, mark: ctmark.Default.ForID(7), backends: []netip.AddrPort{a1, a2}, portSpan: 1, spec: spec, udp: true}})
 	if up, _ := b.upSet("dns"); !cmp.Equal(up, []bool{true, false}) {
 		t.Errorf("upSet after set = %v, want the health kept", up)
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/fwdd/fwdd/pkg/config"
 	"github.com/fwdd/fwdd/pkg/conntrack"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 	"github.com/fwdd/fwdd/pkg/metrics"
 	"github.com/fwdd/fwdd/pkg/nft"
 	"github.com/fwdd/fwdd/pkg/sysctl"
@@ -59,8 +60,8 @@ type Options struct {
 // WatchEvents() (*nft.Events, error) is watched for changes (see guard.go).
 type Kernel interface {
 	nft.Backend
-	ReadTraffic(table string) (map[string]*nft.Traffic, error)
-	ReadTrafficOf(table string, ids map[string]uint32) (map[string]*nft.Traffic, error)
+	ReadTraffic(table string, l ctmark.Layout) (map[string]*nft.Traffic, error)
+	ReadTrafficOf(table string, l ctmark.Layout, ids map[string]uint32) (map[string]*nft.Traffic, error)
 	ReadTotals(table string) (nft.Totals, error)
 	ForeignBlockers(own string, tag, mask uint32) ([]nft.Blocker, error)
 	CheckOwner(table string) error
@@ -265,6 +266,11 @@ func (d *Daemon) reload(start time.Time) error {
 	cur := d.InForce()
 	if cfg.Daemon.Table != cur.Table {
 		return fmt.Errorf("daemon: table: changing the table name from %q to %q needs a restart", cur.Table, cfg.Daemon.Table)
+	}
+	if l := cfg.Daemon.CtMark; l != cur.Config.Daemon.CtMark {
+		// Live connections keep the marks they were given: attributing
+		// them needs the layout they were marked with.
+		return fmt.Errorf("daemon: ct_mark, ct_mask: changing the ct mark layout from %s to %s needs a restart", cur.Config.Daemon.CtMark, l)
 	}
 	ids, err := nft.AssignIDs(cfg)
 	if err != nil {

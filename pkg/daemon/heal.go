@@ -8,7 +8,6 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/fwdd/fwdd/pkg/ctmark"
 	"github.com/fwdd/fwdd/pkg/nft"
 )
 
@@ -19,7 +18,7 @@ type eventWatcher interface {
 
 // startGuard watches nftables events for the daemon's life (see guard.go).
 func (d *Daemon) startGuard(ctx context.Context, g *errgroup.Group) {
-	table := d.InForce().Table
+	table, layout := d.InForce().Table, d.InForce().Config.Daemon.CtMark
 	d.guard = newGuard(guardOptions{
 		Log:      d.log,
 		Table:    table,
@@ -32,7 +31,7 @@ func (d *Daemon) startGuard(ctx context.Context, g *errgroup.Group) {
 			return w.WatchEvents()
 		},
 		Blockers: func() ([]nft.Blocker, error) {
-			return d.opts.Kernel.ForeignBlockers(table, ctmark.Tag, ctmark.Mask)
+			return d.opts.Kernel.ForeignBlockers(table, layout.Tag, layout.TagMask)
 		},
 		OnBlockers: d.metrics.Blockers,
 	})

@@ -10,6 +10,7 @@ import (
 
 	"github.com/fwdd/fwdd/pkg/config"
 	"github.com/fwdd/fwdd/pkg/conntrack"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 	"github.com/fwdd/fwdd/pkg/metrics"
 	"github.com/fwdd/fwdd/pkg/nft"
 )
@@ -115,8 +116,9 @@ type tasks struct {
 
 // inForce is what scrapes need of the config in force.
 type inForce struct {
-	table string
-	ids   map[string]uint32
+	table  string
+	layout ctmark.Layout
+	ids    map[string]uint32
 }
 
 func newTasks(log *zap.Logger) *tasks {
@@ -130,9 +132,11 @@ func newTasks(log *zap.Logger) *tasks {
 func (t *tasks) publish(cfg *config.Config, ids map[string]uint32) {
 	names := forwardNames(ids)
 	t.conns.setForwards(cfg.Forwards)
+	t.watcher.SetLayout(cfg.Daemon.CtMark)
+	t.live.SetLayout(cfg.Daemon.CtMark)
 	t.watcher.SetForwards(names, loggedIDs(cfg.Forwards, ids))
 	t.live.SetForwards(names)
-	t.inForce.Store(&inForce{table: cfg.Daemon.Table, ids: ids})
+	t.inForce.Store(&inForce{table: cfg.Daemon.Table, layout: cfg.Daemon.CtMark, ids: ids})
 }
 
 // liveStats is the pressure warning's view of the busiest forwards.
@@ -146,7 +150,8 @@ func (t *tasks) metricsSources(k Kernel) metrics.Sources {
 	return metrics.Sources{
 		Forwards: func() map[string]uint32 { return t.inForce.Load().ids },
 		Traffic: func(ids map[string]uint32) (map[string]*nft.Traffic, error) {
-			return k.ReadTrafficOf(t.inForce.Load().table, ids)
+			f := t.inForce.Load()
+			return k.ReadTrafficOf(f.table, f.layout, ids)
 		},
 		Totals: func() (nft.Totals, error) {
 			if f := t.inForce.Load(); f.table != "" {

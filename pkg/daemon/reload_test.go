@@ -430,3 +430,30 @@ func TestRepair(t *testing.T) {
 	}
 	e.holds()
 }
+
+// A daemon with a partial ct_mask starts, reloads by diff and keeps the
+// table exact; changing the layout is refused (live connections carry the
+// marks of the layout in force) and changes nothing.
+func TestReloadPartialCtMask(t *testing.T) {
+	partial := strings.Replace(small, "[daemon]\n", "[daemon]\nct_mark = \"0x00fd0000/0x00ff0000\"\nct_mask = 0xffff0000\n", 1)
+	e := newEnv(t, partial)
+	e.start()
+	e.holds()
+	e.write(strings.Replace(partial, "10.0.2.10:8080", "10.0.2.11:8080", 1))
+	if err := e.d.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if p := e.lastPlan(); p.Full || p.NumElements() == 0 {
+		t.Errorf("a changed target: full %v, %d elements", p.Full, p.NumElements())
+	}
+	e.holds()
+	before, sent := e.dump(), len(e.kernel.Plans())
+	e.write(strings.Replace(partial, "ct_mask = 0xffff0000", "ct_mask = 0x7fff0000", 1))
+	err := e.d.Reload()
+	if err == nil || !strings.Contains(err.Error(), "ct_mark, ct_mask: changing the ct mark layout from ct_mark 0x00fd0000/0x00ff0000, ct_mask 0xffff0000 to ct_mark 0x00fd0000/0x00ff0000, ct_mask 0x7fff0000 needs a restart") {
+		t.Errorf("reload with another layout: %v", err)
+	}
+	if len(e.kernel.Plans()) != sent || e.dump() != before {
+		t.Error("a refused layout change sent a batch")
+	}
+}

@@ -8,7 +8,6 @@ import (
 
 	"github.com/fwdd/fwdd/pkg/config"
 	"github.com/fwdd/fwdd/pkg/conntrack"
-	"github.com/fwdd/fwdd/pkg/ctmark"
 	"github.com/fwdd/fwdd/pkg/nft"
 )
 
@@ -45,7 +44,7 @@ func staleFlows(old, cur *config.Config, oldIDs map[string]uint32) []staleFlow {
 		if ok && sameForwarding(f, g) {
 			continue
 		}
-		sel := conntrack.Selector{Mark: ctmark.ForID(id)}
+		sel := conntrack.Selector{Mark: old.Daemon.CtMark.ForID(id)}
 		if len(f.Protos) > 1 && !cut {
 			sel.Proto = uint8(config.UDP) // and only UDP: TCP keeps its backend
 		}
@@ -101,7 +100,7 @@ func (d *Daemon) deleteFlows(sels ...conntrack.Selector) (int, error) {
 		return d.opts.DeleteFlows(sels...)
 	}
 	if k, ok := d.opts.Kernel.(*nft.Netlink); ok {
-		return conntrack.Delete(k.NetNS, sels...)
+		return conntrack.Delete(k.NetNS, d.InForce().Config.Daemon.CtMark, sels...)
 	}
 	return 0, nil
 }

@@ -117,13 +117,13 @@ to = "10.0.0.2:61"
 	ids := map[string]uint32{"same": 1, "logged": 2, "moved": 3, "both": 4, "gone": 5, "tcp": 6, "cut": 7, "pool": 8, "weights": 9}
 	got := staleFlows(old, cur, ids)
 	want := []staleFlow{
-		{"moved", conntrack.Selector{Mark: ctmark.ForID(3)}},
-		{"both", conntrack.Selector{Mark: ctmark.ForID(4), Proto: 17}},
-		{"gone", conntrack.Selector{Mark: ctmark.ForID(5)}},
+		{"moved", conntrack.Selector{Mark: ctmark.Default.ForID(3)}},
+		{"both", conntrack.Selector{Mark: ctmark.Default.ForID(4), Proto: 17}},
+		{"gone", conntrack.Selector{Mark: ctmark.Default.ForID(5)}},
 		// on_change = "cut": TCP too.
-		{"cut", conntrack.Selector{Mark: ctmark.ForID(7)}},
+		{"cut", conntrack.Selector{Mark: ctmark.Default.ForID(7)}},
 		// Only the backend that left; weights and health change nothing.
-		{"pool", conntrack.Selector{Mark: ctmark.ForID(8), Proto: 17, Backend: netip.MustParseAddr("10.0.0.2"), PortFirst: 60, PortLast: 60}},
+		{"pool", conntrack.Selector{Mark: ctmark.Default.ForID(8), Proto: 17, Backend: netip.MustParseAddr("10.0.0.2"), PortFirst: 60, PortLast: 60}},
 	}
 	if d := cmp.Diff(want, got, cmp.AllowUnexported(staleFlow{}), cmp.Comparer(func(a, b conntrack.Selector) bool { return a == b })); d != "" {
 		t.Errorf("staleFlows (-want +got):\n%s", d)

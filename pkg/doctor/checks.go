@@ -11,14 +11,16 @@ import (
 
 	"github.com/fwdd/fwdd/pkg/config"
 	"github.com/fwdd/fwdd/pkg/conntrack"
-	"github.com/fwdd/fwdd/pkg/ctmark"
 	"github.com/fwdd/fwdd/pkg/daemon"
 	"github.com/fwdd/fwdd/pkg/nft"
 	"github.com/fwdd/fwdd/pkg/sysctl"
 )
 
-// markTag and markMask are the ct mark bits of fwdd's connections.
-func markTag(*config.Config) (tag, mask uint32) { return ctmark.Tag, ctmark.Mask }
+// markTag returns the tag of fwdd's connections in the configured ct mark
+// layout and the bits it occupies: what an accept rule matches.
+func markTag(cfg *config.Config) (tag, mask uint32) {
+	return cfg.Daemon.CtMark.Tag, cfg.Daemon.CtMark.TagMask
+}
 
 func checkForwarding(e *Env) []Result {
 	var out []Result
@@ -186,7 +188,8 @@ func checkForeign(e *Env) []Result {
 		}
 	}
 	if len(out) == 0 {
-		out = append(out, ok("", "no other table drops fwdd's connections"))
+		// The layout in force, for a firewall added later.
+		out = append(out, ok("", "no other table drops fwdd's connections (they carry ct mark and %#08x == %#08x)", mask, tag))
 	}
 	return out
 }
@@ -218,7 +221,7 @@ func checkCounters(e *Env) []Result {
 	if present, err := e.Kernel.TableExists(e.Cfg.Daemon.Table); err != nil || !present {
 		return []Result{ok("", "no table to read counters from (see table)")}
 	}
-	traffic, err := e.Kernel.ReadTraffic(e.Cfg.Daemon.Table)
+	traffic, err := e.Kernel.ReadTraffic(e.Cfg.Daemon.Table, e.Cfg.Daemon.CtMark)
 	if err != nil {
 		return []Result{warn("", "", "cannot read the counters: %v", err)}
 	}

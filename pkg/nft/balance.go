@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/fwdd/fwdd/pkg/config"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 )
 
 // A forward with several backends is balanced in the kernel: its
@@ -63,12 +64,12 @@ func slotText(fam Family, source bool) string {
 // elements in a balance map is translated there; for any other the lookup
 // misses and the rule does nothing. nft wants a protocol match before a
 // translation to a port, hence one rule per protocol.
-func balanceRules() []Rule {
+func balanceRules(l ctmark.Layout) []Rule {
 	var out []Rule
 	for _, fam := range []Family{IPv4, IPv6} {
 		for _, source := range []bool{false, true} {
 			for _, p := range []config.Proto{config.TCP, config.UDP} {
-				out = append(out, Rule{Stmts: []Stmt{matchNFProto{fam}, matchL4Proto{p}, balanceDNAT{fam: fam, source: source}}})
+				out = append(out, Rule{Stmts: []Stmt{matchNFProto{fam}, matchL4Proto{p}, balanceDNAT{fam: fam, source: source, mark: loadCtMark(l)}}})
 			}
 		}
 	}
@@ -80,19 +81,19 @@ func balanceRules() []Rule {
 type balanceDNAT struct {
 	fam    Family
 	source bool
+	mark   loader // the ct mark as the layout keys it (loadCtMark)
 }
 
 func (b balanceDNAT) render(w *nftText) {
-	fmt.Fprintf(w, "dnat %s to ct mark . th dport . %s map @", b.fam.word(), slotText(b.fam, b.source))
+	fmt.Fprintf(w, "dnat %s to %s . th dport . %s map @", b.fam.word(), b.mark.text, slotText(b.fam, b.source))
 	w.ident(balanceSetName(b.fam, b.source))
 }
 
 func (b balanceDNAT) lower(*lowering) []expr.Any {
-	out := []expr.Any{
-		&expr.Ct{Key: expr.CtKeyMARK, Register: unix.NFT_REG_1},
+	out := append(b.mark.load(unix.NFT_REG_1),
 		&expr.Byteorder{SourceRegister: unix.NFT_REG_1, DestRegister: unix.NFT_REG_1, Op: expr.ByteorderHton, Len: 4, Size: 4},
 		&expr.Payload{DestRegister: unix.NFT_REG32_01, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-	}
+	)
 	addrLen := uint32(b.fam.addrField().size())
 	if b.source {
 		// The source address is loaded clear of the key's registers, where

@@ -43,3 +43,17 @@ func BenchmarkDiff10000(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkReplace10000 builds the batch of a start with 10,000 forwards:
+// every element and rule.
+func BenchmarkReplace10000(b *testing.B) {
+	cfg := manyForwards(b, 10_000)
+	ids, _ := AssignIDs(cfg)
+	m, _ := Compile(cfg, ids)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if p := Replace(m); p.NumElements() == 0 {
+			b.Fatal("no elements")
+		}
+	}
+}

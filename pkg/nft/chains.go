@@ -19,19 +19,19 @@ type baseChain struct {
 	// forwardPolicy: the policy is [daemon] forward_policy (else accept).
 	forwardPolicy bool
 	comment       string
-	rules         func(policy config.ForwardPolicy) []Rule
+	rules         func(policy config.ForwardPolicy, l ctmark.Layout) []Rule
 }
 
 var baseChains = []baseChain{
 	{name: "prerouting", typ: "nat", hook: "prerouting", priority: -100,
 		comment: "DNAT of connections arriving from the network",
 		// The first rule's comment marks the table as fwdd's (see Ownership).
-		rules: func(config.ForwardPolicy) []Rule {
+		rules: func(config.ForwardPolicy, ctmark.Layout) []Rule {
 			return []Rule{{Comment: OwnerMark, Stmts: []Stmt{jump(chainDispatch)}}}
 		}},
 	{name: "output", typ: "nat", hook: "output", priority: -100,
 		comment: "DNAT of the host's own connections to its forwarded addresses",
-		rules: func(config.ForwardPolicy) []Rule {
+		rules: func(config.ForwardPolicy, ctmark.Layout) []Rule {
 			return []Rule{
 				{Stmts: []Stmt{matchNFProto{IPv4}, matchAddr{dst: true, prefix: netip.MustParsePrefix("127.0.0.0/8")}, ret}},
 				{Stmts: []Stmt{matchNFProto{IPv6}, matchAddr{dst: true, prefix: netip.MustParsePrefix("::1/128")}, ret}},
@@ -40,8 +40,8 @@ var baseChains = []baseChain{
 		}},
 	{name: "postrouting", typ: "nat", hook: "postrouting", priority: 100,
 		comment: "source NAT only for connections fwdd forwarded",
-		rules: func(config.ForwardPolicy) []Rule {
-			ctMark := key{loadCtMrk}
+		rules: func(_ config.ForwardPolicy, l ctmark.Layout) []Rule {
+			ctMark := key{loadCtMark(l)}
 			return []Rule{
 				// NAT chains see only the first packet of a connection:
 				// this counts new connections per forward, exactly once
@@ -50,29 +50,29 @@ var baseChains = []baseChain{
 				{Stmts: []Stmt{matchNFProto{IPv4}, natMap{snat: true, fam: IPv4, key: ctMark, set: setName("snat", IPv4, "")}}},
 				{Stmts: []Stmt{matchNFProto{IPv6}, natMap{snat: true, fam: IPv6, key: ctMark, set: setName("snat", IPv6, "")}}},
 				{Stmts: []Stmt{matchSet{ctMark, SetNoSNAT}, ret}},
-				{Stmts: []Stmt{matchCtMarkMasked{mask: ctmark.Mask, value: ctmark.Tag}, masquerade{}}},
+				{Stmts: []Stmt{matchCtMarkMasked{mask: l.TagMask, value: l.Tag}, masquerade{}}},
 			}
 		}},
 	{name: "count_forward", typ: "filter", hook: "forward", priority: 10, forwardPolicy: true,
 		comment: "per-forward packet and byte counters, both directions",
-		rules: func(policy config.ForwardPolicy) []Rule {
-			r := countRules(true, true)
+		rules: func(policy config.ForwardPolicy, l ctmark.Layout) []Rule {
+			r := countRules(l, true, true)
 			if policy == config.ForwardDrop {
 				// Drop by default: only fwdd's connections pass.
-				r = append(r, Rule{Stmts: []Stmt{matchCtMarkMasked{mask: ctmark.Mask, value: ctmark.Tag}, accept}})
+				r = append(r, Rule{Stmts: []Stmt{matchCtMarkMasked{mask: l.TagMask, value: l.Tag}, accept}})
 			}
 			return r
 		}},
 	{name: "count_input", typ: "filter", hook: "input", priority: 10,
 		comment: "replies to the host's own forwarded connections",
-		rules:   func(config.ForwardPolicy) []Rule { return countRules(false, true) }},
+		rules:   func(_ config.ForwardPolicy, l ctmark.Layout) []Rule { return countRules(l, false, true) }},
 	{name: "count_output", typ: "filter", hook: "output", priority: 10,
 		comment: "the host's own forwarded connections",
-		rules:   func(config.ForwardPolicy) []Rule { return countRules(true, false) }},
+		rules:   func(_ config.ForwardPolicy, l ctmark.Layout) []Rule { return countRules(l, true, false) }},
 }
 
-func (bc baseChain) chain(policy config.ForwardPolicy) *Chain {
-	c := &Chain{Name: bc.name, Comment: bc.comment, Rules: bc.rules(policy),
+func (bc baseChain) chain(policy config.ForwardPolicy, l ctmark.Layout) *Chain {
+	c := &Chain{Name: bc.name, Comment: bc.comment, Rules: bc.rules(policy, l),
 		Hook: &Hook{Type: bc.typ, Hook: bc.hook, Priority: bc.priority}}
 	if bc.forwardPolicy && policy == config.ForwardDrop {
 		c.Hook.Drop = true
@@ -81,13 +81,13 @@ func (bc baseChain) chain(policy config.ForwardPolicy) *Chain {
 	return c
 }
 
-func countRules(orig, reply bool) []Rule {
+func countRules(l ctmark.Layout, orig, reply bool) []Rule {
 	var r []Rule
 	if orig {
-		r = append(r, Rule{Stmts: []Stmt{matchCtDirection{false}, matchSet{key{loadCtMrk}, SetTrafficOrig}, counter{}}})
+		r = append(r, Rule{Stmts: []Stmt{matchCtDirection{false}, matchSet{key{loadCtMark(l)}, SetTrafficOrig}, counter{}}})
 	}
 	if reply {
-		r = append(r, Rule{Stmts: []Stmt{matchCtDirection{true}, matchSet{key{loadCtMrk}, SetTrafficReply}, counter{}}})
+		r = append(r, Rule{Stmts: []Stmt{matchCtDirection{true}, matchSet{key{loadCtMark(l)}, SetTrafficReply}, counter{}}})
 	}
 	return r
 }

@@ -49,27 +49,31 @@ func setName(kind string, fam Family, suffix string) string {
 // mark, keep flowing (their NAT is in conntrack) but are no longer counted
 // or attributed. A removed forward's id is taken again only by a later
 // forward whose name hashes to it (about one chance in 16 million).
+//
+// MaxID is that of the configured ct mark layout ([daemon] ct_mask): 24 bits
+// by default; a narrower id field folds the same hash into fewer ids.
 func AssignIDs(cfg *config.Config) (map[string]uint32, error) {
 	names := make([]string, len(cfg.Forwards))
 	for i := range cfg.Forwards {
 		names[i] = cfg.Forwards[i].Name
 	}
-	return assignIDs(names, nameSlot)
+	maxID := cfg.Daemon.CtMark.MaxID()
+	return assignIDs(names, maxID, func(name string) uint32 { return nameSlot(name, maxID) })
 }
 
-// nameSlot is a forward name's preferred id.
-func nameSlot(name string) uint32 {
+// nameSlot is a forward name's preferred id in 1..maxID.
+func nameSlot(name string, maxID uint32) uint32 {
 	h := fnv.New32a()
 	h.Write([]byte(name))
-	return h.Sum32()%ctmark.MaxID + 1
+	return h.Sum32()%maxID + 1
 }
 
 // assignIDs gives each name slot(name), or on a collision the next free id
-// after it; names are taken in sorted order, so the result does not depend
-// on the order of the file.
-func assignIDs(names []string, slot func(string) uint32) (map[string]uint32, error) {
-	if len(names) > int(ctmark.MaxID) {
-		return nil, fmt.Errorf("assign forward ids: more than %d forwards", ctmark.MaxID)
+// after it (up to maxID, then from 1); names are taken in sorted order, so
+// the result does not depend on the order of the file.
+func assignIDs(names []string, maxID uint32, slot func(string) uint32) (map[string]uint32, error) {
+	if len(names) > int(maxID) {
+		return nil, fmt.Errorf("assign forward ids: %d forwards, but the ct mark's id bits carry at most %d", len(names), maxID)
 	}
 	sorted := slices.Clone(names)
 	slices.Sort(sorted)
@@ -81,7 +85,7 @@ func assignIDs(names []string, slot func(string) uint32) (map[string]uint32, err
 		}
 		id := slot(name)
 		for used[id] {
-			if id++; id > ctmark.MaxID {
+			if id++; id > maxID {
 				id = 1
 			}
 		}
@@ -118,19 +122,28 @@ func (p *part) unchanged(q *part) bool {
 	return q != nil && q.id == p.id && q.fwd.Equal(p.fwd) && slices.Equal(q.up, p.up)
 }
 
-// setOrder lists the table's sets and maps; every model has them all, in
-// this order.
-var setOrder = func() []*Set {
+// setsOf lists the table's sets and maps for a ct mark layout; every model
+// of that layout has them all, in this order. With a partial ct_mask the
+// mark maps are verdict maps, one per chunk of the id (see ctmark.go).
+func setsOf(l ctmark.Layout) []*Set {
+	markData, chunks := []Field{FieldMark}, 1
+	if !l.Whole() {
+		markData, chunks = []Field{FieldVerdict}, len(markChunks(l))
+	}
 	var out []*Set
 	for _, fam := range []Family{IPv4, IPv6} {
 		af := fam.addrField()
-		out = append(out,
-			&Set{Name: setName("mark", fam, "addr"), Key: []Field{af, FieldProto, FieldPort}, Data: []Field{FieldMark}},
-			&Set{Name: setName("dnat", fam, "addr"), Key: []Field{af, FieldProto, FieldPort}, Data: []Field{af, FieldPort}},
-			&Set{Name: setName("mark", fam, "port"), Key: []Field{FieldProto, FieldPort}, Data: []Field{FieldMark}},
-			&Set{Name: setName("dnat", fam, "port"), Key: []Field{FieldProto, FieldPort}, Data: []Field{af, FieldPort}},
-			&Set{Name: setName("snat", fam, ""), Key: []Field{FieldMark}, Data: []Field{af}},
-		)
+		for _, suffix := range []string{"addr", "port"} {
+			k := []Field{FieldProto, FieldPort}
+			if suffix == "addr" {
+				k = []Field{af, FieldProto, FieldPort}
+			}
+			for i := range chunks {
+				out = append(out, &Set{Name: chunkSetName(setName("mark", fam, suffix), i), Key: k, Data: markData})
+			}
+			out = append(out, &Set{Name: setName("dnat", fam, suffix), Key: k, Data: []Field{af, FieldPort}})
+		}
+		out = append(out, &Set{Name: setName("snat", fam, ""), Key: []Field{FieldMark}, Data: []Field{af}})
 	}
 	return append(append(out,
 		&Set{Name: SetNoSNAT, Key: []Field{FieldMark}},
@@ -138,53 +151,76 @@ var setOrder = func() []*Set {
 		&Set{Name: SetTrafficReply, Key: []Field{FieldMark}, Counter: true, Comment: "packets backend -> client"},
 		&Set{Name: SetTrafficNew, Key: []Field{FieldMark}, Counter: true, Comment: "new connections (first packets)"},
 	), balanceSets()...)
+}
+
+// allSets is every set any layout has: the default layout's, then the
+// mark maps of chunks 1 and up. Elements are made into arrays indexed like
+// it (setIndex), whichever sets a model has.
+var allSets = func() []*Set {
+	out := setsOf(ctmark.Default)
+	for _, fam := range []Family{IPv4, IPv6} {
+		for _, suffix := range []string{"addr", "port"} {
+			for i := 1; i < maxChunks; i++ {
+				k := []Field{FieldProto, FieldPort}
+				if suffix == "addr" {
+					k = []Field{fam.addrField(), FieldProto, FieldPort}
+				}
+				out = append(out, &Set{Name: chunkSetName(setName("mark", fam, suffix), i), Key: k, Data: []Field{FieldVerdict}})
+			}
+		}
+	}
+	return out
 }()
 
-const numSets = 18
+const numSets = 18 + 4*(maxChunks-1)
 
 var setIndex = func() map[string]int {
-	if len(setOrder) != numSets {
-		panic("nft: numSets does not match setOrder")
+	if len(allSets) != numSets {
+		panic("nft: numSets does not match allSets")
 	}
 	m := map[string]int{}
-	for i, s := range setOrder {
+	for i, s := range allSets {
 		m[s.Name] = i
 	}
 	return m
 }()
 
-func newPart(f *config.Forward, id uint32) *part {
+func newPart(l ctmark.Layout, f *config.Forward, id uint32) *part {
 	p := &part{fwd: f, id: id}
 	if restricted(f) {
-		p.rules, p.chain = restrictedForward(f, familyOf(f.To), ctmark.ForID(id))
+		p.rules, p.chain = restrictedForward(l, f, familyOf(f.To), l.ForID(id))
 	}
 	return p
 }
 
 // numElems counts the part's elements without making them.
-func (p *part) numElems() int {
+func (p *part) numElems(l ctmark.Layout) int {
 	n := 3 // traffic counters, both directions, and new connections
 	if p.fwd.SNAT.Kind != config.SNATMasquerade {
 		n++
+	}
+	marks := 1 // mark map elements per key
+	if !l.Whole() {
+		marks = len(chunkTargets(l, l.ForID(p.id), "")) // only counted: no map named
 	}
 	if p.fwd.Balanced() {
 		ranges, _ := Slots(weights(p.fwd), p.up)
 		n += p.fwd.Port.Len() * len(ranges)
 		if !restricted(p.fwd) {
-			n += len(p.fwd.Protos) * p.fwd.Port.Len()
+			n += marks * len(p.fwd.Protos) * p.fwd.Port.Len()
 		}
 		return n
 	}
 	if !restricted(p.fwd) {
-		n += 2 * len(p.fwd.Protos) * p.fwd.Port.Len()
+		n += (marks + 1) * len(p.fwd.Protos) * p.fwd.Port.Len()
 	}
 	return n
 }
 
 // elements makes the part's elements, by set index.
-func (p *part) elements(out *[numSets][]Element) {
+func (p *part) elements(l ctmark.Layout, out *[numSets][]Element) {
 	f := p.fwd
-	mark := ctmark.ForID(p.id)
+	mark := l.ForID(p.id)
 	fam := familyOf(f.To)
 	markV := Mark(mark)
 	add := func(set string, e Element) { i := setIndex[set]; out[i] = append(out[i], e) }
@@ -210,7 +246,8 @@ func (p *part) elements(out *[numSets][]Element) {
 	if f.Local() {
 		suffix = "port"
 	}
-	marks, dnats := setIndex[setName("mark", fam, suffix)], setIndex[setName("dnat", fam, suffix)]
+	markSet := setName("mark", fam, suffix)
+	marks, dnats := setIndex[markSet], setIndex[setName("dnat", fam, suffix)]
 	// Keys and data are written straight into one buffer per forward: a
 	// range forward has one element per port.
 	var addr []byte
@@ -219,6 +256,10 @@ func (p *part) elements(out *[numSets][]Element) {
 	}
 	to := f.To.AsSlice()
 	markB := binary.NativeEndian.AppendUint32(nil, mark)
+	var targets []chunkTarget
+	if !l.Whole() {
+		targets = chunkTargets(l, mark, markSet)
+	}
 	kl := len(addr) + 8
 	dl := len(to) + 4
 	n := len(f.Protos) * f.Port.Len()
@@ -233,7 +274,12 @@ func (p *part) elements(out *[numSets][]Element) {
 			copy(d, to)
 			binary.BigEndian.PutUint16(d[len(to):], f.TargetPort(uint16(port)))
 			buf = buf[kl+dl:]
-			out[marks] = append(out[marks], Element{Key: k, Data: markB})
+			if targets == nil {
+				out[marks] = append(out[marks], Element{Key: k, Data: markB})
+			}
+			for _, t := range targets {
+				out[t.set] = append(out[t.set], Element{Key: k, Data: t.chain})
+			}
 			if !f.Balanced() {
 				out[dnats] = append(out[dnats], Element{Key: k, Data: d})
 			}
@@ -244,12 +290,13 @@ func (p *part) elements(out *[numSets][]Element) {
 // Compile turns a validated config into the model of fwdd's table. It is
 // pure: the same config and ids always give the same model.
 func Compile(cfg *config.Config, ids map[string]uint32) (*Model, error) {
-	m := &Model{Table: cfg.Daemon.Table, Config: cfg, IDs: ids, parts: make(map[string]*part, len(cfg.Forwards)),
-		order: make([]*part, 0, len(cfg.Forwards))}
-	for _, s := range setOrder {
-		c := *s
-		m.Sets = append(m.Sets, &c)
+	l := cfg.Daemon.CtMark
+	if _, err := l.Validate(); err != nil {
+		return nil, fmt.Errorf("ct mark layout: %w", err)
 	}
+	m := &Model{Table: cfg.Daemon.Table, Config: cfg, IDs: ids, Layout: l, parts: make(map[string]*part, len(cfg.Forwards)),
+		order: make([]*part, 0, len(cfg.Forwards))}
+	m.Sets = setsOf(l)
 	var restrictedRules []Rule
 	var forwardChains []*Chain
 	for i := range cfg.Forwards {
@@ -258,7 +305,10 @@ func Compile(cfg *config.Config, ids map[string]uint32) (*Model, error) {
 		if !ok {
 			return nil, fmt.Errorf("forward %q has no id", f.Name)
 		}
-		p := newPart(f, id)
+		if id == 0 || id > l.MaxID() {
+			return nil, fmt.Errorf("forward %q: id %d does not fit the ct mark's id bits (1..%d)", f.Name, id, l.MaxID())
+		}
+		p := newPart(l, f, id)
 		m.parts[f.Name] = p
 		m.order = append(m.order, p)
 		restrictedRules = append(restrictedRules, p.rules...)
@@ -267,12 +317,16 @@ func Compile(cfg *config.Config, ids map[string]uint32) (*Model, error) {
 		}
 	}
 	for _, bc := range baseChains {
-		c := bc.chain(cfg.Daemon.ForwardPolicy)
+		c := bc.chain(cfg.Daemon.ForwardPolicy, l)
 		m.Chains = append(m.Chains, c)
 		if c.Name == "output" {
 			// The regular chains sit between the DNAT and the SNAT chains.
 			m.Chains = append(m.Chains, snatGuard(cfg))
-			m.Chains = append(m.Chains, dispatchChain(restrictedRules))
+			m.Chains = append(m.Chains, dispatchChain(l, restrictedRules))
+			if !l.Whole() {
+				m.Chains = append(m.Chains, markChain(l, IPv4), markChain(l, IPv6))
+				m.Chains = append(m.Chains, chunkChains(l)...)
+			}
 			m.Chains = append(m.Chains, forwardChains...)
 		}
 	}
@@ -312,12 +366,21 @@ func snatGuard(cfg *config.Config) *Chain {
 
 // dispatchChain finds a new connection's forward: the restricted forwards'
 // rules first, then one map lookup per family.
-func dispatchChain(restrictedRules []Rule) *Chain {
+func dispatchChain(l ctmark.Layout, restrictedRules []Rule) *Chain {
 	dispatch := &Chain{Name: chainDispatch, Comment: "forwards with interface or source matches first, then one map lookup per family"}
 	dispatch.Rules = append(dispatch.Rules, restrictedRules...)
 	for _, fam := range []Family{IPv4, IPv6} {
 		byAddr := key{loadDaddr(fam), loadL4Proto, loadDport}
 		byPort := key{loadL4Proto, loadDport}
+		if !l.Whole() {
+			// Only fwdd's bits are set, by verdict maps (see ctmark.go).
+			dispatch.Rules = append(dispatch.Rules,
+				Rule{Stmts: []Stmt{matchNFProto{fam}, unmarked(l), jump(markChainName(fam))}},
+				Rule{Stmts: []Stmt{matchNFProto{fam}, natMap{fam: fam, key: byAddr, set: setName("dnat", fam, "addr"), withPort: true}}},
+				Rule{Stmts: []Stmt{matchNFProto{fam}, matchFibLocal{}, natMap{fam: fam, key: byPort, set: setName("dnat", fam, "port"), withPort: true}}},
+			)
+			continue
+		}
 		dispatch.Rules = append(dispatch.Rules,
 			Rule{Stmts: []Stmt{matchNFProto{fam}, matchCtMark{0}, setCtMarkMap{byAddr, setName("mark", fam, "addr")}}},
 			Rule{Stmts: []Stmt{matchNFProto{fam}, natMap{fam: fam, key: byAddr, set: setName("dnat", fam, "addr"), withPort: true}}},
@@ -325,18 +388,18 @@ func dispatchChain(restrictedRules []Rule) *Chain {
 			Rule{Stmts: []Stmt{matchNFProto{fam}, matchFibLocal{}, natMap{fam: fam, key: byPort, set: setName("dnat", fam, "port"), withPort: true}}},
 		)
 	}
-	dispatch.Rules = append(dispatch.Rules, balanceRules()...)
+	dispatch.Rules = append(dispatch.Rules, balanceRules(l)...)
 	return dispatch
 }
 
 // restrictedForward returns the dispatch rules and the chain of a forward
 // that matches on interface or sources.
-func restrictedForward(f *config.Forward, fam Family, mark uint32) ([]Rule, *Chain) {
+func restrictedForward(l ctmark.Layout, f *config.Forward, fam Family, mark uint32) ([]Rule, *Chain) {
 	chain := &Chain{Name: forwardChainPfx + f.Name, Comment: "forward " + f.Name}
 	var dnat Stmt
 	switch {
 	case f.Balanced():
-		dnat = balanceDNAT{fam: fam, source: f.Balance == config.BalanceSource}
+		dnat = balanceDNAT{fam: fam, source: f.Balance == config.BalanceSource, mark: loadCtMark(l)}
 	case f.ToPort.Len() > 1:
 		pm := dnatPortMap{fam: fam}
 		for p := int(f.Port.Lo); p <= int(f.Port.Hi); p++ {
@@ -350,7 +413,7 @@ func restrictedForward(f *config.Forward, fam Family, mark uint32) ([]Rule, *Cha
 	}
 	// nft refuses a DNAT to a port without a protocol match in the same
 	// rule, so the DNAT is repeated per protocol.
-	chain.Rules = []Rule{{Stmts: []Stmt{matchCtMark{0}, setCtMark{mark}}}}
+	chain.Rules = []Rule{{Stmts: []Stmt{unmarked(l), setMark(l, mark)}}}
 	for _, p := range f.Protos {
 		chain.Rules = append(chain.Rules, Rule{Stmts: []Stmt{matchL4Proto{p}, dnat}})
 	}

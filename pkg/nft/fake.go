@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 	"maps"
 	"slices"
 	"sort"
@@ -304,7 +305,7 @@ func (f *Fake) Read(table string, elements bool) (*Table, error) {
 		t.Chains = append(t.Chains, tc)
 	}
 	for _, s := range ft.sets {
-		ts := TableSet{Name: s.decl.Name}
+		ts := TableSet{Name: s.decl.Name, Verdict: s.decl.IsVerdictMap()}
 		if elements {
 			ts.Elements = s.sorted()
 		}
@@ -324,13 +325,13 @@ func (s *fakeSet) sorted() []Element {
 
 // ReadTraffic reports every forward of the table's counters with zero
 // packets: the fake forwards nothing.
-func (f *Fake) ReadTraffic(table string) (map[string]*Traffic, error) {
+func (f *Fake) ReadTraffic(table string, l ctmark.Layout) (map[string]*Traffic, error) {
 	t, err := f.Read(table, true)
 	if err != nil || t == nil {
 		return nil, err
 	}
 	out := map[string]*Traffic{}
-	for name, id := range t.IDs() {
+	for name, id := range t.IDs(l) {
 		out[name] = &Traffic{Name: name, ID: id}
 	}
 	return out, nil
@@ -338,8 +339,8 @@ func (f *Fake) ReadTraffic(table string) (map[string]*Traffic, error) {
 
 // ReadTrafficOf is ReadTraffic limited to the forwards in ids whose ids
 // match the table's.
-func (f *Fake) ReadTrafficOf(table string, ids map[string]uint32) (map[string]*Traffic, error) {
-	all, err := f.ReadTraffic(table)
+func (f *Fake) ReadTrafficOf(table string, l ctmark.Layout, ids map[string]uint32) (map[string]*Traffic, error) {
+	all, err := f.ReadTraffic(table, l)
 	if err != nil {
 		return nil, err
 	}

@@ -50,8 +50,8 @@ func TestAssignIDsSameFileSameIDs(t *testing.T) {
 	}
 	seen := map[uint32]string{}
 	for name, id := range want {
-		if id == 0 || id > ctmark.MaxID {
-			t.Errorf("%s: id %d out of 1..%d", name, id, ctmark.MaxID)
+		if id == 0 || id > maxID {
+			t.Errorf("%s: id %d out of 1..%d", name, id, maxID)
 		}
 		if other, dup := seen[id]; dup {
 			t.Errorf("id %d given to %s and %s", id, name, other)
@@ -69,17 +69,17 @@ func TestAssignIDsCollisions(t *testing.T) {
 		case 'a', 'b', 'c':
 			return 7
 		case 'w':
-			return ctmark.MaxID
+			return maxID
 		}
 		return 8
 	}
-	want := map[string]uint32{"a": 7, "b": 8, "c": 9, "d": 10, "w1": ctmark.MaxID, "w2": 1}
+	want := map[string]uint32{"a": 7, "b": 8, "c": 9, "d": 10, "w1": maxID, "w2": 1}
 	for _, order := range [][]string{
 		{"a", "b", "c", "d", "w1", "w2"},
 		{"w2", "d", "c", "w1", "b", "a"},
 		{"c", "a", "w2", "b", "w1", "d"},
 	} {
-		got, err := assignIDs(order, slot)
+		got, err := assignIDs(order, maxID, slot)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -87,7 +87,7 @@ func TestAssignIDsCollisions(t *testing.T) {
 			t.Errorf("order %v (-want +got):\n%s", order, diff)
 		}
 	}
-	if _, err := assignIDs([]string{"a", "a"}, slot); err == nil {
+	if _, err := assignIDs([]string{"a", "a"}, maxID, slot); err == nil {
 		t.Error("a name given twice was accepted")
 	}
 }
@@ -99,7 +99,8 @@ func TestAssignIDsStable(t *testing.T) {
 	for i := range names {
 		names[i] = fmt.Sprintf("fwd-%d", i)
 	}
-	ids, err := assignIDs(names, nameSlot)
+	slot := func(n string) uint32 { return nameSlot(n, maxID) }
+	ids, err := assignIDs(names, maxID, slot)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,11 +108,11 @@ func TestAssignIDsStable(t *testing.T) {
 	moved := 0
 	for _, n := range names {
 		id := ids[n]
-		if id == 0 || id > ctmark.MaxID || seen[id] {
+		if id == 0 || id > maxID || seen[id] {
 			t.Fatalf("%s: id %d out of range or taken twice", n, id)
 		}
 		seen[id] = true
-		if id != nameSlot(n) {
+		if id != slot(n) {
 			moved++
 		}
 	}
@@ -119,7 +120,7 @@ func TestAssignIDsStable(t *testing.T) {
 	if moved > 1000 {
 		t.Errorf("%d of %d forwards off their hash slot", moved, len(names))
 	}
-	fewer, err := assignIDs(names[1:], nameSlot)
+	fewer, err := assignIDs(names[1:], maxID, slot)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,3 +135,6 @@ func TestAssignIDsStable(t *testing.T) {
 	}
 	t.Logf("%d of %d forwards off their hash slot; removing one moved %d", moved, len(names), changed)
 }
+
+// maxID is the default layout's.
+var maxID = ctmark.Default.MaxID()

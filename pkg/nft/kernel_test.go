@@ -13,6 +13,7 @@ import (
 
 	"github.com/fwdd/fwdd/internal/sandbox"
 	"github.com/fwdd/fwdd/pkg/config"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 )
 
 // Kernel tests: they program nftables in namespaces made by internal/sandbox
@@ -333,7 +334,7 @@ func TestKernelReconcileReadBack(t *testing.T) {
 	if p := Reconcile(tb, m); !p.Empty() {
 		t.Fatalf("the table fwdd programmed reconciles to a batch:\n%s", p)
 	}
-	if d := cmp.Diff(m.IDs, tb.IDs()); d != "" {
+	if d := cmp.Diff(m.IDs, tb.IDs(ctmark.Default)); d != "" {
 		t.Errorf("ids read back (-want +got):\n%s", d)
 	}
 	changed := strings.Replace(strings.Replace(text, `interface = "eth1"`, `interface = "cli0"`, 1), "10.22.0.2:8001", "10.22.0.2:8002", 1)

@@ -180,8 +180,11 @@ func (e *KernelElem) decode(ad *netlink.AttributeDecoder) error {
 		case unix.NFTA_SET_ELEM_DATA:
 			ad.Nested(func(ad *netlink.AttributeDecoder) error {
 				for ad.Next() {
-					if ad.Type() == unix.NFTA_DATA_VALUE {
+					switch ad.Type() {
+					case unix.NFTA_DATA_VALUE:
 						e.Data = ad.Bytes()
+					case unix.NFTA_DATA_VERDICT:
+						e.Data = []byte(verdictChain(ad.Bytes()))
 					}
 				}
 				return nil
@@ -237,12 +240,12 @@ func (e *KernelElem) decodeExpr(ad *netlink.AttributeDecoder) error {
 // key: its cost is proportional to len(ids), not to the table. A forward
 // whose elements are missing, or carry another forward's name (ids that are
 // not the kernel's), is absent from the result.
-func (k *Netlink) ReadTrafficOf(table string, ids map[string]uint32) (map[string]*Traffic, error) {
+func (k *Netlink) ReadTrafficOf(table string, l ctmark.Layout, ids map[string]uint32) (map[string]*Traffic, error) {
 	names := make([]string, 0, len(ids))
 	keys := make([][]byte, 0, len(ids))
 	for name, id := range ids {
 		names = append(names, name)
-		keys = append(keys, binary.NativeEndian.AppendUint32(nil, ctmark.ForID(id)))
+		keys = append(keys, binary.NativeEndian.AppendUint32(nil, l.ForID(id)))
 	}
 	out := make(map[string]*Traffic, len(ids))
 	found := make(map[string]int, len(ids))
@@ -290,14 +293,15 @@ func (k *Netlink) VerifyForwards(m *Model, names []string) error {
 			continue
 		}
 		var es [numSets][]Element
-		p.elements(&es)
+		p.elements(m.Layout, &es)
 		for i := range es {
 			for _, e := range es[i] {
 				bySet[i] = append(bySet[i], owned{e, name})
 			}
 		}
 	}
-	for i, s := range m.Sets {
+	for _, s := range m.Sets {
+		i := setIndex[s.Name]
 		if s.Counter || len(bySet[i]) == 0 {
 			continue
 		}

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/fwdd/fwdd/pkg/config"
+	"github.com/fwdd/fwdd/pkg/ctmark"
 )
 
 // Field is the type of one field of a set key or map value.
@@ -28,6 +29,9 @@ const (
 	// (numgen or jhash), likewise. See balance.go.
 	FieldMarkBE
 	FieldSlot
+	// FieldVerdict is a verdict map's data: a jump to the chain its bytes
+	// name (see ctmark.go).
+	FieldVerdict
 )
 
 // nftName is the nft type name of the field.
@@ -45,6 +49,8 @@ func (f Field) nftName() string {
 		return "mark"
 	case FieldSlot:
 		return "integer"
+	case FieldVerdict:
+		return "verdict"
 	}
 	return "invalid"
 }
@@ -105,6 +111,8 @@ func (v Value) String() string {
 		return fmt.Sprintf("0x%08x", binary.BigEndian.Uint32(v.raw))
 	case FieldSlot:
 		return fmt.Sprint(binary.BigEndian.Uint32(v.raw))
+	case FieldVerdict:
+		return "jump " + string(v.raw)
 	}
 	return "?"
 }
@@ -174,6 +182,9 @@ func decode(fields []Field, b []byte) []Value {
 	off := 0
 	for _, f := range fields {
 		n := f.size()
+		if f == FieldVerdict {
+			n = len(b) - off
+		}
 		if off+n > len(b) {
 			break
 		}
@@ -204,6 +215,9 @@ type Set struct {
 
 // IsMap reports whether the set maps keys to data.
 func (s *Set) IsMap() bool { return len(s.Data) > 0 }
+
+// IsVerdictMap reports whether the set maps keys to verdicts.
+func (s *Set) IsVerdictMap() bool { return len(s.Data) == 1 && s.Data[0] == FieldVerdict }
 
 // Hook makes a chain a base chain.
 type Hook struct {
@@ -236,6 +250,8 @@ type Model struct {
 	Config *config.Config
 	// IDs maps forward names to the ids their ct marks carry.
 	IDs map[string]uint32
+	// Layout is where fwdd's bits are in the ct mark (the config's).
+	Layout ctmark.Layout
 	// parts holds each forward's share of the table, by forward name, and
 	// order the same in config order.
 	parts map[string]*part
@@ -246,10 +262,14 @@ type Model struct {
 func (m *Model) elements() [numSets][]Element {
 	var out [numSets][]Element
 	for _, p := range m.order {
-		p.elements(&out)
+		p.elements(m.Layout, &out)
 	}
 	return out
 }
+
+// setElems is the elements of s among all (as made by elements): they are
+// kept by the index of the set's name in allSets, not of s in m.Sets.
+func setElems(all *[numSets][]Element, s *Set) []Element { return all[setIndex[s.Name]] }
 
 // Elements returns the elements of the named set, in forward order.
 func (m *Model) Elements(set string) []Element {
@@ -284,7 +304,7 @@ func (m *Model) Chain(name string) *Chain {
 func (m *Model) NumElements() int {
 	n := 0
 	for _, p := range m.order {
-		n += p.numElems()
+		n += p.numElems(m.Layout)
 	}
 	return n
 }

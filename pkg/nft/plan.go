@@ -235,12 +235,20 @@ func Replace(m *Model) *Plan {
 	p := &Plan{Table: m.Table, Full: true, Want: m}
 	p.Ops = append(p.Ops, Op{Kind: OpAddTable}, Op{Kind: OpDeleteTable}, Op{Kind: OpAddTable})
 	all := m.elements()
-	for i, s := range m.Sets {
-		p.Ops = append(p.Ops, Op{Kind: OpAddSet, Set: s})
-		p.add(OpAddElements, s, all[i])
+	if !m.Layout.Whole() {
+		// Verdict map elements jump to chains, which must exist first.
+		for _, c := range m.Chains {
+			p.Ops = append(p.Ops, Op{Kind: OpAddChain, Chain: c})
+		}
 	}
-	for _, c := range m.Chains {
-		p.Ops = append(p.Ops, Op{Kind: OpAddChain, Chain: c})
+	for _, s := range m.Sets {
+		p.Ops = append(p.Ops, Op{Kind: OpAddSet, Set: s})
+		p.add(OpAddElements, s, setElems(&all, s))
+	}
+	if m.Layout.Whole() {
+		for _, c := range m.Chains {
+			p.Ops = append(p.Ops, Op{Kind: OpAddChain, Chain: c})
+		}
 	}
 	var l lowering
 	for _, c := range m.Chains {
@@ -272,9 +280,9 @@ func Diff(old, m *Model) *Plan {
 		}
 		clear(cur[:])
 		clear(prev[:])
-		pt.elements(&cur)
+		pt.elements(m.Layout, &cur)
 		if op != nil {
-			op.elements(&prev)
+			op.elements(old.Layout, &prev)
 		}
 		for si := range cur {
 			a, r := diffElems(prev[si], cur[si])
@@ -285,10 +293,10 @@ func Diff(old, m *Model) *Plan {
 	for _, op := range old.order {
 		if m.parts[op.fwd.Name] == nil {
 			p.Changes.Removed = append(p.Changes.Removed, op.fwd.Name)
-			op.elements(&del)
+			op.elements(old.Layout, &del)
 		}
 	}
-	if old.Table != m.Table || hooks(old) != hooks(m) {
+	if old.Table != m.Table || hooks(old) != hooks(m) || old.Layout != m.Layout {
 		r := Replace(m)
 		r.Changes = p.Changes
 		return r
@@ -330,12 +338,12 @@ func (p *Plan) chainOps(flush, dels, adds []*Chain, elems func(si int) (add, del
 	for _, c := range adds {
 		p.Ops = append(p.Ops, Op{Kind: OpAddChain, Chain: c})
 	}
-	for si, s := range p.Want.Sets {
-		_, d := elems(si)
+	for _, s := range p.Want.Sets {
+		_, d := elems(setIndex[s.Name])
 		p.add(OpDeleteElements, s, d)
 	}
-	for si, s := range p.Want.Sets {
-		a, _ := elems(si)
+	for _, s := range p.Want.Sets {
+		a, _ := elems(setIndex[s.Name])
 		p.add(OpAddElements, s, a)
 	}
 	var l lowering

@@ -18,7 +18,7 @@ import (
 // directly so that the renderer is tested whatever the config accepts.
 func hostile(iface, name string) *config.Config {
 	return &config.Config{
-		Daemon: config.Daemon{Table: "fwdd"},
+		Daemon: config.Daemon{Table: "fwdd", CtMark: ctmark.Default},
 		Forwards: []config.Forward{{
 			Name: name, Protos: []config.Proto{config.TCP}, Port: config.PortRange{Lo: 80, Hi: 80},
 			To: netip.MustParseAddr("10.0.0.2"), ToPort: config.PortRange{Lo: 8080, Hi: 8080},
@@ -74,7 +74,7 @@ func TestReplacePlanText(t *testing.T) {
 		"add table inet fwdd\ndelete table inet fwdd\nadd table inet fwdd\n",
 		"add map inet fwdd dnat4_addr { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }\n",
 		`add set inet fwdd traffic_orig { type mark; counter; comment "packets client -> backend"; }` + "\n",
-		fmt.Sprintf(`add element inet fwdd traffic_orig { 0x%08x counter packets 0 bytes 0 comment "web" }`+"\n", ctmark.ForID(m.IDs["web"])),
+		fmt.Sprintf(`add element inet fwdd traffic_orig { 0x%08x counter packets 0 bytes 0 comment "web" }`+"\n", ctmark.Default.ForID(m.IDs["web"])),
 		"add chain inet fwdd prerouting { type nat hook prerouting priority -100; policy accept; }\n",
 		"add chain inet fwdd fwd_web\n",
 		`add rule inet fwdd dispatch meta nfproto ipv4 iifname "eth1" fib daddr type local meta l4proto tcp th dport 80 goto fwd_web comment "web"` + "\n",

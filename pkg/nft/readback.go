@@ -31,7 +31,7 @@ func (t Traffic) Bytes() uint64 { return t.OrigBytes + t.ReplyBytes }
 
 // ReadTraffic reads the per-forward counters of fwdd's table, keyed by
 // forward name. It reads the kernel only, so it works without the daemon.
-func (k *Netlink) ReadTraffic(table string) (map[string]*Traffic, error) {
+func (k *Netlink) ReadTraffic(table string, l ctmark.Layout) (map[string]*Traffic, error) {
 	c, err := k.conn()
 	if err != nil {
 		return nil, err
@@ -50,7 +50,7 @@ func (k *Netlink) ReadTraffic(table string) (map[string]*Traffic, error) {
 			if len(e.Key) != 4 || e.Comment == "" {
 				continue
 			}
-			id, ok := ctmark.ID(binary.NativeEndian.Uint32(e.Key))
+			id, ok := l.ID(binary.NativeEndian.Uint32(e.Key))
 			if !ok {
 				continue
 			}

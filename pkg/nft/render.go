@@ -21,8 +21,8 @@ func (m *Model) Render(out io.Writer) error {
 	w.ident(m.Table)
 	w.WriteString(" {\n")
 	all := m.elements()
-	for i, s := range m.Sets {
-		renderSet(&w, s, all[i])
+	for _, s := range m.Sets {
+		renderSet(&w, s, setElems(&all, s))
 	}
 	for _, c := range m.Chains {
 		renderChain(&w, c)

@@ -27,6 +27,7 @@ type TableChain struct {
 // TableSet is one named set read back.
 type TableSet struct {
 	Name     string
+	Verdict  bool      // a verdict map
 	Elements []Element // only when read with elements; counters are not compared
 }
 
@@ -50,7 +51,7 @@ func (t *Table) set(name string) *TableSet {
 
 // IDs returns the forward ids the table's counters record (element comment:
 // forward name, key: its ct mark), so that a restarted daemon keeps them.
-func (t *Table) IDs() map[string]uint32 {
+func (t *Table) IDs(l ctmark.Layout) map[string]uint32 {
 	ids := map[string]uint32{}
 	if t == nil {
 		return ids
@@ -60,7 +61,7 @@ func (t *Table) IDs() map[string]uint32 {
 			if len(e.Key) != 4 || e.Comment == "" {
 				continue
 			}
-			if id, ok := ctmark.ID(binary.NativeEndian.Uint32(e.Key)); ok {
+			if id, ok := l.ID(binary.NativeEndian.Uint32(e.Key)); ok {
 				ids[e.Comment] = id
 			}
 		}
@@ -123,12 +124,12 @@ func (t *Table) Differs(m *Model) error {
 		return nil
 	}
 	all := m.elements()
-	for i, s := range m.Sets {
-		have := t.set(s.Name).Elements
-		if len(have) != len(all[i]) {
-			return fmt.Errorf("set %s has %d elements, want %d", s.Name, len(have), len(all[i]))
+	for _, s := range m.Sets {
+		have, want := t.set(s.Name).Elements, setElems(&all, s)
+		if len(have) != len(want) {
+			return fmt.Errorf("set %s has %d elements, want %d", s.Name, len(have), len(want))
 		}
-		add, _ := diffElems(have, all[i])
+		add, _ := diffElems(have, want)
 		if len(add) > 0 {
 			return fmt.Errorf("set %s lacks %d of fwdd's elements", s.Name, len(add))
 		}
@@ -167,7 +168,9 @@ func Reconcile(t *Table, m *Model) *Plan {
 		}
 	}
 	for _, s := range m.Sets {
-		if t.set(s.Name) == nil {
+		// A mark map of another layout (its data of another type) cannot
+		// take this layout's elements.
+		if ts := t.set(s.Name); ts == nil || ts.Verdict != s.IsVerdictMap() {
 			return Replace(m)
 		}
 	}
@@ -188,7 +191,8 @@ func Reconcile(t *Table, m *Model) *Plan {
 	}
 	all := m.elements()
 	var add, del [numSets][]Element
-	for si, s := range m.Sets {
+	for _, s := range m.Sets {
+		si := setIndex[s.Name]
 		add[si], del[si] = diffElems(t.set(s.Name).Elements, all[si])
 	}
 	p.chainOps(flush, dels, adds, func(si int) (a, d []Element) { return add[si], del[si] })

@@ -165,7 +165,7 @@ func Collect(cfg *config.Config, src Sources) (*Report, error) {
 	if count, max, err := conntrack.CountFrom(src.Sysctls); err == nil {
 		r.Conntrack = Conntrack{Count: count, Max: max}
 	}
-	if r.Blockers, err = src.Kernel.ForeignBlockers(cfg.Daemon.Table, ctmarkTag, ctmarkMask); err != nil {
+	if r.Blockers, err = src.Kernel.ForeignBlockers(cfg.Daemon.Table, cfg.Daemon.CtMark.Tag, cfg.Daemon.CtMark.TagMask); err != nil {
 		return nil, err
 	}
 	live := map[uint32]conntrack.Live{}
@@ -173,12 +173,12 @@ func Collect(cfg *config.Config, src Sources) (*Report, error) {
 		if len(names) <= dumpPerForward {
 			for _, name := range names {
 				if t := traffic[name]; t != nil {
-					if live[t.ID], err = conntrack.LiveOf(src.NetNS, t.ID); err != nil {
+					if live[t.ID], err = conntrack.LiveOf(src.NetNS, cfg.Daemon.CtMark, t.ID); err != nil {
 						return nil, err
 					}
 				}
 			}
-		} else if live, err = conntrack.LiveByID(src.NetNS); err != nil {
+		} else if live, err = conntrack.LiveByID(src.NetNS, cfg.Daemon.CtMark); err != nil {
 			return nil, err
 		}
 	}
@@ -187,11 +187,11 @@ func Collect(cfg *config.Config, src Sources) (*Report, error) {
 		var marks []uint32
 		for _, f := range fwds {
 			if t := traffic[f.Name]; t != nil && f.Balanced() {
-				marks = append(marks, ctmark.ForID(t.ID))
+				marks = append(marks, cfg.Daemon.CtMark.ForID(t.ID))
 			}
 		}
 		if len(marks) > 0 {
-			if byBackend, err = conntrack.LiveByBackend(src.NetNS, marks); err != nil {
+			if byBackend, err = conntrack.LiveByBackend(src.NetNS, cfg.Daemon.CtMark, marks); err != nil {
 				return nil, err
 			}
 		}
@@ -203,7 +203,7 @@ func Collect(cfg *config.Config, src Sources) (*Report, error) {
 	for _, f := range fwds {
 		out := Forward{Name: f.Name, Match: Match(f), Target: Target(f), SNAT: SNAT(f)}
 		if f.Balanced() {
-			out.Backends = backends(f, traffic[f.Name], byBackend, health, src.Health != nil)
+			out.Backends = backends(f, cfg.Daemon.CtMark, traffic[f.Name], byBackend, health, src.Health != nil)
 		}
 		if t := traffic[f.Name]; t != nil {
 			out.PacketsOriginal, out.PacketsReply = t.OrigPackets, t.ReplyPackets
@@ -218,7 +218,7 @@ func Collect(cfg *config.Config, src Sources) (*Report, error) {
 }
 
 // backends reports the backends of a balanced forward f.
-func backends(f *config.Forward, t *nft.Traffic, live map[conntrack.BackendKey]conntrack.BackendLive,
+func backends(f *config.Forward, layout ctmark.Layout, t *nft.Traffic, live map[conntrack.BackendKey]conntrack.BackendLive,
 	health map[string]daemon.BackendHealth, daemonRuns bool) []Backend {
 	var out []Backend
 	for _, b := range f.Backends {
@@ -236,7 +236,7 @@ func backends(f *config.Forward, t *nft.Traffic, live map[conntrack.BackendKey]c
 			be.Health = "unchecked"
 		}
 		if t != nil {
-			l := conntrack.OfBackend(live, ctmark.ForID(t.ID), addr, span)
+			l := conntrack.OfBackend(live, layout.ForID(t.ID), addr, span)
 			be.Connections, be.Established, be.Packets, be.Bytes = l.Total, l.Established, l.Packets, l.Bytes
 		}
 		out = append(out, be)
@@ -278,7 +278,7 @@ func readTraffic(cfg *config.Config, k *nft.Netlink, names []string) (map[string
 	for _, n := range names {
 		want[n] = ids[n]
 	}
-	traffic, err := k.ReadTrafficOf(cfg.Daemon.Table, want)
+	traffic, err := k.ReadTrafficOf(cfg.Daemon.Table, cfg.Daemon.CtMark, want)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -293,9 +293,6 @@ func missingTraffic(names []string, traffic map[string]*nft.Traffic) string {
 	}
 	return ""
 }
-
-// ctmarkTag and ctmarkMask are the ct mark bits of fwdd's connections.
-const ctmarkTag, ctmarkMask = ctmark.Tag, ctmark.Mask
 
 func readBool(s sysctl.Sysctls, name string) bool {
 	v, err := s.Get(name)

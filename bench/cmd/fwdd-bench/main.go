@@ -58,7 +58,10 @@ type options struct {
 	connWarmup   time.Duration
 	workers      int
 	applyRounds  int
-	idle         time.Duration
+	// ctmarkSizes are the forwards of the ct mark layout comparison, and
+	// ctmarkConnSizes those of them whose connection rate is measured.
+	ctmarkSizes, ctmarkConnSizes []int
+	idle                         time.Duration
 }
 
 const (
@@ -76,7 +79,9 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.out, "out", "", `where to write the report (default "bench/results", or a temp dir with -quick)`)
 	fs.BoolVar(&o.quick, "quick", false, "smoke run of about two minutes: fewer and shorter samples")
 	fs.BoolVar(&o.verbose, "verbose", false, "show sandbox commands and the output of every process")
-	phases := fs.String("phases", "throughput,conns,apply,idle,observe,balance", "what to measure")
+	phases := fs.String("phases", "throughput,conns,apply,idle,observe,balance,ctmark", "what to measure")
+	ctmarkSizes := fs.String("ctmark-sizes", "10000,100000", "numbers of forwards for the ct mark layout comparison")
+	ctmarkConnSizes := fs.String("ctmark-conn-sizes", "10000", "those of -ctmark-sizes whose connection rate is measured")
 	sizes := fs.String("sizes", "1,1000,10000,100000", "numbers of forwards for the connection test")
 	applySizes := fs.String("apply-sizes", "1000,10000,100000", "numbers of forwards for the apply test")
 	fs.IntVar(&o.rounds, "rounds", 7, "rounds of the throughput and connection tests")
@@ -111,7 +116,7 @@ func parseFlags(args []string) (*options, error) {
 	}
 	o.phases = strings.Split(*phases, ",")
 	for _, p := range o.phases {
-		if !slices.Contains([]string{phaseThroughput, phaseConns, phaseApply, phaseIdle, phaseObserve, phaseBalance}, p) {
+		if !slices.Contains([]string{phaseThroughput, phaseConns, phaseApply, phaseIdle, phaseObserve, phaseBalance, phaseCtMark}, p) {
 			return nil, fmt.Errorf("-phases: unknown phase %q", p)
 		}
 	}
@@ -121,6 +126,12 @@ func parseFlags(args []string) (*options, error) {
 	}
 	if o.applySizes, err = parseSizes(*applySizes); err != nil {
 		return nil, fmt.Errorf("-apply-sizes: %w", err)
+	}
+	if o.ctmarkSizes, err = parseSizes(*ctmarkSizes); err != nil {
+		return nil, fmt.Errorf("-ctmark-sizes: %w", err)
+	}
+	if o.ctmarkConnSizes, err = parseSizes(*ctmarkConnSizes); err != nil {
+		return nil, fmt.Errorf("-ctmark-conn-sizes: %w", err)
 	}
 	if o.rounds < 1 || o.applyRounds < 1 || o.tputSeconds < 1 || o.workers < 1 {
 		return nil, errors.New("rounds, seconds and workers must be at least 1")
@@ -259,6 +270,12 @@ func runPhases(e *env, o *options, res *results, mon *cpuMonitor) error {
 	if o.has(phaseBalance) {
 		mon.setPhase(phaseBalance)
 		if res.Balance, err = e.measureBalance(o); err != nil {
+			return err
+		}
+	}
+	if o.has(phaseCtMark) {
+		mon.setPhase(phaseCtMark)
+		if res.CtMark, err = e.measureCtMark(o); err != nil {
 			return err
 		}
 	}

@@ -34,6 +34,7 @@ type results struct {
 	Idle         *idleResult    `json:",omitempty"`
 	Observe      *observeResult `json:",omitempty"`
 	Balance      *balResults    `json:",omitempty"`
+	CtMark       *ctmarkResults `json:",omitempty"`
 	Foreign      []*foreignLoad
 }
 
@@ -263,6 +264,9 @@ func markdown(res *results, plotted bool) string {
 	}
 	if res.Balance != nil {
 		writeBalance(&b, res.Balance, o)
+	}
+	if res.CtMark != nil {
+		writeCtMark(&b, res.CtMark, o)
 	}
 	return b.String()
 }
