@@ -67,8 +67,8 @@ type demo struct {
 	section int
 	topo    *sandbox.Topology
 	fwdd    *harness.Daemon
-	shown   int // daemon log lines already shown
-	servers []server
+	shown   int              // daemon log lines already shown
+	servers map[string]peers // by address
 }
 
 func (d *demo) run(ctx context.Context, keep bool) int {
@@ -130,11 +130,7 @@ func (d *demo) buildSandbox(context.Context) error {
 		return err
 	}
 	d.topo = topo
-	var names []string
-	for _, h := range topo.Hosts() {
-		names = append(names, h.Name)
-	}
-	say("network namespaces %s-{%s}", topo.Prefix, strings.Join(names, ","))
+	say("network namespaces %s-{client,gateway,backend,other}", topo.Prefix)
 	say("(ip netns list shows them; the host's own interfaces, routes and firewall are left alone)")
 	block(`
 client  10.11.0.2 --- cli0 10.11.0.1 [ gateway ] bak0 10.22.0.1 --- 10.22.0.2 backend
@@ -161,12 +157,14 @@ func (d *demo) startFwdd(ctx context.Context) error {
 	}
 	d.showLog("fwdd's log:")
 	say("")
-	cmdLine("nft list table inet fwdd   (the maps that say where traffic goes)")
-	out, err := d.topo.Gateway.Run(ctx, "nft", "list", "table", "inet", "fwdd")
-	if err != nil {
-		return err
+	cmdLine("nft list map inet fwdd dnat4_port; nft list map inet fwdd dnat6_port   (where traffic goes)")
+	for _, m := range []string{"dnat4_port", "dnat6_port"} {
+		out, err := d.topo.Gateway.Run(ctx, "nft", "list", "map", "inet", "fwdd", m)
+		if err != nil {
+			return err
+		}
+		block(string(out))
 	}
-	block(mapsWith(string(out), "10.22.0.2", "fd22::2"))
 	return nil
 }
 
@@ -178,7 +176,7 @@ func (d *demo) firstTraffic(ctx context.Context) error {
 		{"tcp", "10.11.0.1:81", "direct", "10.22.0.2:8080", "10.11.0.2", `snat = "none": the real client`},
 		{"tcp", "10.11.0.1:9000", "app-range", "10.22.0.2:9100", "10.22.0.1", "range, 1:1"},
 		{"tcp", "10.11.0.1:9002", "app-range", "10.22.0.2:9102", "10.22.0.1", "range, 1:1"},
-		{"tcp", "10.44.0.2:80", "", "10.44.0.2:80", "10.11.0.2", "transit: passes untouched"},
+		{"tcp", "10.44.0.2:80", "no forward", "10.44.0.2:80", "10.11.0.2", "transit: passes untouched"},
 	})
 }
 

@@ -7,9 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"slices"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -125,72 +123,40 @@ func (d *demo) showLog(title string) {
 	}
 }
 
-// mapsWith keeps the top-level blocks of `nft list table` (maps, sets)
-// whose elements mention one of addrs; the rest is summed up in one line.
-func mapsWith(table string, addrs ...string) string {
-	var kept []string
-	skipped := 0
-	lines := strings.Split(table, "\n")
-	for i := 0; i < len(lines); i++ {
-		if !strings.HasPrefix(lines[i], "\t") || strings.HasPrefix(lines[i], "\t\t") {
-			continue // the table's own lines
-		}
-		j := i
-		for j < len(lines)-1 && lines[j] != "\t}" {
-			j++
-		}
-		blk := strings.Join(lines[i:j+1], "\n")
-		i = j
-		if strings.Contains(blk, "elements") && slices.ContainsFunc(addrs, func(a string) bool { return strings.Contains(blk, a) }) {
-			kept = append(kept, blk)
-		} else {
-			skipped++
-		}
-	}
-	return "table inet fwdd {\n" + strings.Join(kept, "\n") +
-		fmt.Sprintf("\n\t... and %d more maps, sets and chains (the chains look packets up in these maps)\n}", skipped)
-}
-
 // ---- servers and traffic ----
 
-// server is a sandbox TCP or UDP server that records who reached it.
-type server struct {
-	host  *sandbox.Host
-	peers func() []sandbox.Peer
-}
+// peers lists who reached one of the demo's servers.
+type peers func() []sandbox.Peer
 
 func (d *demo) startServers(context.Context) error {
-	be, other := d.topo.Backend, d.topo.Other
-	for _, s := range []struct {
-		host        *sandbox.Host
-		proto, addr string
-		role        string
-	}{
-		{be, "tcp", "10.22.0.2:8080", `"web", "direct" (and "admin" later)`},
-		{be, "tcp", "10.22.0.2:8081", `"web" after the reload`},
-		{be, "udp", "10.22.0.2:5353", `"dns"`},
-		{be, "tcp", "[fd22::2]:8080", `"web6"`},
-		{be, "tcp", "10.22.0.2:9100", `"app-range"`},
-		{be, "tcp", "10.22.0.2:9101", `"app-range"`},
-		{be, "tcp", "10.22.0.2:9102", `"app-range"`},
-		{other, "tcp", "10.44.0.2:80", "no forward: reached by plain routing"},
+	d.servers = map[string]peers{}
+	for _, s := range []struct{ host, proto, addr, role string }{
+		{"backend", "tcp", "10.22.0.2:8080", `"web", "direct" (and "admin" later)`},
+		{"backend", "tcp", "10.22.0.2:8081", `"web" after the reload`},
+		{"backend", "udp", "10.22.0.2:5353", `"dns"`},
+		{"backend", "tcp", "[fd22::2]:8080", `"web6"`},
+		{"backend", "tcp", "10.22.0.2:9100", `"app-range"`},
+		{"backend", "tcp", "10.22.0.2:9102", `"app-range"`},
+		{"other", "tcp", "10.44.0.2:80", "no forward: reached by plain routing"},
 	} {
-		srv := server{host: s.host}
-		if s.proto == "udp" {
-			u, err := s.host.ListenUDP(s.addr)
-			if err != nil {
-				return err
-			}
-			srv.peers = u.Peers
-		} else {
-			t, err := s.host.ListenTCP(s.addr)
-			if err != nil {
-				return err
-			}
-			srv.peers = t.Peers
+		h := d.topo.Backend
+		if s.host == "other" {
+			h = d.topo.Other
 		}
-		d.servers = append(d.servers, srv)
-		say("%-8s %-20s %s", s.host.Name, s.addr+"/"+s.proto, s.role)
+		if s.proto == "udp" {
+			u, err := h.ListenUDP(s.addr)
+			if err != nil {
+				return err
+			}
+			d.servers[s.addr] = u.Peers
+		} else {
+			t, err := h.ListenTCP(s.addr)
+			if err != nil {
+				return err
+			}
+			d.servers[s.addr] = t.Peers
+		}
+		say("%-8s %-20s %s", s.host, s.addr+"/"+s.proto, s.role)
 	}
 	say("")
 	say("Each server answers every connection or datagram with \"<host> <source address")
@@ -198,16 +164,16 @@ func (d *demo) startServers(context.Context) error {
 	return nil
 }
 
-// probe is one connection (TCP) or datagram (UDP) from the client, and
-// where it must arrive (want "": nowhere) with which source address.
+// probe is one connection (TCP) or datagram (UDP) from the client, and the
+// server it must reach (want "": none) with which source address.
 type probe struct {
 	proto, addr, fwd, want, wantFrom, note string
 }
 
-// probes runs the probes one after the other and prints a table: which
-// server each one reached and with which source address. A connection of
-// "web" (log = true) must then be logged, from conntrack events a moment
-// later; the log is shown under logTitle.
+// probes runs the probes one after the other and prints a table: where
+// each one arrived and with which source address. A connection of "web"
+// (log = true) must then be logged, from conntrack events a moment later;
+// the log is shown under logTitle.
 func (d *demo) probes(ctx context.Context, logTitle string, ps []probe) error {
 	n := len(d.fwdd.Log())
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
@@ -219,7 +185,7 @@ func (d *demo) probes(ctx context.Context, logTitle string, ps []probe) error {
 			mark = "FAIL"
 			errs = append(errs, err)
 		}
-		fmt.Fprintf(tw, "  %s\t%s\n", mark, row)
+		fmt.Fprintf(tw, "  %s\tclient -> %s/%s\t[%s]\t%s\t(%s)\n", mark, p.addr, p.proto, p.fwd, row, p.note)
 	}
 	if err := errors.Join(append(errs, tw.Flush())...); err != nil {
 		return err
@@ -232,11 +198,11 @@ func (d *demo) probes(ctx context.Context, logTitle string, ps []probe) error {
 	return nil
 }
 
+// probe returns where p arrived, or an error when not where it should.
 func (d *demo) probe(ctx context.Context, p probe) (string, error) {
-	what := fmt.Sprintf("client -> %s/%s", p.addr, p.proto)
-	before := make([]int, len(d.servers))
-	for i, s := range d.servers {
-		before[i] = len(s.peers())
+	var before int
+	if seen := d.servers[p.want]; seen != nil {
+		before = len(seen())
 	}
 	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
@@ -249,35 +215,22 @@ func (d *demo) probe(ctx context.Context, p probe) (string, error) {
 			c.Close()
 		}
 	}
-	var srv *server
-	var peer sandbox.Peer
-	for i, s := range d.servers {
-		if peers := s.peers(); len(peers) > before[i] {
-			srv, peer = &d.servers[i], peers[len(peers)-1]
-		}
-	}
-	got, from, fwd := "no answer", "", "(no forward)"
-	if errors.Is(err, syscall.ECONNREFUSED) {
-		got = "refused"
-	}
-	if srv != nil {
-		got, from = fmt.Sprintf("arrived at %s %s", srv.host.Name, peer.Local), "from "+peer.Remote.Addr().String()
-	}
-	if p.fwd != "" {
-		fwd = "[" + p.fwd + "]"
-	}
-	row := strings.Join([]string{what, fwd, got, from, "(" + p.note + ")"}, "\t")
 	switch {
-	case p.want == "" && (srv != nil || err == nil):
-		return row, fmt.Errorf("%s: %s, want no forward", what, got)
+	case p.want == "" && err == nil:
+		return "answered", fmt.Errorf("client -> %s: answered, want no forward", p.addr)
 	case p.want == "":
-		return row, nil
+		return "no answer", nil
 	case err != nil:
-		return row, fmt.Errorf("%s: %w", what, err)
-	case srv == nil:
-		return row, fmt.Errorf("%s: answered, but by none of the demo's servers", what)
-	case peer.Local.String() != p.want || peer.Remote.Addr().String() != p.wantFrom:
-		return row, fmt.Errorf("%s: %s %s, want %s from %s", what, got, from, p.want, p.wantFrom)
+		return "no answer", fmt.Errorf("client -> %s: %w", p.addr, err)
+	}
+	seen := d.servers[p.want]()
+	if len(seen) == before {
+		return "answered elsewhere", fmt.Errorf("client -> %s: answered, but not by %s", p.addr, p.want)
+	}
+	from := seen[len(seen)-1].Remote.Addr().String()
+	row := fmt.Sprintf("arrived at %s\tfrom %s", p.want, from)
+	if from != p.wantFrom {
+		return row, fmt.Errorf("client -> %s: arrived from %s, want %s", p.addr, from, p.wantFrom)
 	}
 	return row, nil
 }

@@ -102,8 +102,15 @@ func parseBalancing(fs *fields, t map[string]any, lines *keyLines, f *Forward) {
 		return
 	}
 	var bs []Backend
-	var field []string // the key each backend's problems are reported on
-	var lineOf []int
+	var lineOf []int // where each backend's problems are reported
+	add := func(bfs *fields, s string, weight func() int) bool {
+		a, p := parseTo(bfs, s)
+		if a.IsValid() {
+			bs, lineOf = append(bs, Backend{To: a, ToPort: p, Weight: weight()}), append(lineOf, bfs.lines.line("to"))
+		}
+		return a.IsValid()
+	}
+	one := func() int { return 1 }
 	switch v := to.(type) {
 	case nil:
 		tables, ok := list.([]map[string]any)
@@ -111,7 +118,7 @@ func parseBalancing(fs *fields, t map[string]any, lines *keyLines, f *Forward) {
 			fs.errorf("backend", "must be [[forward.backend]] tables, each with to and weight, not %s", tomlType(list))
 			return
 		}
-		subs := lines.sub("backend")
+		subs := lines.subs["backend"]
 		for i, bt := range tables {
 			kl := &keyLines{header: lines.line("backend")}
 			if i < len(subs) {
@@ -124,32 +131,21 @@ func parseBalancing(fs *fields, t map[string]any, lines *keyLines, f *Forward) {
 				}
 			}
 			s, ok := bfs.str("to", bt["to"], "")
-			if !ok {
-				return
-			}
-			if s == "" {
+			if ok && s == "" {
 				bfs.errorf("to", "required in every [[forward.backend]]; %s", toHint)
+			}
+			if s == "" || !add(bfs, s, func() int { return int(bfs.integer("weight", bt["weight"], 1, 1, MaxWeight)) }) {
 				return
 			}
-			a, p := parseTo(bfs, s)
-			if !a.IsValid() {
-				return
-			}
-			w := int(bfs.integer("weight", bt["weight"], 1, 1, MaxWeight))
-			bs = append(bs, Backend{To: a, ToPort: p, Weight: w})
-			field, lineOf = append(field, "to"), append(lineOf, kl.line("to"))
 		}
 	case string:
 		if v == "" {
 			fs.errorf("to", "required; %s", toHint)
 			return
 		}
-		a, p := parseTo(fs, v)
-		if !a.IsValid() {
+		if !add(fs, v, one) {
 			return
 		}
-		bs = []Backend{{To: a, ToPort: p, Weight: 1}}
-		field, lineOf = []string{"to"}, []int{lines.line("to")}
 	case []any:
 		if len(v) == 0 {
 			fs.errorf("to", "empty list; give at least one backend: %s", toHint)
@@ -161,12 +157,9 @@ func parseBalancing(fs *fields, t map[string]any, lines *keyLines, f *Forward) {
 				fs.errorf("to", "list elements must be backend addresses (%s), not %s", toHint, tomlType(e))
 				return
 			}
-			a, p := parseTo(fs, s)
-			if !a.IsValid() {
+			if !add(fs, s, one) {
 				return
 			}
-			bs = append(bs, Backend{To: a, ToPort: p, Weight: 1})
-			field, lineOf = append(field, "to"), append(lineOf, lines.line("to"))
 		}
 	default:
 		fs.errorf("to", "must be a string or a list of strings, not %s; %s", tomlType(to), toHint)
@@ -176,26 +169,21 @@ func parseBalancing(fs *fields, t map[string]any, lines *keyLines, f *Forward) {
 		fs.errorf("to", "%d backends; at most %d per forward", len(bs), MaxBackends)
 		return
 	}
-	at := func(i int) *fields {
-		return &fields{ps: fs.ps, lines: &keyLines{header: lineOf[i]}, forward: fs.forward, name: fs.name}
-	}
 	for i, b := range bs {
-		if b.To.Is4() != bs[0].To.Is4() {
-			at(i).errorf(field[i], "backend %s is %s but backend %s is %s; all backends of a forward must be one family", b, family(b.To), bs[0], family(bs[0].To))
-			return
-		}
-		if j := slices.IndexFunc(bs[:i], func(c Backend) bool { return c.To == b.To && c.ToPort == b.ToPort }); j >= 0 {
-			at(i).errorf(field[i], "backend %s is listed twice", b)
-			return
-		}
-		if !checkPortMapping(at(i), field[i], f.Port, b.ToPort) {
-			return
-		}
-		if len(bs) > 1 && f.Port.Len() > 1 && mapping(b.ToPort) != mapping(bs[0].ToPort) {
-			at(i).errorf(field[i], "backend %s maps the port range %s differently from backend %s; every backend of a port range forward must map it the same way (all keep the port, all one port, or all a range of %d ports)",
+		at := &fields{ps: fs.ps, lines: &keyLines{header: lineOf[i]}, forward: fs.forward, name: fs.name}
+		switch {
+		case b.To.Is4() != bs[0].To.Is4():
+			at.errorf("to", "backend %s is %s but backend %s is %s; all backends of a forward must be one family", b, family(b.To), bs[0], family(bs[0].To))
+		case slices.ContainsFunc(bs[:i], func(c Backend) bool { return c.To == b.To && c.ToPort == b.ToPort }):
+			at.errorf("to", "backend %s is listed twice", b)
+		case !checkPortMapping(at, "to", f.Port, b.ToPort):
+		case len(bs) > 1 && f.Port.Len() > 1 && mapping(b.ToPort) != mapping(bs[0].ToPort):
+			at.errorf("to", "backend %s maps the port range %s differently from backend %s; every backend of a port range forward must map it the same way (all keep the port, all one port, or all a range of %d ports)",
 				b, f.Port, bs[0], f.Port.Len())
-			return
+		default:
+			continue
 		}
+		return
 	}
 	f.Backends = bs
 	f.To, f.ToPort = bs[0].To, bs[0].ToPort

@@ -15,18 +15,20 @@ import (
 // BurntSushi/toml takes about 170 ms to decode a file of 10,000 forwards on
 // this project's 2-core machines, and a reload must be live well within
 // 100 ms of SIGHUP; the library has no incremental mode. So a Parser cuts
-// each file at the lines that start with [[forward]], and decodes each
-// block that it has not seen before as a document of its own, through the
-// same decodeFile as a whole file; blocks it has seen are looked up by their
-// text.
+// each file at the lines that start with [[forward]] and looks each block
+// up by its text; the blocks it has not seen before are decoded, through the
+// same decodeFile as a whole file, as documents made of those blocks alone
+// (in parallel, one per CPU).
 //
-// A block decoded alone means what it means in the file when it decodes
-// without a problem to exactly one forward and nothing else, and the text
-// before the first block (decoded alone too) does not touch forward: a cut
-// inside a string or an array leaves a piece that does not decode, and TOML
-// gives a [[forward]] header the same meaning wherever the previous table
-// ended. On any doubt, and whenever anything at all is wrong, the Parser
-// decodes every file whole instead, so that messages come from one path only.
+// Blocks decoded this way mean what they mean in the file when the document
+// decodes without a problem to exactly one forward per block, each with its
+// header on the block's first line, and nothing else, and the text before
+// the first block (decoded alone) does not touch forward: a cut inside a
+// string or an array leaves a piece that does not decode or swallows the
+// next header, and TOML gives a [[forward]] header the same meaning wherever
+// the previous table ended. On any doubt, and whenever anything at all is
+// wrong, the Parser decodes every file whole instead, so that messages come
+// from one path only.
 
 // Parser parses successive versions of a configuration, decoding again only
 // the [[forward]] blocks whose text changed since the previous call. It keeps
@@ -39,15 +41,15 @@ import (
 // not be modified.
 type Parser struct {
 	// CacheLimit is the most [[forward]] blocks the Parser remembers
-	// (0: no limit). A configuration with more is parsed afresh each time
-	// and nothing of it is kept.
+	// (0: no limit, negative: none). A configuration with more is parsed
+	// afresh each time and nothing of it is kept.
 	CacheLimit int
 
 	mu sync.Mutex
-	// cache holds each [[forward]] block of the latest configuration that
-	// decoded alone without a problem, by its text (within the latest files,
-	// so that no earlier version stays in memory).
-	cache map[string]Forward
+	// cache maps each [[forward]] block of the latest configuration to its
+	// forward in that Config (the block's text is part of the latest files,
+	// so no earlier version stays in memory).
+	cache map[string]*Forward
 }
 
 // Parse decodes and validates a configuration file like the package-level
@@ -138,13 +140,10 @@ func (p *Parser) fromBlocks(srcs []source) *Config {
 	if !checkLimits(ps, srcs, MaxFileSize, MaxForwards) {
 		return nil
 	}
-	next := make(map[string]Forward, len(p.cache))
 	files := make([]*fileResult, len(srcs))
-	type todo struct {
-		fwd  *Forward
-		text string
-	}
-	var missing []todo
+	var all []string       // every block's text, in order
+	var missing []*Forward // where each new block's forward goes
+	var texts []string     // and its text
 	for i, src := range srcs {
 		preEnd, blocks := splitBlocks(src.text)
 		f := decodeFile(ps, source{path: src.path, text: src.text[:preEnd]}, i > 0)
@@ -155,37 +154,19 @@ func (p *Parser) fromBlocks(srcs []source) *Config {
 		f.nameLines = make([]int, len(blocks))
 		f.valid = make([]bool, len(blocks))
 		for j, b := range blocks {
+			all = append(all, b.text)
 			f.nameLines[j], f.valid[j] = b.line, true
 			if fwd, ok := p.cache[b.text]; ok {
-				f.fwds[j] = fwd
-				next[b.text] = fwd
+				f.fwds[j] = *fwd
 			} else {
-				missing = append(missing, todo{&f.fwds[j], b.text})
+				missing, texts = append(missing, &f.fwds[j]), append(texts, b.text)
 			}
 		}
 		files[i] = f
 	}
-
-	var g errgroup.Group
-	g.SetLimit(runtime.GOMAXPROCS(0))
-	for _, t := range missing {
-		g.Go(func() error {
-			bp := &problems{}
-			r := decodeFile(bp, source{text: t.text}, true)
-			if len(bp.list) > 0 || len(r.fwds) != 1 || r.fwds[0].Line != 1 {
-				return errDoubt
-			}
-			*t.fwd = r.fwds[0]
-			return nil
-		})
-	}
-	if g.Wait() != nil {
+	if !decodeBlocks(missing, texts) {
 		return nil
 	}
-	for _, t := range missing {
-		next[t.text] = *t.fwd
-	}
-
 	for i, f := range files {
 		for j := range f.fwds {
 			f.fwds[j].File = srcs[i].path
@@ -196,12 +177,66 @@ func (p *Parser) fromBlocks(srcs []source) *Config {
 	if err != nil {
 		return nil
 	}
-	p.cache = next
-	if p.CacheLimit > 0 && len(next) > p.CacheLimit {
-		p.cache = nil
+	p.cache = nil
+	if p.CacheLimit == 0 || len(c.Forwards) <= p.CacheLimit {
+		p.cache = make(map[string]*Forward, len(all))
+		for k, t := range all {
+			p.cache[t] = &c.Forwards[k]
+		}
 	}
 	return c
 }
 
-// errDoubt says that a block does not decode alone as one forward.
+// blocksPerDocument bounds the blocks decoded as one document: what the
+// library builds for a document lives until it is decoded, so all of a
+// 100,000-forward file at once would add to the daemon's peak memory.
+const blocksPerDocument = 4096
+
+// decodeBlocks decodes the blocks texts into out, in documents of many
+// blocks decoded in parallel (one per CPU), and reports whether each block
+// decoded as one forward and nothing else.
+func decodeBlocks(out []*Forward, texts []string) bool {
+	var g errgroup.Group
+	g.SetLimit(runtime.GOMAXPROCS(0))
+	for lo := 0; lo < len(texts); lo += blocksPerDocument {
+		hi := min(lo+blocksPerDocument, len(texts))
+		g.Go(func() error {
+			if !decodeDocument(out[lo:hi], texts[lo:hi]) {
+				return errDoubt
+			}
+			return nil
+		})
+	}
+	return g.Wait() == nil
+}
+
+// errDoubt says that blocks do not decode as one forward each.
 var errDoubt = errors.New("decode the files whole")
+
+// decodeDocument decodes blocks as one document.
+func decodeDocument(out []*Forward, texts []string) bool {
+	var doc strings.Builder
+	lines := make([]int, len(texts)) // where each block's header must be
+	line := 1
+	for i, t := range texts {
+		lines[i] = line
+		doc.WriteString(t)
+		line += strings.Count(t, "\n")
+		if !strings.HasSuffix(t, "\n") { // the file's last block
+			doc.WriteByte('\n')
+			line++
+		}
+	}
+	ps := &problems{}
+	r := decodeFile(ps, source{text: doc.String()}, true)
+	if len(ps.list) > 0 || len(r.fwds) != len(texts) {
+		return false
+	}
+	for i := range r.fwds {
+		if r.fwds[i].Line != lines[i] {
+			return false
+		}
+		*out[i] = r.fwds[i]
+	}
+	return true
+}

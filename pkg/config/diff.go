@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"github.com/fwdd/fwdd/pkg/ctmark"
 	"reflect"
+	"strconv"
 	"strings"
 )
 
@@ -53,9 +54,10 @@ func Diff(a, b *Config) (forwards []ForwardChange, settings []FieldChange) {
 
 // ForwardFields renders each field of a forward in the file's syntax.
 func ForwardFields(f *Forward) [][2]string {
+	q := strconv.Quote
 	protos := make([]string, len(f.Protos))
 	for i, p := range f.Protos {
-		protos[i] = fmt.Sprintf("%q", p.String())
+		protos[i] = q(p.String())
 	}
 	proto := protos[0]
 	if len(protos) > 1 {
@@ -63,43 +65,36 @@ func ForwardFields(f *Forward) [][2]string {
 	}
 	addr := `""`
 	if !f.Local() {
-		addr = fmt.Sprintf("%q", f.Address)
+		addr = q(f.Address.String())
 	}
 	to := f.To.String()
 	if f.To.Is6() && !f.ToPort.IsZero() {
 		to = "[" + to + "]"
 	}
 	if !f.ToPort.IsZero() {
-		to += ":" + portRangeText(f.ToPort)
+		to += ":" + f.ToPort.String()
 	}
 	sources := make([]string, len(f.Sources))
 	for i, s := range f.Sources {
-		sources[i] = fmt.Sprintf("%q", s)
+		sources[i] = q(s.String())
 	}
 	snat := `"masquerade"`
 	switch f.SNAT.Kind {
 	case SNATNone:
 		snat = `"none"`
 	case SNATFixed:
-		snat = fmt.Sprintf("%q", f.SNAT.Addr)
+		snat = q(f.SNAT.Addr.String())
 	}
 	return [][2]string{
 		{"proto", proto},
-		{"port", fmt.Sprintf("%q", portRangeText(f.Port))},
+		{"port", q(f.Port.String())},
 		{"address", addr},
-		{"to", fmt.Sprintf("%q", to)},
-		{"interface", fmt.Sprintf("%q", f.Interface)},
+		{"to", q(to)},
+		{"interface", q(f.Interface)},
 		{"sources", "[" + strings.Join(sources, ", ") + "]"},
 		{"snat", snat},
-		{"log", fmt.Sprint(f.Log)},
+		{"log", strconv.FormatBool(f.Log)},
 	}
-}
-
-func portRangeText(r PortRange) string {
-	if r.Lo == r.Hi {
-		return fmt.Sprint(r.Lo)
-	}
-	return fmt.Sprintf("%d-%d", r.Lo, r.Hi)
 }
 
 func forwardFields(a, b *Forward) []FieldChange {
@@ -173,11 +168,12 @@ func (c *Config) TOML() []byte {
 		}
 		b.WriteString("\n")
 	}
+	b.Grow(200 * len(c.Forwards))
 	for i := range c.Forwards {
 		f := &c.Forwards[i]
-		fmt.Fprintf(&b, "[[forward]]\nname = %q\n", f.Name)
+		b.WriteString("[[forward]]\nname = " + strconv.Quote(f.Name) + "\n")
 		for _, kv := range ForwardFields(f) {
-			fmt.Fprintf(&b, "%s = %s\n", kv[0], kv[1])
+			b.WriteString(kv[0] + " = " + kv[1] + "\n")
 		}
 		b.WriteString("\n")
 	}

@@ -42,8 +42,7 @@ func parseForward(ps *problems, i int, t map[string]any, lines *keyLines) Forwar
 			switch {
 			case a.IsUnspecified():
 				fs.errorf("address", "%s is the unspecified address; use \"\" to match any local address", a)
-			case f.To.IsValid() && a.Is4() != f.To.Is4():
-				fs.errorf("address", "%s is %s but to (%s) is %s; they must be the same family", a, family(a), f.To, family(f.To))
+			case !sameFamily(fs, "address", a.String(), a, f.To):
 			default:
 				f.Address = a
 			}
@@ -69,6 +68,16 @@ func family(a netip.Addr) string {
 		return "IPv4"
 	}
 	return "IPv6"
+}
+
+// sameFamily reports whether a (written as shown) is of to's family, or to
+// is unset, and says so on field when not.
+func sameFamily(fs *fields, field, shown string, a, to netip.Addr) bool {
+	if to.IsValid() && a.Is4() != to.Is4() {
+		fs.errorf(field, "%s is %s but to (%s) is %s; they must be the same family", shown, family(a), to, family(to))
+		return false
+	}
+	return true
 }
 
 func parseProto(fs *fields, v any) (Proto, bool) {
@@ -346,8 +355,7 @@ func parseSources(fs *fields, v any, to netip.Addr) []netip.Prefix {
 		case msg != "":
 			fs.errorf("sources", "%s", msg)
 			ok = false
-		case to.IsValid() && p.Addr().Is4() != to.Is4():
-			fs.errorf("sources", "%s is %s but to (%s) is %s; they must be the same family", s, family(p.Addr()), to, family(to))
+		case !sameFamily(fs, "sources", s, p.Addr(), to):
 			ok = false
 		default:
 			prefixes = append(prefixes, p)
@@ -418,8 +426,7 @@ func parseSNAT(fs *fields, v any, to netip.Addr) SNAT {
 			why = a.String() + " is a loopback address"
 		}
 		fs.errorf("snat", "%s cannot be a source address: %s; must be \"masquerade\", \"none\" or a unicast IP address of this host", a, why)
-	case to.IsValid() && a.Is4() != to.Is4():
-		fs.errorf("snat", "%s is %s but to (%s) is %s; they must be the same family", a, family(a), to, family(to))
+	case !sameFamily(fs, "snat", a.String(), a, to):
 	default:
 		return SNAT{Kind: SNATFixed, Addr: a}
 	}

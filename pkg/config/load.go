@@ -18,11 +18,8 @@ import (
 // up to /, as sshd's StrictModes requires. Group-readable files (0640
 // root:fwdd) are fine.
 func Load(path string) (*Config, error) {
-	srcs, err := readConfig(path, rootOnly)
-	if err != nil {
-		return nil, err
-	}
-	return parseFiles(srcs)
+	p := Parser{CacheLimit: -1} // its parallel decode, nothing kept
+	return p.Load(path)
 }
 
 // Dir returns the config directory of the config file at path: forwards may
@@ -111,14 +108,15 @@ func readFile(path string, rules fileRules, limit int) (string, error) {
 		return "", fmt.Errorf("%s: the configuration is larger than %d bytes (%d MiB), the limit", path, MaxFileSize, MaxFileSize>>20)
 	}
 	// Limited still: the file may grow while it is read.
-	data, err := io.ReadAll(io.LimitReader(f, int64(limit)+1))
-	if err != nil {
+	var b strings.Builder
+	b.Grow(int(fi.Size()) + 1)
+	if _, err := io.Copy(&b, io.LimitReader(f, int64(limit)+1)); err != nil {
 		return "", fmt.Errorf("read config: %w", err)
 	}
-	if len(data) > limit {
+	if b.Len() > limit {
 		return "", fmt.Errorf("%s: the configuration is larger than %d bytes (%d MiB), the limit", path, MaxFileSize, MaxFileSize>>20)
 	}
-	return string(data), nil
+	return b.String(), nil
 }
 
 func checkFileSafe(path string, fi os.FileInfo, wantUID uint32) error {

@@ -549,9 +549,9 @@ func parseConntrack(ps *problems, t map[string]any, lines *keyLines) Conntrack {
 func assemble(ps *problems, path string, files []*fileResult) (*Config, error) {
 	main := files[0]
 	c := &Config{Path: path, Daemon: main.daemon, Sysctl: main.sysctl, Conntrack: main.conntrack, Warnings: main.warnings}
-	var nameLines []int
-	var valid []bool
-	for _, f := range files {
+	nameLines, valid := main.nameLines, main.valid
+	c.Forwards = main.fwds
+	for _, f := range files[1:] {
 		c.Forwards = append(c.Forwards, f.fwds...)
 		nameLines = append(nameLines, f.nameLines...)
 		valid = append(valid, f.valid...)

@@ -24,9 +24,6 @@ type keyLines struct {
 	subs map[string][]*keyLines
 }
 
-// sub returns the key lines of each [[forward.<name>]] table, in order.
-func (k *keyLines) sub(name string) []*keyLines { return k.subs[name] }
-
 func (k *keyLines) set(key string, line int) {
 	if k.keys == nil {
 		k.keys = make(map[string]int)
@@ -144,71 +141,51 @@ func headerName(s string, array bool) []string {
 	if array {
 		s = s[1:]
 	}
-	var (
-		parts []string
-		b     strings.Builder
-	)
-	for len(s) > 0 {
-		c := s[0]
-		switch {
-		case c == '"' || c == '\'':
-			end := closeString(s[1:], s[:1])
-			if end < 0 {
-				return nil
-			}
-			b.WriteString(unquoteKey(s[:1+end]))
-			s = s[1+end:]
-			continue
-		case c == '.':
-			parts = append(parts, b.String())
-			b.Reset()
-		case c == ']':
-			return append(parts, b.String())
-		case c != ' ' && c != '\t':
-			b.WriteByte(c)
-		}
-		s = s[1:]
+	name, rest := dottedKey(s)
+	if !strings.HasPrefix(rest, "]") {
+		return nil
 	}
-	return nil
+	return name
 }
 
 // keyPrefix parses `key =` or `a.b."c" =` at the start of s and returns the
 // first key component and the text after '='.
 func keyPrefix(s string) (key, rest string, ok bool) {
-	first := true
+	parts, rest := dottedKey(s)
+	if len(parts) == 0 || !strings.HasPrefix(rest, "=") {
+		return "", "", false
+	}
+	return parts[0], rest[1:], true
+}
+
+// dottedKey parses the dotted key (bare and quoted components, blanks
+// around the dots) at the start of s, and returns its components and what
+// follows it, or nil.
+func dottedKey(s string) (parts []string, rest string) {
 	for {
-		var part string
+		s = trimBlank(s)
+		i := 0
 		switch {
 		case s == "":
-			return "", "", false
+			return nil, ""
 		case s[0] == '"' || s[0] == '\'':
-			end := closeString(s[1:], s[:1])
-			if end < 0 {
-				return "", "", false
+			if i = closeString(s[1:], s[:1]) + 1; i == 0 {
+				return nil, ""
 			}
-			part, s = unquoteKey(s[:1+end]), s[1+end:]
+			parts = append(parts, unquoteKey(s[:i]))
 		default:
-			i := 0
 			for i < len(s) && isBareKeyChar(s[i]) {
 				i++
 			}
 			if i == 0 {
-				return "", "", false
+				return nil, ""
 			}
-			part, s = s[:i], s[i:]
+			parts = append(parts, s[:i])
 		}
-		if first {
-			key, first = part, false
+		if s = trimBlank(s[i:]); !strings.HasPrefix(s, ".") {
+			return parts, s
 		}
-		s = trimBlank(s)
-		switch {
-		case strings.HasPrefix(s, "="):
-			return key, s[1:], true
-		case strings.HasPrefix(s, "."):
-			s = trimBlank(s[1:])
-		default:
-			return "", "", false
-		}
+		s = s[1:]
 	}
 }
 

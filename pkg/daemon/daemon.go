@@ -229,15 +229,16 @@ func (d *Daemon) Start() error {
 		return fmt.Errorf("apply table: %w", err)
 	}
 	d.publish(m, st, false)
-	d.recordApplied(cfg)
-	d.record(nil)
-	// Building the first batch is the daemon's peak: give that memory back.
-	debug.FreeOSMemory()
 	d.log.Info("forwarding",
 		zap.String("config", cfg.Path), zap.String("table", "inet "+cfg.Daemon.Table),
 		zap.Int("numForwards", len(cfg.Forwards)), zap.Int("elements", m.NumElements()),
 		zap.Bool("adopted", have != nil && !st.Full),
 		zap.Int("messages", st.Messages), zap.Duration("elapsed", st.Elapsed))
+	// The records for fwdd diff and fwdd reload, once the table is live.
+	d.recordApplied(cfg)
+	d.record(nil)
+	// Building the first batch is the daemon's peak: give that memory back.
+	debug.FreeOSMemory()
 	return nil
 }
 
@@ -251,9 +252,14 @@ func (d *Daemon) Reload() error {
 		d.metrics.ReloadFailed()
 		d.log.Error("reload failed; the running rules are unchanged", zap.Error(err))
 	}
-	debug.FreeOSMemory() // after the verdict is recorded: not in the reload's latency
 	return err
 }
+
+// freeDelay is how long after a reload its memory goes back to the OS
+// (debug.FreeOSMemory, a full collection): not at once, because the next
+// reload would then fault every page of its working set in again, which
+// took longer than the reload's own work; reloads often come in bursts.
+const freeDelay = 2 * time.Second
 
 func (d *Daemon) reload(start time.Time) error {
 	cfg, err := d.opts.Load()
@@ -309,15 +315,29 @@ func (d *Daemon) reload(start time.Time) error {
 		d.log.Warn("changes to [daemon] metrics and [conntrack] take effect at the next restart")
 	}
 	d.publish(m, st, true)
-	d.recordApplied(cfg)
 	d.deleteStaleFlows(staleFlows(cur.Config, cfg, cur.IDs))
 	d.log.Info("reloaded",
 		zap.Int("numForwards", len(cfg.Forwards)),
-		zap.Strings("added", p.Changes.Added), zap.Strings("removed", p.Changes.Removed), zap.Strings("changed", p.Changes.Changed),
+		zap.Strings("added", atMost(p.Changes.Added)), zap.Strings("removed", atMost(p.Changes.Removed)),
+		zap.Strings("changed", atMost(p.Changes.Changed)),
 		zap.Bool("fullReplace", st.Full), zap.Bool("recovered", st.Recovered),
 		zap.Int("messages", st.Messages), zap.Int("elements", st.Elements),
 		zap.Duration("applyElapsed", st.Elapsed), zap.Duration("elapsed", time.Since(start)))
+	d.recordApplied(cfg) // for fwdd diff; before record, which fwdd reload waits for
 	return nil
+}
+
+// maxNamesLogged bounds the forward names a log line lists: a reload that
+// adds 10,000 forwards must not write a 100 KB line (journald splits lines
+// longer than 48 KB).
+const maxNamesLogged = 20
+
+// atMost returns names, or its first maxNamesLogged and how many more.
+func atMost(names []string) []string {
+	if len(names) <= maxNamesLogged {
+		return names
+	}
+	return append(names[:maxNamesLogged:maxNamesLogged], fmt.Sprintf("... %d more", len(names)-maxNamesLogged))
 }
 
 // Repair applies what is in force again after fwdd's table was changed
@@ -382,6 +402,7 @@ func (d *Daemon) Run(ctx context.Context, sigs <-chan os.Signal) error {
 	}
 	d.opts.Notify("READY=1")
 	d.log.Info("ready", zap.Int("pid", os.Getpid()))
+	var free <-chan time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -392,11 +413,15 @@ func (d *Daemon) Run(ctx context.Context, sigs <-chan os.Signal) error {
 				d.opts.Notify(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", monotonicUsec()))
 				_ = d.Reload()
 				d.opts.Notify("READY=1")
+				free = time.After(freeDelay)
 			case syscall.SIGTERM, syscall.SIGINT:
 				return d.stop(sigs)
 			}
 		case r := <-d.healRequests():
 			d.heal(r)
+		case <-free:
+			free = nil
+			debug.FreeOSMemory()
 		}
 	}
 }

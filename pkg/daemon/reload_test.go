@@ -195,6 +195,20 @@ func TestReloadOneForwardOfMany(t *testing.T) {
 	}
 }
 
+// The reloaded line names at most maxNamesLogged forwards of each kind.
+func TestReloadLogsFewNames(t *testing.T) {
+	e := newEnv(t, forwards(30, -1, ""))
+	e.start()
+	e.write(forwards(30+maxNamesLogged+10, -1, ""))
+	if err := e.d.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	added := e.logs.FilterMessage("reloaded").All()[0].ContextMap()["added"].([]any)
+	if len(added) != maxNamesLogged+1 || added[0] != "f30" || added[maxNamesLogged] != "... 10 more" {
+		t.Errorf("added = %v", added)
+	}
+}
+
 func TestReloadFailedChangesNothing(t *testing.T) {
 	e := newEnv(t, small)
 	e.start()
