@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -258,12 +259,16 @@ func TestKernelHealthTCP(t *testing.T) {
 	if !strings.Contains(out, "backend down") || !strings.Contains(out, `"reason": "refused"`) {
 		t.Errorf("no 'backend down' line with reason refused:\n%s", out)
 	}
+	checkBackendStatus(t, topo, d)
 	m := scrape(t, topo)
 	for _, want := range []string{
 		`fwdd_backend_up{backend="10.22.0.3:8080",forward="web"} 0`,
 		`fwdd_backend_up{backend="10.22.0.2:8080",forward="web"} 1`,
 		`fwdd_backend_health_changes_total{backend="10.22.0.3:8080",forward="web"} 1`,
 		`fwdd_backend_connections{backend="10.22.0.2:8080",forward="web"}`,
+		`fwdd_backend_established_connections{backend="10.22.0.2:8080",forward="web"}`,
+		`fwdd_backend_live_packets{backend="10.22.0.2:8080",forward="web"}`,
+		`fwdd_backend_live_bytes{backend="10.22.0.4:8080",forward="web"}`,
 	} {
 		if !strings.Contains(m, want) {
 			t.Errorf("/metrics lacks %s", want)
@@ -281,6 +286,82 @@ func TestKernelHealthTCP(t *testing.T) {
 		t.Fatalf("restarted backend: %v\n%s", err, d.proc.Output())
 	}
 	t.Logf("the restarted backend gets connections again %v after its restart", time.Since(back).Round(time.Millisecond))
+}
+
+// checkBackendStatus: with 10.22.0.3 down, `fwdd status` shows each
+// backend of "web" with its health and last check from the daemon, and
+// the live connections held open meanwhile with their traffic.
+func checkBackendStatus(t *testing.T, topo *sandbox.Topology, d *daemon) {
+	t.Helper()
+	const held = 6
+	for range held {
+		c, _, err := topo.Client.DialTCP(ctxT(t), "10.11.0.1:80")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := sandbox.Echo(c, "ping"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	type backend struct {
+		Address, Health, Reason  string
+		Connections, Established int
+		Packets, Bytes           uint64
+	}
+	var st struct {
+		Forwards []struct {
+			Name     string
+			Backends []backend
+		}
+	}
+	var web []backend
+	if err := sandbox.Eventually(3*time.Second, func() error {
+		out, err := fwdd(t, topo, "status", "--json", "-c", d.cfgPath, "--state-dir", d.stateDir, "web")
+		if err != nil {
+			return fmt.Errorf("fwdd status: %v\n%s", err, out)
+		}
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			return err
+		}
+		if len(st.Forwards) != 1 || len(st.Forwards[0].Backends) != 3 {
+			return fmt.Errorf("status of web: %s", out)
+		}
+		web = st.Forwards[0].Backends
+		if web[1].Health != "down" {
+			return fmt.Errorf("10.22.0.3 is %q, want down: %s", web[1].Health, out)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("status of web's backends: %+v", web)
+	conns := 0
+	for i, b := range web {
+		want := backend{Address: balanceBackends[i] + ":8080", Health: "up", Reason: "connected"}
+		if i == 1 {
+			want.Health, want.Reason = "down", "refused"
+		}
+		if b.Address != want.Address || b.Health != want.Health || b.Reason != want.Reason {
+			t.Errorf("backend %d: %+v, want %s %s (last check %s)", i, b, want.Address, want.Health, want.Reason)
+		}
+		if b.Established > 0 && (b.Packets < 6 || b.Bytes == 0) {
+			t.Errorf("backend %s: %d open connections but %d packets, %d bytes", b.Address, b.Established, b.Packets, b.Bytes)
+		}
+		conns += b.Established
+	}
+	if conns < held || web[1].Established != 0 {
+		t.Errorf("open connections per backend: %+v, want %d on 10.22.0.2 and 10.22.0.4", web, held)
+	}
+	out, err := fwdd(t, topo, "status", "-c", d.cfgPath, "--state-dir", d.stateDir)
+	if err != nil || !strings.Contains(out, "BACKEND") || !strings.Contains(out, "refused since") {
+		t.Errorf("fwdd status: %v, want a backend table with the last check:\n%s", err, out)
+	}
+	// A backend the daemon took out is no table that differs: keepalived's
+	// track_script must not fail the node over for it.
+	if out, err := fwdd(t, topo, "health", "-c", d.cfgPath, "--state-dir", d.stateDir); err != nil {
+		t.Errorf("fwdd health with a backend down: %v\n%s", err, out)
+	}
 }
 
 // TestKernelHealthHTTP: a backend that answers 500 is taken out; all down
@@ -421,5 +502,116 @@ func TestKernelBalanceBadInput(t *testing.T) {
 				t.Errorf("fwdd check said %q; want file:line and %q", out, tc.want)
 			}
 		})
+	}
+}
+
+// heldOn opens connections through addr until one is held on each backend
+// in servers, and returns them by backend.
+func heldOn(t *testing.T, h *sandbox.Host, addr string, servers map[string]*sandbox.TCPServer) map[string]net.Conn {
+	t.Helper()
+	held := map[string]net.Conn{}
+	for i := 0; len(held) < len(servers); i++ {
+		if i == 200 {
+			t.Fatalf("200 connections held on %d backends only", len(held))
+		}
+		before := map[string]int{}
+		for a, s := range servers {
+			before[a] = len(s.Peers())
+		}
+		c, _, err := h.DialTCP(ctxT(t), addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for a, s := range servers {
+			if len(s.Peers()) > before[a] && held[a] == nil {
+				held[a] = c
+				c = nil
+			}
+		}
+		if c != nil {
+			c.Close()
+		}
+	}
+	for _, c := range held {
+		t.Cleanup(func() { c.Close() })
+	}
+	return held
+}
+
+// TestKernelBalanceReload: a reload that changes only the backends and
+// weights of a forward sends only its balance elements, the connections
+// held to the backends that stay keep flowing, and the new weights hold;
+// a reload with bad balancing input is refused with the file's line and
+// leaves the kernel byte-identical.
+func TestKernelBalanceReload(t *testing.T) {
+	topo := balanceTopo(t)
+	servers := tcpServers(t, topo.Backend, 8080)
+	const base = `
+[[forward]]
+name = "other"
+port = 90
+to = "10.22.0.2:8080"
+
+[[forward]]
+name = "web"
+port = 80
+`
+	d := startFwdd(t, topo, base+`to = ["10.22.0.2:8080", "10.22.0.3:8080", "10.22.0.4:8080"]`+"\n")
+	held := heldOn(t, topo.Client, "10.11.0.1:80", servers)
+
+	if err := d.WriteConfig(base + `
+[[forward.backend]]
+to = "10.22.0.2:8080"
+weight = 3
+[[forward.backend]]
+to = "10.22.0.3:8080"
+`); err != nil {
+		t.Fatal(err)
+	}
+	l, err := d.Reload()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 3 intervals deleted, 2 added: nothing else.
+	if l.Fields["fullReplace"] != false || l.Fields["elements"] != float64(5) || fmt.Sprint(l.Fields["changed"]) != "[web]" {
+		t.Errorf("reload of web's backends and weights: %s, want 5 elements of web only, no full replace", l.Text)
+	}
+	for _, a := range []string{"10.22.0.2", "10.22.0.3"} {
+		if err := sandbox.Echo(held[a], "still there"); err != nil {
+			t.Errorf("connection held to %s, which stayed: %v", a, err)
+		}
+	}
+	const n = 2000
+	got := connectMany(t, topo.Client, "10.11.0.1:80", n, servers)
+	t.Logf("after the reload, weights 3:1: %v", got)
+	share(t, "reloaded weights 3:1", got, "10.22.0.2", 0.75, n)
+	share(t, "reloaded weights 3:1", got, "10.22.0.3", 0.25, n)
+	if got["10.22.0.4"] != 0 {
+		t.Errorf("10.22.0.4 left the forward but got %d new connections", got["10.22.0.4"])
+	}
+
+	// -s: without counter values, which any packet changes.
+	list := func() string {
+		out, err := topo.Gateway.Run(ctxT(t), "nft", "-s", "list", "table", "inet", "fwdd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(out)
+	}
+	before := list()
+	for _, bad := range []struct{ forward, want string }{
+		{`to = []`, "empty"},
+		{`to = ["10.22.0.2:8080", "[fd22::2]:8080"]`, "family"},
+		{"[[forward.backend]]\nto = \"10.22.0.2:8080\"\nweight = 101", "between 1 and 100"},
+		{`to = ["10.22.0.2:8080", "10.22.0.3:8080"]` + "\nhealth = { check = \"http\", interval = \"1s\", timeout = \"2s\" }", "timeout"},
+		{`to = ["10.22.0.2:8080", "10.22.0.3:8080"]` + "\nhealth = { check = \"tcp\", path = \"/x\" }", "path"},
+	} {
+		out, err := d.reload(base + bad.forward + "\n")
+		if err == nil || !strings.Contains(out, d.cfgPath+":") || !strings.Contains(out, bad.want) {
+			t.Errorf("reload with %q: %v, %q; want it refused naming %s:line and %q", bad.forward, err, out, d.cfgPath, bad.want)
+		}
+		if after := list(); after != before {
+			t.Errorf("reload with %q changed the table:\n%s\nwant\n%s", bad.forward, after, before)
+		}
 	}
 }

@@ -36,7 +36,7 @@ commands:
   check    validate the config; exit 1 with every problem on stderr
   print    print, in nft syntax, the table fwdd would program
   reload   check the config, signal the daemon, wait until the new rules are in
-  status   show the table, forwarding, conntrack and per-forward counters (NAME...: only those)
+  status   show the table, forwarding, conntrack, per-forward counters and each backend's health (NAME...: only those)
   diff     what a reload with the file would change (exit 0 none, 1 changes, 2 error)
   doctor   check the gateway for what breaks forwarding, each problem with its fix
   health   cheap check of this node for keepalived's track_script (exit codes: fwdd(8))
@@ -60,7 +60,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cfgPath := config.DefaultPath
 	fs.StringVar(&cfgPath, "c", cfgPath, "config file")
 	fs.StringVar(&cfgPath, "config", cfgPath, "config file")
-	stateDir := fs.String("state-dir", fwdaemon.DefaultStateDir, "where the daemon records its latest apply")
+	stateDir := fs.String("state-dir", fwdaemon.DefaultStateDir, "where the daemon records its latest apply and its backends' health")
 	jsonOut := fs.Bool("json", false, "status, doctor: print JSON")
 	probe := fs.Bool("probe", false, "doctor: connect to each backend")
 	timeout := fs.Duration("timeout", time.Minute, "reload: how long to wait for the daemon")
@@ -99,7 +99,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	case "status":
-		return status(cfgPath, fs.Args(), *jsonOut, stdout, stderr)
+		return status(cfgPath, *stateDir, fs.Args(), *jsonOut, stdout, stderr)
 	case "diff":
 		return runDiff(cfgPath, *stateDir, stdout, stderr)
 	case "doctor":
@@ -227,13 +227,23 @@ func printErr(stderr io.Writer, err error) {
 	}
 }
 
-func status(cfgPath string, only []string, jsonOut bool, stdout, stderr io.Writer) int {
+func status(cfgPath, stateDir string, only []string, jsonOut bool, stdout, stderr io.Writer) int {
 	cfg, err := config.Load(cfgPath)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	r, err := fwstatus.Collect(cfg, fwstatus.Sources{Only: only})
+	src := fwstatus.Sources{Only: only}
+	// The backends' health is known only to the daemon: its state file
+	// records it, trusted once FindDaemon verified who wrote it.
+	if d, err := fwdaemon.FindDaemon(stateDir, cfgPath); err == nil {
+		src.Health = d.Backends
+		if src.Health == nil {
+			src.Health = []fwdaemon.BackendHealth{}
+		}
+		d.Close()
+	}
+	r, err := fwstatus.Collect(cfg, src)
 	if err != nil {
 		fmt.Fprintln(stderr, "status:", err)
 		return 1

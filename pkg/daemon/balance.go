@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/fwdd/fwdd/pkg/health"
 	"github.com/fwdd/fwdd/pkg/metrics"
 	"github.com/fwdd/fwdd/pkg/nft"
+	"github.com/fwdd/fwdd/pkg/sysctl"
 )
 
 // pool is a forward with several backends, as the balancer sees it.
@@ -178,18 +180,27 @@ func poolsOf(cfg *config.Config, ids map[string]uint32) []pool {
 			spec: health.Spec{Kind: health.Kind(f.Health.Check), Interval: f.Health.Interval, Timeout: f.Health.Timeout,
 				Fall: f.Health.Fall, Rise: f.Health.Rise, Path: f.Health.Path}}
 		for _, b := range f.Backends {
-			port := b.ToPort.Lo
-			switch {
-			case b.ToPort.IsZero():
-				port, p.portSpan = f.Port.Lo, f.Port.Len()
-			case b.ToPort.Len() > 1:
-				p.portSpan = b.ToPort.Len()
-			}
-			p.backends = append(p.backends, netip.AddrPortFrom(b.To, port))
+			var addr netip.AddrPort
+			addr, p.portSpan = BackendAddr(f, b)
+			p.backends = append(p.backends, addr)
 		}
 		out = append(out, p)
 	}
 	return out
+}
+
+// BackendAddr is where backend b of forward f is checked, and how it is
+// named in status, metrics and logs: its address and first port (the
+// forward's own port for a backend that keeps it); span is the number of
+// ports of a range mapped 1:1 onto it (1 otherwise).
+func BackendAddr(f *config.Forward, b config.Backend) (addr netip.AddrPort, span int) {
+	switch {
+	case b.ToPort.IsZero():
+		return netip.AddrPortFrom(b.To, f.Port.Lo), f.Port.Len()
+	case b.ToPort.Len() > 1:
+		return netip.AddrPortFrom(b.To, b.ToPort.Lo), b.ToPort.Len()
+	}
+	return netip.AddrPortFrom(b.To, b.ToPort.Lo), 1
 }
 
 // withHealth puts the health the balancer knows into a freshly compiled
@@ -223,11 +234,14 @@ func (d *Daemon) programBackends(forward string, up []bool) error {
 		return err
 	}
 	d.log.Debug("backends updated", zap.String("forward", forward), zap.Int("elements", st.Elements), zap.Duration("elapsed", st.Elapsed))
+	// At once, not at the next tick: fwdd health compares the kernel with
+	// the health recorded there.
+	d.writeHealth()
 	return nil
 }
 
 // backendMetrics reports every health-checked backend for /metrics, with
-// its live connections from one filtered conntrack dump.
+// its live connections and their traffic from one filtered conntrack dump.
 func (d *Daemon) backendMetrics() []metrics.Backend {
 	b := d.tasks.balancer
 	st := b.checker.Status()
@@ -240,9 +254,19 @@ func (d *Daemon) backendMetrics() []metrics.Backend {
 	if len(pools) == 0 {
 		return nil
 	}
-	var live map[conntrack.BackendKey]int
-	if k, ok := d.opts.Kernel.(*nft.Netlink); ok {
-		live, _ = conntrack.LiveByBackend(k.NetNS, d.InForce().Config.Daemon.CtMark) // unknown on error
+	n := 0
+	for _, p := range pools {
+		n += len(p.backends)
+	}
+	// Connections and traffic per backend are bounded like the per-forward
+	// series: beyond metrics.PerForwardLimit backends only their health.
+	var live map[conntrack.BackendKey]conntrack.BackendLive
+	if k, ok := d.opts.Kernel.(*nft.Netlink); ok && n <= metrics.PerForwardLimit {
+		marks := make([]uint32, len(pools))
+		for i, p := range pools {
+			marks[i] = p.mark
+		}
+		live, _ = conntrack.LiveByBackend(k.NetNS, d.InForce().Config.Daemon.CtMark, marks) // unknown on error
 	}
 	var out []metrics.Backend
 	for _, p := range pools {
@@ -251,16 +275,167 @@ func (d *Daemon) backendMetrics() []metrics.Backend {
 			mb := metrics.Backend{Forward: p.forward, Backend: be.String(), Up: !ok || s.Up,
 				Checks: s.Checks, Changes: s.Changes, Connections: -1}
 			if live != nil {
-				mb.Connections = 0
-				for k, n := range live {
-					if k.Mark == p.mark && k.Backend.Addr() == be.Addr() &&
-						k.Backend.Port() >= be.Port() && int(k.Backend.Port()) < int(be.Port())+max(p.portSpan, 1) {
-						mb.Connections += n
-					}
-				}
+				l := conntrack.OfBackend(live, p.mark, be, p.portSpan)
+				mb.Connections, mb.Established, mb.Packets, mb.Bytes = l.Total, l.Established, l.Packets, l.Bytes
 			}
 			out = append(out, mb)
 		}
 	}
 	return out
+}
+
+// countBackendTraffic turns on conntrack accounting when a forward has
+// several backends: `fwdd status` and /metrics sum the packets and bytes
+// of a backend's live connections from conntrack, which adds two counters
+// to each connection and no rule or lookup per packet (per-backend kernel
+// counters would cost a set lookup on every forwarded packet). It is set
+// after the table is applied, when conntrack is loaded, and never turned
+// off: other tools may read the counters too. A failure costs only those
+// figures, so it is a warning.
+func (d *Daemon) countBackendTraffic(cfg *config.Config) {
+	if !slices.ContainsFunc(cfg.Forwards, func(f config.Forward) bool { return f.Balanced() }) {
+		return
+	}
+	s := d.opts.Sysctls
+	if s == nil {
+		s = sysctl.NewFS("")
+	}
+	const name = "net.netfilter.nf_conntrack_acct"
+	old, changed, err := s.Set(name, "1")
+	switch {
+	case err != nil:
+		d.log.Warn("cannot turn on conntrack accounting; status and metrics show no traffic per backend", zap.String("sysctl", name), zap.Error(err))
+	case changed:
+		d.log.Info("sysctl changed", zap.String("sysctl", sysctl.Display(name)), zap.String("old", old), zap.String("new", "1"),
+			zap.String("why", "traffic per backend"))
+	}
+}
+
+// BackendHealth is what the daemon knows of one health-checked backend,
+// recorded in its state file for `fwdd status`.
+type BackendHealth struct {
+	Forward string `json:"forward"`
+	Backend string `json:"backend"`
+	// Health is "up", "down" or "unchecked" (no check has ended yet; a
+	// backend starts up).
+	Health string `json:"health"`
+	// Reason is the last check's result: "connected", "refused",
+	// "timeout", "http status 500", ...
+	Reason string    `json:"reason,omitempty"`
+	Error  string    `json:"error,omitempty"`
+	Since  time.Time `json:"since,omitzero"` // when the last check's result last changed
+}
+
+// backendHealth lists the health of every checked backend, in config
+// order. Since stays as recorded in prev while the result is the same.
+func (b *balancer) backendHealth(order []string, prev []BackendHealth) []BackendHealth {
+	st := b.checker.Status()
+	b.mu.Lock()
+	var pools []pool
+	for _, name := range order {
+		if p, ok := b.pools[name]; ok {
+			pools = append(pools, p.pool)
+		}
+	}
+	b.mu.Unlock()
+	old := map[string]BackendHealth{}
+	for _, h := range prev {
+		old[h.Forward+"/"+h.Backend] = h
+	}
+	var out []BackendHealth
+	for _, p := range pools {
+		for _, be := range p.backends {
+			s := st[health.Key{Forward: p.forward, Backend: be}]
+			h := BackendHealth{Forward: p.forward, Backend: be.String(), Health: "unchecked"}
+			if s.Checked {
+				h.Health, h.Reason, h.Error, h.Since = "down", s.Last.Reason, s.Last.Err, s.Last.At
+				if s.Up {
+					h.Health = "up"
+				}
+			}
+			if o, ok := old[h.Forward+"/"+h.Backend]; ok && o.Health == h.Health && o.Reason == h.Reason {
+				h.Since = o.Since
+			}
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// WithHealth leaves out of m's balance maps the backends that health (a
+// daemon's record) says are down, as the daemon does in the kernel (all of
+// a forward's backends in when none is up: fail open). Readers of the
+// table (status, fwdd health) compare it with this model, so that a backend
+// the daemon took out is not a table that differs.
+func WithHealth(m *nft.Model, health []BackendHealth) *nft.Model {
+	down := map[string]bool{}
+	for _, h := range health {
+		if h.Health == "down" {
+			down[h.Forward+"/"+h.Backend] = true
+		}
+	}
+	if len(down) == 0 {
+		return m
+	}
+	for i := range m.Config.Forwards {
+		f := &m.Config.Forwards[i]
+		if !f.Balanced() || f.Health.Check == config.CheckNone {
+			continue
+		}
+		up := make([]bool, len(f.Backends))
+		for j, b := range f.Backends {
+			addr, _ := BackendAddr(f, b)
+			up[j] = !down[f.Name+"/"+addr.String()]
+		}
+		if slices.Contains(up, false) {
+			m = m.WithUp(f.Name, inKernel(up))
+		}
+	}
+	return m
+}
+
+// forwardNames lists the forwards in force, in config order.
+func (d *Daemon) forwardNames() []string {
+	cfg := d.Config()
+	if cfg == nil {
+		return nil
+	}
+	names := make([]string, len(cfg.Forwards))
+	for i := range cfg.Forwards {
+		names[i] = cfg.Forwards[i].Name
+	}
+	return names
+}
+
+// recordHealth writes the daemon's state file, every period, when a
+// backend's last check result changed since it was last written (a change
+// of health is written at once, by programBackends): `fwdd status` and
+// `fwdd health` read the backends' health there. A check that
+// ends as the one before changes nothing, so 1,000 healthy backends cost
+// no write at all.
+func (d *Daemon) recordHealth(ctx context.Context, period time.Duration) {
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		d.writeHealth()
+	}
+}
+
+// writeHealth records the backends' health in the state file if it changed.
+func (d *Daemon) writeHealth() {
+	d.stateMu.Lock()
+	defer d.stateMu.Unlock()
+	next := d.tasks.balancer.backendHealth(d.forwardNames(), d.state.Backends)
+	if slices.Equal(next, d.state.Backends) {
+		return
+	}
+	d.state.Backends = next
+	if err := WriteState(d.opts.StateDir, d.state); err != nil {
+		d.log.Warn("cannot record daemon state", zap.Error(err))
+	}
 }

@@ -74,6 +74,8 @@ type Daemon struct {
 	opts    Options
 	log     *zap.Logger
 	applier nft.Applier
+	// stateMu guards state: applies and the backends' health write it.
+	stateMu sync.Mutex
 	state   State
 	metrics *metrics.Metrics
 	tasks   *tasks
@@ -126,6 +128,7 @@ func (d *Daemon) Metrics() *metrics.Metrics { return d.metrics }
 func (d *Daemon) publish(m *nft.Model, st nft.Stats, reload bool) {
 	d.tasks.publish(m.Config, m.IDs)
 	d.metrics.Applied(reload, len(m.Config.Forwards), m.NumElements(), st.Elapsed)
+	d.countBackendTraffic(m.Config)
 }
 
 // logPlan logs every batch at debug level, in nft syntax.
@@ -157,6 +160,8 @@ func (d *Daemon) IDs() map[string]uint32 {
 }
 
 func (d *Daemon) record(err error) {
+	d.stateMu.Lock()
+	defer d.stateMu.Unlock()
 	d.state.Applies++
 	d.state.OK = err == nil
 	d.state.Error = ""
@@ -167,6 +172,7 @@ func (d *Daemon) record(err error) {
 		d.state.Forwards = len(cfg.Forwards)
 	}
 	d.state.Time = time.Now()
+	d.state.Backends = d.tasks.balancer.backendHealth(d.forwardNames(), d.state.Backends)
 	if werr := WriteState(d.opts.StateDir, d.state); werr != nil {
 		d.log.Warn("cannot record daemon state", zap.Error(werr))
 	}
@@ -351,6 +357,9 @@ func (d *Daemon) Repair() error {
 
 // Stop honours on_stop: remove the table, or leave it in the kernel.
 func (d *Daemon) Stop() error {
+	// After the health checker's batches, and none after the table is gone.
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
 	cur := d.InForce()
 	if cur == nil {
 		return nil
@@ -432,6 +441,7 @@ func (d *Daemon) startTasks(ctx context.Context, g *errgroup.Group) {
 	g.Go(func() error { return d.tasks.conns.run(ctx) })
 	d.startGuard(ctx, g)
 	g.Go(func() error { return d.tasks.balancer.run(ctx) })
+	g.Go(func() error { d.recordHealth(ctx, time.Second); return nil })
 	if addr := cfg.Daemon.Metrics; addr != "" {
 		g.Go(func() error {
 			// A metrics endpoint that cannot listen is logged, not fatal:

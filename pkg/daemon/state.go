@@ -23,8 +23,9 @@ const DefaultStateDir = "/run/fwdd"
 const stateFile = "state.json"
 
 // maxStateSize bounds what a reader takes from the state file: the daemon
-// writes a few hundred bytes, more is not its.
-const maxStateSize = 64 << 10
+// writes a few hundred bytes and about 150 per health-checked backend;
+// more is not its.
+const maxStateSize = 32 << 20
 
 // State is the record of the daemon's latest apply, and of which process
 // it is: `fwdd reload` trusts it only after checking that PID is this
@@ -45,6 +46,9 @@ type State struct {
 	Error    string    `json:"error,omitempty"`
 	Forwards int       `json:"forwards"`
 	Time     time.Time `json:"time"`
+	// Backends is the health of every health-checked backend, in config
+	// order, rewritten when one changes (at most once a second).
+	Backends []BackendHealth `json:"backends,omitempty"`
 }
 
 // NewState returns the identity of the calling process running the config

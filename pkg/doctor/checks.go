@@ -153,6 +153,9 @@ func checkTable(e *Env) []Result {
 	if err != nil {
 		return []Result{fail(name, "", "compile %s: %v", e.Cfg.Path, err)}
 	}
+	if st, err := daemon.ReadState(e.StateDir); err == nil {
+		m = daemon.WithHealth(m, st.Backends) // backends found down are out of the kernel
+	}
 	if err := have.Differs(m); err != nil {
 		return []Result{fail(name, "fwdd reload -c "+e.Cfg.Path+" (fwdd diff -c "+e.Cfg.Path+" shows what changes)",
 			"table %s differs from %s: %v", name, e.Cfg.Path, err)}

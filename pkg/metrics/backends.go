@@ -7,8 +7,11 @@ type Backend struct {
 	Forward, Backend string
 	Up               bool
 	Checks, Changes  uint64
-	// Connections are its live conntrack entries (-1: unknown).
-	Connections int
+	// Connections are its live conntrack entries (-1: unknown), of which
+	// Established are open; Packets and Bytes their traffic (conntrack
+	// accounting).
+	Connections, Established int
+	Packets, Bytes           uint64
 }
 
 var (
@@ -20,10 +23,17 @@ var (
 		"Health checks of a backend.", []string{"forward", "backend"}, nil)
 	descBackendConns = prometheus.NewDesc("fwdd_backend_connections",
 		"Conntrack entries of a forward's connections to this backend.", []string{"forward", "backend"}, nil)
+	descBackendEstablished = prometheus.NewDesc("fwdd_backend_established_connections",
+		"Open connections (TCP established, UDP answered) of a forward to this backend.", []string{"forward", "backend"}, nil)
+	descBackendPackets = prometheus.NewDesc("fwdd_backend_live_packets",
+		"Packets, both directions, of the live connections to this backend (conntrack accounting; ended connections drop out).", []string{"forward", "backend"}, nil)
+	descBackendBytes = prometheus.NewDesc("fwdd_backend_live_bytes",
+		"Bytes, both directions, of the live connections to this backend (conntrack accounting; ended connections drop out).", []string{"forward", "backend"}, nil)
 )
 
 func describeBackends(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descBackendUp, descBackendChanges, descBackendChecks, descBackendConns} {
+	for _, d := range []*prometheus.Desc{descBackendUp, descBackendChanges, descBackendChecks, descBackendConns,
+		descBackendEstablished, descBackendPackets, descBackendBytes} {
 		ch <- d
 	}
 }
@@ -39,6 +49,9 @@ func collectBackends(ch chan<- prometheus.Metric, bs []Backend) {
 		ch <- prometheus.MustNewConstMetric(descBackendChecks, prometheus.CounterValue, float64(b.Checks), b.Forward, b.Backend)
 		if b.Connections >= 0 {
 			ch <- prometheus.MustNewConstMetric(descBackendConns, prometheus.GaugeValue, float64(b.Connections), b.Forward, b.Backend)
+			ch <- prometheus.MustNewConstMetric(descBackendEstablished, prometheus.GaugeValue, float64(b.Established), b.Forward, b.Backend)
+			ch <- prometheus.MustNewConstMetric(descBackendPackets, prometheus.GaugeValue, float64(b.Packets), b.Forward, b.Backend)
+			ch <- prometheus.MustNewConstMetric(descBackendBytes, prometheus.GaugeValue, float64(b.Bytes), b.Forward, b.Backend)
 		}
 	}
 }

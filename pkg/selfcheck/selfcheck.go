@@ -74,6 +74,10 @@ func Check(o Options) Result {
 		return Result{ConfigInvalid, fmt.Sprintf("compile table: %v", err)}
 	}
 	st, stErr := daemon.ReadState(o.StateDir)
+	if stErr == nil {
+		// Backends the daemon found down are out of the kernel.
+		m = daemon.WithHealth(m, st.Backends)
+	}
 	if err := o.Kernel.VerifyContent(m); err != nil {
 		msg := fmt.Sprintf("table %s differs from %s: %v", table, cfg.Path, err)
 		if stErr == nil && !st.OK {

@@ -9,9 +9,12 @@ import (
 	"io"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/fwdd/fwdd/pkg/config"
 	"github.com/fwdd/fwdd/pkg/conntrack"
+	"github.com/fwdd/fwdd/pkg/ctmark"
+	"github.com/fwdd/fwdd/pkg/daemon"
 	"github.com/fwdd/fwdd/pkg/nft"
 	"github.com/fwdd/fwdd/pkg/sysctl"
 )
@@ -51,6 +54,31 @@ type Forward struct {
 	// NewConnections counts connections since the forward's counters were
 	// created.
 	NewConnections uint64 `json:"new_connections"`
+	// Backends are the backends of a forward with several (none for one
+	// with a single backend: that one is Target).
+	Backends []Backend `json:"backends,omitempty"`
+}
+
+// Backend is one backend of a forward with several.
+type Backend struct {
+	Address string `json:"address"` // address:port (the first port of a range)
+	Weight  int    `json:"weight"`
+	// Health is "up", "down" or "unchecked" (no check has ended yet) as the
+	// running daemon knows it; "not checked" for a forward with check =
+	// "none"; "unknown" when no daemon of this config runs here.
+	Health string `json:"health"`
+	// Reason is the last check's result ("connected", "refused",
+	// "timeout", "http status 500", ...), Since when it became that.
+	Reason string     `json:"reason,omitempty"`
+	Error  string     `json:"error,omitempty"`
+	Since  *time.Time `json:"since,omitempty"`
+	// Connections and Established as for the forward, of the connections
+	// DNAT sent to this backend; Packets and Bytes their traffic, both
+	// directions, from conntrack accounting: live connections only.
+	Connections int    `json:"connections"`
+	Established int    `json:"established"`
+	Packets     uint64 `json:"packets"`
+	Bytes       uint64 `json:"bytes"`
 }
 
 // Report is the whole status.
@@ -73,6 +101,9 @@ type Sources struct {
 	// Only, when not empty, limits the report to these forwards; the work
 	// done is proportional to the forwards reported.
 	Only []string
+	// Health is the backends' health from the running daemon's state
+	// (daemon.FindDaemon); nil when no daemon runs.
+	Health []daemon.BackendHealth
 }
 
 // dumpPerForward: up to this many forwards reported, their connections are
@@ -112,6 +143,7 @@ func Collect(cfg *config.Config, src Sources) (*Report, error) {
 		if err != nil {
 			return nil, err
 		}
+		m = daemon.WithHealth(m, src.Health)
 		// The table's chains and sets, then the elements of the forwards
 		// reported, by key.
 		if t, err := src.Kernel.Read(cfg.Daemon.Table, false); err != nil {
@@ -150,8 +182,29 @@ func Collect(cfg *config.Config, src Sources) (*Report, error) {
 			return nil, err
 		}
 	}
+	var byBackend map[conntrack.BackendKey]conntrack.BackendLive
+	if present {
+		var marks []uint32
+		for _, f := range fwds {
+			if t := traffic[f.Name]; t != nil && f.Balanced() {
+				marks = append(marks, cfg.Daemon.CtMark.ForID(t.ID))
+			}
+		}
+		if len(marks) > 0 {
+			if byBackend, err = conntrack.LiveByBackend(src.NetNS, cfg.Daemon.CtMark, marks); err != nil {
+				return nil, err
+			}
+		}
+	}
+	health := map[string]daemon.BackendHealth{}
+	for _, h := range src.Health {
+		health[h.Forward+"/"+h.Backend] = h
+	}
 	for _, f := range fwds {
 		out := Forward{Name: f.Name, Match: Match(f), Target: Target(f), SNAT: SNAT(f)}
+		if f.Balanced() {
+			out.Backends = backends(f, cfg.Daemon.CtMark, traffic[f.Name], byBackend, health, src.Health != nil)
+		}
 		if t := traffic[f.Name]; t != nil {
 			out.PacketsOriginal, out.PacketsReply = t.OrigPackets, t.ReplyPackets
 			out.BytesOriginal, out.BytesReply = t.OrigBytes, t.ReplyBytes
@@ -162,6 +215,33 @@ func Collect(cfg *config.Config, src Sources) (*Report, error) {
 		r.Forwards = append(r.Forwards, out)
 	}
 	return r, nil
+}
+
+// backends reports the backends of a balanced forward f.
+func backends(f *config.Forward, layout ctmark.Layout, t *nft.Traffic, live map[conntrack.BackendKey]conntrack.BackendLive,
+	health map[string]daemon.BackendHealth, daemonRuns bool) []Backend {
+	var out []Backend
+	for _, b := range f.Backends {
+		addr, span := daemon.BackendAddr(f, b)
+		be := Backend{Address: addr.String(), Weight: b.Weight, Health: "unknown"}
+		switch h, ok := health[f.Name+"/"+addr.String()]; {
+		case f.Health.Check == config.CheckNone:
+			be.Health = "not checked"
+		case ok:
+			be.Health, be.Reason, be.Error = h.Health, h.Reason, h.Error
+			if !h.Since.IsZero() {
+				be.Since = &h.Since
+			}
+		case daemonRuns:
+			be.Health = "unchecked"
+		}
+		if t != nil {
+			l := conntrack.OfBackend(live, layout.ForID(t.ID), addr, span)
+			be.Connections, be.Established, be.Packets, be.Bytes = l.Total, l.Established, l.Packets, l.Bytes
+		}
+		out = append(out, be)
+	}
+	return out
 }
 
 // selectForwards returns the forwards of cfg named in only (all when empty),
@@ -307,9 +387,35 @@ func (r *Report) WriteText(w io.Writer) error {
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "FORWARD\tMATCH\tTARGET\tSNAT\tESTAB\tCONNS\tNEW\tPACKETS\tBYTES")
+	balanced := false
 	for _, f := range r.Forwards {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", f.Name, f.Match, f.Target, f.SNAT,
+		target := f.Target
+		if len(f.Backends) > 0 {
+			target = fmt.Sprintf("%d backends", len(f.Backends))
+			balanced = true
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", f.Name, f.Match, target, f.SNAT,
 			f.Established, f.Connections, f.NewConnections, f.Packets, humanBytes(f.Bytes))
+	}
+	if err := tw.Flush(); err != nil || !balanced {
+		return err
+	}
+	// Backends: packets and bytes of their live connections only.
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "FORWARD\tBACKEND\tWEIGHT\tHEALTH\tLAST CHECK\tESTAB\tCONNS\tLIVE PACKETS\tLIVE BYTES")
+	for _, f := range r.Forwards {
+		for _, b := range f.Backends {
+			last := "-"
+			if b.Reason != "" {
+				last = b.Reason
+				if b.Since != nil {
+					last += " since " + b.Since.Local().Format(time.DateTime)
+				}
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%d\t%d\t%d\t%s\n", f.Name, b.Address, b.Weight, b.Health, last,
+				b.Established, b.Connections, b.Packets, humanBytes(b.Bytes))
+		}
 	}
 	return tw.Flush()
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/fwdd/fwdd/pkg/config"
 )
@@ -102,5 +103,29 @@ to = "192.168.1.50"
 	}
 	if _, err := selectForwards(cfg, []string{"a", "nope"}); err == nil || !strings.Contains(err.Error(), `no forward "nope" in fwdd.toml`) {
 		t.Errorf("unknown forward: %v", err)
+	}
+}
+
+func TestWriteTextBackends(t *testing.T) {
+	since := time.Date(2026, 12, 1, 10, 0, 0, 0, time.Local)
+	r := &Report{Config: "/etc/fwdd/fwdd.toml", Table: Table{Name: "inet fwdd", Present: true, MatchesConfig: true},
+		Forwards: []Forward{{Name: "web", Match: "tcp 80 on any local address", Target: "10.0.2.10:8080", SNAT: "masquerade",
+			Backends: []Backend{
+				{Address: "10.0.2.10:8080", Weight: 3, Health: "up", Reason: "connected", Since: &since, Connections: 4, Established: 2, Packets: 40, Bytes: 2048},
+				{Address: "10.0.2.11:8080", Weight: 1, Health: "down", Reason: "refused", Since: &since},
+			}}}}
+	var b bytes.Buffer
+	if err := r.WriteText(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"2 backends",
+		"FORWARD  BACKEND         WEIGHT  HEALTH  LAST CHECK",
+		"web      10.0.2.10:8080  3       up      connected since 2026-12-01 10:00:00  2      4      40            2.0 KiB",
+		"web      10.0.2.11:8080  1       down    refused since 2026-12-01 10:00:00    0      0      0             0 B",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("status text lacks %q:\n%s", want, b.String())
+		}
 	}
 }

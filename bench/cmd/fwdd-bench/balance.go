@@ -29,6 +29,22 @@ const (
 	haTputPort      = 5205 // haproxy, 4 backends, to iperf3
 	balanceExtra    = 3    // backend addresses beyond 10.22.0.2
 	healthForwards  = 250  // x 4 backends = 1,000 checked backends
+	// haServerPort is where HAProxy's servers are: the same serve helper
+	// as fwdd's backends, on a port of its own. HAProxy's connections to
+	// the servers are the gateway's own: when they end, the backends keep
+	// them in TIME_WAIT for 60 s, and the gateway's conntrack does not
+	// remember them (no table is loaded during HAProxy's samples, and
+	// every sample starts with an empty conntrack table). To the same
+	// server port their tuples would be free to fwdd's masquerade, which
+	// keeps the client's source port: a forwarded SYN would meet a
+	// backend's TIME_WAIT, be refused by PAWS (the client's timestamps are
+	// not HAProxy's) and wait for a retransmit. Measured: fwdd's
+	// 4-backend samples fell from 7,000 to 170-780 conn/s after one of
+	// HAProxy's, with one SYN retransmit per PAWS rejection on the
+	// backends. A gateway running fwdd always tracks its own connections
+	// (fwdd's table needs conntrack), and that TIME_WAIT entry outlives the
+	// backend's, so there masquerade picks another port.
+	haServerPort = altPort
 )
 
 var balanceAddrs = []string{"10.22.0.2", "10.22.0.3", "10.22.0.4", "10.22.0.5"}
@@ -87,7 +103,7 @@ func haproxyBalanceConfig() []byte {
 	b.WriteString("global\n\tmaxconn 4096\n\ndefaults\n\tmode tcp\n\ttimeout connect 5s\n\ttimeout client 1m\n\ttimeout server 1m\n\n")
 	fmt.Fprintf(&b, "listen conns\n\tbind %s:%d\n\tbalance random\n", gatewayAddr, haConnsPort)
 	for i, a := range balanceAddrs {
-		fmt.Fprintf(&b, "\tserver b%d %s:%d check inter 2s fall 3 rise 2\n", i, a, serverPort)
+		fmt.Fprintf(&b, "\tserver b%d %s:%d check inter 2s fall 3 rise 2\n", i, a, haServerPort)
 	}
 	fmt.Fprintf(&b, "\nlisten tput\n\tbind %s:%d\n\tbalance random\n", gatewayAddr, haTputPort)
 	for i, a := range balanceAddrs {
@@ -125,7 +141,7 @@ func (e *env) measureBalance(o *options) (*balResults, error) {
 			if err != nil {
 				return nil, fmt.Errorf("balance %s, round %d: %w", v, r+1, err)
 			}
-			e.logf("balance conns round %d/%d %-18s %8.0f conn/s%s", r+1, o.rounds, v, s.Rate, failedNote(s))
+			e.logf("balance conns round %d/%d %-18s %8.0f conn/s, %d SYN retransmits%s", r+1, o.rounds, v, s.Rate, s.SynRetrans, failedNote(s))
 			res.Conns[v] = append(res.Conns[v], s)
 		}
 		order := []string{balFwdd4, balHAProxy}
@@ -197,8 +213,9 @@ func (e *env) balanceConnSample(v, cfg string, o connOptions) (s connSample, err
 	if err := e.resetGateway(); err != nil {
 		return s, err
 	}
-	addr := fmt.Sprintf("%s:%d", gatewayAddr, haConnsPort)
+	addr, expect := fmt.Sprintf("%s:%d", gatewayAddr, haConnsPort), haServerPort
 	if v != balHAProxy {
+		expect = serverPort
 		d, err := e.startFwdd(cfg)
 		if err != nil {
 			return s, err
@@ -211,7 +228,7 @@ func (e *env) balanceConnSample(v, cfg string, o connOptions) (s connSample, err
 	}
 	out, err := e.run(e.topo.Client, o.warmup+o.duration+time.Minute, e.self, "connload",
 		"-addr", addr, "-workers", strconv.Itoa(o.workers), "-duration", o.duration.String(),
-		"-warmup", o.warmup.String(), "-expect", strconv.Itoa(serverPort))
+		"-warmup", o.warmup.String(), "-expect", strconv.Itoa(expect))
 	if err != nil {
 		return s, fmt.Errorf("connload: %w: %s", err, out)
 	}
@@ -223,7 +240,7 @@ func (e *env) balanceConnSample(v, cfg string, o connOptions) (s connSample, err
 		return s, fmt.Errorf("no connection succeeded via %s: %s", addr, r.FirstErr)
 	}
 	s.Rate = float64(r.OK) / r.Seconds
-	s.Failed, s.Err = r.Failed, r.FirstErr
+	s.Failed, s.Err, s.SynRetrans = r.Failed, r.FirstErr, r.SynRetrans
 	return s, nil
 }
 
@@ -274,9 +291,10 @@ func writeBalance(b *strings.Builder, r *balResults, o *options) {
 	p("One forward to 10.22.0.2:5000 against one to the four backends 10.22.0.2-5:5000 balanced in the kernel (`numgen random`, "+
 		"health = { check = \"tcp\", interval = \"2s\", timeout = \"1s\", fall = 3, rise = 2 }), against HAProxy in the gateway "+
 		"(mode tcp, balance random, the same four servers with `check inter 2s fall 3 rise 2`), interleaved; %d clients, %v per sample after %v warm-up. "+
+		"HAProxy's servers are the same helper on port %d, so that its own connections, which the backends keep in TIME_WAIT, never share a tuple with fwdd's masqueraded ones (see bench/README.md). "+
 		"Throughput: one iperf3 stream through fwdd's 4-backend forward and through HAProxy's (no checks on iperf3 on either side).\n\n",
-		o.workers, o.connDuration, o.connWarmup)
-	p("| variant | conn/s, median (min – max) | one TCP stream, Gbit/s |\n|---|---:|---:|\n")
+		o.workers, o.connDuration, o.connWarmup, haServerPort)
+	p("| variant | conn/s, median (min – max) | client SYN retransmits, all samples | one TCP stream, Gbit/s |\n|---|---:|---:|---:|\n")
 	for _, v := range balanceVariants {
 		c := connRates(r.Conns[v])
 		tput := "–"
@@ -284,7 +302,11 @@ func writeBalance(b *strings.Builder, r *balResults, o *options) {
 			s := summarize(t)
 			tput = fmt.Sprintf("%.1f (%.1f – %.1f)", s.Median, s.Min, s.Max)
 		}
-		p("| %s | %s (%s) | %s |\n", v, fmtNum(c.Median), spread(c, fmtNum), tput)
+		var retrans int64
+		for _, s := range r.Conns[v] {
+			retrans += s.SynRetrans
+		}
+		p("| %s | %s (%s) | %d | %s |\n", v, fmtNum(c.Median), spread(c, fmtNum), retrans, tput)
 	}
 	hc := summarize(r.HealthCPU)
 	p("\nHealth checking alone: %d forwards of 4 backends (%d backends, TCP connect every 2 s), no traffic: fwdd used %.1f %% of one CPU (median of %d windows of %v; %.1f – %.1f).\n\n",

@@ -39,6 +39,8 @@ type connSample struct {
 	Rate   float64 // successful connections per second
 	Failed int64
 	Err    string // the first failure, if any
+	// SynRetrans counts the client's SYN retransmits during the sample.
+	SynRetrans int64 `json:",omitempty"`
 	// Setup is the time to put the variant in place: fwdd start to applied,
 	// or nft -f of the linear rules.
 	Setup time.Duration
@@ -189,7 +191,7 @@ func (e *env) connSample(v connVariant, file string, o connOptions) (s connSampl
 		return s, fmt.Errorf("no connection succeeded via %s: %s", addr, r.FirstErr)
 	}
 	s.Rate = float64(r.OK) / r.Seconds
-	s.Failed, s.Err = r.Failed, r.FirstErr
+	s.Failed, s.Err, s.SynRetrans = r.Failed, r.FirstErr, r.SynRetrans
 	return s, nil
 }
 

@@ -69,6 +69,10 @@ type connResult struct {
 	Failed   int64   `json:"failed"`
 	Seconds  float64 `json:"seconds"`
 	FirstErr string  `json:"firstErr,omitempty"`
+	// SynRetrans is how many SYNs the client's namespace retransmitted
+	// while connload ran (TcpExt TCPSynRetrans): a SYN that was lost or
+	// refused costs the connection a retransmit timeout.
+	SynRetrans int64 `json:"synRetrans"`
 }
 
 // connloadMain is "fwdd-bench connload -addr IP:PORT -workers 8 -duration
@@ -96,6 +100,10 @@ func connloadMain(args []string) error {
 	var ok, failed atomic.Int64
 	var firstErr sync.Once
 	var res connResult
+	retrans0, err := synRetrans()
+	if err != nil {
+		return err
+	}
 	start := time.Now().Add(*warmup)
 	end := start.Add(*duration)
 	var wg sync.WaitGroup
@@ -123,7 +131,34 @@ func connloadMain(args []string) error {
 	wg.Wait()
 	res.Seconds = end.Sub(start).Seconds()
 	res.OK, res.Failed = ok.Load(), failed.Load()
+	retrans1, err := synRetrans()
+	if err != nil {
+		return err
+	}
+	res.SynRetrans = retrans1 - retrans0
 	return json.NewEncoder(os.Stdout).Encode(res)
+}
+
+// synRetrans reads TcpExt TCPSynRetrans of this network namespace from
+// /proc/net/netstat (a header line of names, then a line of values).
+func synRetrans() (int64, error) {
+	b, err := os.ReadFile("/proc/net/netstat")
+	if err != nil {
+		return 0, err
+	}
+	lines := strings.Split(string(b), "\n")
+	for i := 0; i+1 < len(lines); i += 2 {
+		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+		if len(names) == 0 || names[0] != "TcpExt:" || len(values) != len(names) {
+			continue
+		}
+		for j, n := range names {
+			if n == "TCPSynRetrans" {
+				return strconv.ParseInt(values[j], 10, 64)
+			}
+		}
+	}
+	return 0, errors.New("/proc/net/netstat: no TcpExt TCPSynRetrans")
 }
 
 var (
