@@ -48,6 +48,7 @@ type balancer struct {
 
 	mu    sync.Mutex
 	pools map[string]*poolState
+	order []string // the pools' forwards, in config order
 }
 
 type poolState struct {
@@ -70,8 +71,10 @@ func (b *balancer) run(ctx context.Context) error { return b.checker.Run(ctx) }
 func (b *balancer) set(pools []pool) {
 	b.mu.Lock()
 	next := make(map[string]*poolState, len(pools))
+	order := make([]string, 0, len(pools))
 	var targets []health.Target
 	for _, p := range pools {
+		order = append(order, p.forward)
 		st := &poolState{pool: p, up: make([]bool, len(p.backends))}
 		for i, be := range p.backends {
 			st.up[i] = b.checker.Up(health.Key{Forward: p.forward, Backend: be})
@@ -79,7 +82,7 @@ func (b *balancer) set(pools []pool) {
 		}
 		next[p.forward] = st
 	}
-	b.pools = next
+	b.pools, b.order = next, order
 	b.mu.Unlock()
 	b.checker.Set(targets)
 }
@@ -328,16 +331,18 @@ type BackendHealth struct {
 
 // backendHealth lists the health of every checked backend, in config
 // order. Since stays as recorded in prev while the result is the same.
-func (b *balancer) backendHealth(order []string, prev []BackendHealth) []BackendHealth {
-	st := b.checker.Status()
+func (b *balancer) backendHealth(prev []BackendHealth) []BackendHealth {
 	b.mu.Lock()
-	var pools []pool
-	for _, name := range order {
-		if p, ok := b.pools[name]; ok {
-			pools = append(pools, p.pool)
-		}
+	if len(b.order) == 0 {
+		b.mu.Unlock()
+		return nil
+	}
+	pools := make([]pool, len(b.order))
+	for i, name := range b.order {
+		pools[i] = b.pools[name].pool
 	}
 	b.mu.Unlock()
+	st := b.checker.Status()
 	old := map[string]BackendHealth{}
 	for _, h := range prev {
 		old[h.Forward+"/"+h.Backend] = h
@@ -394,19 +399,6 @@ func WithHealth(m *nft.Model, health []BackendHealth) *nft.Model {
 	return m
 }
 
-// forwardNames lists the forwards in force, in config order.
-func (d *Daemon) forwardNames() []string {
-	cfg := d.Config()
-	if cfg == nil {
-		return nil
-	}
-	names := make([]string, len(cfg.Forwards))
-	for i := range cfg.Forwards {
-		names[i] = cfg.Forwards[i].Name
-	}
-	return names
-}
-
 // recordHealth writes the daemon's state file, every period, when a
 // backend's last check result changed since it was last written (a change
 // of health is written at once, by programBackends): `fwdd status` and
@@ -430,7 +422,7 @@ func (d *Daemon) recordHealth(ctx context.Context, period time.Duration) {
 func (d *Daemon) writeHealth() {
 	d.stateMu.Lock()
 	defer d.stateMu.Unlock()
-	next := d.tasks.balancer.backendHealth(d.forwardNames(), d.state.Backends)
+	next := d.tasks.balancer.backendHealth(d.state.Backends)
 	if slices.Equal(next, d.state.Backends) {
 		return
 	}

@@ -172,7 +172,7 @@ func (d *Daemon) record(err error) {
 		d.state.Forwards = len(cfg.Forwards)
 	}
 	d.state.Time = time.Now()
-	d.state.Backends = d.tasks.balancer.backendHealth(d.forwardNames(), d.state.Backends)
+	d.state.Backends = d.tasks.balancer.backendHealth(d.state.Backends)
 	if werr := WriteState(d.opts.StateDir, d.state); werr != nil {
 		d.log.Warn("cannot record daemon state", zap.Error(werr))
 	}
