@@ -175,7 +175,7 @@ func poolsOf(cfg *config.Config, ids map[string]uint32) []pool {
 	var out []pool
 	for i := range cfg.Forwards {
 		f := &cfg.Forwards[i]
-		if !f.Balanced() || f.Health.Check == config.CheckNone {
+		if !checked(f) {
 			continue
 		}
 		p := pool{forward: f.Name, id: ids[f.Name], mark: cfg.Daemon.CtMark.ForID(ids[f.Name]), portSpan: 1, udp: slices.Contains(f.Protos, config.UDP),
@@ -191,6 +191,9 @@ func poolsOf(cfg *config.Config, ids map[string]uint32) []pool {
 	}
 	return out
 }
+
+// checked says whether forward f has backends the daemon health-checks.
+func checked(f *config.Forward) bool { return f.Balanced() && f.Health.Check != config.CheckNone }
 
 // BackendAddr is where backend b of forward f is checked, and how it is
 // named in status, metrics and logs: its address and first port (the
@@ -299,12 +302,8 @@ func (d *Daemon) countBackendTraffic(cfg *config.Config) {
 	if !slices.ContainsFunc(cfg.Forwards, func(f config.Forward) bool { return f.Balanced() }) {
 		return
 	}
-	s := d.opts.Sysctls
-	if s == nil {
-		s = sysctl.NewFS("")
-	}
 	const name = "net.netfilter.nf_conntrack_acct"
-	old, changed, err := s.Set(name, "1")
+	old, changed, err := d.opts.Sysctls.Set(name, "1")
 	switch {
 	case err != nil:
 		d.log.Warn("cannot turn on conntrack accounting; status and metrics show no traffic per backend", zap.String("sysctl", name), zap.Error(err))
@@ -384,7 +383,7 @@ func WithHealth(m *nft.Model, health []BackendHealth) *nft.Model {
 	}
 	for i := range m.Config.Forwards {
 		f := &m.Config.Forwards[i]
-		if !f.Balanced() || f.Health.Check == config.CheckNone {
+		if !checked(f) {
 			continue
 		}
 		up := make([]bool, len(f.Backends))

@@ -104,6 +104,9 @@ func New(opts Options) *Daemon {
 	if opts.StateDir == "" {
 		opts.StateDir = DefaultStateDir
 	}
+	if opts.Sysctls == nil {
+		opts.Sysctls = sysctl.NewFS("")
+	}
 	d := &Daemon{opts: opts, log: opts.Log, applier: nft.Applier{Backend: opts.Kernel},
 		state: NewState(opts.ConfigPath)}
 	d.applier.Observe = d.logPlan
