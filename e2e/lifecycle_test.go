@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/fwdd/fwdd/internal/sandbox"
 )
@@ -189,8 +191,15 @@ table ip strict {
 }
 `)
 	d := startFwdd(t, topo, reloadBefore)
-	if !strings.Contains(d.proc.Output(), "another firewall drops fwdd's forwarded connections") ||
-		!strings.Contains(d.proc.Output(), "table ip strict chain forward") {
+	// The warning comes before "ready", which may follow the "forwarding"
+	// line startFwdd waits for.
+	if err := sandbox.Eventually(5*time.Second, func() error {
+		if out := d.proc.Output(); !strings.Contains(out, "another firewall drops fwdd's forwarded connections") ||
+			!strings.Contains(out, "table ip strict chain forward") {
+			return errors.New("not yet")
+		}
+		return nil
+	}); err != nil {
 		t.Errorf("no warning about the foreign drop policy:\n%s", d.proc.Output())
 	}
 	mustNotReach(t, topo.Client, "10.11.0.1:80")
