@@ -57,3 +57,17 @@ func BenchmarkReplace10000(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkReplace100000 builds the batch of a start with 100,000 forwards
+// (the bench's apply target): 500,000 elements.
+func BenchmarkReplace100000(b *testing.B) {
+	cfg := manyForwards(b, 100_000)
+	ids, _ := AssignIDs(cfg)
+	m, _ := Compile(cfg, ids)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if p := Replace(m); p.NumElements() == 0 {
+			b.Fatal("no elements")
+		}
+	}
+}

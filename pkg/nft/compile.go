@@ -193,61 +193,119 @@ func newPart(l ctmark.Layout, f *config.Forward, id uint32) *part {
 	return p
 }
 
-// numElems counts the part's elements without making them.
-func (p *part) numElems(l ctmark.Layout) int {
-	n := 3 // traffic counters, both directions, and new connections
-	if p.fwd.SNAT.Kind != config.SNATMasquerade {
-		n++
-	}
-	marks := 1 // mark map elements per key
-	if !l.Whole() {
-		marks = len(chunkTargets(l, l.ForID(p.id), "")) // only counted: no map named
-	}
-	if p.fwd.Balanced() {
-		ranges, _ := Slots(weights(p.fwd), p.up)
-		n += p.fwd.Port.Len() * len(ranges)
-		if !restricted(p.fwd) {
-			n += marks * len(p.fwd.Protos) * p.fwd.Port.Len()
+// partSets are the indexes (in allSets) of the sets a forward's elements
+// go to, by family and by whether it listens on every local address: made
+// once, as the compile of 100,000 forwards would otherwise format these
+// names 100,000 times.
+type partSets struct{ snat, balanceRandom, balanceSource, mark, dnat int }
+
+var partSetIndex = func() (out [2][2]partSets) {
+	for i, fam := range []Family{IPv4, IPv6} {
+		for j, suffix := range []string{"addr", "port"} {
+			out[i][j] = partSets{snat: setIndex[setName("snat", fam, "")],
+				balanceRandom: setIndex[balanceSetName(fam, false)], balanceSource: setIndex[balanceSetName(fam, true)],
+				mark: setIndex[setName("mark", fam, suffix)], dnat: setIndex[setName("dnat", fam, suffix)]}
 		}
-		return n
 	}
-	if !restricted(p.fwd) {
-		n += (marks + 1) * len(p.fwd.Protos) * p.fwd.Port.Len()
+	return out
+}()
+
+var (
+	idxTrafficOrig  = setIndex[SetTrafficOrig]
+	idxTrafficReply = setIndex[SetTrafficReply]
+	idxTrafficNew   = setIndex[SetTrafficNew]
+	idxNoSNAT       = setIndex[SetNoSNAT]
+)
+
+func (p *part) sets() *partSets {
+	i, j := 0, 0
+	if familyOf(p.fwd.To) == IPv6 {
+		i = 1
 	}
-	return n
+	if p.fwd.Local() {
+		j = 1
+	}
+	return &partSetIndex[i][j]
 }
 
-// elements makes the part's elements, by set index.
-func (p *part) elements(l ctmark.Layout, out *[numSets][]Element) {
+// count adds the number of the part's elements in each set (by index in
+// allSets) to n, without making them; elements makes exactly these.
+func (p *part) count(l ctmark.Layout, n *[numSets]int) {
 	f := p.fwd
-	mark := l.ForID(p.id)
-	fam := familyOf(f.To)
-	markV := Mark(mark)
-	add := func(set string, e Element) { i := setIndex[set]; out[i] = append(out[i], e) }
-	add(SetTrafficOrig, elem([]Value{markV}, nil, f.Name))
-	add(SetTrafficReply, elem([]Value{markV}, nil, f.Name))
-	add(SetTrafficNew, elem([]Value{markV}, nil, f.Name))
-	// Masquerade is the default and needs no element: only the exceptions
-	// are listed, which keeps a plain forward at four elements.
+	ps := p.sets()
+	n[idxTrafficOrig]++ // traffic counters, both directions, and new connections
+	n[idxTrafficReply]++
+	n[idxTrafficNew]++
 	switch f.SNAT.Kind {
 	case config.SNATNone:
-		add(SetNoSNAT, elem([]Value{markV}, nil, f.Name))
+		n[idxNoSNAT]++
 	case config.SNATFixed:
-		add(setName("snat", fam, ""), elem([]Value{markV}, []Value{Addr(f.SNAT.Addr)}, f.Name))
+		n[ps.snat]++
 	}
 	if f.Balanced() {
-		i := setIndex[balanceSetName(fam, f.Balance == config.BalanceSource)]
+		ranges, _ := Slots(weights(f), p.up)
+		n[p.balanceSet(ps)] += f.Port.Len() * len(ranges)
+	}
+	if restricted(f) {
+		return
+	}
+	keys := len(f.Protos) * f.Port.Len()
+	if l.Whole() {
+		n[ps.mark] += keys
+	} else {
+		for _, t := range chunkTargets(l, l.ForID(p.id), allSets[ps.mark].Name) {
+			n[t.set] += keys
+		}
+	}
+	if !f.Balanced() {
+		n[ps.dnat] += keys
+	}
+}
+
+func (p *part) balanceSet(ps *partSets) int {
+	if p.fwd.Balance == config.BalanceSource {
+		return ps.balanceSource
+	}
+	return ps.balanceRandom
+}
+
+// numElems counts the part's elements without making them.
+func (p *part) numElems(l ctmark.Layout) int {
+	var n [numSets]int
+	p.count(l, &n)
+	total := 0
+	for _, c := range n {
+		total += c
+	}
+	return total
+}
+
+// elements appends the part's elements to out, by set index.
+func (p *part) elements(l ctmark.Layout, out *[numSets][]Element) {
+	f := p.fwd
+	ps := p.sets()
+	mark := l.ForID(p.id)
+	// One copy of the mark serves as the key of the counter elements and
+	// the data of the mark map element (elements are never modified).
+	markB := binary.NativeEndian.AppendUint32(make([]byte, 0, 4), mark)
+	for _, i := range [...]int{idxTrafficOrig, idxTrafficReply, idxTrafficNew} {
+		out[i] = append(out[i], Element{Key: markB, Comment: f.Name})
+	}
+	// Masquerade is the default and needs no element: only the exceptions
+	// are listed, which keeps a plain forward at five elements.
+	switch f.SNAT.Kind {
+	case config.SNATNone:
+		out[idxNoSNAT] = append(out[idxNoSNAT], Element{Key: markB, Comment: f.Name})
+	case config.SNATFixed:
+		out[ps.snat] = append(out[ps.snat], elem([]Value{Mark(mark)}, []Value{Addr(f.SNAT.Addr)}, f.Name))
+	}
+	if f.Balanced() {
+		i := p.balanceSet(ps)
 		out[i] = append(out[i], balanceElems(f, mark, p.up)...)
 	}
 	if restricted(f) {
 		return
 	}
-	suffix := "addr"
-	if f.Local() {
-		suffix = "port"
-	}
-	markSet := setName("mark", fam, suffix)
-	marks, dnats := setIndex[markSet], setIndex[setName("dnat", fam, suffix)]
 	// Keys and data are written straight into one buffer per forward: a
 	// range forward has one element per port.
 	var addr []byte
@@ -255,10 +313,9 @@ func (p *part) elements(l ctmark.Layout, out *[numSets][]Element) {
 		addr = f.Address.AsSlice()
 	}
 	to := f.To.AsSlice()
-	markB := binary.NativeEndian.AppendUint32(nil, mark)
 	var targets []chunkTarget
 	if !l.Whole() {
-		targets = chunkTargets(l, mark, markSet)
+		targets = chunkTargets(l, mark, allSets[ps.mark].Name)
 	}
 	kl := len(addr) + 8
 	dl := len(to) + 4
@@ -275,13 +332,13 @@ func (p *part) elements(l ctmark.Layout, out *[numSets][]Element) {
 			binary.BigEndian.PutUint16(d[len(to):], f.TargetPort(uint16(port)))
 			buf = buf[kl+dl:]
 			if targets == nil {
-				out[marks] = append(out[marks], Element{Key: k, Data: markB})
+				out[ps.mark] = append(out[ps.mark], Element{Key: k, Data: markB})
 			}
 			for _, t := range targets {
 				out[t.set] = append(out[t.set], Element{Key: k, Data: t.chain})
 			}
 			if !f.Balanced() {
-				out[dnats] = append(out[dnats], Element{Key: k, Data: d})
+				out[ps.dnat] = append(out[ps.dnat], Element{Key: k, Data: d})
 			}
 		}
 	}

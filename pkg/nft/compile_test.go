@@ -172,3 +172,44 @@ func TestRangeMapsOneToOne(t *testing.T) {
 		}
 	}
 }
+
+// TestElementCounts: part.count, which sizes the element slices of a
+// full replace, counts exactly the elements part.elements makes, set by
+// set, in the default and a partial ct mark layout, with balanced and
+// source-balanced forwards.
+func TestElementCounts(t *testing.T) {
+	balanced := `
+[[forward]]
+name = "bal"
+port = "8000-8001"
+to = ["10.0.2.10:8080", "10.0.2.11:8080", "10.0.2.12:8080"]
+
+[[forward]]
+name = "bal6"
+proto = ["tcp", "udp"]
+port = 9000
+balance = "source"
+to = ["[fd00::1]:80", "[fd00::2]:80"]
+`
+	for name, text := range map[string]string{"default": goldenConfig + balanced, "partial": partialConfig + balanced} {
+		m := compile(t, text, nil)
+		var n [numSets]int
+		for _, p := range m.order {
+			p.count(m.Layout, &n)
+		}
+		all := m.elements()
+		total := 0
+		for i := range all {
+			if len(all[i]) != n[i] {
+				t.Errorf("%s: set %s: %d elements, counted %d", name, allSets[i].Name, len(all[i]), n[i])
+			}
+			total += len(all[i])
+		}
+		if total != m.NumElements() {
+			t.Errorf("%s: %d elements, NumElements %d", name, total, m.NumElements())
+		}
+		if n[setIndex["balance6_source"]] == 0 || n[setIndex["balance4_random"]] == 0 {
+			t.Errorf("%s: the balanced forwards have no balance elements", name)
+		}
+	}
+}

@@ -260,7 +260,19 @@ type Model struct {
 
 // elements makes the elements of every set, by set index, in forward order.
 func (m *Model) elements() [numSets][]Element {
+	// Sized first: 100,000 forwards make 500,000 elements, and growing the
+	// slices by appending cost more than making them (copies and page
+	// faults of the abandoned arrays).
+	var n [numSets]int
+	for _, p := range m.order {
+		p.count(m.Layout, &n)
+	}
 	var out [numSets][]Element
+	for i, c := range n {
+		if c > 0 {
+			out[i] = make([]Element, 0, c)
+		}
+	}
 	for _, p := range m.order {
 		p.elements(m.Layout, &out)
 	}

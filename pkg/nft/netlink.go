@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/google/nftables"
@@ -75,8 +76,10 @@ func kernelSet(t *nftables.Table, s *Set) (*nftables.Set, error) {
 	return ks, nil
 }
 
-func kernelElems(s *Set, es []Element) []nftables.SetElement {
-	out := make([]nftables.SetElement, len(es))
+// kernelElems describes es for google/nftables, in buf (reused: the
+// library encodes the elements at once and keeps none of them).
+func kernelElems(s *Set, es []Element, buf []nftables.SetElement) []nftables.SetElement {
+	out := slices.Grow(buf[:0], len(es))[:len(es)]
 	for i, e := range es {
 		out[i] = nftables.SetElement{Key: e.Key, KeyEnd: e.KeyEnd, Comment: e.Comment}
 		switch {
@@ -208,6 +211,7 @@ func (k *Netlink) Run(p *Plan) error {
 		sets[s.Name] = ks
 		return ks, nil
 	}
+	var elems []nftables.SetElement
 	for _, op := range p.Ops {
 		switch op.Kind {
 		case OpAddTable:
@@ -225,10 +229,11 @@ func (k *Netlink) Run(p *Plan) error {
 		case OpAddElements, OpDeleteElements:
 			ks, err := set(op.Set)
 			if err == nil {
+				elems = kernelElems(op.Set, op.Elements, elems)
 				if op.Kind == OpAddElements {
-					err = c.SetAddElements(ks, kernelElems(op.Set, op.Elements))
+					err = c.SetAddElements(ks, elems)
 				} else {
-					err = c.SetDeleteElements(ks, kernelElems(op.Set, op.Elements))
+					err = c.SetDeleteElements(ks, elems)
 				}
 			}
 			if err != nil {

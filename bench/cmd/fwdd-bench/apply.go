@@ -16,6 +16,10 @@ type applySample struct {
 	StartWall     time.Duration
 	StartLogged   time.Duration // "forwarding" elapsed: building and sending the batch
 	StartMessages int
+	// StartCPU is fwdd's CPU time (user and system, the kernel's work on
+	// the batch included) from exec to the "forwarding" line: less
+	// disturbed than the wall time by other work on the machine.
+	StartCPU time.Duration
 	// fwdd reload (the command: start-up, config check, SIGHUP, wait).
 	ReloadWall        time.Duration
 	ReloadApplyLogged time.Duration // "reloaded" applyElapsed
@@ -73,8 +77,8 @@ func (e *env) measureApply(sizes []int, rounds int) (applyResults, error) {
 			if err != nil {
 				return nil, fmt.Errorf("apply %d forwards, round %d: %w", n, r+1, err)
 			}
-			e.logf("apply round %d/%d n=%-6d start %v (logged %v) reload %v (logged %v, %d msgs) sighup %v  nft -f %v  rss %d MiB",
-				r+1, rounds, n, ms(s.StartWall), ms(s.StartLogged), ms(s.ReloadWall), ms(s.ReloadLogged), s.ReloadMessages,
+			e.logf("apply round %d/%d n=%-6d start %v (logged %v, cpu %v) reload %v (logged %v, %d msgs) sighup %v  nft -f %v  rss %d MiB",
+				r+1, rounds, n, ms(s.StartWall), ms(s.StartLogged), s.StartCPU, ms(s.ReloadWall), ms(s.ReloadLogged), s.ReloadMessages,
 				ms(s.SignalWall), ms(s.NftWall), s.HWMKiB/1024)
 			res[n] = append(res[n], s)
 		}
@@ -101,6 +105,11 @@ func (e *env) applySample(n int, f *applyFiles) (applySample, error) {
 	s.StartWall = d.Wall
 	s.StartLogged, _ = d.Forwarding.Duration("elapsed")
 	s.StartMessages, _ = d.Forwarding.Int("messages")
+	ticks, err := cpuTicks(d.PID())
+	if err != nil {
+		return s, err
+	}
+	s.StartCPU = time.Duration(ticks) * time.Second / clockTicks
 	if s.RSSKiB, s.HWMKiB, err = memoryOf(d.PID()); err != nil {
 		return s, err
 	}
