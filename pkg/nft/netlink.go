@@ -4,12 +4,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
-	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -76,22 +74,6 @@ func kernelSet(t *nftables.Table, s *Set) (*nftables.Set, error) {
 	return ks, nil
 }
 
-// kernelElems describes es for google/nftables, in buf (reused: the
-// library encodes the elements at once and keeps none of them).
-func kernelElems(s *Set, es []Element, buf []nftables.SetElement) []nftables.SetElement {
-	out := slices.Grow(buf[:0], len(es))[:len(es)]
-	for i, e := range es {
-		out[i] = nftables.SetElement{Key: e.Key, KeyEnd: e.KeyEnd, Comment: e.Comment}
-		switch {
-		case s.IsVerdictMap():
-			out[i].VerdictData = &expr.Verdict{Kind: expr.VerdictJump, Chain: string(e.Data)}
-		case s.IsMap():
-			out[i].Val = e.Data
-		}
-	}
-	return out
-}
-
 func kernelChain(t *nftables.Table, c *Chain) *nftables.Chain {
 	kc := &nftables.Chain{Name: c.Name, Table: t}
 	if c.Hook != nil {
@@ -139,7 +121,10 @@ func (k *Netlink) conn() (*nftables.Conn, error) { return k.dial(false) }
 // request costs more than the requests. Close it with CloseLasting.
 func (k *Netlink) readConn() (*nftables.Conn, error) { return k.dial(true) }
 
-func (k *Netlink) dial(lasting bool) (*nftables.Conn, error) {
+// setBuffers sizes a socket's buffers. SetWriteBuffer/SetReadBuffer use
+// SO_SNDBUFFORCE/SO_RCVBUFFORCE (CAP_NET_ADMIN), so the size is not capped
+// by net.core.*mem_max.
+func (k *Netlink) setBuffers(c *netlink.Conn) error {
 	snd, rcv := k.SendBuffer, k.ReceiveBuffer
 	if snd == 0 {
 		snd = DefaultSocketBuffer
@@ -147,20 +132,32 @@ func (k *Netlink) dial(lasting bool) (*nftables.Conn, error) {
 	if rcv == 0 {
 		rcv = DefaultSocketBuffer
 	}
-	// SetWriteBuffer/SetReadBuffer use SO_SNDBUFFORCE/SO_RCVBUFFORCE
-	// (CAP_NET_ADMIN), so the size is not capped by net.core.*mem_max.
-	setBuf := func(c *netlink.Conn) error {
-		if err := c.SetWriteBuffer(snd); err != nil {
-			return fmt.Errorf("set netlink send buffer: %w", err)
-		}
-		if err := c.SetReadBuffer(rcv); err != nil {
-			return fmt.Errorf("set netlink receive buffer: %w", err)
-		}
-		return nil
+	if err := c.SetWriteBuffer(snd); err != nil {
+		return fmt.Errorf("set netlink send buffer: %w", err)
 	}
-	// A fresh socket per batch: leftover acks of an earlier batch can never
-	// be mistaken for this one's (FACTS.md: "mismatched sequence").
-	opts := []nftables.ConnOption{nftables.WithNetNSFd(k.NetNS), nftables.WithSockOptions(setBuf)}
+	if err := c.SetReadBuffer(rcv); err != nil {
+		return fmt.Errorf("set netlink receive buffer: %w", err)
+	}
+	return nil
+}
+
+// dialNetlink opens a netfilter netlink socket in the namespace, with
+// fwdd's buffers: one per batch, so leftover acks of an earlier batch can
+// never be mistaken for this one's (FACTS.md: "mismatched sequence").
+func (k *Netlink) dialNetlink() (*netlink.Conn, error) {
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: k.NetNS})
+	if err != nil {
+		return nil, fmt.Errorf("open nftables netlink socket: %w", err)
+	}
+	if err := k.setBuffers(c); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+func (k *Netlink) dial(lasting bool) (*nftables.Conn, error) {
+	opts := []nftables.ConnOption{nftables.WithNetNSFd(k.NetNS), nftables.WithSockOptions(k.setBuffers)}
 	if lasting {
 		opts = append(opts, nftables.AsLasting())
 	}
@@ -179,12 +176,14 @@ var ErrOutcomeUnknown = errors.New("outcome of the batch unknown")
 // comment (type 0) and ignores types it does not know.
 const ruleTagType userdata.Type = 0xfd
 
-// Run sends the plan as one batch on a fresh socket.
+// Run sends the plan as one batch on a fresh socket: google/nftables
+// encodes its messages, sendBatch sends them.
 func (k *Netlink) Run(p *Plan) error {
 	if p.Empty() {
 		return nil
 	}
-	c, err := k.conn()
+	msgs := []netlink.Message{batchMark(unix.NFNL_MSG_BATCH_BEGIN)}
+	c, err := batchConn(&msgs)
 	if err != nil {
 		return err
 	}
@@ -211,7 +210,6 @@ func (k *Netlink) Run(p *Plan) error {
 		sets[s.Name] = ks
 		return ks, nil
 	}
-	var elems []nftables.SetElement
 	for _, op := range p.Ops {
 		switch op.Kind {
 		case OpAddTable:
@@ -229,16 +227,16 @@ func (k *Netlink) Run(p *Plan) error {
 		case OpAddElements, OpDeleteElements:
 			ks, err := set(op.Set)
 			if err == nil {
-				elems = kernelElems(op.Set, op.Elements, elems)
-				if op.Kind == OpAddElements {
-					err = c.SetAddElements(ks, elems)
-				} else {
-					err = c.SetDeleteElements(ks, elems)
-				}
+				err = c.Flush() // the library's messages before these
+			}
+			var m netlink.Message
+			if err == nil {
+				m, err = elementsMessage(&op, p.Table, ks.ID)
 			}
 			if err != nil {
 				return fmt.Errorf("elements of set %s: %w", op.Set.Name, err)
 			}
+			msgs = append(msgs, m)
 		case OpAddChain:
 			c.AddChain(kernelChain(t, op.Chain))
 		case OpFlushChain:
@@ -262,7 +260,10 @@ func (k *Netlink) Run(p *Plan) error {
 			return fmt.Errorf("run plan: unknown operation %d", op.Kind)
 		}
 	}
-	if err := c.Flush(); err != nil {
+	if err := c.Flush(); err != nil { // only encodes: an encoding error
+		return fmt.Errorf("table inet %s: encode batch: %w", p.Table, err)
+	}
+	if err := k.sendBatch(append(msgs, batchMark(unix.NFNL_MSG_BATCH_END))); err != nil {
 		if errors.Is(err, unix.ENOBUFS) {
 			return fmt.Errorf("table inet %s: %w: %w", p.Table, ErrOutcomeUnknown, err)
 		}
