@@ -6,11 +6,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fwdd/fwdd/internal/testutil"
 	"github.com/fwdd/fwdd/pkg/config"
 )
 
 func TestDescriptions(t *testing.T) {
-	cfg, err := config.Parse("fwdd.toml", []byte(`
+	cfg := testutil.Config(t, `
 [[forward]]
 name = "web"
 port = 80
@@ -31,10 +32,7 @@ to = "[fd00::7]:22"
 interface = "eth1"
 sources = ["fd01::/64"]
 snat = "fd00::1"
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	for i, want := range [][3]string{
 		{"tcp 80 on any local address", "192.168.1.50:8080", "masquerade"},
 		{"tcp,udp 53 on 10.0.0.1", "192.168.1.53 (same port)", "none"},
@@ -70,7 +68,7 @@ func TestWriteText(t *testing.T) {
 }
 
 func TestSelectForwards(t *testing.T) {
-	cfg, err := config.Parse("fwdd.toml", []byte(`
+	cfg := testutil.Config(t, `
 [[forward]]
 name = "a"
 port = 80
@@ -85,10 +83,7 @@ to = "192.168.1.50"
 name = "c"
 port = 82
 to = "192.168.1.50"
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	names := func(fs []*config.Forward) (out []string) {
 		for _, f := range fs {
 			out = append(out, f.Name)
