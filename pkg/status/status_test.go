@@ -50,19 +50,25 @@ func TestWriteText(t *testing.T) {
 		IPForward: true, Conntrack: Conntrack{Count: 10, Max: 1000},
 		Forwards: []Forward{{Name: "web", Match: "tcp 80 on any local address", Target: "10.0.0.2:8080", SNAT: "masquerade",
 			Packets: 12, Bytes: 3 << 20, Connections: 3, Established: 2, NewConnections: 40}}}
-	var b bytes.Buffer
-	if err := r.WriteText(&b); err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []string{
+	textHas(t, r,
 		"table inet fwdd: present, matches /etc/fwdd/fwdd.toml",
 		"forwarding: ipv4 on, ipv6 off",
 		"conntrack: 10 of 1000 entries (1.0%)",
 		"FORWARD  MATCH                        TARGET         SNAT        ESTAB  CONNS  NEW  PACKETS  BYTES",
 		"web      tcp 80 on any local address  10.0.0.2:8080  masquerade  2      3      40   12       3.0 MiB",
-	} {
+	)
+}
+
+// textHas fails t unless r's text holds each of wants.
+func textHas(t *testing.T, r *Report, wants ...string) {
+	t.Helper()
+	var b bytes.Buffer
+	if err := r.WriteText(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range wants {
 		if !strings.Contains(b.String(), want) {
-			t.Errorf("text lacks %q:\n%s", want, b.String())
+			t.Errorf("status text lacks %q:\n%s", want, b.String())
 		}
 	}
 }
@@ -109,18 +115,10 @@ func TestWriteTextBackends(t *testing.T) {
 				{Address: "10.0.2.10:8080", Weight: 3, Health: "up", Reason: "connected", Since: &since, Connections: 4, Established: 2, Packets: 40, Bytes: 2048},
 				{Address: "10.0.2.11:8080", Weight: 1, Health: "down", Reason: "refused", Since: &since},
 			}}}}
-	var b bytes.Buffer
-	if err := r.WriteText(&b); err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []string{
+	textHas(t, r,
 		"2 backends",
 		"FORWARD  BACKEND         WEIGHT  HEALTH  LAST CHECK",
 		"web      10.0.2.10:8080  3       up      connected since 2026-12-01 10:00:00  2      4      40            2.0 KiB",
 		"web      10.0.2.11:8080  1       down    refused since 2026-12-01 10:00:00    0      0      0             0 B",
-	} {
-		if !strings.Contains(b.String(), want) {
-			t.Errorf("status text lacks %q:\n%s", want, b.String())
-		}
-	}
+	)
 }
