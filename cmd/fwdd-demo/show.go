@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -92,11 +91,6 @@ func (d *demo) fwddCommand(cmd string, args ...string) (out string, err error) {
 	}
 	block(out)
 	return out, err
-}
-
-func exitCode(err error, code int) bool {
-	var ee *exec.ExitError
-	return errors.As(err, &ee) && ee.ExitCode() == code
 }
 
 // showLog prints the daemon's log lines not shown yet, without timestamps.
