@@ -155,8 +155,7 @@ func (d *demo) probes(ctx context.Context, logTitle string, ps []probe) error {
 		row, err := d.probe(ctx, p)
 		mark := "ok"
 		if err != nil {
-			mark = "FAIL"
-			errs = append(errs, fmt.Errorf("client -> %s: %w", p.addr, err))
+			mark, errs = "FAIL", append(errs, fmt.Errorf("client -> %s: %w", p.addr, err))
 		}
 		fmt.Fprintf(tw, "  %s\tclient -> %s/%s\t[%s]\t%s\t(%s)\n", mark, p.addr, p.proto, p.fwd, row, p.note)
 	}
