@@ -114,8 +114,7 @@ func (d *demo) steps(ctx context.Context) error {
 	return nil
 }
 
-func (d *demo) buildSandbox(context.Context) error {
-	var err error
+func (d *demo) buildSandbox(context.Context) (err error) {
 	if d.topo, err = sandbox.Build(sandbox.Options{Base: "fwdd_demo", NoClient2: true}); err != nil {
 		return err
 	}

@@ -79,9 +79,8 @@ func block(text string) {
 	}
 }
 
-// fwddCommand shows and runs `fwdd CMD -c CONFIG args...` on the gateway
-// and shows its output. A reload goes through the harness (with the same
-// --state-dir), which also waits for the daemon's RELOADING=1 and READY=1.
+// fwddCommand shows `fwdd CMD -c CONFIG args...`, runs it on the gateway and shows its
+// output; a reload goes through the harness, which waits for RELOADING=1 and READY=1.
 func (d *demo) fwddCommand(cmd string, args ...string) (out string, err error) {
 	cmdLine("fwdd %s", strings.Join(append([]string{cmd, "-c", d.fwdd.ConfigPath}, args...), " "))
 	if cmd == "reload" {
@@ -101,11 +100,11 @@ func (d *demo) showLog(title string) {
 		say("%s", title)
 	}
 	for _, l := range lines {
-		if f := strings.SplitN(l.Text, "\t", 4); len(f) == 4 {
-			block(fmt.Sprintf("%-5s  %s  %s", l.Level, l.Msg, f[3]))
-		} else {
-			block(l.Text)
+		text := l.Text
+		if f := strings.SplitN(text, "\t", 4); len(f) == 4 {
+			text = fmt.Sprintf("%-5s  %s  %s", l.Level, l.Msg, f[3])
 		}
+		block(text)
 	}
 }
 
