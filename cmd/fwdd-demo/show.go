@@ -14,7 +14,7 @@ import (
 	"github.com/fwdd/fwdd/internal/sandbox"
 )
 
-// ---- the configs, one [[forward]] each (deploy/fwdd.toml explains every key) ----
+// The forwards of the configs, one [[forward]] each (deploy/fwdd.toml explains every key).
 
 const (
 	web = `# HTTP; the backend sees the gateway as the source (snat defaults to masquerade)
@@ -55,13 +55,10 @@ port = 70000
 to = "10.22.0.2"`
 )
 
-// changed is the config after the change: "web" moves to the backend's port
-// 8081, "app-range" goes, "admin" comes.
+// changed is the config after the change: "web" to port 8081, no "app-range", "admin" new.
 var changed = config(strings.Replace(web, ":8080", ":8081", 1), dns, web6, direct, admin)
 
 func config(forwards ...string) string { return strings.Join(forwards, "\n\n") + "\n" }
-
-// ---- output ----
 
 func banner(title string) {
 	h := fmt.Sprintf("== %s ", title)
@@ -107,8 +104,6 @@ func (d *demo) showLog(title string) {
 		block(text)
 	}
 }
-
-// ---- servers and traffic ----
 
 func (d *demo) startServers(context.Context) error {
 	d.servers = map[string]sandbox.Server{}
