@@ -82,7 +82,12 @@ func elementsMessage(op *Op, table string, setID uint32) (netlink.Message, error
 		typ = unix.NFT_MSG_DELSETELEM
 	}
 	s := op.Set
-	b := make([]byte, 0, 64+len(op.Elements)*(48+len(op.Elements[0].Key)+len(op.Elements[0].KeyEnd)+len(op.Elements[0].Data)+len(op.Elements[0].Comment)))
+	size := 64
+	if len(op.Elements) > 0 { // the first element's size, as an estimate
+		e := &op.Elements[0]
+		size += len(op.Elements) * (48 + len(e.Key) + len(e.KeyEnd) + len(e.Data) + len(e.Comment))
+	}
+	b := make([]byte, 0, size)
 	b = append(b, byte(nftables.TableFamilyINet), unix.NFNETLINK_V0, 0, 0)
 	b = appendAttr(b, unix.NFTA_SET_NAME, append([]byte(s.Name), 0))
 	b = appendAttr(b, unix.NFTA_LOOKUP_SET_ID, binary.BigEndian.AppendUint32(nil, setID))

@@ -177,7 +177,8 @@ var ErrOutcomeUnknown = errors.New("outcome of the batch unknown")
 const ruleTagType userdata.Type = 0xfd
 
 // Run sends the plan as one batch on a fresh socket: google/nftables
-// encodes its messages, sendBatch sends them.
+// encodes the table, chain, set and rule messages, elementsMessage the
+// element messages, sendBatch sends them all (see batch.go).
 func (k *Netlink) Run(p *Plan) error {
 	if p.Empty() {
 		return nil
