@@ -112,26 +112,16 @@ type block struct {
 func splitBlocks(text string) split {
 	var s split
 	var starts []int
-	line, counted := 1, 0 // line is the number of the line at offset counted
-	for from := 0; ; {
-		i := strings.Index(text[from:], "[[")
-		if i < 0 {
-			break
+	for off, line := 0, 1; off < len(text); line++ {
+		next := len(text)
+		if i := strings.IndexByte(text[off:], '\n'); i >= 0 {
+			next = off + i + 1
 		}
-		i += from
-		// from is always the start of a line.
-		start := strings.LastIndexByte(text[from:i], '\n') + 1 + from
-		from = len(text) // go on after this line: no line holds two headers
-		if end := strings.IndexByte(text[i:], '\n'); end >= 0 {
-			from = i + end + 1
+		if h := trimBlank(text[off:next]); strings.HasPrefix(h, "[[") && isForwardHeader(h) {
+			starts = append(starts, off)
+			s.blocks = append(s.blocks, block{line: line})
 		}
-		if strings.TrimLeft(text[start:i], " \t") != "" || !isForwardHeader(text[i:]) {
-			continue
-		}
-		line += strings.Count(text[counted:start], "\n")
-		counted = start
-		starts = append(starts, start)
-		s.blocks = append(s.blocks, block{line: line})
+		off = next
 	}
 	starts = append(starts, len(text))
 	for k := range s.blocks {
@@ -141,13 +131,10 @@ func splitBlocks(text string) split {
 	return s
 }
 
-// isForwardHeader reports whether s starts with a [[forward]] header.
+// isForwardHeader reports whether the line s is a [[forward]] header.
 func isForwardHeader(s string) bool {
 	if strings.HasPrefix(s, "[[forward]]") {
 		return true
-	}
-	if end := strings.IndexByte(s, '\n'); end >= 0 {
-		s = s[:end]
 	}
 	name := headerName(s, true)
 	return len(name) == 1 && name[0] == "forward"

@@ -38,14 +38,14 @@ func parseForward(ps *problems, i int, t map[string]any, lines *keyLines) Forwar
 	parseBalancing(fs, t, lines, &f)
 
 	if s, ok := fs.str("address", t["address"], ""); ok && s != "" {
-		if a, ok := parseAddrField(fs, "address", s); ok {
-			switch {
-			case a.IsUnspecified():
-				fs.errorf("address", "%s is the unspecified address; use \"\" to match any local address", a)
-			case !sameFamily(fs, "address", a.String(), a, f.To):
-			default:
-				f.Address = a
-			}
+		switch a, msg := parseIP(s); {
+		case msg != "":
+			fs.errorf("address", "%s", msg)
+		case a.IsUnspecified():
+			fs.errorf("address", "%s is the unspecified address; use \"\" to match any local address", a)
+		case !sameFamily(fs, "address", a.String(), a, f.To):
+		default:
+			f.Address = a
 		}
 	}
 
@@ -202,15 +202,6 @@ func parseIP(s string) (netip.Addr, string) {
 	return a, ""
 }
 
-func parseAddrField(fs *fields, field, s string) (netip.Addr, bool) {
-	a, msg := parseIP(s)
-	if msg != "" {
-		fs.errorf(field, "%s", msg)
-		return netip.Addr{}, false
-	}
-	return a, true
-}
-
 // parseTo parses the backend: "IP", "IP:port", "IP:lo-hi", "[IPv6]",
 // "[IPv6]:port", "[IPv6]:lo-hi" or a bare IPv6 address.
 func parseTo(fs *fields, s string) (netip.Addr, PortRange) {
@@ -361,7 +352,7 @@ func parseSources(fs *fields, v any, to netip.Addr) []netip.Prefix {
 			prefixes = append(prefixes, p)
 		}
 	}
-	slices.SortFunc(prefixes, comparePrefix)
+	slices.SortFunc(prefixes, netip.Prefix.Compare)
 	for i := 1; i < len(prefixes); i++ {
 		switch a, b := prefixes[i-1], prefixes[i]; {
 		case a == b:
@@ -396,13 +387,6 @@ func parseSource(s string) (netip.Prefix, string) {
 		return netip.Prefix{}, fmt.Sprintf("%s has host bits set; write %s (an allow-list must never be wider than written)", s, p.Masked())
 	}
 	return p, ""
-}
-
-func comparePrefix(a, b netip.Prefix) int {
-	if c := a.Addr().Compare(b.Addr()); c != 0 {
-		return c
-	}
-	return a.Bits() - b.Bits()
 }
 
 func parseSNAT(fs *fields, v any, to netip.Addr) SNAT {
