@@ -213,6 +213,11 @@ var errDoubt = errors.New("decode the files whole")
 // decodeDocument decodes the blocks todo as one document.
 func decodeDocument(out []Forward, texts []string, todo []int) error {
 	var doc strings.Builder
+	n := 0
+	for _, k := range todo {
+		n += len(texts[k]) + 1
+	}
+	doc.Grow(n)
 	for _, k := range todo {
 		doc.WriteString(texts[k])
 		if !strings.HasSuffix(texts[k], "\n") { // the file's last block
