@@ -67,12 +67,16 @@ func ForwardFields(f *Forward) [][2]string {
 	if !f.Local() {
 		addr = q(f.Address.String())
 	}
-	to := f.To.String()
-	if f.To.Is6() && !f.ToPort.IsZero() {
-		to = "[" + to + "]"
-	}
-	if !f.ToPort.IsZero() {
-		to += ":" + f.ToPort.String()
+	to := q(Backend{To: f.To, ToPort: f.ToPort}.String())
+	if f.Balanced() {
+		tos := make([]string, len(f.Backends))
+		for i, b := range f.Backends {
+			tos[i] = q(b.String())
+			if weighted(f) {
+				tos[i] = fmt.Sprintf("{to = %s, weight = %d}", tos[i], b.Weight)
+			}
+		}
+		to = "[" + strings.Join(tos, ", ") + "]"
 	}
 	sources := make([]string, len(f.Sources))
 	for i, s := range f.Sources {
@@ -85,16 +89,36 @@ func ForwardFields(f *Forward) [][2]string {
 	case SNATFixed:
 		snat = q(f.SNAT.Addr.String())
 	}
+	h := f.Health
+	health := fmt.Sprintf("{check = %q, interval = %q, timeout = %q, fall = %d, rise = %d", h.Check, h.Interval, h.Timeout, h.Fall, h.Rise)
+	if h.Path != "" {
+		health += fmt.Sprintf(", path = %q", h.Path)
+	}
+	health += "}"
 	return [][2]string{
 		{"proto", proto},
 		{"port", q(f.Port.String())},
 		{"address", addr},
-		{"to", q(to)},
+		{"to", to},
 		{"interface", q(f.Interface)},
 		{"sources", "[" + strings.Join(sources, ", ") + "]"},
 		{"snat", snat},
 		{"log", strconv.FormatBool(f.Log)},
+		{"balance", q(string(f.Balance))},
+		{"health", health},
+		{"on_change", q(string(f.OnChange))},
 	}
+}
+
+// weighted reports whether the forward's backends have weights other than
+// 1, which only [[forward.backend]] tables can say.
+func weighted(f *Forward) bool {
+	for _, b := range f.Backends {
+		if b.Weight != 1 {
+			return true
+		}
+	}
+	return false
 }
 
 func forwardFields(a, b *Forward) []FieldChange {
@@ -173,7 +197,14 @@ func (c *Config) TOML() []byte {
 		f := &c.Forwards[i]
 		b.WriteString("[[forward]]\nname = " + strconv.Quote(f.Name) + "\n")
 		for _, kv := range ForwardFields(f) {
-			b.WriteString(kv[0] + " = " + kv[1] + "\n")
+			if kv[0] != "to" || !weighted(f) {
+				b.WriteString(kv[0] + " = " + kv[1] + "\n")
+			}
+		}
+		if weighted(f) {
+			for _, be := range f.Backends {
+				fmt.Fprintf(&b, "[[forward.backend]]\nto = %q\nweight = %d\n", be, be.Weight)
+			}
 		}
 		b.WriteString("\n")
 	}
