@@ -194,8 +194,8 @@ func fromBlocks(srcs []source, splits []split, cache map[string]*Forward) (*Conf
 const blocksPerDocument = 4096
 
 // decodeBlocks decodes the blocks todo of texts into out, in documents
-// decoded in parallel (one per CPU), and reports whether each block decoded as one valid forward and nothing
-// else.
+// decoded in parallel (one per CPU), and reports whether each block decoded
+// as one valid forward and nothing else.
 func decodeBlocks(out []Forward, texts []string, todo []int) bool {
 	var g errgroup.Group
 	g.SetLimit(runtime.GOMAXPROCS(0))

@@ -1,8 +1,13 @@
-// Package config turns fwdd's TOML file into a validated, immutable Config.
+// Package config turns fwdd's TOML files into a validated, immutable Config.
 //
-// The file is decoded into raw structs (pointers tell "unset" from "zero"),
-// then validated into the typed values below. Nothing outside this package
-// sees the raw form.
+// Every parse goes the same way (cache.go): each file is cut at its
+// [[forward]] headers, the blocks not seen before are decoded with
+// BurntSushi/toml into the library's own maps, which keep each key as
+// written, and each table is validated into the typed values below
+// (parse.go, forward.go, balance.go), then the forwards against each other
+// (overlap.go). When anything is wrong the files are decoded whole, and a
+// scan of the text (scan.go) finds the line of each key for the messages
+// (errors.go). Nothing outside this package sees the decoded maps.
 package config
 
 import (
