@@ -112,16 +112,14 @@ type block struct {
 func splitBlocks(text string) split {
 	var s split
 	var starts []int
-	for off, line := 0, 1; off < len(text); line++ {
-		next := len(text)
-		if i := strings.IndexByte(text[off:], '\n'); i >= 0 {
-			next = off + i + 1
-		}
-		if h := trimBlank(text[off:next]); strings.HasPrefix(h, "[[") && isForwardHeader(h) {
+	off, n := 0, 0
+	for line := range strings.Lines(text) {
+		n++
+		if h := trimBlank(line); strings.HasPrefix(h, "[[") && isForwardHeader(h) {
 			starts = append(starts, off)
-			s.blocks = append(s.blocks, block{line: line})
+			s.blocks = append(s.blocks, block{line: n})
 		}
-		off = next
+		off += len(line)
 	}
 	starts = append(starts, len(text))
 	for k := range s.blocks {

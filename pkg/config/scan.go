@@ -61,13 +61,9 @@ func scanPositions(text string) *positions {
 	p := &positions{}
 	cur := &p.top
 	depth, multiline := 0, "" // open [ and { of a value; the delimiter of an open multi-line string
-	for n, rest := 1, text; rest != ""; n++ {
-		line := rest
-		if i := strings.IndexByte(rest, '\n'); i >= 0 {
-			line, rest = rest[:i], rest[i+1:]
-		} else {
-			rest = ""
-		}
+	n := 0
+	for line := range strings.Lines(text) {
+		n++
 		value := line
 		if multiline != "" {
 			i := closeString(value, multiline)
