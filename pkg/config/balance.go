@@ -102,15 +102,15 @@ func parseBalancing(fs *fields, t map[string]any, lines *keyLines, f *Forward) {
 		return
 	}
 	var bs []Backend
-	var lineOf []int // where each backend's problems are reported
-	add := func(bfs *fields, s string, weight func() int) bool {
+	var at []*fields // where each backend's problems are reported
+	add := func(bfs *fields, s string, weight any) bool {
 		a, p := parseTo(bfs, s)
 		if a.IsValid() {
-			bs, lineOf = append(bs, Backend{To: a, ToPort: p, Weight: weight()}), append(lineOf, bfs.lines.line("to"))
+			w := int(bfs.integer("weight", weight, 1, 1, MaxWeight))
+			bs, at = append(bs, Backend{To: a, ToPort: p, Weight: w}), append(at, bfs)
 		}
 		return a.IsValid()
 	}
-	one := func() int { return 1 }
 	switch v := to.(type) {
 	case nil:
 		tables, ok := list.([]map[string]any)
@@ -134,7 +134,7 @@ func parseBalancing(fs *fields, t map[string]any, lines *keyLines, f *Forward) {
 			if ok && s == "" {
 				bfs.errorf("to", "required in every [[forward.backend]]; %s", toHint)
 			}
-			if s == "" || !add(bfs, s, func() int { return int(bfs.integer("weight", bt["weight"], 1, 1, MaxWeight)) }) {
+			if s == "" || !add(bfs, s, bt["weight"]) {
 				return
 			}
 		}
@@ -143,7 +143,7 @@ func parseBalancing(fs *fields, t map[string]any, lines *keyLines, f *Forward) {
 			fs.errorf("to", "required; %s", toHint)
 			return
 		}
-		if !add(fs, v, one) {
+		if !add(fs, v, nil) {
 			return
 		}
 	case []any:
@@ -157,7 +157,7 @@ func parseBalancing(fs *fields, t map[string]any, lines *keyLines, f *Forward) {
 				fs.errorf("to", "list elements must be backend addresses (%s), not %s", toHint, tomlType(e))
 				return
 			}
-			if !add(fs, s, one) {
+			if !add(fs, s, nil) {
 				return
 			}
 		}
@@ -170,7 +170,7 @@ func parseBalancing(fs *fields, t map[string]any, lines *keyLines, f *Forward) {
 		return
 	}
 	for i, b := range bs {
-		at := &fields{ps: fs.ps, lines: &keyLines{header: lineOf[i]}, forward: fs.forward, name: fs.name}
+		at := at[i]
 		switch {
 		case b.To.Is4() != bs[0].To.Is4():
 			at.errorf("to", "backend %s is %s but backend %s is %s; all backends of a forward must be one family", b, family(b.To), bs[0], family(bs[0].To))
