@@ -118,7 +118,7 @@ func parseBalancing(fs *fields, t map[string]any, lines *keyLines, f *Forward) {
 			fs.errorf("backend", "must be [[forward.backend]] tables, each with to and weight, not %s", tomlType(list))
 			return
 		}
-		subs := lines.subs["backend"]
+		subs := lines.backends
 		for i, bt := range tables {
 			kl := &keyLines{header: lines.line("backend")}
 			if i < len(subs) {
