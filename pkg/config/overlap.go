@@ -20,25 +20,22 @@ import (
 // are still open. The cost is O(n log n) plus the number of candidates that
 // share port, address and interface but differ in sources.
 func checkOverlaps(ps *problems, fwds []Forward, valid []bool) {
-	type groupKey struct {
-		v6    bool
-		proto Proto
-	}
-	type group struct{ local, specific []int }
-	groups := make(map[groupKey]*group)
+	// One group per family and protocol: IPv4 TCP, IPv4 UDP, IPv6 TCP, IPv6 UDP.
+	var groups [4]struct{ local, specific []int }
 	for i := range fwds {
 		if !valid[i] {
 			continue
 		}
 		f := &fwds[i]
 		for _, p := range f.Protos {
-			k := groupKey{f.IPv6(), p}
-			g := groups[k]
-			if g == nil {
-				g = &group{}
-				groups[k] = g
+			k := 0
+			if f.IPv6() {
+				k = 2
 			}
-			if f.Local() {
+			if p == UDP {
+				k++
+			}
+			if g := &groups[k]; f.Local() {
 				g.local = append(g.local, i)
 			} else {
 				g.specific = append(g.specific, i)
@@ -46,11 +43,8 @@ func checkOverlaps(ps *problems, fwds []Forward, valid []bool) {
 		}
 	}
 	o := &overlapChecker{ps: ps, fwds: fwds, reported: make(map[[2]int]bool)}
-	for _, k := range []groupKey{{false, TCP}, {false, UDP}, {true, TCP}, {true, UDP}} {
-		g := groups[k]
-		if g == nil {
-			continue
-		}
+	for k := range groups {
+		g := &groups[k]
 		o.sortByPort(g.local)
 		o.sweep(g.local, nil)
 		if len(g.local) > 0 {
