@@ -133,7 +133,7 @@ func forwardFields(a, b *Forward) []FieldChange {
 }
 
 // sectionFields compares two values of a section struct field by field; the
-// keys are the struct fields' names in the file's snake_case.
+// keys are the fields' key tags.
 func sectionFields(section string, a, b any) []FieldChange {
 	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
 	var out []FieldChange
@@ -142,29 +142,10 @@ func sectionFields(section string, a, b any) []FieldChange {
 		if reflect.DeepEqual(x, y) {
 			continue
 		}
-		out = append(out, FieldChange{Field: section + "." + snake(va.Type().Field(i).Name),
+		out = append(out, FieldChange{Field: section + "." + va.Type().Field(i).Tag.Get("key"),
 			Old: fmt.Sprintf("%v", x), New: fmt.Sprintf("%v", y)})
 	}
 	return out
-}
-
-// snake turns a Go field name into the file's key: IPForward -> ip_forward,
-// ConntrackMax -> conntrack_max.
-func snake(name string) string {
-	var b strings.Builder
-	runes := []rune(name)
-	for i, r := range runes {
-		upper := r >= 'A' && r <= 'Z'
-		if upper && i > 0 {
-			prevLower := runes[i-1] >= 'a' && runes[i-1] <= 'z'
-			nextLower := i+1 < len(runes) && runes[i+1] >= 'a' && runes[i+1] <= 'z'
-			if prevLower || (nextLower && runes[i-1] >= 'A' && runes[i-1] <= 'Z') {
-				b.WriteByte('_')
-			}
-		}
-		b.WriteString(strings.ToLower(string(r)))
-	}
-	return b.String()
 }
 
 // TOML renders the configuration as a file that parses back to it (every
@@ -188,7 +169,7 @@ func (c *Config) TOML() []byte {
 			if f.Kind() == reflect.String {
 				val = fmt.Sprintf("%q", f.String())
 			}
-			fmt.Fprintf(&b, "%s = %s\n", snake(v.Type().Field(i).Name), val)
+			fmt.Fprintf(&b, "%s = %s\n", v.Type().Field(i).Tag.Get("key"), val)
 		}
 		b.WriteString("\n")
 	}

@@ -80,15 +80,6 @@ snat = "none"
 	}
 }
 
-func TestSnake(t *testing.T) {
-	for in, want := range map[string]string{"IPForward": "ip_forward", "ConntrackMax": "conntrack_max", "RPFilter": "rp_filter",
-		"Table": "table", "OnStop": "on_stop", "WarnPercent": "warn_percent", "LogLevel": "log_level"} {
-		if got := snake(in); got != want {
-			t.Errorf("snake(%s) = %s, want %s", in, got, want)
-		}
-	}
-}
-
 func TestTOMLRoundTrip(t *testing.T) {
 	c, err := Parse("c.toml", []byte(`
 [daemon]
