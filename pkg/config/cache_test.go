@@ -610,3 +610,41 @@ func TestParserCacheLimit(t *testing.T) {
 		t.Errorf("nothing cached under the limit")
 	}
 }
+
+// TestParserFilesMatchWhole checks the block path against the whole-file
+// decode on configurations of a main file and a file of its config
+// directory, random ones with and without mistakes, through one Parser.
+func TestParserFilesMatchWhole(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 12))
+	var p Parser
+	failed := 0
+	for round := range 60 {
+		f := newRandomFile(rng, 2+rng.IntN(20), round%3 != 0)
+		k := rng.IntN(len(f.blocks) + 1)
+		dropIn := strings.Join(f.blocks[k:], "")
+		if round%10 == 0 {
+			dropIn = "[daemon]\n" + dropIn
+		}
+		srcs := []source{{path: "lab.toml", text: f.pre + strings.Join(f.blocks[:k], "")}, {path: "lab.d/10-x.toml", text: dropIn}}
+		ps := newProblems(srcs)
+		if _, ok := checkLimits(ps, srcs, MaxFileSize, MaxForwards); !ok {
+			t.Fatal(ps.err())
+		}
+		want, wantErr := parseWhole(ps, srcs)
+		if wantErr != nil {
+			failed++
+		}
+		for _, parse := range []func([]source) (*Config, error){parseFiles, p.parse} {
+			got, err := parse(srcs)
+			if d := cmp.Diff(problemText(wantErr), problemText(err)); d != "" {
+				t.Fatalf("round %d: errors (-whole +blocks):\n%s", round, d)
+			}
+			if d := cmp.Diff(want, got, cmpOpts); d != "" {
+				t.Fatalf("round %d: config (-whole +blocks):\n%s", round, d)
+			}
+		}
+	}
+	if failed < 15 || failed > 45 {
+		t.Errorf("poor coverage: %d invalid of 60", failed)
+	}
+}
