@@ -87,7 +87,7 @@ func (f *Forward) Balanced() bool { return len(f.Backends) > 1 }
 // parseBalancing reads to (a string or a list), [[forward.backend]],
 // balance, health and on_change into f. To and ToPort are the first
 // backend's, so code that knows one backend sees it there.
-func parseBalancing(fs *fields, t map[string]any, lines *keyLines, f *Forward) {
+func parseBalancing(fs *fields, t map[string]any, f *Forward) {
 	f.Balance = Balance(fs.oneOf("balance", t["balance"], string(BalanceRandom), string(BalanceRandom), string(BalanceSource)))
 	f.OnChange = OnChange(fs.oneOf("on_change", t["on_change"], string(OnChangeKeep), string(OnChangeKeep), string(OnChangeCut)))
 	f.Health = parseHealth(fs, t["health"])
@@ -118,9 +118,9 @@ func parseBalancing(fs *fields, t map[string]any, lines *keyLines, f *Forward) {
 			fs.errorf("backend", "must be [[forward.backend]] tables, each with to and weight, not %s", tomlType(list))
 			return
 		}
-		subs := lines.backends
+		subs := fs.lines.backends
 		for i, bt := range tables {
-			kl := &keyLines{header: lines.line("backend")}
+			kl := &keyLines{header: fs.lines.line("backend")}
 			if i < len(subs) {
 				kl = subs[i]
 			}

@@ -13,18 +13,14 @@ const (
 	toHint   = `must be "IP", "IP:port", "IP:lo-hi", "[IPv6]", "[IPv6]:port" or "[IPv6]:lo-hi"`
 )
 
-// parseForward validates one [[forward]]; problems go to ps.
-func parseForward(ps *problems, i int, t map[string]any, lines *keyLines) Forward {
-	f := Forward{Line: lines.header}
-	// where is only spelled out for a problem: most forwards have none.
-	fs := &fields{ps: ps, forward: i + 1, lines: lines}
-
+// parseForward validates one [[forward]]; problems go to fs.
+func parseForward(fs *fields, t map[string]any) Forward {
+	f := Forward{Line: fs.lines.header}
 	switch name, ok := fs.str("name", t["name"], ""); {
 	case !ok:
 	case name == "":
 		fs.errorf("name", "required; must be 1-32 of a-z, 0-9, '_' or '-', starting with a letter or digit")
 	default:
-		fs.name = name
 		if forwardNameRE.MatchString(name) {
 			f.Name = name
 		} else {
@@ -35,7 +31,7 @@ func parseForward(ps *problems, i int, t map[string]any, lines *keyLines) Forwar
 	f.Protos = parseProtos(fs, t["proto"])
 	f.Port = parsePortValue(fs, t["port"])
 
-	parseBalancing(fs, t, lines, &f)
+	parseBalancing(fs, t, &f)
 
 	if s, ok := fs.str("address", t["address"], ""); ok && s != "" {
 		switch a, msg := parseIP(s); {

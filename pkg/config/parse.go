@@ -183,7 +183,7 @@ func decodeFile(ps *problems, src source, dropIn bool, fl *forwardList) *fileRes
 				continue
 			}
 			tables[key] = t
-			unknownKeys(ps, key, key, t, pos.section(key))
+			unknownKeys(&fields{ps: ps, where: key, lines: pos.section(key)}, key, t)
 		}
 	}
 	if !dropIn {
@@ -218,8 +218,13 @@ func decodeFile(ps *problems, src source, dropIn bool, fl *forwardList) *fileRes
 
 // validateForward checks the keys of forward #i+1 and validates it.
 func validateForward(ps *problems, i int, t map[string]any, kl *keyLines) Forward {
-	unknownKeys(ps, "forward", forwardWhere(i, t), t, kl)
-	return parseForward(ps, i, t, kl)
+	// where is only spelled out for a problem: most forwards have none.
+	fs := &fields{ps: ps, forward: i + 1, lines: kl}
+	if name, ok := t["name"].(string); ok {
+		fs.name = name
+	}
+	unknownKeys(fs, "forward", t)
+	return parseForward(fs, t)
 }
 
 // forwardTables returns the [[forward]] entries of a file.
@@ -251,11 +256,11 @@ func forwardTables(ps *problems, pos *positions, v any) []map[string]any {
 }
 
 // unknownKeys reports the keys of a table that are not allowed.
-func unknownKeys(ps *problems, table, where string, t map[string]any, kl *keyLines) {
+func unknownKeys(fs *fields, table string, t map[string]any) {
 	allowed := allowedKeys[table]
 	for key := range t {
 		if !slices.Contains(allowed, key) {
-			ps.add(kl.line(key), where, "", "unknown key %s%s; allowed: %s", quote(key), caseHint(key, table), strings.Join(allowed, ", "))
+			fs.ps.add(fs.lines.line(key), fs.at(), "", "unknown key %s%s; allowed: %s", quote(key), caseHint(key, table), strings.Join(allowed, ", "))
 		}
 	}
 }
@@ -314,13 +319,6 @@ func oneLine(s string) string {
 	return b.String()
 }
 
-func forwardWhere(i int, t map[string]any) string {
-	if name, ok := t["name"].(string); ok && name != "" {
-		return "forward " + quote(name)
-	}
-	return fmt.Sprintf("forward #%d", i+1)
-}
-
 // fields reports problems with the keys of one table.
 type fields struct {
 	ps    *problems
@@ -332,14 +330,18 @@ type fields struct {
 }
 
 func (fs *fields) errorf(field, format string, args ...any) {
-	where := fs.where
+	fs.ps.add(fs.lines.line(field), fs.at(), field, format, args...)
+}
+
+// at says where the table is, for a problem.
+func (fs *fields) at() string {
 	switch {
 	case fs.name != "":
-		where = "forward " + quote(fs.name)
+		return "forward " + quote(fs.name)
 	case fs.forward > 0:
-		where = fmt.Sprintf("forward #%d", fs.forward)
+		return fmt.Sprintf("forward #%d", fs.forward)
 	}
-	fs.ps.add(fs.lines.line(field), where, field, format, args...)
+	return fs.where
 }
 
 func (fs *fields) str(field string, v any, def string) (string, bool) {
