@@ -122,47 +122,41 @@ func nftRun(t *testing.T, topo *sandbox.Topology, script string) {
 	}
 }
 
-// greet dials addr from host and returns the backend's greeting: "<server> <remote>".
-func greet(t *testing.T, h *sandbox.Host, addr string, opts ...sandbox.DialOption) (string, error) {
-	t.Helper()
+// greet reaches addr from host over proto (a TCP connection, or one UDP
+// datagram) and returns the server's answer: "<server> <remote>".
+func greet(h *sandbox.Host, proto, addr string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	c, g, err := h.DialTCP(ctx, addr, opts...)
-	if err != nil {
-		return "", err
-	}
-	c.Close()
-	return g, nil
+	return h.Greet(ctx, proto, addr)
 }
 
+// mustGreet fails t unless a TCP connection from h to addr is answered
+// with a greeting starting with want; mustAsk the same for a UDP datagram.
 func mustGreet(t *testing.T, h *sandbox.Host, addr, want string) {
 	t.Helper()
-	g, err := greet(t, h, addr)
+	mustAnswer(t, h, "tcp", addr, want)
+}
+
+func mustAsk(t *testing.T, h *sandbox.Host, addr, want string) {
+	t.Helper()
+	mustAnswer(t, h, "udp", addr, want)
+}
+
+func mustAnswer(t *testing.T, h *sandbox.Host, proto, addr, want string) {
+	t.Helper()
+	g, err := greet(h, proto, addr)
 	if err != nil {
-		t.Fatalf("%s -> %s: %v", h.Name, addr, err)
+		t.Fatalf("%s %s -> %s: %v", proto, h.Name, addr, err)
 	}
 	if !strings.HasPrefix(g, want) {
-		t.Fatalf("%s -> %s: greeting %q, want prefix %q", h.Name, addr, g, want)
+		t.Fatalf("%s %s -> %s: answer %q, want prefix %q", proto, h.Name, addr, g, want)
 	}
 }
 
 func mustNotReach(t *testing.T, h *sandbox.Host, addr string) {
 	t.Helper()
-	if g, err := greet(t, h, addr); err == nil {
+	if g, err := greet(h, "tcp", addr); err == nil {
 		t.Fatalf("%s -> %s: reached %q, want no forward", h.Name, addr, g)
-	}
-}
-
-func mustAsk(t *testing.T, h *sandbox.Host, addr, want string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	r, err := h.AskUDP(ctx, addr, []byte("hi"))
-	if err != nil {
-		t.Fatalf("udp %s -> %s: %v", h.Name, addr, err)
-	}
-	if !strings.HasPrefix(r, want) {
-		t.Fatalf("udp %s -> %s: reply %q, want prefix %q", h.Name, addr, r, want)
 	}
 }
 

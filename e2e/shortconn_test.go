@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -76,28 +75,11 @@ type netip4Port struct {
 // tcpExt reads one TcpExt counter of h's namespace.
 func tcpExt(t *testing.T, h *sandbox.Host, name string) int64 {
 	t.Helper()
-	out, err := h.Run(ctxT(t), "cat", "/proc/net/netstat")
+	v, err := h.TCPExt(ctxT(t), name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	lines := strings.Split(string(out), "\n")
-	for i := 0; i+1 < len(lines); i += 2 {
-		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
-		if len(names) == 0 || names[0] != "TcpExt:" || len(names) != len(values) {
-			continue
-		}
-		for j, n := range names {
-			if n == name {
-				v, err := strconv.ParseInt(values[j], 10, 64)
-				if err != nil {
-					t.Fatal(err)
-				}
-				return v
-			}
-		}
-	}
-	t.Fatalf("no TcpExt %s in %s's /proc/net/netstat", name, h.Name)
-	return 0
+	return v
 }
 
 // TestKernelBalanceShortConnections: many short connections from a few

@@ -29,24 +29,17 @@ import (
 )
 
 func main() {
-	fs := flag.NewFlagSet("fwdd-demo", flag.ExitOnError)
-	bin := fs.String("fwdd", "bin/fwdd", "path of the fwdd binary (make build)")
-	keep := fs.Bool("keep", false, "pause before cleaning up, to look around in the sandbox")
-	_ = fs.Parse(os.Args[1:])
-	if os.Geteuid() != 0 {
-		fmt.Fprintln(os.Stderr, "fwdd-demo needs root to create network namespaces; run: sudo make demo")
-		os.Exit(1)
-	}
-	abs, err := filepath.Abs(*bin)
-	if fi, serr := os.Stat(abs); err != nil || serr != nil || fi.Mode().Perm()&0o111 == 0 {
+	bin := flag.String("fwdd", "bin/fwdd", "path of the fwdd binary (make build)")
+	keep := flag.Bool("keep", false, "pause before cleaning up, to look around in the sandbox")
+	flag.Parse()
+	abs, _ := filepath.Abs(*bin)
+	if fi, err := os.Stat(abs); err != nil || fi.Mode().Perm()&0o111 == 0 {
 		fmt.Fprintf(os.Stderr, "fwdd-demo: %s is not an executable (build it with: make build)\n", *bin)
 		os.Exit(1)
 	}
-
-	// The first Ctrl-C (or SIGTERM) cancels ctx: the step under way fails
-	// fast and the teardown runs. Later signals are only reported, so they
-	// cannot cut the teardown short. Everything the sandbox starts runs in
-	// a process group of its own, out of reach of the terminal's Ctrl-C.
+	// The first Ctrl-C (or SIGTERM) cancels ctx: the step under way fails and
+	// the teardown runs; later signals cannot cut it short. What the sandbox
+	// starts runs in a process group of its own, out of the terminal's reach.
 	ctx, cancel := context.WithCancelCause(context.Background())
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
@@ -56,22 +49,21 @@ func main() {
 			fmt.Fprintf(os.Stderr, "fwdd-demo: %v: still cleaning up, please wait\n", sig)
 		}
 	}()
-	d := &demo{bin: abs, started: time.Now()}
+	d := &demo{bin: abs}
 	os.Exit(d.run(ctx, *keep))
 }
 
 // demo is one run.
 type demo struct {
 	bin     string
-	started time.Time
-	section int
 	topo    *sandbox.Topology
 	fwdd    *harness.Daemon
-	shown   int              // daemon log lines already shown
-	servers map[string]peers // by address
+	shown   int                       // daemon log lines already shown
+	servers map[string]sandbox.Server // by address
 }
 
 func (d *demo) run(ctx context.Context, keep bool) int {
+	started := time.Now()
 	fmt.Println("fwdd demo: real forwarding, real traffic, in a throwaway sandbox of network namespaces.")
 	err := d.steps(ctx)
 	if err != nil {
@@ -79,8 +71,7 @@ func (d *demo) run(ctx context.Context, keep bool) int {
 		if d.fwdd != nil {
 			d.showLog("fwdd's log since the last excerpt:")
 		}
-	}
-	if keep && err == nil {
+	} else if keep {
 		d.pause(ctx)
 	}
 	if terr := d.teardown(); terr != nil {
@@ -93,12 +84,13 @@ func (d *demo) run(ctx context.Context, keep bool) int {
 	case err != nil:
 		return 1
 	}
-	fmt.Printf("\ndemo passed in %.1fs\n", time.Since(d.started).Seconds())
+	fmt.Printf("\ndemo passed in %.1fs\n", time.Since(started).Seconds())
 	return 0
 }
 
+// steps runs the demo's steps; the first to fail (or an interrupt) ends it.
 func (d *demo) steps(ctx context.Context) error {
-	for _, step := range []struct {
+	for i, step := range []struct {
 		title string
 		fn    func(context.Context) error
 	}{
@@ -110,27 +102,23 @@ func (d *demo) steps(ctx context.Context) error {
 		{"Change the config and reload", d.reload},
 		{"A broken config is refused", d.brokenReload},
 	} {
-		if err := context.Cause(ctx); err != nil {
-			return err
+		banner(fmt.Sprintf("%d. %s", i+1, step.title))
+		err := step.fn(ctx)
+		if cause := context.Cause(ctx); cause != nil {
+			err = cause
 		}
-		d.header(step.title)
-		if err := step.fn(ctx); err != nil {
-			if cause := context.Cause(ctx); cause != nil {
-				err = cause
-			}
+		if err != nil {
 			return fmt.Errorf("%s: %w", step.title, err)
 		}
 	}
 	return nil
 }
 
-func (d *demo) buildSandbox(context.Context) error {
-	topo, err := sandbox.Build(sandbox.Options{Base: "fwdd_demo", NoClient2: true})
-	if err != nil {
+func (d *demo) buildSandbox(context.Context) (err error) {
+	if d.topo, err = sandbox.Build(sandbox.Options{Base: "fwdd_demo", NoClient2: true}); err != nil {
 		return err
 	}
-	d.topo = topo
-	say("network namespaces %s-{client,gateway,backend,other}", topo.Prefix)
+	say("network namespaces %s-{client,gateway,backend,other}", d.topo.Prefix)
 	say("(ip netns list shows them; the host's own interfaces, routes and firewall are left alone)")
 	block(`
 client  10.11.0.2 --- cli0 10.11.0.1 [ gateway ] bak0 10.22.0.1 --- 10.22.0.2 backend
@@ -141,10 +129,9 @@ client  10.11.0.2 --- cli0 10.11.0.1 [ gateway ] bak0 10.22.0.1 --- 10.22.0.2 ba
 }
 
 func (d *demo) startFwdd(ctx context.Context) error {
-	cfg := render(firstForwards)
+	cfg := config(web, dns, web6, direct, appRange)
 	fwdd, err := harness.Start(d.topo.Gateway, cfg, harness.Options{Bin: d.bin})
-	d.fwdd = fwdd
-	if err != nil {
+	if d.fwdd = fwdd; err != nil {
 		return err
 	}
 	say("%s (root, 0640):", fwdd.ConfigPath)
@@ -181,13 +168,10 @@ func (d *demo) firstTraffic(ctx context.Context) error {
 }
 
 func (d *demo) status(context.Context) error {
-	cmdLine("fwdd status -c %s", d.fwdd.ConfigPath)
-	out, err := d.fwdd.Command("status")
-	block(out)
-	if err == nil && !strings.Contains(out, "present, matches") {
-		err = errors.New("fwdd status does not report the table as present and matching the config")
+	if out, err := d.fwddCommand("status"); err != nil || !strings.Contains(out, "present, matches") {
+		return fmt.Errorf("fwdd status (%v) does not report the table as present and matching the config", err)
 	}
-	return err
+	return nil
 }
 
 func (d *demo) reload(ctx context.Context) error {
@@ -198,17 +182,16 @@ func (d *demo) reload(ctx context.Context) error {
 	defer held.Close()
 	say(`open a connection to "direct" (10.11.0.1:81) and keep it: %q`, greeting)
 	say("")
-	say(`change fwdd.toml: "web" goes to port 8081 now, "app-range" is removed, and "admin" added:`)
-	block(render(adminForward))
-	if err := d.fwdd.WriteConfig(render(secondForwards())); err != nil {
+	say("change fwdd.toml; fwdd diff tells what a reload would change, and the batch it would send:")
+	if err := d.fwdd.WriteConfig(changed); err != nil {
 		return err
 	}
+	if out, _ := d.fwddCommand("diff", "--state-dir", d.fwdd.StateDir); !strings.Contains(out, "+ forward admin") {
+		return errors.New(`fwdd diff does not list "admin" as added`)
+	}
 	say("")
-	cmdLine("fwdd reload -c %s --state-dir %s", d.fwdd.ConfigPath, d.fwdd.StateDir)
 	n := len(d.fwdd.Log())
-	out, err := d.fwdd.ReloadCommand()
-	block(out)
-	if err != nil {
+	if _, err := d.fwddCommand("reload", "--state-dir", d.fwdd.StateDir); err != nil {
 		return err
 	}
 	line, err := d.fwdd.WaitLog(n, "reloaded", 5*time.Second)
@@ -241,19 +224,16 @@ func (d *demo) reload(ctx context.Context) error {
 
 func (d *demo) brokenReload(ctx context.Context) error {
 	say("add a forward with an impossible port:")
-	block(render(brokenForward))
+	block(broken)
 	before, err := d.topo.Gateway.Run(ctx, "nft", "list", "ruleset")
 	if err != nil {
 		return err
 	}
-	if err := d.fwdd.WriteConfig(render(append(secondForwards(), brokenForward...))); err != nil {
+	if err := d.fwdd.WriteConfig(config(changed, broken)); err != nil {
 		return err
 	}
 	say("")
-	cmdLine("fwdd reload -c %s --state-dir %s", d.fwdd.ConfigPath, d.fwdd.StateDir)
-	out, err := d.fwdd.ReloadCommand()
-	block(out)
-	if err == nil {
+	if _, err = d.fwddCommand("reload", "--state-dir", d.fwdd.StateDir); err == nil {
 		return errors.New("fwdd reload accepted a broken config")
 	}
 	say("(%v; the daemon was not even signalled)", errors.Unwrap(err))
@@ -278,8 +258,7 @@ func (d *demo) brokenReload(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	// The good file back, for `fwdd status` in the --keep pause.
-	return d.fwdd.WriteConfig(render(secondForwards()))
+	return d.fwdd.WriteConfig(changed) // for `fwdd status` in the --keep pause
 }
 
 // pause waits for Enter or a signal (--keep).
@@ -289,12 +268,8 @@ func (d *demo) pause(ctx context.Context) {
 	say("  sudo ip netns exec %s-gateway nft list table inet fwdd", d.topo.Prefix)
 	say("  sudo ip netns exec %s-gateway %s status -c %s", d.topo.Prefix, d.bin, d.fwdd.ConfigPath)
 	say(`  sudo ip netns exec %s-client bash -c 'exec 3<>/dev/tcp/10.11.0.1/80; head -1 <&3'`, d.topo.Prefix)
-	enter := make(chan struct{})
-	go func() {
-		if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err == nil {
-			close(enter)
-		}
-	}()
+	enter := make(chan error, 1)
+	go func() { _, err := bufio.NewReader(os.Stdin).ReadString('\n'); enter <- err }()
 	select {
 	case <-ctx.Done():
 	case <-enter:
@@ -304,8 +279,7 @@ func (d *demo) pause(ctx context.Context) {
 // teardown stops fwdd (SIGTERM: STOPPING=1, exit status 0), checks that
 // its table is gone, and removes the sandbox.
 func (d *demo) teardown() error {
-	d.section = 7
-	d.header("Stop fwdd and remove the sandbox")
+	banner("8. Stop fwdd and remove the sandbox")
 	if d.topo == nil {
 		say("nothing to remove; your host's network was not touched")
 		return nil
@@ -316,9 +290,10 @@ func (d *demo) teardown() error {
 		errs = append(errs, d.fwdd.Stop())
 		d.showLog("fwdd's log:")
 		cmdLine("fwdd status -c %s", d.fwdd.ConfigPath)
-		out, _ := d.fwdd.Command("status")
-		block(firstLine(out))
-		if !strings.Contains(firstLine(out), "absent") {
+		out, _ := d.fwdd.Command("status") // exit status 3: no table
+		out, _, _ = strings.Cut(out, "\n")
+		block(out)
+		if !strings.Contains(out, "absent") {
 			errs = append(errs, errors.New(`table "inet fwdd" still there after fwdd stopped`))
 		}
 	}

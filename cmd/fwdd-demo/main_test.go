@@ -21,7 +21,7 @@ func newDemo(t *testing.T) *demo {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &demo{bin: bin, started: time.Now()}
+	return &demo{bin: bin}
 }
 
 // `make demo` passes: every step, and nothing left behind.

@@ -1,90 +1,64 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/BurntSushi/toml"
-
 	"github.com/fwdd/fwdd/internal/sandbox"
 )
 
-// ---- the configs: forwards, rendered with the TOML encoder ----
+// The forwards of the configs, one [[forward]] each (deploy/fwdd.toml explains every key).
 
-// forward is a [[forward]] of fwdd.toml (deploy/fwdd.toml explains every key).
-type forward struct {
-	Note    string   `toml:"-"` // written as a comment above it
-	Name    string   `toml:"name"`
-	Proto   string   `toml:"proto,omitempty"`
-	Port    any      `toml:"port"`
-	To      string   `toml:"to"`
-	SNAT    string   `toml:"snat,omitempty"`
-	Sources []string `toml:"sources,omitempty"`
-	Log     bool     `toml:"log,omitempty"`
-}
+const (
+	web = `# HTTP; the backend sees the gateway as the source (snat defaults to masquerade)
+[[forward]]
+name = "web"
+port = 80
+to = "10.22.0.2:8080"
+log = true`
+	dns = `[[forward]]
+name = "dns"
+proto = "udp"
+port = 53
+to = "10.22.0.2:5353"`
+	web6 = `# the same web server over IPv6
+[[forward]]
+name = "web6"
+port = 80
+to = "[fd22::2]:8080"`
+	direct = `# no source NAT: the backend sees the client (and must route its replies back here)
+[[forward]]
+name = "direct"
+port = 81
+to = "10.22.0.2:8080"
+snat = "none"`
+	appRange = `# a range mapped 1:1: 9000 -> 9100, ..., 9002 -> 9102
+[[forward]]
+name = "app-range"
+port = "9000-9002"
+to = "10.22.0.2:9100-9102"`
+	admin = `[[forward]]
+name = "admin"
+port = 82
+to = "10.22.0.2:8080"
+sources = ["10.11.0.0/24"]`
+	broken = `[[forward]]
+name = "broken"
+port = 70000
+to = "10.22.0.2"`
+)
 
-var firstForwards = []forward{
-	{Note: "HTTP; the backend sees the gateway as the source (snat defaults to masquerade)",
-		Name: "web", Port: 80, To: "10.22.0.2:8080", Log: true},
-	{Name: "dns", Proto: "udp", Port: 53, To: "10.22.0.2:5353"},
-	{Note: "the same web server over IPv6", Name: "web6", Port: 80, To: "[fd22::2]:8080"},
-	{Note: "no source NAT: the backend sees the client (and must route its replies back here)",
-		Name: "direct", Port: 81, To: "10.22.0.2:8080", SNAT: "none"},
-	{Note: "a range mapped 1:1: 9000 -> 9100, ..., 9002 -> 9102",
-		Name: "app-range", Port: "9000-9002", To: "10.22.0.2:9100-9102"},
-}
+// changed is the config after the change: "web" to port 8081, no "app-range", "admin" new.
+var changed = config(strings.Replace(web, ":8080", ":8081", 1), dns, web6, direct, admin)
 
-var adminForward = []forward{{Note: "only for clients in 10.11.0.0/24",
-	Name: "admin", Port: 82, To: "10.22.0.2:8080", Sources: []string{"10.11.0.0/24"}}}
-
-var brokenForward = []forward{{Name: "broken", Port: 70000, To: "10.22.0.2"}}
-
-// secondForwards: "web" moves to port 8081, "app-range" is gone, "admin" is new.
-func secondForwards() []forward {
-	var fs []forward
-	for _, f := range firstForwards {
-		switch f.Name {
-		case "web":
-			f.To = "10.22.0.2:8081"
-		case "app-range":
-			continue
-		}
-		fs = append(fs, f)
-	}
-	return append(fs, adminForward...)
-}
-
-func render(fs []forward) string {
-	var b bytes.Buffer
-	for _, f := range fs {
-		if b.Len() > 0 {
-			b.WriteString("\n")
-		}
-		if f.Note != "" {
-			b.WriteString("# " + f.Note + "\n")
-		}
-		enc := toml.NewEncoder(&b)
-		enc.Indent = ""
-		if err := enc.Encode(map[string][]forward{"forward": {f}}); err != nil {
-			panic(err) // a bug in the tables above
-		}
-	}
-	return b.String()
-}
-
-// ---- output ----
-
-func (d *demo) header(title string) {
-	d.section++
-	banner(fmt.Sprintf("%d. %s", d.section, title))
-}
+func config(forwards ...string) string { return strings.Join(forwards, "\n\n") + "\n" }
 
 func banner(title string) {
 	h := fmt.Sprintf("== %s ", title)
@@ -102,9 +76,17 @@ func block(text string) {
 	}
 }
 
-func firstLine(text string) string {
-	l, _, _ := strings.Cut(text, "\n")
-	return l
+// fwddCommand shows `fwdd CMD -c CONFIG args...`, runs it on the gateway and shows its
+// output; a reload goes through the harness, which waits for RELOADING=1 and READY=1.
+func (d *demo) fwddCommand(cmd string, args ...string) (out string, err error) {
+	cmdLine("fwdd %s", strings.Join(append([]string{cmd, "-c", d.fwdd.ConfigPath}, args...), " "))
+	if cmd == "reload" {
+		out, err = d.fwdd.ReloadCommand()
+	} else {
+		out, err = d.fwdd.Command(cmd, args...)
+	}
+	block(out)
+	return out, err
 }
 
 // showLog prints the daemon's log lines not shown yet, without timestamps.
@@ -115,48 +97,34 @@ func (d *demo) showLog(title string) {
 		say("%s", title)
 	}
 	for _, l := range lines {
-		if f := strings.SplitN(l.Text, "\t", 4); len(f) == 4 {
-			block(fmt.Sprintf("%-5s  %s  %s", l.Level, l.Msg, f[3]))
-		} else {
-			block(l.Text)
+		text := l.Text
+		if f := strings.SplitN(text, "\t", 4); len(f) == 4 {
+			text = fmt.Sprintf("%-5s  %s  %s", l.Level, l.Msg, f[3])
 		}
+		block(text)
 	}
 }
 
-// ---- servers and traffic ----
-
-// peers lists who reached one of the demo's servers.
-type peers func() []sandbox.Peer
-
 func (d *demo) startServers(context.Context) error {
-	d.servers = map[string]peers{}
-	for _, s := range []struct{ host, proto, addr, role string }{
-		{"backend", "tcp", "10.22.0.2:8080", `"web", "direct" (and "admin" later)`},
-		{"backend", "tcp", "10.22.0.2:8081", `"web" after the reload`},
-		{"backend", "udp", "10.22.0.2:5353", `"dns"`},
-		{"backend", "tcp", "[fd22::2]:8080", `"web6"`},
-		{"backend", "tcp", "10.22.0.2:9100", `"app-range"`},
-		{"backend", "tcp", "10.22.0.2:9102", `"app-range"`},
-		{"other", "tcp", "10.44.0.2:80", "no forward: reached by plain routing"},
+	d.servers = map[string]sandbox.Server{}
+	for _, s := range []struct {
+		h                *sandbox.Host
+		proto, addr, use string
+	}{
+		{d.topo.Backend, "tcp", "10.22.0.2:8080", `"web", "direct" (and "admin" later)`},
+		{d.topo.Backend, "tcp", "10.22.0.2:8081", `"web" after the reload`},
+		{d.topo.Backend, "udp", "10.22.0.2:5353", `"dns"`},
+		{d.topo.Backend, "tcp", "[fd22::2]:8080", `"web6"`},
+		{d.topo.Backend, "tcp", "10.22.0.2:9100", `"app-range"`},
+		{d.topo.Backend, "tcp", "10.22.0.2:9102", `"app-range"`},
+		{d.topo.Other, "tcp", "10.44.0.2:80", "no forward: reached by plain routing"},
 	} {
-		h := d.topo.Backend
-		if s.host == "other" {
-			h = d.topo.Other
+		srv, err := s.h.Listen(s.proto, s.addr)
+		if err != nil {
+			return err
 		}
-		if s.proto == "udp" {
-			u, err := h.ListenUDP(s.addr)
-			if err != nil {
-				return err
-			}
-			d.servers[s.addr] = u.Peers
-		} else {
-			t, err := h.ListenTCP(s.addr)
-			if err != nil {
-				return err
-			}
-			d.servers[s.addr] = t.Peers
-		}
-		say("%-8s %-20s %s", s.host, s.addr+"/"+s.proto, s.role)
+		d.servers[s.addr] = srv
+		say("%-8s %-20s %s", s.h.Name, s.addr+"/"+s.proto, s.use)
 	}
 	say("")
 	say("Each server answers every connection or datagram with \"<host> <source address")
@@ -170,10 +138,9 @@ type probe struct {
 	proto, addr, fwd, want, wantFrom, note string
 }
 
-// probes runs the probes one after the other and prints a table: where
-// each one arrived and with which source address. A connection of "web"
-// (log = true) must then be logged, from conntrack events a moment later;
-// the log is shown under logTitle.
+// probes runs the probes in turn and prints where each arrived and from
+// which source address. fwdd must then log the connection of "web" (log =
+// true) from conntrack events; the log is shown under logTitle.
 func (d *demo) probes(ctx context.Context, logTitle string, ps []probe) error {
 	n := len(d.fwdd.Log())
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
@@ -182,8 +149,7 @@ func (d *demo) probes(ctx context.Context, logTitle string, ps []probe) error {
 		row, err := d.probe(ctx, p)
 		mark := "ok"
 		if err != nil {
-			mark = "FAIL"
-			errs = append(errs, err)
+			mark, errs = "FAIL", append(errs, fmt.Errorf("client -> %s: %w", p.addr, err))
 		}
 		fmt.Fprintf(tw, "  %s\tclient -> %s/%s\t[%s]\t%s\t(%s)\n", mark, p.addr, p.proto, p.fwd, row, p.note)
 	}
@@ -200,37 +166,26 @@ func (d *demo) probes(ctx context.Context, logTitle string, ps []probe) error {
 
 // probe returns where p arrived, or an error when not where it should.
 func (d *demo) probe(ctx context.Context, p probe) (string, error) {
-	var before int
-	if seen := d.servers[p.want]; seen != nil {
-		before = len(seen())
-	}
-	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	var err error
-	if p.proto == "udp" {
-		_, err = d.topo.Client.AskUDP(pctx, p.addr, []byte("hello"))
-	} else {
-		var c net.Conn
-		if c, _, err = d.topo.Client.DialTCP(pctx, p.addr); err == nil {
-			c.Close()
-		}
-	}
+	greeting, err := d.topo.Client.Greet(ctx, p.proto, p.addr) // "<host> <source it saw>"
+	srv := d.servers[p.want]
 	switch {
-	case p.want == "" && err == nil:
-		return "answered", fmt.Errorf("client -> %s: answered, want no forward", p.addr)
-	case p.want == "":
+	case srv == nil && err == nil:
+		return "answered", fmt.Errorf("%q, want no forward", greeting)
+	case srv == nil:
 		return "no answer", nil
 	case err != nil:
-		return "no answer", fmt.Errorf("client -> %s: %w", p.addr, err)
+		return "no answer", err
 	}
-	seen := d.servers[p.want]()
-	if len(seen) == before {
-		return "answered elsewhere", fmt.Errorf("client -> %s: answered, but not by %s", p.addr, p.want)
+	_, src, _ := strings.Cut(greeting, " ")
+	if !slices.ContainsFunc(srv.Peers(), func(pr sandbox.Peer) bool { return pr.Remote.String() == src }) {
+		return "answered elsewhere", fmt.Errorf("%q, not from %s", greeting, p.want)
 	}
-	from := seen[len(seen)-1].Remote.Addr().String()
+	from, _, _ := net.SplitHostPort(src)
 	row := fmt.Sprintf("arrived at %s\tfrom %s", p.want, from)
 	if from != p.wantFrom {
-		return row, fmt.Errorf("client -> %s: arrived from %s, want %s", p.addr, from, p.wantFrom)
+		return row, fmt.Errorf("arrived from %s, want %s", from, p.wantFrom)
 	}
 	return row, nil
 }

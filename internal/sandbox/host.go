@@ -10,6 +10,7 @@ import (
 	"os"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -197,6 +198,37 @@ func (h *Host) Sysctl(key string) (string, error) {
 		return err
 	})
 	return strings.TrimSpace(v), err
+}
+
+// TCPExt reads a TcpExt counter (e.g. "TCPSynRetrans") of the host's
+// namespace from its /proc/net/netstat.
+func (h *Host) TCPExt(ctx context.Context, name string) (int64, error) {
+	out, err := h.Run(ctx, "cat", "/proc/net/netstat")
+	if err != nil {
+		return 0, err
+	}
+	v, err := TCPExt(out, name)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", h.Name, err)
+	}
+	return v, nil
+}
+
+// TCPExt returns the TcpExt counter name from netstat, the text of a
+// /proc/net/netstat (a line of names, then a line of values, per group),
+// for a program that runs inside the namespace itself.
+func TCPExt(netstat []byte, name string) (int64, error) {
+	lines := strings.Split(string(netstat), "\n")
+	for i := 0; i+1 < len(lines); i += 2 {
+		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+		if len(names) == 0 || names[0] != "TcpExt:" || len(names) != len(values) {
+			continue
+		}
+		if j := slices.Index(names, name); j > 0 {
+			return strconv.ParseInt(values[j], 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("/proc/net/netstat: no TcpExt %s", name)
 }
 
 // sysctl runs fn with the host's namespace's sysctls (key must be net.*).

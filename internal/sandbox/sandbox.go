@@ -143,11 +143,14 @@ func (w tbWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// Build creates the standard topology (see the package documentation).
-// Before that it sweeps stale namespaces of crashed runs with the same
-// base. On error everything created so far is removed again. The caller
-// must call Close.
+// Build creates the standard topology (see the package documentation); it
+// needs root. Before that it sweeps stale namespaces of crashed runs with
+// the same base. On error everything created so far is removed again. The
+// caller must call Close.
 func Build(opts Options) (*Topology, error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("sandbox: needs root to create network namespaces (run with sudo)")
+	}
 	if opts.Base == "" {
 		opts.Base = DefaultBase
 	}

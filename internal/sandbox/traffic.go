@@ -202,6 +202,30 @@ func (s *TCPServer) Close() error {
 	return err
 }
 
+// Server is a [TCPServer] or a [UDPServer].
+type Server interface {
+	Addr() netip.AddrPort
+	Peers() []Peer
+	Remotes() []netip.AddrPort
+	Close() error
+}
+
+// Listen starts a [TCPServer] (proto "tcp") or a [UDPServer] ("udp") at
+// addr in the namespace; see ListenTCP.
+func (h *Host) Listen(proto, addr string) (Server, error) {
+	var s Server
+	var err error
+	if proto == "udp" {
+		s, err = h.ListenUDP(addr)
+	} else {
+		s, err = h.ListenTCP(addr)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
 // UDPServer is a test server inside a namespace. It answers every
 // datagram with "<host name> <remote addr>" (no newline), sent from the
 // address the datagram was addressed to.
@@ -428,6 +452,20 @@ func (h *Host) DialTCP(ctx context.Context, addr string, opts ...DialOption) (ne
 		return nil, "", fmt.Errorf("read greeting from %s via %s: %w", addr, h.Name, err)
 	}
 	return c, greeting, nil
+}
+
+// Greet reaches a [TCPServer] (proto "tcp": connect, read the greeting,
+// close) or a [UDPServer] ("udp": one datagram, see AskUDP) at addr from
+// the namespace and returns its answer, "<host name> <remote addr>".
+func (h *Host) Greet(ctx context.Context, proto, addr string, opts ...DialOption) (string, error) {
+	if proto == "udp" {
+		return h.AskUDP(ctx, addr, []byte("hello"), opts...)
+	}
+	c, greeting, err := h.DialTCP(ctx, addr, opts...)
+	if err == nil {
+		c.Close()
+	}
+	return greeting, err
 }
 
 // dialIn connects from the namespace (the socket is made there, on a

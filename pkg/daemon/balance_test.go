@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -12,35 +11,17 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/fwdd/fwdd/internal/testutil"
 	"github.com/fwdd/fwdd/pkg/conntrack"
 	"github.com/fwdd/fwdd/pkg/ctmark"
 	"github.com/fwdd/fwdd/pkg/health"
 )
 
-func listenLocal(t *testing.T, addr string) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp4", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	t.Cleanup(func() { ln.Close() })
-	return ln
-}
-
 // TestBalancer: a backend going down is taken out of the kernel and its
 // UDP entries deleted; all down is fail open (every backend in, an error
 // logged, no entries deleted); a backend coming back is put in again.
 func TestBalancer(t *testing.T) {
-	ln1, ln2 := listenLocal(t, "127.0.0.1:0"), listenLocal(t, "127.0.0.1:0")
+	ln1, ln2 := testutil.ListenTCP(t, "127.0.0.1:0"), testutil.ListenTCP(t, "127.0.0.1:0")
 	a1 := netip.MustParseAddrPort(ln1.Addr().String())
 	a2 := netip.MustParseAddrPort(ln2.Addr().String())
 	core, logs := observer.New(zapcore.InfoLevel)
@@ -108,7 +89,7 @@ func TestBalancer(t *testing.T) {
 		t.Errorf("%d fail-open errors logged, want 1", n)
 	}
 
-	listenLocal(t, a1.String())
+	testutil.ListenTCP(t, a1.String())
 	if up := next(); !cmp.Equal(up, []bool{true, false}) {
 		t.Fatalf("backend 1 back: program(%v)", up)
 	}

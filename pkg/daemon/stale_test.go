@@ -6,22 +6,13 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/fwdd/fwdd/pkg/config"
+	"github.com/fwdd/fwdd/internal/testutil"
 	"github.com/fwdd/fwdd/pkg/conntrack"
 	"github.com/fwdd/fwdd/pkg/ctmark"
 )
 
-func parse(t *testing.T, text string) *config.Config {
-	t.Helper()
-	c, err := config.Parse("fwdd.toml", []byte(text))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
 func TestStaleFlows(t *testing.T) {
-	old := parse(t, `
+	old := testutil.Config(t, `
 [[forward]]
 name = "same"
 proto = "udp"
@@ -67,7 +58,7 @@ proto = "udp"
 port = 61
 to = ["10.0.0.1:61", "10.0.0.2:61"]
 `)
-	cur := parse(t, `
+	cur := testutil.Config(t, `
 [[forward]]
 name = "tcp"
 port = 58

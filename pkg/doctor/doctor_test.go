@@ -8,17 +8,9 @@ import (
 
 	"github.com/jsimonetti/rtnetlink/v2"
 
+	"github.com/fwdd/fwdd/internal/testutil"
 	"github.com/fwdd/fwdd/pkg/config"
 )
-
-func mustParse(t *testing.T, text string) *config.Config {
-	t.Helper()
-	cfg, err := config.Parse("t.toml", []byte(text))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cfg
-}
 
 func TestConntrackResult(t *testing.T) {
 	c := config.Conntrack{WarnPercent: 80, CriticalPercent: 95}
@@ -92,7 +84,7 @@ func TestQueues(t *testing.T) {
 }
 
 func TestZeroCounters(t *testing.T) {
-	cfg := mustParse(t, "[[forward]]\nname = \"a\"\nport = 80\nto = \"10.0.0.2\"\n[[forward]]\nname = \"b\"\nport = 81\nto = \"10.0.0.2\"\n")
+	cfg := testutil.Config(t, "[[forward]]\nname = \"a\"\nport = 80\nto = \"10.0.0.2\"\n[[forward]]\nname = \"b\"\nport = 81\nto = \"10.0.0.2\"\n")
 	rs := zeroCounters(cfg, map[string]uint64{"a": 10, "b": 0})
 	if len(rs) != 2 || rs[0].Status != OK || rs[1].Status != Warn || !strings.Contains(rs[1].Fix, "port 81") {
 		t.Errorf("one moves: %+v", rs)
@@ -127,7 +119,7 @@ func TestDropsResult(t *testing.T) {
 }
 
 func TestRPInterfaces(t *testing.T) {
-	cfg := mustParse(t, "[[forward]]\nname = \"a\"\nport = 80\ninterface = \"eth1\"\nto = \"10.0.0.2\"\n"+
+	cfg := testutil.Config(t, "[[forward]]\nname = \"a\"\nport = 80\ninterface = \"eth1\"\nto = \"10.0.0.2\"\n"+
 		"[[forward]]\nname = \"b\"\nport = 81\naddress = \"192.0.2.1\"\nto = \"10.0.0.2\"\n"+
 		"[[forward]]\nname = \"c\"\nport = 82\nto = \"[fd00::2]:80\"\n")
 	n := &netInfo{links: []*link{

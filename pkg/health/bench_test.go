@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/fwdd/fwdd/internal/testutil"
 )
 
 // BenchmarkTCPCheck1000 runs the checker with 1,000 backends (one local
@@ -16,7 +18,7 @@ import (
 // it the share of one core that 1,000 backends checked every 2 s cost.
 func BenchmarkTCPCheck1000(b *testing.B) {
 	const n = 1000
-	ln := listen(b, "127.0.0.1:0")
+	ln := testutil.ListenTCP(b, "127.0.0.1:0")
 	addr, err := netip.ParseAddrPort(ln.Addr().String())
 	if err != nil {
 		b.Fatal(err)

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/fwdd/fwdd/internal/testutil"
 )
 
 // fast is a Spec quick enough for unit tests.
@@ -74,26 +76,6 @@ func start(t *testing.T, c *Checker) {
 	<-c.Running()
 }
 
-// listen opens a TCP listener on 127.0.0.1 that accepts and closes.
-func listen(t testing.TB, addr string) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp4", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	t.Cleanup(func() { ln.Close() })
-	return ln
-}
-
 func addrOf(t *testing.T, a net.Addr) netip.AddrPort {
 	t.Helper()
 	ap, err := netip.ParseAddrPort(a.String())
@@ -104,7 +86,7 @@ func addrOf(t *testing.T, a net.Addr) netip.AddrPort {
 }
 
 func TestTCPDownAndBack(t *testing.T) {
-	ln := listen(t, "127.0.0.1:0")
+	ln := testutil.ListenTCP(t, "127.0.0.1:0")
 	addr := addrOf(t, ln.Addr())
 	rec := newRecorder()
 	c := New(Options{OnChange: rec.onChange})
@@ -132,7 +114,7 @@ func TestTCPDownAndBack(t *testing.T) {
 		t.Error("Up = true after the down change")
 	}
 
-	listen(t, addr.String())
+	testutil.ListenTCP(t, addr.String())
 	ch = rec.next(t, 5*time.Second)
 	if !ch.Up || ch.Result.Reason != "connected" {
 		t.Fatalf("change = %+v, want up, connected", ch)
@@ -388,7 +370,7 @@ func TestSetKeepsState(t *testing.T) {
 }
 
 func TestClassify(t *testing.T) {
-	ln := listen(t, "127.0.0.1:0")
+	ln := testutil.ListenTCP(t, "127.0.0.1:0")
 	addr := ln.Addr().String()
 	ln.Close()
 	_, err := net.Dial("tcp4", addr)

@@ -9,7 +9,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/fwdd/fwdd/pkg/config"
+	"github.com/fwdd/fwdd/internal/testutil"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -50,18 +50,9 @@ to = "[fd00::50]:8443"
 snat = "none"
 `
 
-func mustParse(t *testing.T, text string) *config.Config {
-	t.Helper()
-	cfg, err := config.Parse("fwdd.toml", []byte(text))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cfg
-}
-
 func compile(t *testing.T, text string, prev *Model) *Model {
 	t.Helper()
-	return compileCfg(t, mustParse(t, text), prev)
+	return compileCfg(t, testutil.Config(t, text), prev)
 }
 
 func TestCompileGolden(t *testing.T) {

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/fwdd/fwdd/internal/sandbox"
-	"github.com/fwdd/fwdd/pkg/config"
+	"github.com/fwdd/fwdd/internal/testutil"
 )
 
 // TestKernelEvents checks that commits are announced with the writer's pid
@@ -47,11 +47,7 @@ func TestKernelEvents(t *testing.T) {
 		}
 		return Commit{}
 	}
-	cfg, err := config.Parse("t.toml", []byte("[[forward]]\nname = \"web\"\nport = 80\nto = \"10.22.0.2:8080\"\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := compileCfg(t, cfg, nil)
+	m := compileCfg(t, testutil.Config(t, "[[forward]]\nname = \"web\"\nport = 80\nto = \"10.22.0.2:8080\"\n"), nil)
 	if err := k.Run(Replace(m)); err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/fwdd/fwdd/internal/sandbox"
+	"github.com/fwdd/fwdd/internal/testutil"
 	"github.com/fwdd/fwdd/pkg/config"
 	"github.com/fwdd/fwdd/pkg/ctmark"
 )
@@ -274,13 +275,6 @@ func TestKernelTamperedTableIsReplaced(t *testing.T) {
 func TestKernelRestrictedForwardsReload(t *testing.T) {
 	e := newScaleEnv(t)
 	a := &Applier{Backend: e.kernel}
-	parse := func(text string) *config.Config {
-		cfg, err := config.Parse("fwdd.toml", []byte(text))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return cfg
-	}
 	const base = `
 [[forward]]
 name = "plain"
@@ -295,7 +289,7 @@ to = "10.22.0.2:8000"
 	}
 	var m *Model
 	for i, text := range steps {
-		m = compileCfg(t, parse(text), m)
+		m = compileCfg(t, testutil.Config(t, text), m)
 		st, err := a.Apply(m)
 		if err != nil {
 			t.Fatalf("step %d: %v", i, err)

@@ -6,11 +6,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fwdd/fwdd/internal/testutil"
 	"github.com/fwdd/fwdd/pkg/config"
 )
 
 func TestDescriptions(t *testing.T) {
-	cfg, err := config.Parse("fwdd.toml", []byte(`
+	cfg := testutil.Config(t, `
 [[forward]]
 name = "web"
 port = 80
@@ -31,10 +32,7 @@ to = "[fd00::7]:22"
 interface = "eth1"
 sources = ["fd01::/64"]
 snat = "fd00::1"
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	for i, want := range [][3]string{
 		{"tcp 80 on any local address", "192.168.1.50:8080", "masquerade"},
 		{"tcp,udp 53 on 10.0.0.1", "192.168.1.53 (same port)", "none"},
@@ -52,25 +50,31 @@ func TestWriteText(t *testing.T) {
 		IPForward: true, Conntrack: Conntrack{Count: 10, Max: 1000},
 		Forwards: []Forward{{Name: "web", Match: "tcp 80 on any local address", Target: "10.0.0.2:8080", SNAT: "masquerade",
 			Packets: 12, Bytes: 3 << 20, Connections: 3, Established: 2, NewConnections: 40}}}
-	var b bytes.Buffer
-	if err := r.WriteText(&b); err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []string{
+	textHas(t, r,
 		"table inet fwdd: present, matches /etc/fwdd/fwdd.toml",
 		"forwarding: ipv4 on, ipv6 off",
 		"conntrack: 10 of 1000 entries (1.0%)",
 		"FORWARD  MATCH                        TARGET         SNAT        ESTAB  CONNS  NEW  PACKETS  BYTES",
 		"web      tcp 80 on any local address  10.0.0.2:8080  masquerade  2      3      40   12       3.0 MiB",
-	} {
+	)
+}
+
+// textHas fails t unless r's text holds each of wants.
+func textHas(t *testing.T, r *Report, wants ...string) {
+	t.Helper()
+	var b bytes.Buffer
+	if err := r.WriteText(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range wants {
 		if !strings.Contains(b.String(), want) {
-			t.Errorf("text lacks %q:\n%s", want, b.String())
+			t.Errorf("status text lacks %q:\n%s", want, b.String())
 		}
 	}
 }
 
 func TestSelectForwards(t *testing.T) {
-	cfg, err := config.Parse("fwdd.toml", []byte(`
+	cfg := testutil.Config(t, `
 [[forward]]
 name = "a"
 port = 80
@@ -85,10 +89,7 @@ to = "192.168.1.50"
 name = "c"
 port = 82
 to = "192.168.1.50"
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
+`)
 	names := func(fs []*config.Forward) (out []string) {
 		for _, f := range fs {
 			out = append(out, f.Name)
@@ -114,18 +115,10 @@ func TestWriteTextBackends(t *testing.T) {
 				{Address: "10.0.2.10:8080", Weight: 3, Health: "up", Reason: "connected", Since: &since, Connections: 4, Established: 2, Packets: 40, Bytes: 2048},
 				{Address: "10.0.2.11:8080", Weight: 1, Health: "down", Reason: "refused", Since: &since},
 			}}}}
-	var b bytes.Buffer
-	if err := r.WriteText(&b); err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []string{
+	textHas(t, r,
 		"2 backends",
 		"FORWARD  BACKEND         WEIGHT  HEALTH  LAST CHECK",
 		"web      10.0.2.10:8080  3       up      connected since 2026-12-01 10:00:00  2      4      40            2.0 KiB",
 		"web      10.0.2.11:8080  1       down    refused since 2026-12-01 10:00:00    0      0      0             0 B",
-	} {
-		if !strings.Contains(b.String(), want) {
-			t.Errorf("status text lacks %q:\n%s", want, b.String())
-		}
-	}
+	)
 }

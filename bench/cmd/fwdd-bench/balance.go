@@ -1,12 +1,10 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"math"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 )
@@ -226,22 +224,7 @@ func (e *env) balanceConnSample(v, cfg string, o connOptions) (s connSample, err
 			addr = fmt.Sprintf("%s:%d", gatewayAddr, balancePort)
 		}
 	}
-	out, err := e.run(e.topo.Client, o.warmup+o.duration+time.Minute, e.self, "connload",
-		"-addr", addr, "-workers", strconv.Itoa(o.workers), "-duration", o.duration.String(),
-		"-warmup", o.warmup.String(), "-expect", strconv.Itoa(expect))
-	if err != nil {
-		return s, fmt.Errorf("connload: %w: %s", err, out)
-	}
-	var r connResult
-	if err := json.Unmarshal(out, &r); err != nil {
-		return s, fmt.Errorf("connload output %q: %w", out, err)
-	}
-	if r.OK == 0 {
-		return s, fmt.Errorf("no connection succeeded via %s: %s", addr, r.FirstErr)
-	}
-	s.Rate = float64(r.OK) / r.Seconds
-	s.Failed, s.Err, s.SynRetrans = r.Failed, r.FirstErr, r.SynRetrans
-	return s, nil
+	return s, e.connload(&s, addr, o, expect)
 }
 
 func (e *env) balanceTputSample(v, cfg string, seconds int) (float64, error) {
@@ -257,20 +240,7 @@ func (e *env) balanceTputSample(v, cfg string, seconds int) (float64, error) {
 		defer func() { _ = d.stop() }()
 		port = balanceTputPort
 	}
-	var lastErr error
-	for try := range 3 {
-		if try > 0 {
-			time.Sleep(time.Second)
-		}
-		out, err := e.run(e.topo.Client, time.Duration(seconds+30)*time.Second,
-			"iperf3", "-c", gatewayAddr, "-p", strconv.Itoa(port), "-t", strconv.Itoa(seconds), "-O", "1", "-J")
-		g, perr := parseIperf(out)
-		if perr == nil {
-			return g, nil
-		}
-		lastErr = fmt.Errorf("iperf3 -c %s -p %d: %v, %v", gatewayAddr, port, err, perr)
-	}
-	return 0, lastErr
+	return e.iperf(gatewayAddr, port, seconds)
 }
 
 func writeBalanceTargets(b *strings.Builder, r *balResults) {

@@ -169,11 +169,8 @@ func (e *env) connSample(v connVariant, file string, o connOptions) (s connSampl
 		stopScraping := e.scrapeEvery(metricsScrapeInterval, &s.Scrapes)
 		defer stopScraping()
 	}
-	out, err := e.run(e.topo.Client, o.warmup+o.duration+time.Minute, e.self, "connload",
-		"-addr", addr, "-workers", strconv.Itoa(o.workers), "-duration", o.duration.String(),
-		"-warmup", o.warmup.String(), "-expect", strconv.Itoa(serverPort))
-	if err != nil {
-		return s, fmt.Errorf("connload: %w: %s", err, out)
+	if err := e.connload(&s, addr, o, serverPort); err != nil {
+		return s, err
 	}
 	if daemonPID != 0 {
 		wall := time.Since(start)
@@ -183,16 +180,28 @@ func (e *env) connSample(v connVariant, file string, o connOptions) (s connSampl
 		}
 		s.DaemonCPU = float64(ticks1-ticks0) / clockTicks / wall.Seconds()
 	}
+	return s, nil
+}
+
+// connload runs "fwdd-bench connload" from the client against addr, whose
+// servers greet with port expect, and records the rate and failures in s.
+func (e *env) connload(s *connSample, addr string, o connOptions, expect int) error {
+	out, err := e.run(e.topo.Client, o.warmup+o.duration+time.Minute, e.self, "connload",
+		"-addr", addr, "-workers", strconv.Itoa(o.workers), "-duration", o.duration.String(),
+		"-warmup", o.warmup.String(), "-expect", strconv.Itoa(expect))
+	if err != nil {
+		return fmt.Errorf("connload: %w: %s", err, out)
+	}
 	var r connResult
 	if err := json.Unmarshal(out, &r); err != nil {
-		return s, fmt.Errorf("connload output %q: %w", out, err)
+		return fmt.Errorf("connload output %q: %w", out, err)
 	}
 	if r.OK == 0 {
-		return s, fmt.Errorf("no connection succeeded via %s: %s", addr, r.FirstErr)
+		return fmt.Errorf("no connection succeeded via %s: %s", addr, r.FirstErr)
 	}
 	s.Rate = float64(r.OK) / r.Seconds
 	s.Failed, s.Err, s.SynRetrans = r.Failed, r.FirstErr, r.SynRetrans
-	return s, nil
+	return nil
 }
 
 // printTable writes `fwdd print -c cfg` (run in the gateway with no fwdd

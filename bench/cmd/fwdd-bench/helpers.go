@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/fwdd/fwdd/internal/sandbox"
 )
 
 // serveMain is "fwdd-bench serve -ports 5000,5001": for every connection it
@@ -139,26 +141,13 @@ func connloadMain(args []string) error {
 	return json.NewEncoder(os.Stdout).Encode(res)
 }
 
-// synRetrans reads TcpExt TCPSynRetrans of this network namespace from
-// /proc/net/netstat (a header line of names, then a line of values).
+// synRetrans reads TcpExt TCPSynRetrans of this network namespace.
 func synRetrans() (int64, error) {
 	b, err := os.ReadFile("/proc/net/netstat")
 	if err != nil {
 		return 0, err
 	}
-	lines := strings.Split(string(b), "\n")
-	for i := 0; i+1 < len(lines); i += 2 {
-		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
-		if len(names) == 0 || names[0] != "TcpExt:" || len(values) != len(names) {
-			continue
-		}
-		for j, n := range names {
-			if n == "TCPSynRetrans" {
-				return strconv.ParseInt(values[j], 10, 64)
-			}
-		}
-	}
-	return 0, errors.New("/proc/net/netstat: no TcpExt TCPSynRetrans")
+	return sandbox.TCPExt(b, "TCPSynRetrans")
 }
 
 var (

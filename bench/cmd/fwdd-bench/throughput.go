@@ -113,8 +113,15 @@ func (e *env) tputSample(variant, cfg string, seconds int) (float64, error) {
 	case tputHAProxy:
 		port = haproxyPort
 	}
+	return e.iperf(target, port, seconds)
+}
+
+// iperf runs an iperf3 client from the client host against target:port
+// for seconds and returns the throughput in Gbit/s. It tries three times:
+// iperf3's server can be briefly busy with the last test.
+func (e *env) iperf(target string, port, seconds int) (float64, error) {
 	var lastErr error
-	for try := 0; try < 3; try++ { // iperf3's server can be briefly busy with the last test
+	for try := range 3 {
 		if try > 0 {
 			time.Sleep(time.Second)
 		}
