@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -230,7 +231,7 @@ func parseHealth(fs *fields, v any) Health {
 		fs.errorf("health", "must be a table, e.g. health = { check = \"tcp\", interval = \"2s\", timeout = \"1s\", fall = 3, rise = 2 }, not %s", tomlType(v))
 		return h
 	}
-	for key := range t {
+	for _, key := range slices.Sorted(maps.Keys(t)) { // the same key every time
 		if !slices.Contains(healthKeys, key) {
 			fs.errorf("health", "unknown key %s in health; allowed: %s", quote(key), strings.Join(healthKeys, ", "))
 			return h
