@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -87,7 +88,7 @@ func (f *Forward) Balanced() bool { return len(f.Backends) > 1 }
 // parseBalancing reads to (a string or a list), [[forward.backend]],
 // balance, health and on_change into f. To and ToPort are the first
 // backend's, so code that knows one backend sees it there.
-func parseBalancing(fs *fields, t map[string]any, lines *keyLines, f *Forward) {
+func parseBalancing(fs *fields, t map[string]any, f *Forward) {
 	f.Balance = Balance(fs.oneOf("balance", t["balance"], string(BalanceRandom), string(BalanceRandom), string(BalanceSource)))
 	f.OnChange = OnChange(fs.oneOf("on_change", t["on_change"], string(OnChangeKeep), string(OnChangeKeep), string(OnChangeCut)))
 	f.Health = parseHealth(fs, t["health"])
@@ -102,15 +103,15 @@ func parseBalancing(fs *fields, t map[string]any, lines *keyLines, f *Forward) {
 		return
 	}
 	var bs []Backend
-	var lineOf []int // where each backend's problems are reported
-	add := func(bfs *fields, s string, weight func() int) bool {
+	var at []*fields // where each backend's problems are reported
+	add := func(bfs *fields, s string, weight any) bool {
 		a, p := parseTo(bfs, s)
 		if a.IsValid() {
-			bs, lineOf = append(bs, Backend{To: a, ToPort: p, Weight: weight()}), append(lineOf, bfs.lines.line("to"))
+			w := int(bfs.integer("weight", weight, 1, 1, MaxWeight))
+			bs, at = append(bs, Backend{To: a, ToPort: p, Weight: w}), append(at, bfs)
 		}
 		return a.IsValid()
 	}
-	one := func() int { return 1 }
 	switch v := to.(type) {
 	case nil:
 		tables, ok := list.([]map[string]any)
@@ -118,9 +119,9 @@ func parseBalancing(fs *fields, t map[string]any, lines *keyLines, f *Forward) {
 			fs.errorf("backend", "must be [[forward.backend]] tables, each with to and weight, not %s", tomlType(list))
 			return
 		}
-		subs := lines.subs["backend"]
+		subs := fs.lines.backends
 		for i, bt := range tables {
-			kl := &keyLines{header: lines.line("backend")}
+			kl := &keyLines{header: fs.lines.line("backend")}
 			if i < len(subs) {
 				kl = subs[i]
 			}
@@ -134,7 +135,7 @@ func parseBalancing(fs *fields, t map[string]any, lines *keyLines, f *Forward) {
 			if ok && s == "" {
 				bfs.errorf("to", "required in every [[forward.backend]]; %s", toHint)
 			}
-			if s == "" || !add(bfs, s, func() int { return int(bfs.integer("weight", bt["weight"], 1, 1, MaxWeight)) }) {
+			if s == "" || !add(bfs, s, bt["weight"]) {
 				return
 			}
 		}
@@ -143,7 +144,7 @@ func parseBalancing(fs *fields, t map[string]any, lines *keyLines, f *Forward) {
 			fs.errorf("to", "required; %s", toHint)
 			return
 		}
-		if !add(fs, v, one) {
+		if !add(fs, v, nil) {
 			return
 		}
 	case []any:
@@ -157,7 +158,7 @@ func parseBalancing(fs *fields, t map[string]any, lines *keyLines, f *Forward) {
 				fs.errorf("to", "list elements must be backend addresses (%s), not %s", toHint, tomlType(e))
 				return
 			}
-			if !add(fs, s, one) {
+			if !add(fs, s, nil) {
 				return
 			}
 		}
@@ -170,7 +171,7 @@ func parseBalancing(fs *fields, t map[string]any, lines *keyLines, f *Forward) {
 		return
 	}
 	for i, b := range bs {
-		at := &fields{ps: fs.ps, lines: &keyLines{header: lineOf[i]}, forward: fs.forward, name: fs.name}
+		at := at[i]
 		switch {
 		case b.To.Is4() != bs[0].To.Is4():
 			at.errorf("to", "backend %s is %s but backend %s is %s; all backends of a forward must be one family", b, family(b.To), bs[0], family(bs[0].To))
@@ -230,7 +231,7 @@ func parseHealth(fs *fields, v any) Health {
 		fs.errorf("health", "must be a table, e.g. health = { check = \"tcp\", interval = \"2s\", timeout = \"1s\", fall = 3, rise = 2 }, not %s", tomlType(v))
 		return h
 	}
-	for key := range t {
+	for _, key := range slices.Sorted(maps.Keys(t)) { // the same key every time
 		if !slices.Contains(healthKeys, key) {
 			fs.errorf("health", "unknown key %s in health; allowed: %s", quote(key), strings.Join(healthKeys, ", "))
 			return h

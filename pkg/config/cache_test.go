@@ -32,29 +32,40 @@ func problemText(err error) []string {
 	return out
 }
 
-// diffParse compares a Parser's result with what Parse gives.
+// parseWholeText decodes text whole, as the block path falls back to: the
+// block path must give the same, error messages included.
+func parseWholeText(path, text string) (*Config, error) {
+	srcs := []source{{path: path, text: text}}
+	ps := newProblems(srcs)
+	if _, ok := checkLimits(ps, srcs, MaxFileSize, MaxForwards); !ok {
+		return nil, ps.err()
+	}
+	return parseWhole(ps, srcs)
+}
+
+// diffParse compares a Parser's result with what the whole-file decode gives.
 func diffParse(path, text string, got *Config, gotErr error) string {
-	want, wantErr := Parse(path, []byte(text))
+	want, wantErr := parseWholeText(path, text)
 	if d := cmp.Diff(problemText(wantErr), problemText(gotErr)); d != "" {
-		return "errors (-Parse +Parser):\n" + d
+		return "errors (-whole +Parser):\n" + d
 	}
 	if gotErr != nil && wantErr.Error() != gotErr.Error() {
 		return fmt.Sprintf("error text differs:\n%s\n---\n%s", wantErr, gotErr)
 	}
 	if d := cmp.Diff(want, got, cmpOpts); d != "" {
-		return "config (-Parse +Parser):\n" + d
+		return "config (-whole +Parser):\n" + d
 	}
 	return ""
 }
 
-// checkParser parses text with a fresh Parser and with p, and checks both
-// against Parse.
+// checkParser parses text with a fresh Parser (which is Parse) and with p,
+// and checks both against the whole-file decode.
 func checkParser(t *testing.T, label, text string, p *Parser) {
 	t.Helper()
 	for _, p := range []*Parser{{}, p} {
 		c, err := p.Parse("fwdd.toml", []byte(text))
 		if d := diffParse("fwdd.toml", text, c, err); d != "" {
-			t.Fatalf("%s: Parser.Parse differs from Parse: %s\ninput:\n%s", label, d, text)
+			t.Fatalf("%s: Parser.Parse differs from the whole-file decode: %s\ninput:\n%s", label, d, text)
 		}
 	}
 }
@@ -597,5 +608,43 @@ func TestParserCacheLimit(t *testing.T) {
 	b, _ := p.Parse("fwdd.toml", []byte(base.text()))
 	if !shared(a, b, 29, 29) {
 		t.Errorf("nothing cached under the limit")
+	}
+}
+
+// TestParserFilesMatchWhole checks the block path against the whole-file
+// decode on configurations of a main file and a file of its config
+// directory, random ones with and without mistakes, through one Parser.
+func TestParserFilesMatchWhole(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 12))
+	var p Parser
+	failed := 0
+	for round := range 60 {
+		f := newRandomFile(rng, 2+rng.IntN(20), round%3 != 0)
+		k := rng.IntN(len(f.blocks) + 1)
+		dropIn := strings.Join(f.blocks[k:], "")
+		if round%10 == 0 {
+			dropIn = "[daemon]\n" + dropIn
+		}
+		srcs := []source{{path: "lab.toml", text: f.pre + strings.Join(f.blocks[:k], "")}, {path: "lab.d/10-x.toml", text: dropIn}}
+		ps := newProblems(srcs)
+		if _, ok := checkLimits(ps, srcs, MaxFileSize, MaxForwards); !ok {
+			t.Fatal(ps.err())
+		}
+		want, wantErr := parseWhole(ps, srcs)
+		if wantErr != nil {
+			failed++
+		}
+		for _, parse := range []func([]source) (*Config, error){parseFiles, p.parse} {
+			got, err := parse(srcs)
+			if d := cmp.Diff(problemText(wantErr), problemText(err)); d != "" {
+				t.Fatalf("round %d: errors (-whole +blocks):\n%s", round, d)
+			}
+			if d := cmp.Diff(want, got, cmpOpts); d != "" {
+				t.Fatalf("round %d: config (-whole +blocks):\n%s", round, d)
+			}
+		}
+	}
+	if failed < 15 || failed > 45 {
+		t.Errorf("poor coverage: %d invalid of 60", failed)
 	}
 }

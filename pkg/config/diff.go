@@ -67,12 +67,16 @@ func ForwardFields(f *Forward) [][2]string {
 	if !f.Local() {
 		addr = q(f.Address.String())
 	}
-	to := f.To.String()
-	if f.To.Is6() && !f.ToPort.IsZero() {
-		to = "[" + to + "]"
-	}
-	if !f.ToPort.IsZero() {
-		to += ":" + f.ToPort.String()
+	to := q(Backend{To: f.To, ToPort: f.ToPort}.String())
+	if f.Balanced() {
+		tos := make([]string, len(f.Backends))
+		for i, b := range f.Backends {
+			tos[i] = q(b.String())
+			if weighted(f) {
+				tos[i] = fmt.Sprintf("{to = %s, weight = %d}", tos[i], b.Weight)
+			}
+		}
+		to = "[" + strings.Join(tos, ", ") + "]"
 	}
 	sources := make([]string, len(f.Sources))
 	for i, s := range f.Sources {
@@ -85,16 +89,36 @@ func ForwardFields(f *Forward) [][2]string {
 	case SNATFixed:
 		snat = q(f.SNAT.Addr.String())
 	}
+	h := f.Health
+	health := fmt.Sprintf("{check = %q, interval = %q, timeout = %q, fall = %d, rise = %d", h.Check, h.Interval, h.Timeout, h.Fall, h.Rise)
+	if h.Path != "" {
+		health += fmt.Sprintf(", path = %q", h.Path)
+	}
+	health += "}"
 	return [][2]string{
 		{"proto", proto},
 		{"port", q(f.Port.String())},
 		{"address", addr},
-		{"to", q(to)},
+		{"to", to},
 		{"interface", q(f.Interface)},
 		{"sources", "[" + strings.Join(sources, ", ") + "]"},
 		{"snat", snat},
 		{"log", strconv.FormatBool(f.Log)},
+		{"balance", q(string(f.Balance))},
+		{"health", health},
+		{"on_change", q(string(f.OnChange))},
 	}
+}
+
+// weighted reports whether the forward's backends have weights other than
+// 1, which only [[forward.backend]] tables can say.
+func weighted(f *Forward) bool {
+	for _, b := range f.Backends {
+		if b.Weight != 1 {
+			return true
+		}
+	}
+	return false
 }
 
 func forwardFields(a, b *Forward) []FieldChange {
@@ -109,7 +133,7 @@ func forwardFields(a, b *Forward) []FieldChange {
 }
 
 // sectionFields compares two values of a section struct field by field; the
-// keys are the struct fields' names in the file's snake_case.
+// keys are the fields' key tags.
 func sectionFields(section string, a, b any) []FieldChange {
 	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
 	var out []FieldChange
@@ -118,29 +142,10 @@ func sectionFields(section string, a, b any) []FieldChange {
 		if reflect.DeepEqual(x, y) {
 			continue
 		}
-		out = append(out, FieldChange{Field: section + "." + snake(va.Type().Field(i).Name),
+		out = append(out, FieldChange{Field: section + "." + va.Type().Field(i).Tag.Get("key"),
 			Old: fmt.Sprintf("%v", x), New: fmt.Sprintf("%v", y)})
 	}
 	return out
-}
-
-// snake turns a Go field name into the file's key: IPForward -> ip_forward,
-// ConntrackMax -> conntrack_max.
-func snake(name string) string {
-	var b strings.Builder
-	runes := []rune(name)
-	for i, r := range runes {
-		upper := r >= 'A' && r <= 'Z'
-		if upper && i > 0 {
-			prevLower := runes[i-1] >= 'a' && runes[i-1] <= 'z'
-			nextLower := i+1 < len(runes) && runes[i+1] >= 'a' && runes[i+1] <= 'z'
-			if prevLower || (nextLower && runes[i-1] >= 'A' && runes[i-1] <= 'Z') {
-				b.WriteByte('_')
-			}
-		}
-		b.WriteString(strings.ToLower(string(r)))
-	}
-	return b.String()
 }
 
 // TOML renders the configuration as a file that parses back to it (every
@@ -164,7 +169,7 @@ func (c *Config) TOML() []byte {
 			if f.Kind() == reflect.String {
 				val = fmt.Sprintf("%q", f.String())
 			}
-			fmt.Fprintf(&b, "%s = %s\n", snake(v.Type().Field(i).Name), val)
+			fmt.Fprintf(&b, "%s = %s\n", v.Type().Field(i).Tag.Get("key"), val)
 		}
 		b.WriteString("\n")
 	}
@@ -173,7 +178,14 @@ func (c *Config) TOML() []byte {
 		f := &c.Forwards[i]
 		b.WriteString("[[forward]]\nname = " + strconv.Quote(f.Name) + "\n")
 		for _, kv := range ForwardFields(f) {
-			b.WriteString(kv[0] + " = " + kv[1] + "\n")
+			if kv[0] != "to" || !weighted(f) {
+				b.WriteString(kv[0] + " = " + kv[1] + "\n")
+			}
+		}
+		if weighted(f) {
+			for _, be := range f.Backends {
+				fmt.Fprintf(&b, "[[forward.backend]]\nto = %q\nweight = %d\n", be, be.Weight)
+			}
 		}
 		b.WriteString("\n")
 	}

@@ -80,15 +80,6 @@ snat = "none"
 	}
 }
 
-func TestSnake(t *testing.T) {
-	for in, want := range map[string]string{"IPForward": "ip_forward", "ConntrackMax": "conntrack_max", "RPFilter": "rp_filter",
-		"Table": "table", "OnStop": "on_stop", "WarnPercent": "warn_percent", "LogLevel": "log_level"} {
-		if got := snake(in); got != want {
-			t.Errorf("snake(%s) = %s, want %s", in, got, want)
-		}
-	}
-}
-
 func TestTOMLRoundTrip(t *testing.T) {
 	c, err := Parse("c.toml", []byte(`
 [daemon]
@@ -125,5 +116,39 @@ snat = "none"
 	}
 	if fw, settings := Diff(c, back); len(fw)+len(settings) != 0 {
 		t.Errorf("round trip differs: %v %v\n%s", fw, settings, c.TOML())
+	}
+}
+
+// TestTOMLRoundTripBalanced checks that the record of the config in force
+// keeps several backends, their weights, balance, health and on_change.
+func TestTOMLRoundTripBalanced(t *testing.T) {
+	c, err := Parse("c.toml", []byte(`
+[[forward]]
+name = "list"
+port = 80
+to = ["10.0.0.2", "10.0.0.3:8080"]
+balance = "source"
+health = { check = "http", interval = "500ms", path = "/health" }
+on_change = "cut"
+[[forward]]
+name = "weights"
+port = 81
+[[forward.backend]]
+to = "[fd00::2]:9000"
+weight = 3
+[[forward.backend]]
+to = "fd00::3"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := Parse("back.toml", c.TOML())
+	if err != nil {
+		t.Fatalf("%v\n%s", err, c.TOML())
+	}
+	for i := range c.Forwards {
+		if !c.Forwards[i].Equal(&back.Forwards[i]) {
+			t.Errorf("forward %s differs after the round trip:\n%+v\n%+v\n%s", c.Forwards[i].Name, c.Forwards[i], back.Forwards[i], c.TOML())
+		}
 	}
 }

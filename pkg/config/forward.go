@@ -13,18 +13,14 @@ const (
 	toHint   = `must be "IP", "IP:port", "IP:lo-hi", "[IPv6]", "[IPv6]:port" or "[IPv6]:lo-hi"`
 )
 
-// parseForward validates one [[forward]]; problems go to ps.
-func parseForward(ps *problems, i int, t map[string]any, lines *keyLines) Forward {
-	f := Forward{Line: lines.header}
-	// where is only spelled out for a problem: most forwards have none.
-	fs := &fields{ps: ps, forward: i + 1, lines: lines}
-
+// parseForward validates one [[forward]]; problems go to fs.
+func parseForward(fs *fields, t map[string]any) Forward {
+	f := Forward{Line: fs.lines.header}
 	switch name, ok := fs.str("name", t["name"], ""); {
 	case !ok:
 	case name == "":
 		fs.errorf("name", "required; must be 1-32 of a-z, 0-9, '_' or '-', starting with a letter or digit")
 	default:
-		fs.name = name
 		if forwardNameRE.MatchString(name) {
 			f.Name = name
 		} else {
@@ -35,17 +31,17 @@ func parseForward(ps *problems, i int, t map[string]any, lines *keyLines) Forwar
 	f.Protos = parseProtos(fs, t["proto"])
 	f.Port = parsePortValue(fs, t["port"])
 
-	parseBalancing(fs, t, lines, &f)
+	parseBalancing(fs, t, &f)
 
 	if s, ok := fs.str("address", t["address"], ""); ok && s != "" {
-		if a, ok := parseAddrField(fs, "address", s); ok {
-			switch {
-			case a.IsUnspecified():
-				fs.errorf("address", "%s is the unspecified address; use \"\" to match any local address", a)
-			case !sameFamily(fs, "address", a.String(), a, f.To):
-			default:
-				f.Address = a
-			}
+		switch a, msg := parseIP(s); {
+		case msg != "":
+			fs.errorf("address", "%s", msg)
+		case a.IsUnspecified():
+			fs.errorf("address", "%s is the unspecified address; use \"\" to match any local address", a)
+		case !sameFamily(fs, "address", a.String(), a, f.To):
+		default:
+			f.Address = a
 		}
 	}
 
@@ -202,15 +198,6 @@ func parseIP(s string) (netip.Addr, string) {
 	return a, ""
 }
 
-func parseAddrField(fs *fields, field, s string) (netip.Addr, bool) {
-	a, msg := parseIP(s)
-	if msg != "" {
-		fs.errorf(field, "%s", msg)
-		return netip.Addr{}, false
-	}
-	return a, true
-}
-
 // parseTo parses the backend: "IP", "IP:port", "IP:lo-hi", "[IPv6]",
 // "[IPv6]:port", "[IPv6]:lo-hi" or a bare IPv6 address.
 func parseTo(fs *fields, s string) (netip.Addr, PortRange) {
@@ -361,7 +348,7 @@ func parseSources(fs *fields, v any, to netip.Addr) []netip.Prefix {
 			prefixes = append(prefixes, p)
 		}
 	}
-	slices.SortFunc(prefixes, comparePrefix)
+	slices.SortFunc(prefixes, netip.Prefix.Compare)
 	for i := 1; i < len(prefixes); i++ {
 		switch a, b := prefixes[i-1], prefixes[i]; {
 		case a == b:
@@ -396,13 +383,6 @@ func parseSource(s string) (netip.Prefix, string) {
 		return netip.Prefix{}, fmt.Sprintf("%s has host bits set; write %s (an allow-list must never be wider than written)", s, p.Masked())
 	}
 	return p, ""
-}
-
-func comparePrefix(a, b netip.Prefix) int {
-	if c := a.Addr().Compare(b.Addr()); c != 0 {
-		return c
-	}
-	return a.Bits() - b.Bits()
 }
 
 func parseSNAT(fs *fields, v any, to netip.Addr) SNAT {

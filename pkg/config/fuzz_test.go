@@ -9,7 +9,8 @@ import (
 
 // FuzzParse checks that Parse never panics and returns either a config or a
 // *Errors of Problems that each fit on one line and say where they are; and
-// that a Parser, afresh or after other files, gives what Parse gives.
+// that a Parser, afresh or after other files, gives what decoding the file
+// whole gives.
 func FuzzParse(f *testing.F) {
 	if data, err := os.ReadFile("../../deploy/fwdd.toml"); err == nil {
 		f.Add(data)

@@ -18,7 +18,7 @@ import (
 // up to /, as sshd's StrictModes requires. Group-readable files (0640
 // root:fwdd) are fine.
 func Load(path string) (*Config, error) {
-	p := Parser{CacheLimit: -1} // its parallel decode, nothing kept
+	p := Parser{CacheLimit: -1} // nothing kept
 	return p.Load(path)
 }
 

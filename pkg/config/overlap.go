@@ -1,6 +1,7 @@
 package config
 
 import (
+	"container/heap"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -19,25 +20,22 @@ import (
 // are still open. The cost is O(n log n) plus the number of candidates that
 // share port, address and interface but differ in sources.
 func checkOverlaps(ps *problems, fwds []Forward, valid []bool) {
-	type groupKey struct {
-		v6    bool
-		proto Proto
-	}
-	type group struct{ local, specific []int }
-	groups := make(map[groupKey]*group)
+	// One group per family and protocol: IPv4 TCP, IPv4 UDP, IPv6 TCP, IPv6 UDP.
+	var groups [4]struct{ local, specific []int }
 	for i := range fwds {
 		if !valid[i] {
 			continue
 		}
 		f := &fwds[i]
 		for _, p := range f.Protos {
-			k := groupKey{f.IPv6(), p}
-			g := groups[k]
-			if g == nil {
-				g = &group{}
-				groups[k] = g
+			k := 0
+			if f.IPv6() {
+				k = 2
 			}
-			if f.Local() {
+			if p == UDP {
+				k++
+			}
+			if g := &groups[k]; f.Local() {
 				g.local = append(g.local, i)
 			} else {
 				g.specific = append(g.specific, i)
@@ -45,11 +43,8 @@ func checkOverlaps(ps *problems, fwds []Forward, valid []bool) {
 		}
 	}
 	o := &overlapChecker{ps: ps, fwds: fwds, reported: make(map[[2]int]bool)}
-	for _, k := range []groupKey{{false, TCP}, {false, UDP}, {true, TCP}, {true, UDP}} {
-		g := groups[k]
-		if g == nil {
-			continue
-		}
+	for k := range groups {
+		g := &groups[k]
 		o.sortByPort(g.local)
 		o.sweep(g.local, nil)
 		if len(g.local) > 0 {
@@ -124,7 +119,7 @@ func (o *overlapChecker) sweep(a, b []int) {
 				break
 			}
 		}
-		open[side].push(c)
+		heap.Push(&open[side], c)
 	}
 }
 
@@ -219,46 +214,25 @@ func describeOverlap(f, g *Forward) string {
 	return b.String()
 }
 
-// portHeap is a min-heap of forward indexes by last port. Hand-written
-// rather than container/heap, which boxes every index into an interface.
+// portHeap is a min-heap (container/heap) of forward indexes by last port.
 type portHeap struct {
 	idx  []int
 	fwds []Forward
 }
 
-func (h *portHeap) hi(i int) uint16 { return h.fwds[h.idx[i]].Port.Hi }
-
-func (h *portHeap) push(x int) {
-	h.idx = append(h.idx, x)
-	for i := len(h.idx) - 1; i > 0; {
-		parent := (i - 1) / 2
-		if h.hi(parent) <= h.hi(i) {
-			break
-		}
-		h.idx[parent], h.idx[i] = h.idx[i], h.idx[parent]
-		i = parent
-	}
+func (h *portHeap) Len() int           { return len(h.idx) }
+func (h *portHeap) Less(i, j int) bool { return h.fwds[h.idx[i]].Port.Hi < h.fwds[h.idx[j]].Port.Hi }
+func (h *portHeap) Swap(i, j int)      { h.idx[i], h.idx[j] = h.idx[j], h.idx[i] }
+func (h *portHeap) Push(x any)         { h.idx = append(h.idx, x.(int)) }
+func (h *portHeap) Pop() any {
+	x := h.idx[len(h.idx)-1]
+	h.idx = h.idx[:len(h.idx)-1]
+	return x
 }
 
 // popBelow removes the forwards whose port range ends before port.
 func (h *portHeap) popBelow(port uint16) {
-	for len(h.idx) > 0 && h.hi(0) < port {
-		last := len(h.idx) - 1
-		h.idx[0] = h.idx[last]
-		h.idx = h.idx[:last]
-		for i := 0; ; {
-			small, l, r := i, 2*i+1, 2*i+2
-			if l < len(h.idx) && h.hi(l) < h.hi(small) {
-				small = l
-			}
-			if r < len(h.idx) && h.hi(r) < h.hi(small) {
-				small = r
-			}
-			if small == i {
-				break
-			}
-			h.idx[i], h.idx[small] = h.idx[small], h.idx[i]
-			i = small
-		}
+	for len(h.idx) > 0 && h.fwds[h.idx[0]].Port.Hi < port {
+		heap.Pop(h)
 	}
 }

@@ -68,6 +68,12 @@ func Parse(path string, data []byte) (*Config, error) {
 	return parseFiles([]source{{path: path, text: string(data)}})
 }
 
+// parseFiles parses a configuration as a Parser with nothing cached does.
+func parseFiles(srcs []source) (*Config, error) {
+	p := Parser{CacheLimit: -1}
+	return p.parse(srcs)
+}
+
 // source is one file of a configuration: the main file first, then the
 // files of its config directory.
 type source struct {
@@ -83,19 +89,6 @@ func messageName(path string) string {
 	return path
 }
 
-// parseFiles decodes every file in full, then checks them together.
-func parseFiles(srcs []source) (*Config, error) {
-	ps := newProblems(srcs)
-	if !checkLimits(ps, srcs, MaxFileSize, MaxForwards) {
-		return nil, ps.err()
-	}
-	files := make([]*fileResult, len(srcs))
-	for i, src := range srcs {
-		files[i] = decodeFile(ps, src, i > 0)
-	}
-	return assemble(ps, srcs[0].path, files)
-}
-
 func newProblems(srcs []source) *problems {
 	ps := &problems{order: make(map[string]int, len(srcs))}
 	for i, src := range srcs {
@@ -106,48 +99,62 @@ func newProblems(srcs []source) *problems {
 
 // checkLimits refuses, before anything is decoded, a configuration larger
 // than maxBytes in all, or with more [[forward]] headers than maxForwards.
-func checkLimits(ps *problems, srcs []source, maxBytes, maxForwards int) bool {
+// It returns each file cut at its headers.
+func checkLimits(ps *problems, srcs []source, maxBytes, maxForwards int) ([]split, bool) {
 	size, headers := 0, 0
-	for _, src := range srcs {
+	splits := make([]split, len(srcs))
+	for i, src := range srcs {
 		size += len(src.text)
 		if size > maxBytes {
 			ps.addIn(messageName(src.path), 0, "", "", "the configuration is larger than %d bytes (%d MiB), the limit", maxBytes, maxBytes>>20)
-			return false
+			return nil, false
 		}
-		_, blocks := splitBlocks(src.text)
-		headers += len(blocks)
+		splits[i] = splitBlocks(src.text)
+		headers += len(splits[i].blocks)
 		if headers > maxForwards {
 			ps.addIn(messageName(src.path), 0, "", "", "more than %d [[forward]] entries; the limit is %d (the forward ids a ct mark can carry)", maxForwards, maxForwards)
-			return false
+			return nil, false
 		}
 	}
-	return true
+	return splits, true
 }
 
-// fileResult is one file, decoded and validated on its own.
+// parseWhole decodes every file in full, then checks them together.
+func parseWhole(ps *problems, srcs []source) (*Config, error) {
+	var fl forwardList
+	main := decodeFile(ps, srcs[0], false, &fl)
+	for _, src := range srcs[1:] {
+		decodeFile(ps, src, true, &fl)
+	}
+	return assemble(ps, srcs[0].path, main, &fl)
+}
+
+// fileResult is the sections of one file, decoded and validated.
 type fileResult struct {
-	path      string // as given
-	top       []string
 	daemon    Daemon
 	sysctl    Sysctl
 	conntrack Conntrack
 	warnings  []Problem
-	fwds      []Forward
-	nameLines []int  // line of each forward's name (its header's when unset)
-	valid     []bool // the forward has no problem of its own
 	// ctMaskLine is the line of [daemon] ct_mask (of the section when the
 	// key is not set), where too many forwards for its id bits are reported.
 	ctMaskLine int
+	forward    bool // the file has a forward key, in whatever form
+}
+
+// forwardList is the forwards of all the files, in order, with what the
+// checks across forwards need.
+type forwardList struct {
+	fwds      []Forward
+	nameLines []int  // line of each forward's name (its header's when unset)
+	valid     []bool // the forward has no problem of its own
 }
 
 // decodeFile decodes one file with BurntSushi/toml, finds where its keys are,
-// and validates each table. A file of the config directory (dropIn) may only
-// hold [[forward]] entries.
-func decodeFile(all *problems, src source, dropIn bool) *fileResult {
-	r := &fileResult{path: src.path}
-	ps := &problems{path: messageName(src.path)}
-	defer func() { all.list = append(all.list, ps.list...) }()
-
+// validates each table, and appends its forwards to fl. A file of the config
+// directory (dropIn) may only hold [[forward]] entries.
+func decodeFile(ps *problems, src source, dropIn bool, fl *forwardList) *fileResult {
+	r := &fileResult{}
+	ps.path = messageName(src.path)
 	var doc map[string]any
 	if _, err := toml.Decode(src.text, &doc); err != nil {
 		ps.list = append(ps.list, syntaxProblem(ps.path, src.text, err))
@@ -157,7 +164,6 @@ func decodeFile(all *problems, src source, dropIn bool) *fileResult {
 	tables := make(map[string]map[string]any)
 	var forwards []map[string]any
 	for key, v := range doc {
-		r.top = append(r.top, key)
 		line := pos.top.keys[key]
 		if s, ok := pos.sections[key]; ok && line == 0 {
 			line = s.header
@@ -168,6 +174,7 @@ func decodeFile(all *problems, src source, dropIn bool) *fileResult {
 		case dropIn && key != "forward":
 			ps.add(line, "", "", "%s is not allowed here: a file of the config directory holds only [[forward]] entries; set [%s] in the main file", quote(key), key)
 		case key == "forward":
+			r.forward = true
 			forwards = forwardTables(ps, pos, v)
 		default:
 			t, ok := v.(map[string]any)
@@ -176,10 +183,9 @@ func decodeFile(all *problems, src source, dropIn bool) *fileResult {
 				continue
 			}
 			tables[key] = t
-			unknownKeys(ps, key, key, t, pos.section(key))
+			unknownKeys(&fields{ps: ps, where: key, lines: pos.section(key)}, key, t)
 		}
 	}
-	slices.Sort(r.top)
 	if !dropIn {
 		r.daemon, r.warnings = parseDaemon(ps, tables["daemon"], pos.section("daemon"))
 		r.ctMaskLine = pos.section("daemon").line("ct_mask")
@@ -192,25 +198,33 @@ func decodeFile(all *problems, src source, dropIn bool) *fileResult {
 		// Forwards written as an inline array have no headers to point at.
 		lines = nil
 	}
-	r.fwds = make([]Forward, len(forwards))
-	r.valid = make([]bool, len(forwards))
-	r.nameLines = make([]int, len(forwards))
 	for i, t := range forwards {
 		kl := &keyLines{}
 		if lines != nil {
 			kl = lines[i]
 		}
-		unknownKeys(ps, "forward", forwardWhere(i, t), t, kl)
 		before := len(ps.list)
-		r.fwds[i] = parseForward(ps, i, t, kl)
-		r.fwds[i].File = src.path
-		r.valid[i] = len(ps.list) == before
-		r.nameLines[i] = kl.line("name")
+		f := validateForward(ps, i, t, kl)
+		f.File = src.path
+		fl.fwds = append(fl.fwds, f)
+		fl.valid = append(fl.valid, len(ps.list) == before)
+		fl.nameLines = append(fl.nameLines, kl.line("name"))
 	}
 	for i := range r.warnings {
 		r.warnings[i].Path = ps.path
 	}
 	return r
+}
+
+// validateForward checks the keys of forward #i+1 and validates it.
+func validateForward(ps *problems, i int, t map[string]any, kl *keyLines) Forward {
+	// where is only spelled out for a problem: most forwards have none.
+	fs := &fields{ps: ps, forward: i + 1, lines: kl}
+	if name, ok := t["name"].(string); ok {
+		fs.name = name
+	}
+	unknownKeys(fs, "forward", t)
+	return parseForward(fs, t)
 }
 
 // forwardTables returns the [[forward]] entries of a file.
@@ -242,11 +256,11 @@ func forwardTables(ps *problems, pos *positions, v any) []map[string]any {
 }
 
 // unknownKeys reports the keys of a table that are not allowed.
-func unknownKeys(ps *problems, table, where string, t map[string]any, kl *keyLines) {
+func unknownKeys(fs *fields, table string, t map[string]any) {
 	allowed := allowedKeys[table]
 	for key := range t {
 		if !slices.Contains(allowed, key) {
-			ps.add(kl.line(key), where, "", "unknown key %s%s; allowed: %s", quote(key), caseHint(key, table), strings.Join(allowed, ", "))
+			fs.ps.add(fs.lines.line(key), fs.at(), "", "unknown key %s%s; allowed: %s", quote(key), caseHint(key, table), strings.Join(allowed, ", "))
 		}
 	}
 }
@@ -305,13 +319,6 @@ func oneLine(s string) string {
 	return b.String()
 }
 
-func forwardWhere(i int, t map[string]any) string {
-	if name, ok := t["name"].(string); ok && name != "" {
-		return "forward " + quote(name)
-	}
-	return fmt.Sprintf("forward #%d", i+1)
-}
-
 // fields reports problems with the keys of one table.
 type fields struct {
 	ps    *problems
@@ -323,14 +330,18 @@ type fields struct {
 }
 
 func (fs *fields) errorf(field, format string, args ...any) {
-	where := fs.where
+	fs.ps.add(fs.lines.line(field), fs.at(), field, format, args...)
+}
+
+// at says where the table is, for a problem.
+func (fs *fields) at() string {
 	switch {
 	case fs.name != "":
-		where = "forward " + quote(fs.name)
+		return "forward " + quote(fs.name)
 	case fs.forward > 0:
-		where = fmt.Sprintf("forward #%d", fs.forward)
+		return fmt.Sprintf("forward #%d", fs.forward)
 	}
-	fs.ps.add(fs.lines.line(field), where, field, format, args...)
+	return fs.where
 }
 
 func (fs *fields) str(field string, v any, def string) (string, bool) {
@@ -545,17 +556,9 @@ func parseConntrack(ps *problems, t map[string]any, lines *keyLines) Conntrack {
 }
 
 // assemble puts the files of a configuration together and runs the checks
-// across forwards. The first file is the main one.
-func assemble(ps *problems, path string, files []*fileResult) (*Config, error) {
-	main := files[0]
-	c := &Config{Path: path, Daemon: main.daemon, Sysctl: main.sysctl, Conntrack: main.conntrack, Warnings: main.warnings}
-	nameLines, valid := main.nameLines, main.valid
-	c.Forwards = main.fwds
-	for _, f := range files[1:] {
-		c.Forwards = append(c.Forwards, f.fwds...)
-		nameLines = append(nameLines, f.nameLines...)
-		valid = append(valid, f.valid...)
-	}
+// across forwards. main is the main file.
+func assemble(ps *problems, path string, main *fileResult, fl *forwardList) (*Config, error) {
+	c := &Config{Path: path, Daemon: main.daemon, Sysctl: main.sysctl, Conntrack: main.conntrack, Warnings: main.warnings, Forwards: fl.fwds}
 	switch l := c.Daemon.CtMark; {
 	case len(c.Forwards) > MaxForwards:
 		ps.addIn(messageName(path), 0, "", "", "%d forwards; the limit is %d (the forward ids a ct mark can carry)", len(c.Forwards), MaxForwards)
@@ -564,9 +567,9 @@ func assemble(ps *problems, path string, files []*fileResult) (*Config, error) {
 		ps.addIn(messageName(path), main.ctMaskLine, "daemon", "ct_mask", "0x%08x leaves %d bits for forward ids (at most %d forwards), but there are %d forwards; they need at least %d id bits: widen ct_mask (e.g. 0x%08x) or use fewer forwards",
 			l.Mask, l.IDBits(), l.MaxID(), len(c.Forwards), need, widen(l, need))
 	}
-	checkNames(ps, c.Forwards, nameLines)
-	checkOverlaps(ps, c.Forwards, valid)
-	checkBudget(ps, c.Forwards, valid)
+	checkNames(ps, c.Forwards, fl.nameLines)
+	checkOverlaps(ps, c.Forwards, fl.valid)
+	checkBudget(ps, c.Forwards, fl.valid)
 	if err := ps.err(); err != nil {
 		return nil, err
 	}

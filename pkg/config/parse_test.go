@@ -655,10 +655,10 @@ func TestParseLimits(t *testing.T) {
 	}
 	three := strings.Repeat("[[forward]]\nname = \"a\"\n", 3)
 	ps := newProblems([]source{{path: "a.toml"}})
-	if checkLimits(ps, []source{{path: "a.toml", text: three}}, 1000, 2) || !strings.Contains(ps.err().Error(), "a.toml: more than 2 [[forward]] entries; the limit is 2") {
+	if _, ok := checkLimits(ps, []source{{path: "a.toml", text: three}}, 1000, 2); ok || !strings.Contains(ps.err().Error(), "a.toml: more than 2 [[forward]] entries; the limit is 2") {
 		t.Errorf("3 forwards, limit 2: %v", ps.err())
 	}
-	if !checkLimits(newProblems(nil), []source{{text: three}}, 1000, 3) {
+	if _, ok := checkLimits(newProblems(nil), []source{{text: three}}, 1000, 3); !ok {
 		t.Errorf("3 forwards refused with a limit of 3")
 	}
 	if MaxForwards != int(ctmark.Default.MaxID()) || MaxForwards != 1<<24-1 {

@@ -20,8 +20,8 @@ import (
 type keyLines struct {
 	header int
 	keys   map[string]int
-	// subs holds the keys of each [[forward.<name>]] of a forward, by name.
-	subs map[string][]*keyLines
+	// backends holds the keys of each [[forward.backend]] of a forward.
+	backends []*keyLines
 }
 
 func (k *keyLines) set(key string, line int) {
@@ -61,13 +61,9 @@ func scanPositions(text string) *positions {
 	p := &positions{}
 	cur := &p.top
 	depth, multiline := 0, "" // open [ and { of a value; the delimiter of an open multi-line string
-	for n, rest := 1, text; rest != ""; n++ {
-		line := rest
-		if i := strings.IndexByte(rest, '\n'); i >= 0 {
-			line, rest = rest[:i], rest[i+1:]
-		} else {
-			rest = ""
-		}
+	n := 0
+	for line := range strings.Lines(text) {
+		n++
 		value := line
 		if multiline != "" {
 			i := closeString(value, multiline)
@@ -109,12 +105,9 @@ func (p *positions) header(name []string, array bool, line int) *keyLines {
 			// [forward.x] or [[forward.x]]: a key of the current forward.
 			f := p.forwards[len(p.forwards)-1]
 			f.set(name[1], line)
-			if len(name) == 2 && array { // [[forward.backend]]: its keys have lines of their own
+			if len(name) == 2 && array && name[1] == "backend" { // its keys have lines of their own
 				kl := &keyLines{header: line}
-				if f.subs == nil {
-					f.subs = make(map[string][]*keyLines)
-				}
-				f.subs[name[1]] = append(f.subs[name[1]], kl)
+				f.backends = append(f.backends, kl)
 				return kl
 			}
 			return &keyLines{}

@@ -1,8 +1,13 @@
-// Package config turns fwdd's TOML file into a validated, immutable Config.
+// Package config turns fwdd's TOML files into a validated, immutable Config.
 //
-// The file is decoded into raw structs (pointers tell "unset" from "zero"),
-// then validated into the typed values below. Nothing outside this package
-// sees the raw form.
+// Every parse goes the same way (cache.go): each file is cut at its
+// [[forward]] headers, the blocks not seen before are decoded with
+// BurntSushi/toml into the library's own maps, which keep each key as
+// written, and each table is validated into the typed values below
+// (parse.go, forward.go, balance.go), then the forwards against each other
+// (overlap.go). When anything is wrong the files are decoded whole, and a
+// scan of the text (scan.go) finds the line of each key for the messages
+// (errors.go). Nothing outside this package sees the decoded maps.
 package config
 
 import (
@@ -40,17 +45,20 @@ const (
 )
 
 // Daemon is the [daemon] section.
+//
+// The key tags of Daemon, Sysctl and Conntrack name each field's key in the
+// file, for Diff and TOML.
 type Daemon struct {
-	Table    string // nftables table name, family inet; default "fwdd"
-	OnStop   OnStop // default flush
-	LogLevel string // debug | info | warn | error; default info
-	Metrics  string // listen address for /metrics, "" = off
+	Table    string `key:"table"`     // nftables table name, family inet; default "fwdd"
+	OnStop   OnStop `key:"on_stop"`   // default flush
+	LogLevel string `key:"log_level"` // debug | info | warn | error; default info
+	Metrics  string `key:"metrics"`   // listen address for /metrics, "" = off
 	// ForwardPolicy is what fwdd's forward-hook chain does with forwarded
 	// packets of connections fwdd did not forward; default accept.
-	ForwardPolicy ForwardPolicy
+	ForwardPolicy ForwardPolicy `key:"forward_policy"`
 	// CtMark is where fwdd's bits are in the ct mark ([daemon] ct_mark and
 	// ct_mask); default ctmark.Default.
-	CtMark ctmark.Layout
+	CtMark ctmark.Layout `key:"ct_mark"`
 }
 
 // ForwardPolicy is the verdict of fwdd's forward chain for traffic that is
@@ -77,18 +85,18 @@ const (
 
 // Sysctl is the [sysctl] section.
 type Sysctl struct {
-	IPForward    bool     // default true
-	RPFilter     RPFilter // default keep
-	ConntrackMax int      // 0 = leave alone
+	IPForward    bool     `key:"ip_forward"`    // default true
+	RPFilter     RPFilter `key:"rp_filter"`     // default keep
+	ConntrackMax int      `key:"conntrack_max"` // 0 = leave alone
 	// ConntrackBuckets sets nf_conntrack_buckets (the conntrack hash
 	// table's size) where the kernel allows it; 0 = leave alone.
-	ConntrackBuckets int
+	ConntrackBuckets int `key:"conntrack_buckets"`
 }
 
 // Conntrack is the [conntrack] section.
 type Conntrack struct {
-	WarnPercent     int // default 80
-	CriticalPercent int // default 95
+	WarnPercent     int `key:"warn_percent"`     // default 80
+	CriticalPercent int `key:"critical_percent"` // default 95
 }
 
 // Proto is an IP protocol number fwdd forwards.
