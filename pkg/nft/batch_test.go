@@ -15,21 +15,8 @@ import (
 // table has: counter sets with comments, concatenated maps, verdict maps
 // (partial ct mask), interval maps (balancing), snat maps.
 func TestElementsMessage(t *testing.T) {
-	balanced := `
-[[forward]]
-name = "bal"
-port = "8000-8001"
-to = ["10.0.2.10:8080", "10.0.2.11:8080", "10.0.2.12:8080"]
-
-[[forward]]
-name = "bal6"
-proto = ["tcp", "udp"]
-port = 9000
-balance = "source"
-to = ["[fd00::1]:80", "[fd00::2]:80"]
-`
 	seen := map[string]bool{}
-	for _, text := range []string{goldenConfig + balanced, partialConfig + balanced} {
+	for _, text := range []string{goldenConfig + balancedConfig, partialConfig + balancedConfig} {
 		m := compile(t, text, nil)
 		for _, op := range Replace(m).Ops {
 			if op.Kind != OpAddElements {

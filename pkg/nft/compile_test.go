@@ -164,12 +164,9 @@ func TestRangeMapsOneToOne(t *testing.T) {
 	}
 }
 
-// TestElementCounts: part.count, which sizes the element slices of a
-// full replace, counts exactly the elements part.elements makes, set by
-// set, in the default and a partial ct mark layout, with balanced and
-// source-balanced forwards.
-func TestElementCounts(t *testing.T) {
-	balanced := `
+// balancedConfig adds forwards over several backends, one balanced by
+// source, to a test config.
+const balancedConfig = `
 [[forward]]
 name = "bal"
 port = "8000-8001"
@@ -182,7 +179,13 @@ port = 9000
 balance = "source"
 to = ["[fd00::1]:80", "[fd00::2]:80"]
 `
-	for name, text := range map[string]string{"default": goldenConfig + balanced, "partial": partialConfig + balanced} {
+
+// TestElementCounts: part.count, which sizes the element slices of a
+// full replace, counts exactly the elements part.elements makes, set by
+// set, in the default and a partial ct mark layout, with balanced and
+// source-balanced forwards.
+func TestElementCounts(t *testing.T) {
+	for name, text := range map[string]string{"default": goldenConfig + balancedConfig, "partial": partialConfig + balancedConfig} {
 		m := compile(t, text, nil)
 		var n [numSets]int
 		for _, p := range m.order {
