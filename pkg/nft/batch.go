@@ -136,9 +136,7 @@ func elementsMessage(op *Op, table string, setID uint32) (netlink.Message, error
 	}, Data: b}, nil
 }
 
-const nlmsgHeaderLen = 16
-
-func nlmsgAlign(n int) int { return (n + 3) &^ 3 }
+func nlmsgAlign(n int) int { return (n + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1) }
 
 // sendBatch sends msgs (a whole batch, as batchConn recorded it) in one
 // sendmsg on a fresh socket and waits for the ack of every message that
@@ -147,18 +145,18 @@ func nlmsgAlign(n int) int { return (n + 3) &^ 3 }
 func (k *Netlink) sendBatch(msgs []netlink.Message) error {
 	size := 0
 	for _, m := range msgs {
-		size += nlmsgAlign(nlmsgHeaderLen + len(m.Data))
+		size += nlmsgAlign(unix.NLMSG_HDRLEN + len(m.Data))
 	}
 	buf := make([]byte, size)
 	off, acks := 0, 0
 	for i, m := range msgs {
-		n := nlmsgAlign(nlmsgHeaderLen + len(m.Data))
-		h := buf[off : off+nlmsgHeaderLen]
+		n := nlmsgAlign(unix.NLMSG_HDRLEN + len(m.Data))
+		h := buf[off : off+unix.NLMSG_HDRLEN]
 		binary.NativeEndian.PutUint32(h[0:], uint32(n))
 		binary.NativeEndian.PutUint16(h[4:], uint16(m.Header.Type))
 		binary.NativeEndian.PutUint16(h[6:], uint16(m.Header.Flags))
 		binary.NativeEndian.PutUint32(h[8:], uint32(i+1)) // sequence; port id 0
-		copy(buf[off+nlmsgHeaderLen:], m.Data)
+		copy(buf[off+unix.NLMSG_HDRLEN:], m.Data)
 		off += n
 		if m.Header.Flags&netlink.Acknowledge != 0 {
 			acks++
