@@ -8,6 +8,8 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/fwdd/fwdd/internal/rootfile"
 )
 
 // Decoding block by block, and reusing the forwards that did not change.
@@ -62,10 +64,10 @@ func (p *Parser) Parse(path string, data []byte) (*Config, error) {
 // Load is the package-level Load through p: the same checks on the files,
 // then the same result.
 func (p *Parser) Load(path string) (*Config, error) {
-	return p.load(path, rootOnly)
+	return p.load(path, rootfile.Root)
 }
 
-func (p *Parser) load(path string, rules fileRules) (*Config, error) {
+func (p *Parser) load(path string, rules rootfile.Rules) (*Config, error) {
 	srcs, err := readConfig(path, rules)
 	if err != nil {
 		return nil, err

@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/fwdd/fwdd/internal/rootfile"
 )
 
 // The shipped example must always parse; this keeps it from rotting.
@@ -74,83 +76,8 @@ func writeConfig(t *testing.T, mode os.FileMode) string {
 
 // testRules are Load's rules for a test's files: owned by the user running
 // the test, in directories up to the test's temporary directory.
-func testRules(path string) fileRules {
-	return fileRules{uid: uint32(os.Getuid()), top: filepath.Dir(path)}
-}
-
-// loadWithOwner is Load with the files owned by uid.
-func loadWithOwner(path string, uid uint32) (*Config, error) {
-	rules := testRules(path)
-	rules.uid = uid
-	srcs, err := readConfig(path, rules)
-	if err != nil {
-		return nil, err
-	}
-	return parseFiles(srcs)
-}
-
-func TestLoad(t *testing.T) {
-	me := uint32(os.Getuid())
-	tests := []struct {
-		name    string
-		mode    os.FileMode
-		owner   uint32
-		wantErr string // "" = success
-	}{
-		{name: "ok", mode: 0o644, owner: me},
-		{name: "owner read only", mode: 0o400, owner: me},
-		{name: "group writable", mode: 0o664, owner: me, wantErr: "writable by group or others (mode 0664); run: chmod go-w "},
-		{name: "world writable", mode: 0o602, owner: me, wantErr: "writable by group or others (mode 0602)"},
-		{name: "other owner", mode: 0o644, owner: me + 1, wantErr: "owned by uid " + itoa(me) + ", not "},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			path := writeConfig(t, tt.mode)
-			c, err := loadWithOwner(path, tt.owner)
-			if tt.wantErr == "" {
-				if err != nil {
-					t.Fatal(err)
-				}
-				if c.Path != path || c.Daemon.Table != "t" {
-					t.Errorf("Load = %+v", c)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !strings.HasPrefix(err.Error(), path+": ") {
-				t.Fatalf("Load error = %v, want %s: ...%q", err, path, tt.wantErr)
-			}
-		})
-	}
-}
-
-func TestLoadMessages(t *testing.T) {
-	path := writeConfig(t, 0o664)
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// As root would see it: the fixes are spelled out.
-	err = checkFileSafe("/etc/fwdd/fwdd.toml", fi, uint32(os.Getuid()))
-	if want := "/etc/fwdd/fwdd.toml: writable by group or others (mode 0664); run: chmod go-w /etc/fwdd/fwdd.toml"; err == nil || err.Error() != want {
-		t.Errorf("got %v, want %s", err, want)
-	}
-
-	owner := os.Getuid()
-	if owner == 0 {
-		// Running as root: give the file away to see the message.
-		owner = 1000
-		if err := os.Chown(path, owner, -1); err != nil {
-			t.Fatal(err)
-		}
-		if fi, err = os.Stat(path); err != nil {
-			t.Fatal(err)
-		}
-	}
-	err = checkFileSafe("/etc/fwdd/fwdd.toml", fi, 0)
-	want := "/etc/fwdd/fwdd.toml: owned by uid " + strconv.Itoa(owner) + ", not root; run: chown root /etc/fwdd/fwdd.toml"
-	if err == nil || err.Error() != want {
-		t.Errorf("got %v, want %s", err, want)
-	}
+func testRules(path string) rootfile.Rules {
+	return rootfile.Rules{UID: uint32(os.Getuid()), Top: filepath.Dir(path)}
 }
 
 func TestLoadRefusesBeforeParsing(t *testing.T) {
@@ -161,25 +88,11 @@ func TestLoadRefusesBeforeParsing(t *testing.T) {
 	if err := os.Chmod(path, 0o666); err != nil {
 		t.Fatal(err)
 	}
-	_, err := loadWithOwner(path, uint32(os.Getuid()))
+	_, err := new(Parser).load(path, testRules(path))
 	if err == nil || !strings.Contains(err.Error(), "writable by group or others") {
 		t.Errorf("got %v, want the permission error, not a parse error", err)
 	}
 }
-
-func TestLoadNotRegular(t *testing.T) {
-	dir := t.TempDir()
-	_, err := loadWithOwner(dir, uint32(os.Getuid()))
-	if err == nil || !strings.Contains(err.Error(), "not a regular file") {
-		t.Errorf("got %v, want not a regular file", err)
-	}
-	_, err = Load(filepath.Join(t.TempDir(), "missing.toml"))
-	if !errors.Is(err, fs.ErrNotExist) {
-		t.Errorf("got %v, want a not-exist error", err)
-	}
-}
-
-func itoa(u uint32) string { return strconv.Itoa(int(u)) }
 
 // mkfile writes a file of the given mode under dir, making its directories.
 func mkfile(t *testing.T, dir, rel, text string, mode os.FileMode) string {
@@ -204,62 +117,6 @@ func chmod(t *testing.T, path string, mode os.FileMode) {
 	}
 }
 
-// TestLoadDirectories checks the directories that contain the file, as
-// sshd's StrictModes does.
-func TestLoadDirectories(t *testing.T) {
-	const text = "[daemon]\ntable = \"t\"\n"
-	top := t.TempDir()
-	rules := fileRules{uid: uint32(os.Getuid()), top: top}
-	load := func(path string) error {
-		_, err := readConfig(path, rules)
-		return err
-	}
-
-	// Group-readable for the fwdd user's group: fine.
-	ok := mkfile(t, top, "ok/fwdd.toml", text, 0o640)
-	chmod(t, filepath.Dir(ok), 0o750)
-	if err := load(ok); err != nil {
-		t.Errorf("0640 file in a 0750 directory: %v", err)
-	}
-
-	open := mkfile(t, top, "open/fwdd.toml", text, 0o644)
-	chmod(t, filepath.Dir(open), 0o777)
-	want := filepath.Dir(open) + ": directory writable by group or others (mode 0777); run: chmod go-w " + filepath.Dir(open) + " (it contains " + open + ")"
-	if err := load(open); err == nil || err.Error() != want {
-		t.Errorf("0777 directory: %v, want %s", err, want)
-	}
-	chmod(t, filepath.Dir(open), 0o777|os.ModeSticky)
-	if err := load(open); err != nil {
-		t.Errorf("sticky directory (like /tmp): %v", err)
-	}
-
-	deep := mkfile(t, top, "up/a/b/fwdd.toml", text, 0o644)
-	chmod(t, filepath.Join(top, "up"), 0o775)
-	if err := load(deep); err == nil || !strings.HasPrefix(err.Error(), filepath.Join(top, "up")+": directory writable by group or others (mode 0775)") {
-		t.Errorf("group-writable ancestor: %v", err)
-	}
-
-	target := mkfile(t, top, "unsafe/real.toml", text, 0o644)
-	chmod(t, filepath.Dir(target), 0o777)
-	link := filepath.Join(top, "safe", "fwdd.toml")
-	if err := os.MkdirAll(filepath.Dir(link), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Symlink(target, link); err != nil {
-		t.Fatal(err)
-	}
-	if err := load(link); err == nil || !strings.HasPrefix(err.Error(), filepath.Dir(target)+": directory writable by group or others") {
-		t.Errorf("symlink into a writable directory: %v", err)
-	}
-
-	other := fileRules{uid: rules.uid + 1, top: top}
-	err := checkDirs(ok, other)
-	want = filepath.Dir(ok) + ": directory owned by uid " + itoa(rules.uid) + ", not uid " + itoa(other.uid) + "; run: chown " + itoa(other.uid) + " " + filepath.Dir(ok)
-	if err == nil || !strings.HasPrefix(err.Error(), want) {
-		t.Errorf("directory of another owner: %v, want %s", err, want)
-	}
-}
-
 func TestLoadTooLarge(t *testing.T) {
 	path := writeConfig(t, 0o644)
 	if err := os.Truncate(path, MaxFileSize+1); err != nil {
@@ -268,6 +125,22 @@ func TestLoadTooLarge(t *testing.T) {
 	_, err := readConfig(path, testRules(path))
 	if want := path + ": the configuration is larger than 67108864 bytes (64 MiB), the limit"; err == nil || err.Error() != want {
 		t.Errorf("got %v, want %s", err, want)
+	}
+	// The limit is for all the files together.
+	if err := os.Truncate(path, MaxFileSize-4); err != nil {
+		t.Fatal(err)
+	}
+	part := mkfile(t, Dir(path), "10-a.toml", "# 5 bytes or more\n", 0o644)
+	_, err = readConfig(path, testRules(path))
+	if want := part + ": the configuration is larger than 67108864 bytes (64 MiB), the limit"; err == nil || err.Error() != want {
+		t.Errorf("got %v, want %s", err, want)
+	}
+}
+
+func TestLoadMissing(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "missing.toml"))
+	if !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("got %v, want a not-exist error", err)
 	}
 }
 
@@ -284,15 +157,15 @@ func TestConfigDirectory(t *testing.T) {
 	fwd := func(name string, port int, extra ...string) string {
 		return strings.Join(append([]string{"[[forward]]", `name = "` + name + `"`, "port = " + strconv.Itoa(port), `to = "10.0.0.2"`}, extra...), "\n") + "\n"
 	}
-	setup := func(t *testing.T, files map[string]string) (string, fileRules) {
+	setup := func(t *testing.T, files map[string]string) (string, rootfile.Rules) {
 		top := t.TempDir()
 		for rel, text := range files {
 			mkfile(t, top, rel, text, 0o644)
 		}
 		main := filepath.Join(top, "lab.toml")
-		return main, fileRules{uid: uint32(os.Getuid()), top: top}
+		return main, testRules(main)
 	}
-	load := func(main string, rules fileRules) (*Config, error) {
+	load := func(main string, rules rootfile.Rules) (*Config, error) {
 		srcs, err := readConfig(main, rules)
 		if err != nil {
 			return nil, err
