@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/fwdd/fwdd/internal/tomlpos"
 )
 
 // Backend is one backend of a forward.
@@ -119,9 +121,9 @@ func parseBalancing(fs *fields, t map[string]any, f *Forward) {
 			fs.errorf("backend", "must be [[forward.backend]] tables, each with to and weight, not %s", tomlType(list))
 			return
 		}
-		subs := fs.lines.backends
+		subs := fs.lines.Array("backend")
 		for i, bt := range tables {
-			kl := &keyLines{header: fs.lines.line("backend")}
+			kl := &tomlpos.Table{Line: fs.lines.Key("backend")}
 			if i < len(subs) {
 				kl = subs[i]
 			}

@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/BurntSushi/toml"
+	"github.com/fwdd/fwdd/internal/tomlpos"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/fwdd/fwdd/internal/rootfile"
@@ -97,47 +98,10 @@ func (p *Parser) parse(srcs []source) (*Config, error) {
 	return c, nil
 }
 
-// split is a file cut before each [[forward]] header.
+// split is a file cut before each [[forward]] header (tomlpos.Cut).
 type split struct {
 	pre    string // the text before the first block
-	blocks []block
-}
-
-// block is one [[forward]] entry of a file: from its header to the next.
-type block struct {
-	text string
-	line int // of the header
-}
-
-// splitBlocks cuts text before each line that starts, after blanks, with a
-// [[forward]] header ([[ forward ]] and [["forward"]] too).
-func splitBlocks(text string) split {
-	var s split
-	var starts []int
-	off, n := 0, 0
-	for line := range strings.Lines(text) {
-		n++
-		if h := trimBlank(line); strings.HasPrefix(h, "[[") && isForwardHeader(h) {
-			starts = append(starts, off)
-			s.blocks = append(s.blocks, block{line: n})
-		}
-		off += len(line)
-	}
-	starts = append(starts, len(text))
-	for k := range s.blocks {
-		s.blocks[k].text = text[starts[k]:starts[k+1]]
-	}
-	s.pre = text[:starts[0]]
-	return s
-}
-
-// isForwardHeader reports whether the line s is a [[forward]] header.
-func isForwardHeader(s string) bool {
-	if strings.HasPrefix(s, "[[forward]]") {
-		return true
-	}
-	name := headerName(s, true)
-	return len(name) == 1 && name[0] == "forward"
+	blocks []tomlpos.Block
 }
 
 // fromBlocks parses the files block by block, taking from cache the blocks
@@ -157,8 +121,8 @@ func fromBlocks(srcs []source, splits []split, cache map[string]*Forward) (*Conf
 			main = f
 		}
 		for _, b := range splits[i].blocks {
-			texts = append(texts, b.text)
-			fl.nameLines = append(fl.nameLines, b.line)
+			texts = append(texts, b.Text)
+			fl.nameLines = append(fl.nameLines, b.Line)
 			fl.valid = append(fl.valid, true)
 		}
 	}
@@ -177,7 +141,7 @@ func fromBlocks(srcs []source, splits []split, cache map[string]*Forward) (*Conf
 	k := 0
 	for i, s := range splits {
 		for _, b := range s.blocks {
-			fl.fwds[k].File, fl.fwds[k].Line = srcs[i].path, b.line
+			fl.fwds[k].File, fl.fwds[k].Line = srcs[i].path, b.Line
 			k++
 		}
 	}
@@ -234,7 +198,7 @@ func decodeDocument(out []Forward, texts []string, todo []int) error {
 	}
 	ps := &problems{}
 	for i, t := range tables {
-		f := validateForward(ps, i, t, &keyLines{})
+		f := validateForward(ps, i, t, &tomlpos.Table{})
 		if len(ps.list) > 0 {
 			return errDoubt
 		}

@@ -15,7 +15,7 @@ const (
 
 // parseForward validates one [[forward]]; problems go to fs.
 func parseForward(fs *fields, t map[string]any) Forward {
-	f := Forward{Line: fs.lines.header}
+	f := Forward{Line: fs.lines.Line}
 	switch name, ok := fs.str("name", t["name"], ""); {
 	case !ok:
 	case name == "":

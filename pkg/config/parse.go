@@ -14,6 +14,7 @@ import (
 	"unicode"
 
 	"github.com/BurntSushi/toml"
+	"github.com/fwdd/fwdd/internal/tomlpos"
 	"github.com/fwdd/fwdd/pkg/ctmark"
 )
 
@@ -109,7 +110,8 @@ func checkLimits(ps *problems, srcs []source, maxBytes, maxForwards int) ([]spli
 			ps.addIn(messageName(src.path), 0, "", "", "the configuration is larger than %d bytes (%d MiB), the limit", maxBytes, maxBytes>>20)
 			return nil, false
 		}
-		splits[i] = splitBlocks(src.text)
+		pre, blocks := tomlpos.Cut(src.text, "forward")
+		splits[i] = split{pre: pre, blocks: blocks}
 		headers += len(splits[i].blocks)
 		if headers > maxForwards {
 			ps.addIn(messageName(src.path), 0, "", "", "more than %d [[forward]] entries; the limit is %d (the forward ids a ct mark can carry)", maxForwards, maxForwards)
@@ -160,14 +162,11 @@ func decodeFile(ps *problems, src source, dropIn bool, fl *forwardList) *fileRes
 		ps.list = append(ps.list, syntaxProblem(ps.path, src.text, err))
 		return r
 	}
-	pos := scanPositions(src.text)
+	pos := tomlpos.Scan(src.text)
 	tables := make(map[string]map[string]any)
 	var forwards []map[string]any
 	for key, v := range doc {
-		line := pos.top.keys[key]
-		if s, ok := pos.sections[key]; ok && line == 0 {
-			line = s.header
-		}
+		line := pos.Key(key)
 		switch {
 		case !slices.Contains(allowedKeys[""], key):
 			ps.add(line, "", "", "unknown key %s%s; allowed: %s", quote(key), caseHint(key, ""), strings.Join(allowedKeys[""], ", "))
@@ -183,23 +182,23 @@ func decodeFile(ps *problems, src source, dropIn bool, fl *forwardList) *fileRes
 				continue
 			}
 			tables[key] = t
-			unknownKeys(&fields{ps: ps, where: key, lines: pos.section(key)}, key, t)
+			unknownKeys(&fields{ps: ps, where: key, lines: pos.Table(key)}, key, t)
 		}
 	}
 	if !dropIn {
-		r.daemon, r.warnings = parseDaemon(ps, tables["daemon"], pos.section("daemon"))
-		r.ctMaskLine = pos.section("daemon").line("ct_mask")
-		r.sysctl = parseSysctl(ps, tables["sysctl"], pos.section("sysctl"))
-		r.conntrack = parseConntrack(ps, tables["conntrack"], pos.section("conntrack"))
+		r.daemon, r.warnings = parseDaemon(ps, tables["daemon"], pos.Table("daemon"))
+		r.ctMaskLine = pos.Table("daemon").Key("ct_mask")
+		r.sysctl = parseSysctl(ps, tables["sysctl"], pos.Table("sysctl"))
+		r.conntrack = parseConntrack(ps, tables["conntrack"], pos.Table("conntrack"))
 	}
 
-	lines := pos.forwards
+	lines := pos.Array("forward")
 	if len(lines) != len(forwards) {
 		// Forwards written as an inline array have no headers to point at.
 		lines = nil
 	}
 	for i, t := range forwards {
-		kl := &keyLines{}
+		kl := &tomlpos.Table{}
 		if lines != nil {
 			kl = lines[i]
 		}
@@ -208,7 +207,7 @@ func decodeFile(ps *problems, src source, dropIn bool, fl *forwardList) *fileRes
 		f.File = src.path
 		fl.fwds = append(fl.fwds, f)
 		fl.valid = append(fl.valid, len(ps.list) == before)
-		fl.nameLines = append(fl.nameLines, kl.line("name"))
+		fl.nameLines = append(fl.nameLines, kl.Key("name"))
 	}
 	for i := range r.warnings {
 		r.warnings[i].Path = ps.path
@@ -217,7 +216,7 @@ func decodeFile(ps *problems, src source, dropIn bool, fl *forwardList) *fileRes
 }
 
 // validateForward checks the keys of forward #i+1 and validates it.
-func validateForward(ps *problems, i int, t map[string]any, kl *keyLines) Forward {
+func validateForward(ps *problems, i int, t map[string]any, kl *tomlpos.Table) Forward {
 	// where is only spelled out for a problem: most forwards have none.
 	fs := &fields{ps: ps, forward: i + 1, lines: kl}
 	if name, ok := t["name"].(string); ok {
@@ -228,7 +227,7 @@ func validateForward(ps *problems, i int, t map[string]any, kl *keyLines) Forwar
 }
 
 // forwardTables returns the [[forward]] entries of a file.
-func forwardTables(ps *problems, pos *positions, v any) []map[string]any {
+func forwardTables(ps *problems, pos *tomlpos.Table, v any) []map[string]any {
 	switch v := v.(type) {
 	case []map[string]any:
 		return v
@@ -237,21 +236,21 @@ func forwardTables(ps *problems, pos *positions, v any) []map[string]any {
 		for _, e := range v {
 			t, ok := e.(map[string]any)
 			if !ok {
-				ps.add(pos.top.keys["forward"], "", "forward", "must be an array of tables ([[forward]]), not an array of %s", strings.TrimPrefix(strings.TrimPrefix(tomlType(e), "a "), "an "))
+				ps.add(pos.Key("forward"), "", "forward", "must be an array of tables ([[forward]]), not an array of %s", strings.TrimPrefix(strings.TrimPrefix(tomlType(e), "a "), "an "))
 				return nil
 			}
 			ts = append(ts, t)
 		}
 		return ts
 	case map[string]any:
-		if h := pos.section("forward").header; h > 0 {
+		if h := pos.Table("forward").Line; h > 0 {
 			ps.add(h, "", "", "[forward] must be written [[forward]]: each forward is one element of an array of tables")
 		} else {
-			ps.add(pos.top.keys["forward"], "", "forward", "must be an array of tables, not a table: write [[forward]] on a line of its own, then its keys (name = ..., port = ...) on the lines below")
+			ps.add(pos.Key("forward"), "", "forward", "must be an array of tables, not a table: write [[forward]] on a line of its own, then its keys (name = ..., port = ...) on the lines below")
 		}
 		return nil
 	}
-	ps.add(pos.top.keys["forward"], "", "forward", "must be an array of tables ([[forward]]), not %s", tomlType(v))
+	ps.add(pos.Key("forward"), "", "forward", "must be an array of tables ([[forward]]), not %s", tomlType(v))
 	return nil
 }
 
@@ -260,7 +259,7 @@ func unknownKeys(fs *fields, table string, t map[string]any) {
 	allowed := allowedKeys[table]
 	for key := range t {
 		if !slices.Contains(allowed, key) {
-			fs.ps.add(fs.lines.line(key), fs.at(), "", "unknown key %s%s; allowed: %s", quote(key), caseHint(key, table), strings.Join(allowed, ", "))
+			fs.ps.add(fs.lines.Key(key), fs.at(), "", "unknown key %s%s; allowed: %s", quote(key), caseHint(key, table), strings.Join(allowed, ", "))
 		}
 	}
 }
@@ -323,14 +322,14 @@ func oneLine(s string) string {
 type fields struct {
 	ps    *problems
 	where string // the section; for a forward, see forward and name
-	lines *keyLines
+	lines *tomlpos.Table
 	// A forward is `forward "name"` once its name is known, else `forward #N`.
 	forward int // N
 	name    string
 }
 
 func (fs *fields) errorf(field, format string, args ...any) {
-	fs.ps.add(fs.lines.line(field), fs.at(), field, format, args...)
+	fs.ps.add(fs.lines.Key(field), fs.at(), field, format, args...)
 }
 
 // at says where the table is, for a problem.
@@ -430,7 +429,7 @@ func tomlType(v any) string {
 	return "a value of another type"
 }
 
-func parseDaemon(ps *problems, t map[string]any, lines *keyLines) (Daemon, []Problem) {
+func parseDaemon(ps *problems, t map[string]any, lines *tomlpos.Table) (Daemon, []Problem) {
 	fs := &fields{ps: ps, where: "daemon", lines: lines}
 	d := Daemon{
 		OnStop:   OnStop(fs.oneOf("on_stop", t["on_stop"], string(OnStopFlush), string(OnStopFlush), string(OnStopKeep))),
@@ -453,7 +452,7 @@ func parseDaemon(ps *problems, t map[string]any, lines *keyLines) (Daemon, []Pro
 		case err != nil:
 			fs.errorf("metrics", "%s: %v; must be \"\" (off) or host:port, e.g. \"127.0.0.1:9641\" or \"[::1]:9641\"", quote(m), err)
 		case !host.IsLoopback():
-			warnings = append(warnings, Problem{Line: lines.line("metrics"), Where: "daemon", Field: "metrics",
+			warnings = append(warnings, Problem{Line: lines.Key("metrics"), Where: "daemon", Field: "metrics",
 				Msg: fmt.Sprintf("%s is not a loopback address: /metrics has no authentication, so anyone who can reach it reads every forward's name, backend and traffic; listen on 127.0.0.1 or [::1], or restrict who can connect", quote(m))})
 			d.Metrics = m
 		default:
@@ -530,7 +529,7 @@ func checkListenAddr(s string) (netip.Addr, error) {
 	return a.Unmap(), nil
 }
 
-func parseSysctl(ps *problems, t map[string]any, lines *keyLines) Sysctl {
+func parseSysctl(ps *problems, t map[string]any, lines *tomlpos.Table) Sysctl {
 	fs := &fields{ps: ps, where: "sysctl", lines: lines}
 	return Sysctl{
 		IPForward: fs.boolean("ip_forward", t["ip_forward"], true),
@@ -543,7 +542,7 @@ func parseSysctl(ps *problems, t map[string]any, lines *keyLines) Sysctl {
 	}
 }
 
-func parseConntrack(ps *problems, t map[string]any, lines *keyLines) Conntrack {
+func parseConntrack(ps *problems, t map[string]any, lines *tomlpos.Table) Conntrack {
 	fs := &fields{ps: ps, where: "conntrack", lines: lines}
 	c := Conntrack{
 		WarnPercent:     int(fs.integer("warn_percent", t["warn_percent"], 80, 1, 100)),

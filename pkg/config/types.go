@@ -6,8 +6,8 @@
 // written, and each table is validated into the typed values below
 // (parse.go, forward.go, balance.go), then the forwards against each other
 // (overlap.go). When anything is wrong the files are decoded whole, and a
-// scan of the text (scan.go) finds the line of each key for the messages
-// (errors.go). Nothing outside this package sees the decoded maps.
+// scan of the text (internal/tomlpos) finds the line of each key for the
+// messages (errors.go). Nothing outside this package sees the decoded maps.
 package config
 
 import (
