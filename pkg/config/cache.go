@@ -7,10 +7,9 @@ import (
 	"sync"
 
 	"github.com/BurntSushi/toml"
+	"github.com/fwdd/fwdd/internal/rootfile"
 	"github.com/fwdd/fwdd/internal/tomlpos"
 	"golang.org/x/sync/errgroup"
-
-	"github.com/fwdd/fwdd/internal/rootfile"
 )
 
 // Decoding block by block, and reusing the forwards that did not change.
