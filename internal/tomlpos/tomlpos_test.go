@@ -67,8 +67,8 @@ weight = 2
 	want := map[string]int{
 		"top": 1, "a": 2, "daemon": 3, "forward": 10,
 		"daemon header": 3, "daemon.table": 4, "daemon.s": 5, "daemon.sub": 9,
-		"daemon.fake":   3, // inside a multi-line string: not a key
-		"fwd1 header":   10, "fwd1.name": 11, "fwd1.port": 10, // inside the array
+		"daemon.fake": 3,                                    // inside a multi-line string: not a key
+		"fwd1 header": 10, "fwd1.name": 11, "fwd1.port": 10, // inside the array
 		"fwd1.health": 16, "fwd1.check": 10, // a key of [forward.health]
 		"fwd2.name": 19, "fwd2.to": 20, "fwd2.backend": 21,
 		"backend1.to": 22, "backend2.weight": 24, "backend2.to": 23,
