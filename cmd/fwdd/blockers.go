@@ -10,11 +10,7 @@ import (
 
 // warnBlockers tells, after a successful reload, which other tables' forward
 // chains still drop fwdd's connections: the reload worked, forwarding may not.
-func warnBlockers(cfgPath string, w io.Writer) {
-	cfg, err := config.Load(cfgPath)
-	if err != nil {
-		return
-	}
+func warnBlockers(cfg *config.Config, w io.Writer) {
 	k := &nft.Netlink{}
 	bs, err := k.ForeignBlockers(cfg.Daemon.Table, cfg.Daemon.CtMark.Tag, cfg.Daemon.CtMark.TagMask)
 	if err != nil {

@@ -181,7 +181,8 @@ func runDaemon(cfgPath, stateDir string, stdout io.Writer) int {
 // only a process it has verified to be the fwdd daemon of this config in
 // this network namespace (see daemon.FindDaemon), through a pidfd.
 func reload(cfgPath, stateDir string, timeout time.Duration, stdout io.Writer) error {
-	if _, err := config.Load(cfgPath); err != nil {
+	cfg, err := config.Load(cfgPath)
+	if err != nil {
 		return fmt.Errorf("%w\nreload refused: the running rules are unchanged", err)
 	}
 	d, err := fwdaemon.FindDaemon(stateDir, cfgPath)
@@ -200,7 +201,7 @@ func reload(cfgPath, stateDir string, timeout time.Duration, stdout io.Writer) e
 				return fmt.Errorf("reload failed, the running rules are unchanged: %s", st.Error)
 			}
 			fmt.Fprintf(stdout, "reloaded: %d forwards\n", st.Forwards)
-			warnBlockers(cfgPath, stdout)
+			warnBlockers(cfg, stdout)
 			return nil
 		}
 		if d.Exited() {
