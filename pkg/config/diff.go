@@ -2,10 +2,12 @@ package config
 
 import (
 	"fmt"
-	"github.com/fwdd/fwdd/pkg/ctmark"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/fwdd/fwdd/pkg/ctmark"
 )
 
 // FieldChange is one field that differs between two versions of a forward
@@ -70,9 +72,10 @@ func ForwardFields(f *Forward) [][2]string {
 	to := q(Backend{To: f.To, ToPort: f.ToPort}.String())
 	if f.Balanced() {
 		tos := make([]string, len(f.Backends))
+		w := weighted(f)
 		for i, b := range f.Backends {
 			tos[i] = q(b.String())
-			if weighted(f) {
+			if w {
 				tos[i] = fmt.Sprintf("{to = %s, weight = %d}", tos[i], b.Weight)
 			}
 		}
@@ -113,12 +116,7 @@ func ForwardFields(f *Forward) [][2]string {
 // weighted reports whether the forward's backends have weights other than
 // 1, which only [[forward.backend]] tables can say.
 func weighted(f *Forward) bool {
-	for _, b := range f.Backends {
-		if b.Weight != 1 {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(f.Backends, func(b Backend) bool { return b.Weight != 1 })
 }
 
 func forwardFields(a, b *Forward) []FieldChange {
@@ -177,12 +175,13 @@ func (c *Config) TOML() []byte {
 	for i := range c.Forwards {
 		f := &c.Forwards[i]
 		b.WriteString("[[forward]]\nname = " + strconv.Quote(f.Name) + "\n")
+		w := weighted(f)
 		for _, kv := range ForwardFields(f) {
-			if kv[0] != "to" || !weighted(f) {
+			if kv[0] != "to" || !w {
 				b.WriteString(kv[0] + " = " + kv[1] + "\n")
 			}
 		}
-		if weighted(f) {
+		if w {
 			for _, be := range f.Backends {
 				fmt.Fprintf(&b, "[[forward.backend]]\nto = %q\nweight = %d\n", be, be.Weight)
 			}
