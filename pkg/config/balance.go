@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/fwdd/fwdd/internal/tomlpos"
+	"github.com/fwdd/fwdd/pkg/health"
 )
 
 // Backend is one backend of a forward.
@@ -40,27 +41,6 @@ const (
 	BalanceSource Balance = "source"
 )
 
-// Check is the kind of health check.
-type Check string
-
-const (
-	CheckNone Check = "none" // no checks: every backend always in
-	CheckTCP  Check = "tcp"  // a TCP connect
-	CheckHTTP Check = "http" // GET Path answers 2xx or 3xx
-)
-
-// Health is a forward's health checks, with HAProxy's meaning: a check
-// every Interval, each allowed Timeout; a backend goes down after Fall
-// failed checks in a row and comes back after Rise good ones.
-type Health struct {
-	Check    Check
-	Interval time.Duration
-	Timeout  time.Duration
-	Fall     int
-	Rise     int
-	Path     string // CheckHTTP only
-}
-
 // OnChange says what happens to a forward's established TCP connections
 // when their backend goes down or a reload changes the forward's target.
 type OnChange string
@@ -80,7 +60,8 @@ const (
 )
 
 // Default health checks: none, and HAProxy's timing.
-var defaultHealth = Health{Check: CheckNone, Interval: 2 * time.Second, Timeout: time.Second, Fall: 3, Rise: 2}
+var defaultHealth = health.Spec{Kind: health.KindNone, Interval: health.DefaultInterval, Timeout: health.DefaultTimeout,
+	Fall: health.DefaultFall, Rise: health.DefaultRise}
 
 var healthKeys = []string{"check", "interval", "timeout", "fall", "rise", "path"}
 
@@ -223,7 +204,7 @@ func checkPortMapping(fs *fields, field string, port, to PortRange) bool {
 }
 
 // parseHealth reads health = { check, interval, timeout, fall, rise, path }.
-func parseHealth(fs *fields, v any) Health {
+func parseHealth(fs *fields, v any) health.Spec {
 	h := defaultHealth
 	if v == nil {
 		return h
@@ -242,11 +223,11 @@ func parseHealth(fs *fields, v any) Health {
 	switch c := t["check"].(type) {
 	case nil:
 	case string:
-		if !slices.Contains([]Check{CheckNone, CheckTCP, CheckHTTP}, Check(c)) {
+		if !slices.Contains([]health.Kind{health.KindNone, health.KindTCP, health.KindHTTP}, health.Kind(c)) {
 			fs.errorf("health", "check %s is not allowed; must be \"none\", \"tcp\" or \"http\"", quote(c))
 			return h
 		}
-		h.Check = Check(c)
+		h.Kind = health.Kind(c)
 	default:
 		fs.errorf("health", "check must be \"none\", \"tcp\" or \"http\", not %s", tomlType(c))
 		return h
@@ -269,8 +250,8 @@ func parseHealth(fs *fields, v any) Health {
 	if p, ok := t["path"]; ok {
 		s, isStr := p.(string)
 		switch {
-		case h.Check != CheckHTTP:
-			fs.errorf("health", "path is only for check = \"http\" (check is %s)", quote(string(h.Check)))
+		case h.Kind != health.KindHTTP:
+			fs.errorf("health", "path is only for check = \"http\" (check is %s)", quote(string(h.Kind)))
 		case !isStr:
 			fs.errorf("health", "path must be a string, not %s", tomlType(p))
 		case !strings.HasPrefix(s, "/") || strings.ContainsAny(s, " \t\r\n"):
@@ -279,8 +260,8 @@ func parseHealth(fs *fields, v any) Health {
 			h.Path = s
 		}
 	}
-	if h.Check == CheckHTTP && h.Path == "" {
-		h.Path = "/"
+	if h.Kind == health.KindHTTP && h.Path == "" {
+		h.Path = health.DefaultPath
 	}
 	return h
 }

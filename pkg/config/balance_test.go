@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fwdd/fwdd/pkg/health"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -25,7 +26,7 @@ func withOneBackend(c *Config) *Config {
 		if f.Balance == "" {
 			f.Balance = BalanceRandom
 		}
-		if f.Health == (Health{}) {
+		if f.Health == (health.Spec{}) {
 			f.Health = defaultHealth
 		}
 		if f.OnChange == "" {
@@ -73,13 +74,13 @@ to = "10.0.2.10"
 	want := []struct {
 		backends []Backend
 		balance  Balance
-		health   Health
+		health   health.Spec
 		onChange OnChange
 	}{
 		{[]Backend{{ap("10.0.2.10"), PortRange{8080, 8080}, 1}, {ap("10.0.2.11"), PortRange{8080, 8080}, 1}, {ap("10.0.2.12"), PortRange{8080, 8080}, 1}},
-			BalanceRandom, Health{CheckTCP, 2 * time.Second, time.Second, 3, 2, ""}, OnChangeKeep},
+			BalanceRandom, health.Spec{Kind: health.KindTCP, Interval: 2 * time.Second, Timeout: time.Second, Fall: 3, Rise: 2}, OnChangeKeep},
 		{[]Backend{{ap("10.0.2.20"), PortRange{443, 443}, 3}, {ap("10.0.2.21"), PortRange{443, 443}, 1}},
-			BalanceSource, Health{CheckHTTP, 500 * time.Millisecond, 500 * time.Millisecond, 3, 2, "/"}, OnChangeCut},
+			BalanceSource, health.Spec{Kind: health.KindHTTP, Interval: 500 * time.Millisecond, Timeout: 500 * time.Millisecond, Fall: 3, Rise: 2, Path: "/"}, OnChangeCut},
 		{[]Backend{{ap("10.0.3.1"), PortRange{2000, 2009}, 1}, {ap("10.0.3.2"), PortRange{3000, 3009}, 1}},
 			BalanceRandom, defaultHealth, OnChangeKeep},
 		{[]Backend{{ap("10.0.2.10"), PortRange{}, 1}}, BalanceRandom, defaultHealth, OnChangeKeep},

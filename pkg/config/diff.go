@@ -93,7 +93,7 @@ func ForwardFields(f *Forward) [][2]string {
 		snat = q(f.SNAT.Addr.String())
 	}
 	h := f.Health
-	health := fmt.Sprintf("{check = %q, interval = %q, timeout = %q, fall = %d, rise = %d", h.Check, h.Interval, h.Timeout, h.Fall, h.Rise)
+	health := fmt.Sprintf("{check = %q, interval = %q, timeout = %q, fall = %d, rise = %d", h.Kind, h.Interval, h.Timeout, h.Fall, h.Rise)
 	if h.Path != "" {
 		health += fmt.Sprintf(", path = %q", h.Path)
 	}

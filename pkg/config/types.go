@@ -15,6 +15,7 @@ import (
 	"slices"
 
 	"github.com/fwdd/fwdd/pkg/ctmark"
+	"github.com/fwdd/fwdd/pkg/health"
 )
 
 // DefaultPath is where fwdd looks for its configuration.
@@ -175,7 +176,7 @@ type Forward struct {
 	// family; To and ToPort are the first one's.
 	Backends []Backend
 	Balance  Balance
-	Health   Health
+	Health   health.Spec
 	OnChange OnChange
 }
 

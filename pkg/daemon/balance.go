@@ -179,9 +179,8 @@ func poolsOf(cfg *config.Config, ids map[string]uint32) []pool {
 			continue
 		}
 		p := pool{forward: f.Name, id: ids[f.Name], mark: cfg.Daemon.CtMark.ForID(ids[f.Name]), portSpan: 1, udp: slices.Contains(f.Protos, config.UDP),
-			cut: f.OnChange == config.OnChangeCut,
-			spec: health.Spec{Kind: health.Kind(f.Health.Check), Interval: f.Health.Interval, Timeout: f.Health.Timeout,
-				Fall: f.Health.Fall, Rise: f.Health.Rise, Path: f.Health.Path}}
+			cut:  f.OnChange == config.OnChangeCut,
+			spec: f.Health}
 		for _, b := range f.Backends {
 			var addr netip.AddrPort
 			addr, p.portSpan = BackendAddr(f, b)
@@ -193,7 +192,7 @@ func poolsOf(cfg *config.Config, ids map[string]uint32) []pool {
 }
 
 // checked says whether forward f has backends the daemon health-checks.
-func checked(f *config.Forward) bool { return f.Balanced() && f.Health.Check != config.CheckNone }
+func checked(f *config.Forward) bool { return f.Balanced() && f.Health.Kind != health.KindNone }
 
 // BackendAddr is where backend b of forward f is checked, and how it is
 // named in status, metrics and logs: its address and first port (the

@@ -1,4 +1,4 @@
-package health
+package health_test
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/fwdd/fwdd/internal/testutil"
+	"github.com/fwdd/fwdd/pkg/health"
 )
 
 // BenchmarkTCPCheck1000 runs the checker with 1,000 backends (one local
@@ -23,12 +24,12 @@ func BenchmarkTCPCheck1000(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	c := New(Options{})
-	targets := make([]Target, n)
+	c := health.New(health.Options{})
+	targets := make([]health.Target, n)
 	for i := range targets {
-		targets[i] = Target{
-			Key:  Key{Forward: fmt.Sprintf("f%d", i), Backend: addr},
-			Spec: Spec{Kind: KindTCP, Interval: time.Millisecond, Timeout: time.Second},
+		targets[i] = health.Target{
+			Key:  health.Key{Forward: fmt.Sprintf("f%d", i), Backend: addr},
+			Spec: health.Spec{Kind: health.KindTCP, Interval: time.Millisecond, Timeout: time.Second},
 		}
 	}
 	c.Set(targets)
@@ -50,7 +51,7 @@ func BenchmarkTCPCheck1000(b *testing.B) {
 	b.ResetTimer()
 	cpu0, from := cpuTime(b), checks()
 	for checks()-from < uint64(b.N) {
-		time.Sleep(50 * time.Millisecond) // Status copies 1,000 entries: rarely
+		time.Sleep(50 * time.Millisecond) // health.Status copies 1,000 entries: rarely
 	}
 	cpu := cpuTime(b) - cpu0
 	done1 := checks() - from

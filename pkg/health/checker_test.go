@@ -1,13 +1,11 @@
-package health
+package health_test
 
 import (
 	"context"
-	"errors"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -15,49 +13,50 @@ import (
 	"time"
 
 	"github.com/fwdd/fwdd/internal/testutil"
+	"github.com/fwdd/fwdd/pkg/health"
 )
 
 // fast is a Spec quick enough for unit tests.
-func fast(kind Kind) Spec {
-	return Spec{Kind: kind, Interval: 30 * time.Millisecond, Timeout: 200 * time.Millisecond, Fall: 3, Rise: 2}
+func fast(kind health.Kind) health.Spec {
+	return health.Spec{Kind: kind, Interval: 30 * time.Millisecond, Timeout: 200 * time.Millisecond, Fall: 3, Rise: 2}
 }
 
 // recorder collects the changes a Checker reports.
 type recorder struct {
 	mu sync.Mutex
-	ch []Change
-	c  chan Change
+	ch []health.Change
+	c  chan health.Change
 }
 
-func newRecorder() *recorder { return &recorder{c: make(chan Change, 100)} }
+func newRecorder() *recorder { return &recorder{c: make(chan health.Change, 100)} }
 
-func (r *recorder) onChange(c Change) {
+func (r *recorder) onChange(c health.Change) {
 	r.mu.Lock()
 	r.ch = append(r.ch, c)
 	r.mu.Unlock()
 	r.c <- c
 }
 
-func (r *recorder) all() []Change {
+func (r *recorder) all() []health.Change {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return append([]Change(nil), r.ch...)
+	return append([]health.Change(nil), r.ch...)
 }
 
 // next waits for the next change.
-func (r *recorder) next(t *testing.T, within time.Duration) Change {
+func (r *recorder) next(t *testing.T, within time.Duration) health.Change {
 	t.Helper()
 	select {
 	case c := <-r.c:
 		return c
 	case <-time.After(within):
 		t.Fatalf("no change within %v; so far %+v", within, r.all())
-		return Change{}
+		return health.Change{}
 	}
 }
 
 // start runs c until the test ends.
-func start(t *testing.T, c *Checker) {
+func start(t *testing.T, c *health.Checker) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -89,9 +88,9 @@ func TestTCPDownAndBack(t *testing.T) {
 	ln := testutil.ListenTCP(t, "127.0.0.1:0")
 	addr := addrOf(t, ln.Addr())
 	rec := newRecorder()
-	c := New(Options{OnChange: rec.onChange})
-	key := Key{Forward: "web", Backend: addr}
-	c.Set([]Target{{Key: key, Spec: fast(KindTCP)}})
+	c := health.New(health.Options{OnChange: rec.onChange})
+	key := health.Key{Forward: "web", Backend: addr}
+	c.Set([]health.Target{{Key: key, Spec: fast(health.KindTCP)}})
 	start(t, c)
 
 	// Up from the start, and it stays up.
@@ -190,12 +189,12 @@ func (s *scripted) dial(ctx context.Context, _, addr string) (net.Conn, error) {
 func TestFallRise(t *testing.T) {
 	s := newScripted()
 	rec := newRecorder()
-	c := New(Options{Dial: s.dial, OnChange: rec.onChange})
+	c := health.New(health.Options{Dial: s.dial, OnChange: rec.onChange})
 	addr := netip.MustParseAddrPort("192.0.2.1:80")
-	key := Key{Forward: "f", Backend: addr}
-	spec := fast(KindTCP)
+	key := health.Key{Forward: "f", Backend: addr}
+	spec := fast(health.KindTCP)
 	spec.Fall, spec.Rise = 4, 3
-	c.Set([]Target{{Key: key, Spec: spec}})
+	c.Set([]health.Target{{Key: key, Spec: spec}})
 	start(t, c)
 
 	waitChecks := func(n uint64) {
@@ -247,14 +246,14 @@ func TestHTTPCheck(t *testing.T) {
 	addr := addrOf(t, srv.Listener.Addr())
 
 	rec := newRecorder()
-	c := New(Options{OnChange: rec.onChange})
-	key := Key{Forward: "web", Backend: addr}
-	spec := fast(KindHTTP)
+	c := health.New(health.Options{OnChange: rec.onChange})
+	key := health.Key{Forward: "web", Backend: addr}
+	spec := fast(health.KindHTTP)
 	spec.Path = "/healthz"
-	slowKey := Key{Forward: "slow", Backend: addr}
-	slow := fast(KindHTTP)
+	slowKey := health.Key{Forward: "slow", Backend: addr}
+	slow := fast(health.KindHTTP)
 	slow.Path, slow.Timeout, slow.Fall = "/slow", 50*time.Millisecond, 1
-	c.Set([]Target{{Key: key, Spec: spec}, {Key: slowKey, Spec: slow}})
+	c.Set([]health.Target{{Key: key, Spec: spec}, {Key: slowKey, Spec: slow}})
 	start(t, c)
 
 	ch := rec.next(t, 5*time.Second)
@@ -284,27 +283,17 @@ func TestHTTPCheck(t *testing.T) {
 	}
 }
 
-func TestDefaultPath(t *testing.T) {
-	if got := (Spec{Kind: KindHTTP}).withDefaults(); got.Path != "/" || got.Interval != 2*time.Second ||
-		got.Timeout != time.Second || got.Fall != 3 || got.Rise != 2 {
-		t.Errorf("defaults = %+v", got)
-	}
-	if got := (Spec{Kind: KindTCP, Interval: 500 * time.Millisecond}).withDefaults(); got.Timeout != 500*time.Millisecond {
-		t.Errorf("timeout with a short interval = %v, want the interval", got.Timeout)
-	}
-}
-
 // TestBoundedConcurrency: many slow checks never run more than Workers at
 // once, and every target still gets checked.
 func TestBoundedConcurrency(t *testing.T) {
 	s := newScripted()
 	s.hold = 5 * time.Millisecond
-	c := New(Options{Dial: s.dial, Workers: 4})
-	var targets []Target
+	c := health.New(health.Options{Dial: s.dial, Workers: 4})
+	var targets []health.Target
 	for i := range 200 {
-		targets = append(targets, Target{
-			Key:  Key{Forward: "f", Backend: netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}), 80)},
-			Spec: Spec{Kind: KindTCP, Interval: 20 * time.Millisecond, Timeout: time.Second},
+		targets = append(targets, health.Target{
+			Key:  health.Key{Forward: "f", Backend: netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}), 80)},
+			Spec: health.Spec{Kind: health.KindTCP, Interval: 20 * time.Millisecond, Timeout: time.Second},
 		})
 	}
 	c.Set(targets)
@@ -335,55 +324,36 @@ func TestBoundedConcurrency(t *testing.T) {
 func TestSetKeepsState(t *testing.T) {
 	s := newScripted()
 	rec := newRecorder()
-	c := New(Options{Dial: s.dial, OnChange: rec.onChange})
-	a := Key{Forward: "f", Backend: netip.MustParseAddrPort("192.0.2.1:80")}
-	b := Key{Forward: "f", Backend: netip.MustParseAddrPort("192.0.2.2:80")}
+	c := health.New(health.Options{Dial: s.dial, OnChange: rec.onChange})
+	a := health.Key{Forward: "f", Backend: netip.MustParseAddrPort("192.0.2.1:80")}
+	b := health.Key{Forward: "f", Backend: netip.MustParseAddrPort("192.0.2.2:80")}
 	s.set(a.Backend.String(), true)
-	spec := fast(KindTCP)
+	spec := fast(health.KindTCP)
 	spec.Fall = 1
-	c.Set([]Target{{Key: a, Spec: spec}, {Key: b, Spec: spec}})
+	c.Set([]health.Target{{Key: a, Spec: spec}, {Key: b, Spec: spec}})
 	start(t, c)
 	if ch := rec.next(t, 5*time.Second); ch.Key != a || ch.Up {
 		t.Fatalf("change = %+v, want a down", ch)
 	}
-	c.Set([]Target{{Key: a, Spec: spec}, {Key: Key{Forward: "g", Backend: b.Backend}, Spec: spec}})
+	c.Set([]health.Target{{Key: a, Spec: spec}, {Key: health.Key{Forward: "g", Backend: b.Backend}, Spec: spec}})
 	st := c.Status()
 	if st[a].Up {
 		t.Error("a up again after Set")
 	}
 	if _, ok := st[b]; ok {
-		t.Error("removed target still in Status")
+		t.Error("removed target still in health.Status")
 	}
 	s.set(b.Backend.String(), true) // only g's copy could see it now
 	ch := rec.next(t, 5*time.Second)
 	if ch.Forward != "g" || ch.Up {
 		t.Fatalf("change = %+v, want g down", ch)
 	}
-	c.Set([]Target{{Key: a, Spec: Spec{Kind: KindNone}}})
+	c.Set([]health.Target{{Key: a, Spec: health.Spec{Kind: health.KindNone}}})
 	if len(c.Status()) != 0 || !c.Up(a) {
 		t.Errorf("check none: status %+v, Up %v; want no checks and up", c.Status(), c.Up(a))
 	}
 	time.Sleep(100 * time.Millisecond)
 	for _, ch := range rec.all()[2:] {
 		t.Errorf("unexpected change %+v", ch)
-	}
-}
-
-func TestClassify(t *testing.T) {
-	ln := testutil.ListenTCP(t, "127.0.0.1:0")
-	addr := ln.Addr().String()
-	ln.Close()
-	_, err := net.Dial("tcp4", addr)
-	if got := classify(err); got != "refused" {
-		t.Errorf("classify(%v) = %q", err, got)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Nanosecond)
-	defer cancel()
-	<-ctx.Done()
-	if got := classify(ctx.Err()); got != "timeout" {
-		t.Errorf("classify(deadline) = %q", got)
-	}
-	if got := classify(errors.New("x")); !strings.Contains(got, "error") {
-		t.Errorf("classify(other) = %q", got)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/fwdd/fwdd/pkg/conntrack"
 	"github.com/fwdd/fwdd/pkg/ctmark"
 	"github.com/fwdd/fwdd/pkg/daemon"
+	"github.com/fwdd/fwdd/pkg/health"
 	"github.com/fwdd/fwdd/pkg/nft"
 	"github.com/fwdd/fwdd/pkg/sysctl"
 )
@@ -196,14 +197,14 @@ func Collect(cfg *config.Config, src Sources) (*Report, error) {
 			}
 		}
 	}
-	health := map[string]daemon.BackendHealth{}
+	states := map[string]daemon.BackendHealth{}
 	for _, h := range src.Health {
-		health[h.Forward+"/"+h.Backend] = h
+		states[h.Forward+"/"+h.Backend] = h
 	}
 	for _, f := range fwds {
 		out := Forward{Name: f.Name, Match: Match(f), Target: Target(f), SNAT: SNAT(f)}
 		if f.Balanced() {
-			out.Backends = backends(f, cfg.Daemon.CtMark, traffic[f.Name], byBackend, health, src.Health != nil)
+			out.Backends = backends(f, cfg.Daemon.CtMark, traffic[f.Name], byBackend, states, src.Health != nil)
 		}
 		if t := traffic[f.Name]; t != nil {
 			out.PacketsOriginal, out.PacketsReply = t.OrigPackets, t.ReplyPackets
@@ -219,13 +220,13 @@ func Collect(cfg *config.Config, src Sources) (*Report, error) {
 
 // backends reports the backends of a balanced forward f.
 func backends(f *config.Forward, layout ctmark.Layout, t *nft.Traffic, live map[conntrack.BackendKey]conntrack.BackendLive,
-	health map[string]daemon.BackendHealth, daemonRuns bool) []Backend {
+	states map[string]daemon.BackendHealth, daemonRuns bool) []Backend {
 	var out []Backend
 	for _, b := range f.Backends {
 		addr, span := daemon.BackendAddr(f, b)
 		be := Backend{Address: addr.String(), Weight: b.Weight, Health: "unknown"}
-		switch h, ok := health[f.Name+"/"+addr.String()]; {
-		case f.Health.Check == config.CheckNone:
+		switch h, ok := states[f.Name+"/"+addr.String()]; {
+		case f.Health.Kind == health.KindNone:
 			be.Health = "not checked"
 		case ok:
 			be.Health, be.Reason, be.Error = h.Health, h.Reason, h.Error
