@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fwdd/fwdd/internal/tomlcheck"
 	"github.com/fwdd/fwdd/internal/tomlpos"
 	"github.com/fwdd/fwdd/pkg/health"
 )
@@ -72,17 +73,17 @@ func (f *Forward) Balanced() bool { return len(f.Backends) > 1 }
 // balance, health and on_change into f. To and ToPort are the first
 // backend's, so code that knows one backend sees it there.
 func parseBalancing(fs *fields, t map[string]any, f *Forward) {
-	f.Balance = Balance(fs.oneOf("balance", t["balance"], string(BalanceRandom), string(BalanceRandom), string(BalanceSource)))
-	f.OnChange = OnChange(fs.oneOf("on_change", t["on_change"], string(OnChangeKeep), string(OnChangeKeep), string(OnChangeCut)))
+	f.Balance = Balance(fs.OneOf("balance", t["balance"], string(BalanceRandom), string(BalanceRandom), string(BalanceSource)))
+	f.OnChange = OnChange(fs.OneOf("on_change", t["on_change"], string(OnChangeKeep), string(OnChangeKeep), string(OnChangeCut)))
 	f.Health = parseHealth(fs, t["health"])
 
 	to, list := t["to"], t["backend"]
 	switch {
 	case to != nil && list != nil:
-		fs.errorf("backend", "to and [[forward.backend]] are exclusive: list the backends in to = [...] or give each a [[forward.backend]] with to and weight, not both")
+		fs.Errorf("backend", "to and [[forward.backend]] are exclusive: list the backends in to = [...] or give each a [[forward.backend]] with to and weight, not both")
 		return
 	case to == nil && list == nil:
-		fs.errorf("to", "required; %s, a list of them, or [[forward.backend]] tables", toHint)
+		fs.Errorf("to", "required; %s, a list of them, or [[forward.backend]] tables", toHint)
 		return
 	}
 	var bs []Backend
@@ -90,7 +91,7 @@ func parseBalancing(fs *fields, t map[string]any, f *Forward) {
 	add := func(bfs *fields, s string, weight any) bool {
 		a, p := parseTo(bfs, s)
 		if a.IsValid() {
-			w := int(bfs.integer("weight", weight, 1, 1, MaxWeight))
+			w := int(bfs.Int("weight", weight, 1, 1, MaxWeight))
 			bs, at = append(bs, Backend{To: a, ToPort: p, Weight: w}), append(at, bfs)
 		}
 		return a.IsValid()
@@ -99,24 +100,25 @@ func parseBalancing(fs *fields, t map[string]any, f *Forward) {
 	case nil:
 		tables, ok := list.([]map[string]any)
 		if !ok {
-			fs.errorf("backend", "must be [[forward.backend]] tables, each with to and weight, not %s", tomlType(list))
+			fs.Errorf("backend", "must be [[forward.backend]] tables, each with to and weight, not %s", tomlcheck.TypeName(list))
 			return
 		}
-		subs := fs.lines.Array("backend")
+		subs := fs.Lines.Array("backend")
 		for i, bt := range tables {
-			kl := &tomlpos.Table{Line: fs.lines.Key("backend")}
+			kl := &tomlpos.Table{Line: fs.Lines.Key("backend")}
 			if i < len(subs) {
 				kl = subs[i]
 			}
-			bfs := &fields{ps: fs.ps, lines: kl, forward: fs.forward, name: fs.name}
+			bfs := newFields(fs.ps, kl, "")
+			bfs.forward, bfs.name = fs.forward, fs.name
 			for key := range bt {
 				if key != "to" && key != "weight" {
-					bfs.errorf(key, "unknown key %s in [[forward.backend]]; allowed: to, weight", quote(key))
+					bfs.Errorf(key, "unknown key %s in [[forward.backend]]; allowed: to, weight", quote(key))
 				}
 			}
-			s, ok := bfs.str("to", bt["to"], "")
+			s, ok := bfs.String("to", bt["to"], "")
 			if ok && s == "" {
-				bfs.errorf("to", "required in every [[forward.backend]]; %s", toHint)
+				bfs.Errorf("to", "required in every [[forward.backend]]; %s", toHint)
 			}
 			if s == "" || !add(bfs, s, bt["weight"]) {
 				return
@@ -124,7 +126,7 @@ func parseBalancing(fs *fields, t map[string]any, f *Forward) {
 		}
 	case string:
 		if v == "" {
-			fs.errorf("to", "required; %s", toHint)
+			fs.Errorf("to", "required; %s", toHint)
 			return
 		}
 		if !add(fs, v, nil) {
@@ -132,13 +134,13 @@ func parseBalancing(fs *fields, t map[string]any, f *Forward) {
 		}
 	case []any:
 		if len(v) == 0 {
-			fs.errorf("to", "empty list; give at least one backend: %s", toHint)
+			fs.Errorf("to", "empty list; give at least one backend: %s", toHint)
 			return
 		}
 		for _, e := range v {
 			s, ok := e.(string)
 			if !ok || s == "" {
-				fs.errorf("to", "list elements must be backend addresses (%s), not %s", toHint, tomlType(e))
+				fs.Errorf("to", "list elements must be backend addresses (%s), not %s", toHint, tomlcheck.TypeName(e))
 				return
 			}
 			if !add(fs, s, nil) {
@@ -146,23 +148,23 @@ func parseBalancing(fs *fields, t map[string]any, f *Forward) {
 			}
 		}
 	default:
-		fs.errorf("to", "must be a string or a list of strings, not %s; %s", tomlType(to), toHint)
+		fs.Errorf("to", "must be a string or a list of strings, not %s; %s", tomlcheck.TypeName(to), toHint)
 		return
 	}
 	if len(bs) > MaxBackends {
-		fs.errorf("to", "%d backends; at most %d per forward", len(bs), MaxBackends)
+		fs.Errorf("to", "%d backends; at most %d per forward", len(bs), MaxBackends)
 		return
 	}
 	for i, b := range bs {
 		at := at[i]
 		switch {
 		case b.To.Is4() != bs[0].To.Is4():
-			at.errorf("to", "backend %s is %s but backend %s is %s; all backends of a forward must be one family", b, family(b.To), bs[0], family(bs[0].To))
+			at.Errorf("to", "backend %s is %s but backend %s is %s; all backends of a forward must be one family", b, family(b.To), bs[0], family(bs[0].To))
 		case slices.ContainsFunc(bs[:i], func(c Backend) bool { return c.To == b.To && c.ToPort == b.ToPort }):
-			at.errorf("to", "backend %s is listed twice", b)
+			at.Errorf("to", "backend %s is listed twice", b)
 		case !checkPortMapping(at, "to", f.Port, b.ToPort):
 		case len(bs) > 1 && f.Port.Len() > 1 && mapping(b.ToPort) != mapping(bs[0].ToPort):
-			at.errorf("to", "backend %s maps the port range %s differently from backend %s; every backend of a port range forward must map it the same way (all keep the port, all one port, or all a range of %d ports)",
+			at.Errorf("to", "backend %s maps the port range %s differently from backend %s; every backend of a port range forward must map it the same way (all keep the port, all one port, or all a range of %d ports)",
 				b, f.Port, bs[0], f.Port.Len())
 		default:
 			continue
@@ -193,10 +195,10 @@ func checkPortMapping(fs *fields, field string, port, to PortRange) bool {
 	case to.Len() == 1:
 		// The whole range goes to one port.
 	case port.Len() == 1:
-		fs.errorf(field, "a single port (%d) cannot be sent to a port range (%s); use a single to port", port.Lo, to)
+		fs.Errorf(field, "a single port (%d) cannot be sent to a port range (%s); use a single to port", port.Lo, to)
 		return false
 	case port.Len() != to.Len():
-		fs.errorf(field, "port range %s has %d ports but to range %s has %d; they must be equal, or to must be a single port",
+		fs.Errorf(field, "port range %s has %d ports but to range %s has %d; they must be equal, or to must be a single port",
 			port, port.Len(), to, to.Len())
 		return false
 	}
@@ -211,12 +213,12 @@ func parseHealth(fs *fields, v any) health.Spec {
 	}
 	t, ok := v.(map[string]any)
 	if !ok {
-		fs.errorf("health", "must be a table, e.g. health = { check = \"tcp\", interval = \"2s\", timeout = \"1s\", fall = 3, rise = 2 }, not %s", tomlType(v))
+		fs.Errorf("health", "must be a table, e.g. health = { check = \"tcp\", interval = \"2s\", timeout = \"1s\", fall = 3, rise = 2 }, not %s", tomlcheck.TypeName(v))
 		return h
 	}
 	for _, key := range slices.Sorted(maps.Keys(t)) { // the same key every time
 		if !slices.Contains(healthKeys, key) {
-			fs.errorf("health", "unknown key %s in health; allowed: %s", quote(key), strings.Join(healthKeys, ", "))
+			fs.Errorf("health", "unknown key %s in health; allowed: %s", quote(key), strings.Join(healthKeys, ", "))
 			return h
 		}
 	}
@@ -224,12 +226,12 @@ func parseHealth(fs *fields, v any) health.Spec {
 	case nil:
 	case string:
 		if !slices.Contains([]health.Kind{health.KindNone, health.KindTCP, health.KindHTTP}, health.Kind(c)) {
-			fs.errorf("health", "check %s is not allowed; must be \"none\", \"tcp\" or \"http\"", quote(c))
+			fs.Errorf("health", "check %s is not allowed; must be \"none\", \"tcp\" or \"http\"", quote(c))
 			return h
 		}
 		h.Kind = health.Kind(c)
 	default:
-		fs.errorf("health", "check must be \"none\", \"tcp\" or \"http\", not %s", tomlType(c))
+		fs.Errorf("health", "check must be \"none\", \"tcp\" or \"http\", not %s", tomlcheck.TypeName(c))
 		return h
 	}
 	interval, iok := duration(fs, "interval", t["interval"], h.Interval, minInterval, maxInterval)
@@ -241,7 +243,7 @@ func parseHealth(fs *fields, v any) health.Spec {
 		timeout = interval // a short interval shortens the default timeout
 	}
 	if timeout > interval {
-		fs.errorf("health", "interval %v is below timeout %v; timeout must be at most interval", interval, timeout)
+		fs.Errorf("health", "interval %v is below timeout %v; timeout must be at most interval", interval, timeout)
 		return h
 	}
 	h.Interval, h.Timeout = interval, timeout
@@ -251,11 +253,11 @@ func parseHealth(fs *fields, v any) health.Spec {
 		s, isStr := p.(string)
 		switch {
 		case h.Kind != health.KindHTTP:
-			fs.errorf("health", "path is only for check = \"http\" (check is %s)", quote(string(h.Kind)))
+			fs.Errorf("health", "path is only for check = \"http\" (check is %s)", quote(string(h.Kind)))
 		case !isStr:
-			fs.errorf("health", "path must be a string, not %s", tomlType(p))
+			fs.Errorf("health", "path must be a string, not %s", tomlcheck.TypeName(p))
 		case !strings.HasPrefix(s, "/") || strings.ContainsAny(s, " \t\r\n"):
-			fs.errorf("health", "path %s must start with / and contain no blanks", quote(s))
+			fs.Errorf("health", "path %s must start with / and contain no blanks", quote(s))
 		default:
 			h.Path = s
 		}
@@ -273,16 +275,16 @@ func duration(fs *fields, key string, v any, def, lo, hi time.Duration) (time.Du
 	}
 	s, ok := v.(string)
 	if !ok {
-		fs.errorf("health", "%s must be a duration such as \"2s\" or \"500ms\", not %s", key, tomlType(v))
+		fs.Errorf("health", "%s must be a duration such as \"2s\" or \"500ms\", not %s", key, tomlcheck.TypeName(v))
 		return def, false
 	}
 	d, err := time.ParseDuration(s)
 	if err != nil {
-		fs.errorf("health", "%s %s is not a duration; write e.g. \"2s\" or \"500ms\"", key, quote(s))
+		fs.Errorf("health", "%s %s is not a duration; write e.g. \"2s\" or \"500ms\"", key, quote(s))
 		return def, false
 	}
 	if d < lo || d > hi {
-		fs.errorf("health", "%s %s is out of range; must be between %v and %v", key, quote(s), lo, hi)
+		fs.Errorf("health", "%s %s is out of range; must be between %v and %v", key, quote(s), lo, hi)
 		return def, false
 	}
 	return d, true
@@ -294,7 +296,7 @@ func healthInt(fs *fields, key string, v any, def int64) int64 {
 	}
 	n, ok := v.(int64)
 	if !ok || n < 1 || n > 100 {
-		fs.errorf("health", "%s must be an integer between 1 and 100, not %v", key, v)
+		fs.Errorf("health", "%s must be an integer between 1 and 100, not %v", key, v)
 		return def
 	}
 	return n

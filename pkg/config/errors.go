@@ -3,8 +3,9 @@ package config
 import (
 	"fmt"
 	"sort"
-	"strconv"
 	"strings"
+
+	"github.com/fwdd/fwdd/internal/tomlcheck"
 )
 
 // Problem is one thing wrong with a configuration file.
@@ -101,18 +102,5 @@ func (ps *problems) err() error {
 	return &errs
 }
 
-// maxQuoted is how much of a value a message quotes.
-const maxQuoted = 64
-
-// quote is strconv.Quote for values from the file, shortened when long: a
-// 20 MB name must not make 40 MB of messages.
-func quote(s string) string {
-	if len(s) <= maxQuoted {
-		return strconv.Quote(s)
-	}
-	cut := maxQuoted
-	for cut > 0 && s[cut]&0xc0 == 0x80 { // not inside a UTF-8 sequence
-		cut--
-	}
-	return fmt.Sprintf("%s... (%d bytes)", strconv.Quote(s[:cut]), len(s))
-}
+// quote quotes a value from the file, shortened when long.
+var quote = tomlcheck.Quote

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/fwdd/fwdd/internal/tomlcheck"
 )
 
 const (
@@ -15,16 +17,16 @@ const (
 
 // parseForward validates one [[forward]]; problems go to fs.
 func parseForward(fs *fields, t map[string]any) Forward {
-	f := Forward{Line: fs.lines.Line}
-	switch name, ok := fs.str("name", t["name"], ""); {
+	f := Forward{Line: fs.Lines.Line}
+	switch name, ok := fs.String("name", t["name"], ""); {
 	case !ok:
 	case name == "":
-		fs.errorf("name", "required; must be 1-32 of a-z, 0-9, '_' or '-', starting with a letter or digit")
+		fs.Errorf("name", "required; must be 1-32 of a-z, 0-9, '_' or '-', starting with a letter or digit")
 	default:
 		if forwardNameRE.MatchString(name) {
 			f.Name = name
 		} else {
-			fs.errorf("name", "%s is not a valid name; must be 1-32 of a-z, 0-9, '_' or '-', starting with a letter or digit", quote(name))
+			fs.Errorf("name", "%s is not a valid name; must be 1-32 of a-z, 0-9, '_' or '-', starting with a letter or digit", quote(name))
 		}
 	}
 
@@ -33,21 +35,21 @@ func parseForward(fs *fields, t map[string]any) Forward {
 
 	parseBalancing(fs, t, &f)
 
-	if s, ok := fs.str("address", t["address"], ""); ok && s != "" {
+	if s, ok := fs.String("address", t["address"], ""); ok && s != "" {
 		switch a, msg := parseIP(s); {
 		case msg != "":
-			fs.errorf("address", "%s", msg)
+			fs.Errorf("address", "%s", msg)
 		case a.IsUnspecified():
-			fs.errorf("address", "%s is the unspecified address; use \"\" to match any local address", a)
+			fs.Errorf("address", "%s is the unspecified address; use \"\" to match any local address", a)
 		case !sameFamily(fs, "address", a.String(), a, f.To):
 		default:
 			f.Address = a
 		}
 	}
 
-	if s, ok := fs.str("interface", t["interface"], ""); ok && s != "" {
+	if s, ok := fs.String("interface", t["interface"], ""); ok && s != "" {
 		if why := checkInterfaceName(s); why != "" {
-			fs.errorf("interface", "%s is not a valid interface name: %s; %s", quote(s), why, ifaceHint)
+			fs.Errorf("interface", "%s is not a valid interface name: %s; %s", quote(s), why, ifaceHint)
 		} else {
 			f.Interface = s
 		}
@@ -55,7 +57,7 @@ func parseForward(fs *fields, t map[string]any) Forward {
 
 	f.Sources = parseSources(fs, t["sources"], f.To)
 	f.SNAT = parseSNAT(fs, t["snat"], f.To)
-	f.Log = fs.boolean("log", t["log"], false)
+	f.Log = fs.Bool("log", t["log"], false)
 	return f
 }
 
@@ -70,7 +72,7 @@ func family(a netip.Addr) string {
 // is unset, and says so on field when not.
 func sameFamily(fs *fields, field, shown string, a, to netip.Addr) bool {
 	if to.IsValid() && a.Is4() != to.Is4() {
-		fs.errorf(field, "%s is %s but to (%s) is %s; they must be the same family", shown, family(a), to, family(to))
+		fs.Errorf(field, "%s is %s but to (%s) is %s; they must be the same family", shown, family(a), to, family(to))
 		return false
 	}
 	return true
@@ -84,9 +86,9 @@ func parseProto(fs *fields, v any) (Proto, bool) {
 		return UDP, true
 	}
 	if s, ok := v.(string); ok {
-		fs.errorf("proto", "%s is not allowed; must be \"tcp\" or \"udp\"", quote(s))
+		fs.Errorf("proto", "%s is not allowed; must be \"tcp\" or \"udp\"", quote(s))
 	} else {
-		fs.errorf("proto", "array elements must be \"tcp\" or \"udp\", not %s", tomlType(v))
+		fs.Errorf("proto", "array elements must be \"tcp\" or \"udp\", not %s", tomlcheck.TypeName(v))
 	}
 	return 0, false
 }
@@ -102,7 +104,7 @@ func parseProtos(fs *fields, v any) []Proto {
 		return nil
 	case []any:
 		if len(v) == 0 {
-			fs.errorf("proto", "empty; must be \"tcp\", \"udp\" or [\"tcp\", \"udp\"]")
+			fs.Errorf("proto", "empty; must be \"tcp\", \"udp\" or [\"tcp\", \"udp\"]")
 			return nil
 		}
 		var ps []Proto
@@ -112,7 +114,7 @@ func parseProtos(fs *fields, v any) []Proto {
 				return nil
 			}
 			if slices.Contains(ps, p) {
-				fs.errorf("proto", "%q is listed twice", p)
+				fs.Errorf("proto", "%q is listed twice", p)
 				return nil
 			}
 			ps = append(ps, p)
@@ -120,28 +122,28 @@ func parseProtos(fs *fields, v any) []Proto {
 		slices.Sort(ps)
 		return ps
 	}
-	fs.errorf("proto", "must be \"tcp\", \"udp\" or an array of them, not %s", tomlType(v))
+	fs.Errorf("proto", "must be \"tcp\", \"udp\" or an array of them, not %s", tomlcheck.TypeName(v))
 	return nil
 }
 
 func parsePortValue(fs *fields, v any) PortRange {
 	switch v := v.(type) {
 	case nil:
-		fs.errorf("port", "required; %s", portHint)
+		fs.Errorf("port", "required; %s", portHint)
 	case int64:
 		if v < 1 || v > 65535 {
-			fs.errorf("port", "%d is out of range; %s", v, portHint)
+			fs.Errorf("port", "%d is out of range; %s", v, portHint)
 			break
 		}
 		return PortRange{uint16(v), uint16(v)}
 	case string:
 		r, msg := parsePortRange(v)
 		if msg != "" {
-			fs.errorf("port", "%s; %s", msg, portHint)
+			fs.Errorf("port", "%s; %s", msg, portHint)
 		}
 		return r
 	default:
-		fs.errorf("port", "must be an integer or a string \"lo-hi\", not %s", tomlType(v))
+		fs.Errorf("port", "must be an integer or a string \"lo-hi\", not %s", tomlcheck.TypeName(v))
 	}
 	return PortRange{}
 }
@@ -206,7 +208,7 @@ func parseTo(fs *fields, s string) (netip.Addr, PortRange) {
 	case strings.HasPrefix(s, "["):
 		end := strings.IndexByte(s, ']')
 		if end < 0 {
-			fs.errorf("to", "%s has no closing ']'; %s", quote(s), toHint)
+			fs.Errorf("to", "%s has no closing ']'; %s", quote(s), toHint)
 			return netip.Addr{}, PortRange{}
 		}
 		host = s[1:end]
@@ -215,18 +217,18 @@ func parseTo(fs *fields, s string) (netip.Addr, PortRange) {
 		case rest[0] == ':':
 			port, hasPort = rest[1:], true
 		default:
-			fs.errorf("to", "%s: unexpected %s after ']'; %s", quote(s), quote(rest), toHint)
+			fs.Errorf("to", "%s: unexpected %s after ']'; %s", quote(s), quote(rest), toHint)
 			return netip.Addr{}, PortRange{}
 		}
 		if a, err := netip.ParseAddr(host); err == nil && !a.Is6() {
-			fs.errorf("to", "%s: brackets are only for IPv6 addresses; write %s", quote(s), strings.Replace(s[1:], "]", "", 1))
+			fs.Errorf("to", "%s: brackets are only for IPv6 addresses; write %s", quote(s), strings.Replace(s[1:], "]", "", 1))
 			return netip.Addr{}, PortRange{}
 		}
 	default:
 		if a, err := netip.ParseAddr(s); err == nil {
 			if i := strings.LastIndexByte(s, ':'); a.Is6() && looksLikePort(s[i+1:]) {
 				if b, err := netip.ParseAddr(s[:i]); err == nil && b.Is6() && !strings.HasSuffix(s[:i], ":") {
-					fs.errorf("to", "%s is ambiguous: its last group looks like a port; write \"[%s]:%s\" for port %s, or \"[%s]\" to keep the original port", quote(s), s[:i], s[i+1:], s[i+1:], s)
+					fs.Errorf("to", "%s is ambiguous: its last group looks like a port; write \"[%s]:%s\" for port %s, or \"[%s]\" to keep the original port", quote(s), s[:i], s[i+1:], s[i+1:], s)
 					return netip.Addr{}, PortRange{}
 				}
 			}
@@ -244,22 +246,22 @@ func parseTo(fs *fields, s string) (netip.Addr, PortRange) {
 		if _, err := netip.ParseAddr(host); err != nil {
 			msg += "; " + toHint
 		}
-		fs.errorf("to", "%s", msg)
+		fs.Errorf("to", "%s", msg)
 		return netip.Addr{}, PortRange{}
 	}
 	if why := unusable(a); why != "" {
-		fs.errorf("to", "%s; the backend must be a unicast address of another host", why)
+		fs.Errorf("to", "%s; the backend must be a unicast address of another host", why)
 		return netip.Addr{}, PortRange{}
 	}
 	if a.IsLoopback() {
-		fs.errorf("to", "%s is a loopback address: packets from other hosts DNATed to it are dropped unless route_localnet=1, which opens every service bound to loopback to the network (CVE-2020-8558); for a service on this host, let it listen on the address clients connect to, or forward to another address of this host", a)
+		fs.Errorf("to", "%s is a loopback address: packets from other hosts DNATed to it are dropped unless route_localnet=1, which opens every service bound to loopback to the network (CVE-2020-8558); for a service on this host, let it listen on the address clients connect to, or forward to another address of this host", a)
 		return netip.Addr{}, PortRange{}
 	}
 	var r PortRange
 	if hasPort {
 		var msg string
 		if r, msg = parsePortRange(port); msg != "" {
-			fs.errorf("to", "port: %s; %s", msg, portHint)
+			fs.Errorf("to", "port: %s; %s", msg, portHint)
 			return netip.Addr{}, PortRange{}
 		}
 	}
@@ -325,7 +327,7 @@ func parseSources(fs *fields, v any, to netip.Addr) []netip.Prefix {
 	case []any:
 		list = v
 	default:
-		fs.errorf("sources", "must be an array of CIDRs or IPs, e.g. [\"10.0.0.0/8\"], not %s", tomlType(v))
+		fs.Errorf("sources", "must be an array of CIDRs or IPs, e.g. [\"10.0.0.0/8\"], not %s", tomlcheck.TypeName(v))
 		return nil
 	}
 	var prefixes []netip.Prefix
@@ -333,14 +335,14 @@ func parseSources(fs *fields, v any, to netip.Addr) []netip.Prefix {
 	for _, e := range list {
 		s, isString := e.(string)
 		if !isString {
-			fs.errorf("sources", "elements must be strings, not %s", tomlType(e))
+			fs.Errorf("sources", "elements must be strings, not %s", tomlcheck.TypeName(e))
 			ok = false
 			continue
 		}
 		p, msg := parseSource(s)
 		switch {
 		case msg != "":
-			fs.errorf("sources", "%s", msg)
+			fs.Errorf("sources", "%s", msg)
 			ok = false
 		case !sameFamily(fs, "sources", s, p.Addr(), to):
 			ok = false
@@ -352,10 +354,10 @@ func parseSources(fs *fields, v any, to netip.Addr) []netip.Prefix {
 	for i := 1; i < len(prefixes); i++ {
 		switch a, b := prefixes[i-1], prefixes[i]; {
 		case a == b:
-			fs.errorf("sources", "%s is listed twice", b)
+			fs.Errorf("sources", "%s is listed twice", b)
 			ok = false
 		case a.Overlaps(b):
-			fs.errorf("sources", "%s overlaps %s; list each address once", b, a)
+			fs.Errorf("sources", "%s overlaps %s; list each address once", b, a)
 			ok = false
 		}
 	}
@@ -386,7 +388,7 @@ func parseSource(s string) (netip.Prefix, string) {
 }
 
 func parseSNAT(fs *fields, v any, to netip.Addr) SNAT {
-	s, ok := fs.str("snat", v, "masquerade")
+	s, ok := fs.String("snat", v, "masquerade")
 	if !ok {
 		return SNAT{}
 	}
@@ -399,13 +401,13 @@ func parseSNAT(fs *fields, v any, to netip.Addr) SNAT {
 	a, msg := parseIP(s)
 	switch {
 	case msg != "":
-		fs.errorf("snat", "%s; must be \"masquerade\", \"none\" or an IP address", msg)
+		fs.Errorf("snat", "%s; must be \"masquerade\", \"none\" or an IP address", msg)
 	case unusable(a) != "" || a.IsLoopback():
 		why := unusable(a)
 		if why == "" {
 			why = a.String() + " is a loopback address"
 		}
-		fs.errorf("snat", "%s cannot be a source address: %s; must be \"masquerade\", \"none\" or a unicast IP address of this host", a, why)
+		fs.Errorf("snat", "%s cannot be a source address: %s; must be \"masquerade\", \"none\" or a unicast IP address of this host", a, why)
 	case !sameFamily(fs, "snat", a.String(), a, to):
 	default:
 		return SNAT{Kind: SNATFixed, Addr: a}

@@ -10,10 +10,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"time"
-	"unicode"
 
 	"github.com/BurntSushi/toml"
+	"github.com/fwdd/fwdd/internal/tomlcheck"
 	"github.com/fwdd/fwdd/internal/tomlpos"
 	"github.com/fwdd/fwdd/pkg/ctmark"
 )
@@ -178,11 +177,11 @@ func decodeFile(ps *problems, src source, dropIn bool, fl *forwardList) *fileRes
 		default:
 			t, ok := v.(map[string]any)
 			if !ok {
-				ps.add(line, "", key, "must be a table ([%s]), not %s", key, tomlType(v))
+				ps.add(line, "", key, "must be a table ([%s]), not %s", key, tomlcheck.TypeName(v))
 				continue
 			}
 			tables[key] = t
-			unknownKeys(&fields{ps: ps, where: key, lines: pos.Table(key)}, key, t)
+			unknownKeys(newFields(ps, pos.Table(key), key), key, t)
 		}
 	}
 	if !dropIn {
@@ -218,7 +217,8 @@ func decodeFile(ps *problems, src source, dropIn bool, fl *forwardList) *fileRes
 // validateForward checks the keys of forward #i+1 and validates it.
 func validateForward(ps *problems, i int, t map[string]any, kl *tomlpos.Table) Forward {
 	// where is only spelled out for a problem: most forwards have none.
-	fs := &fields{ps: ps, forward: i + 1, lines: kl}
+	fs := newFields(ps, kl, "")
+	fs.forward = i + 1
 	if name, ok := t["name"].(string); ok {
 		fs.name = name
 	}
@@ -236,7 +236,7 @@ func forwardTables(ps *problems, pos *tomlpos.Table, v any) []map[string]any {
 		for _, e := range v {
 			t, ok := e.(map[string]any)
 			if !ok {
-				ps.add(pos.Key("forward"), "", "forward", "must be an array of tables ([[forward]]), not an array of %s", strings.TrimPrefix(strings.TrimPrefix(tomlType(e), "a "), "an "))
+				ps.add(pos.Key("forward"), "", "forward", "must be an array of tables ([[forward]]), not an array of %s", strings.TrimPrefix(strings.TrimPrefix(tomlcheck.TypeName(e), "a "), "an "))
 				return nil
 			}
 			ts = append(ts, t)
@@ -250,7 +250,7 @@ func forwardTables(ps *problems, pos *tomlpos.Table, v any) []map[string]any {
 		}
 		return nil
 	}
-	ps.add(pos.Key("forward"), "", "forward", "must be an array of tables ([[forward]]), not %s", tomlType(v))
+	ps.add(pos.Key("forward"), "", "forward", "must be an array of tables ([[forward]]), not %s", tomlcheck.TypeName(v))
 	return nil
 }
 
@@ -259,7 +259,7 @@ func unknownKeys(fs *fields, table string, t map[string]any) {
 	allowed := allowedKeys[table]
 	for key := range t {
 		if !slices.Contains(allowed, key) {
-			fs.ps.add(fs.lines.Key(key), fs.at(), "", "unknown key %s%s; allowed: %s", quote(key), caseHint(key, table), strings.Join(allowed, ", "))
+			fs.ps.add(fs.Lines.Key(key), fs.at(), "", "unknown key %s%s; allowed: %s", quote(key), caseHint(key, table), strings.Join(allowed, ", "))
 		}
 	}
 }
@@ -274,62 +274,31 @@ func caseHint(key, table string) string {
 	return ""
 }
 
-var redefinedRE = regexp.MustCompile(`^Key '(.*)' (has already been defined|was already created as a hash|was already created and cannot be used as an array)\.$`)
-
-// syntaxProblem turns a TOML syntax error into a Problem on the right line,
-// in fwdd's words where the library's are about its own internals.
+// syntaxProblem turns a TOML syntax error into a Problem on the right line.
 func syntaxProblem(path, text string, err error) *Problem {
-	var pe toml.ParseError
-	if !errors.As(err, &pe) {
-		return &Problem{Path: path, Msg: "invalid TOML", Err: err}
-	}
-	line, msg := pe.Position.Line, pe.Message
-	if start := pe.Position.Start; start >= 0 && start < len(text) {
-		// The line of the byte at fault: the library counts a newline it
-		// complains about as the start of the next line.
-		line = 1 + strings.Count(text[:start], "\n")
-	}
-	switch m := redefinedRE.FindStringSubmatch(msg); {
-	case m != nil:
-		msg = fmt.Sprintf("%s is defined twice; each key may appear once in a table", m[1])
-	case strings.HasPrefix(msg, "expected end of table array name delimiter"):
-		msg = "the header is not closed: write [[name]], e.g. [[forward]]"
-	case strings.HasPrefix(msg, "expected '.' or ']' to end table name"):
-		msg = "the header is not closed: write [name], e.g. [daemon]"
-	}
-	return &Problem{Path: path, Line: line, Msg: "invalid TOML: " + oneLine(msg), Err: err}
+	line, msg := tomlcheck.Syntax(text, err)
+	return &Problem{Path: path, Line: line, Msg: msg, Err: err}
 }
 
-// oneLine escapes the control characters the library quotes from the file
-// (`not a binary number: '0b\n'`), so a message stays on one journal line.
-func oneLine(s string) string {
-	if !strings.ContainsFunc(s, unicode.IsControl) {
-		return s
-	}
-	var b strings.Builder
-	for _, r := range s {
-		if unicode.IsControl(r) {
-			q := strconv.QuoteRune(r)
-			b.WriteString(q[1 : len(q)-1])
-			continue
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
-}
-
-// fields reports problems with the keys of one table.
+// fields checks the keys of one table and reports their problems.
 type fields struct {
+	tomlcheck.Keys
 	ps    *problems
 	where string // the section; for a forward, see forward and name
-	lines *tomlpos.Table
 	// A forward is `forward "name"` once its name is known, else `forward #N`.
 	forward int // N
 	name    string
 }
 
-func (fs *fields) errorf(field, format string, args ...any) {
-	fs.ps.add(fs.lines.Key(field), fs.at(), field, format, args...)
+func newFields(ps *problems, lines *tomlpos.Table, where string) *fields {
+	fs := &fields{ps: ps, where: where}
+	fs.Keys = tomlcheck.Keys{Lines: lines, To: fs}
+	return fs
+}
+
+// Report adds a problem with key of the table.
+func (fs *fields) Report(line int, key, msg string) {
+	fs.ps.list = append(fs.ps.list, &Problem{Path: fs.ps.path, Line: line, Where: fs.at(), Field: key, Msg: msg})
 }
 
 // at says where the table is, for a problem.
@@ -343,114 +312,28 @@ func (fs *fields) at() string {
 	return fs.where
 }
 
-func (fs *fields) str(field string, v any, def string) (string, bool) {
-	switch v := v.(type) {
-	case nil:
-		return def, true
-	case string:
-		return v, true
-	}
-	fs.errorf(field, "must be a string, not %s", tomlType(v))
-	return def, false
-}
-
-func (fs *fields) boolean(field string, v any, def bool) bool {
-	switch v := v.(type) {
-	case nil:
-		return def
-	case bool:
-		return v
-	}
-	fs.errorf(field, "must be true or false, not %s", tomlType(v))
-	return def
-}
-
-// integer returns v if it is an integer within lo-hi.
-func (fs *fields) integer(field string, v any, def, lo, hi int64) int64 {
-	switch v := v.(type) {
-	case nil:
-		return def
-	case int64:
-		if v < lo || v > hi {
-			fs.errorf(field, "%d is out of range; must be between %d and %d", v, lo, hi)
-			return def
-		}
-		return v
-	}
-	fs.errorf(field, "must be an integer between %d and %d, not %s", lo, hi, tomlType(v))
-	return def
-}
-
-// oneOf returns v if it is one of the allowed strings.
-func (fs *fields) oneOf(field string, v any, def string, allowed ...string) string {
-	s, ok := fs.str(field, v, def)
-	if !ok {
-		return def
-	}
-	if slices.Contains(allowed, s) {
-		return s
-	}
-	fs.errorf(field, "%s is not allowed; must be %s", quote(s), quotedList(allowed))
-	return def
-}
-
-// quotedList renders ["a", "b", "c"] as `"a", "b" or "c"`.
-func quotedList(items []string) string {
-	q := make([]string, len(items))
-	for i, s := range items {
-		q[i] = strconv.Quote(s)
-	}
-	if len(q) == 1 {
-		return q[0]
-	}
-	return strings.Join(q[:len(q)-1], ", ") + " or " + q[len(q)-1]
-}
-
-// tomlType names the TOML type of a decoded value.
-func tomlType(v any) string {
-	switch v.(type) {
-	case string:
-		return "a string"
-	case int64:
-		return "an integer"
-	case float64:
-		return "a float"
-	case bool:
-		return "a boolean"
-	case []any:
-		return "an array"
-	case []map[string]any:
-		return "an array of tables"
-	case map[string]any:
-		return "a table"
-	case time.Time:
-		return "a date or time"
-	}
-	return "a value of another type"
-}
-
 func parseDaemon(ps *problems, t map[string]any, lines *tomlpos.Table) (Daemon, []Problem) {
-	fs := &fields{ps: ps, where: "daemon", lines: lines}
+	fs := newFields(ps, lines, "daemon")
 	d := Daemon{
-		OnStop:   OnStop(fs.oneOf("on_stop", t["on_stop"], string(OnStopFlush), string(OnStopFlush), string(OnStopKeep))),
-		LogLevel: fs.oneOf("log_level", t["log_level"], "info", "debug", "info", "warn", "error"),
-		ForwardPolicy: ForwardPolicy(fs.oneOf("forward_policy", t["forward_policy"], string(ForwardAccept),
+		OnStop:   OnStop(fs.OneOf("on_stop", t["on_stop"], string(OnStopFlush), string(OnStopFlush), string(OnStopKeep))),
+		LogLevel: fs.OneOf("log_level", t["log_level"], "info", "debug", "info", "warn", "error"),
+		ForwardPolicy: ForwardPolicy(fs.OneOf("forward_policy", t["forward_policy"], string(ForwardAccept),
 			string(ForwardAccept), string(ForwardDrop))),
 	}
-	if s, ok := fs.str("table", t["table"], "fwdd"); ok {
+	if s, ok := fs.String("table", t["table"], "fwdd"); ok {
 		if tableNameRE.MatchString(s) {
 			d.Table = s
 		} else {
-			fs.errorf("table", "%s is not a valid table name; must be 1-32 letters, digits, '_' or '-', starting with a letter", quote(s))
+			fs.Errorf("table", "%s is not a valid table name; must be 1-32 letters, digits, '_' or '-', starting with a letter", quote(s))
 		}
 	}
 	d.CtMark = parseCtMark(fs, t)
 	var warnings []Problem
-	if m, ok := fs.str("metrics", t["metrics"], ""); ok && m != "" {
+	if m, ok := fs.String("metrics", t["metrics"], ""); ok && m != "" {
 		host, err := checkListenAddr(m)
 		switch {
 		case err != nil:
-			fs.errorf("metrics", "%s: %v; must be \"\" (off) or host:port, e.g. \"127.0.0.1:9641\" or \"[::1]:9641\"", quote(m), err)
+			fs.Errorf("metrics", "%s: %v; must be \"\" (off) or host:port, e.g. \"127.0.0.1:9641\" or \"[::1]:9641\"", quote(m), err)
 		case !host.IsLoopback():
 			warnings = append(warnings, Problem{Line: lines.Key("metrics"), Where: "daemon", Field: "metrics",
 				Msg: fmt.Sprintf("%s is not a loopback address: /metrics has no authentication, so anyone who can reach it reads every forward's name, backend and traffic; listen on 127.0.0.1 or [::1], or restrict who can connect", quote(m))})
@@ -467,11 +350,11 @@ func parseDaemon(ps *problems, t map[string]any, lines *tomlpos.Table) (Daemon, 
 // fwdd owns: the tag's and the forward id's).
 func parseCtMark(fs *fields, t map[string]any) ctmark.Layout {
 	l := ctmark.Default
-	s, ok := fs.str("ct_mark", t["ct_mark"], "")
+	s, ok := fs.String("ct_mark", t["ct_mark"], "")
 	if ok && s != "" {
 		var err error
 		if l.Tag, l.TagMask, err = ctmark.ParseMark(s); err != nil {
-			fs.errorf("ct_mark", "%s: %v; must be VALUE/MASK in hex or decimal, e.g. %q (the default)", quote(s), err, ctmark.Default.Connmark())
+			fs.Errorf("ct_mark", "%s: %v; must be VALUE/MASK in hex or decimal, e.g. %q (the default)", quote(s), err, ctmark.Default.Connmark())
 			return ctmark.Default
 		}
 	}
@@ -479,23 +362,23 @@ func parseCtMark(fs *fields, t map[string]any) ctmark.Layout {
 	case nil:
 	case int64:
 		if v < 0 || v > 0xffffffff {
-			fs.errorf("ct_mask", "%d is out of range; must be a 32-bit mask, e.g. 0xffff0000", v)
+			fs.Errorf("ct_mask", "%d is out of range; must be a 32-bit mask, e.g. 0xffff0000", v)
 			return ctmark.Default
 		}
 		l.Mask = uint32(v)
 	case string:
 		m, err := ctmark.ParseUint32(v)
 		if err != nil {
-			fs.errorf("ct_mask", "%v; must be a 32-bit mask, e.g. 0xffff0000", err)
+			fs.Errorf("ct_mask", "%v; must be a 32-bit mask, e.g. 0xffff0000", err)
 			return ctmark.Default
 		}
 		l.Mask = m
 	default:
-		fs.errorf("ct_mask", "must be a 32-bit mask (an integer such as 0xffff0000), not %s", tomlType(v))
+		fs.Errorf("ct_mask", "must be a 32-bit mask (an integer such as 0xffff0000), not %s", tomlcheck.TypeName(v))
 		return ctmark.Default
 	}
 	if key, err := l.Validate(); err != nil {
-		fs.errorf(key, "%v; allowed: ct_mark = \"VALUE/MASK\" with a nonzero value inside a contiguous mask, ct_mask holding that mask and one contiguous run of id bits beside it (default %s)", err, ctmark.Default)
+		fs.Errorf(key, "%v; allowed: ct_mark = \"VALUE/MASK\" with a nonzero value inside a contiguous mask, ct_mask holding that mask and one contiguous run of id bits beside it (default %s)", err, ctmark.Default)
 		return ctmark.Default
 	}
 	return l
@@ -530,26 +413,26 @@ func checkListenAddr(s string) (netip.Addr, error) {
 }
 
 func parseSysctl(ps *problems, t map[string]any, lines *tomlpos.Table) Sysctl {
-	fs := &fields{ps: ps, where: "sysctl", lines: lines}
+	fs := newFields(ps, lines, "sysctl")
 	return Sysctl{
-		IPForward: fs.boolean("ip_forward", t["ip_forward"], true),
-		RPFilter: RPFilter(fs.oneOf("rp_filter", t["rp_filter"], string(RPFilterKeep),
+		IPForward: fs.Bool("ip_forward", t["ip_forward"], true),
+		RPFilter: RPFilter(fs.OneOf("rp_filter", t["rp_filter"], string(RPFilterKeep),
 			string(RPFilterKeep), string(RPFilterLoose), string(RPFilterOff))),
 		// nf_conntrack_max is a C int.
-		ConntrackMax: int(fs.integer("conntrack_max", t["conntrack_max"], 0, 0, 1<<31-1)),
+		ConntrackMax: int(fs.Int("conntrack_max", t["conntrack_max"], 0, 0, 1<<31-1)),
 		// nf_conntrack_buckets is an unsigned int the kernel caps at 2^30.
-		ConntrackBuckets: int(fs.integer("conntrack_buckets", t["conntrack_buckets"], 0, 0, 1<<30)),
+		ConntrackBuckets: int(fs.Int("conntrack_buckets", t["conntrack_buckets"], 0, 0, 1<<30)),
 	}
 }
 
 func parseConntrack(ps *problems, t map[string]any, lines *tomlpos.Table) Conntrack {
-	fs := &fields{ps: ps, where: "conntrack", lines: lines}
+	fs := newFields(ps, lines, "conntrack")
 	c := Conntrack{
-		WarnPercent:     int(fs.integer("warn_percent", t["warn_percent"], 80, 1, 100)),
-		CriticalPercent: int(fs.integer("critical_percent", t["critical_percent"], 95, 1, 100)),
+		WarnPercent:     int(fs.Int("warn_percent", t["warn_percent"], 80, 1, 100)),
+		CriticalPercent: int(fs.Int("critical_percent", t["critical_percent"], 95, 1, 100)),
 	}
 	if c.CriticalPercent <= c.WarnPercent {
-		fs.errorf("critical_percent", "%d must be greater than warn_percent (%d)", c.CriticalPercent, c.WarnPercent)
+		fs.Errorf("critical_percent", "%d must be greater than warn_percent (%d)", c.CriticalPercent, c.WarnPercent)
 	}
 	return c
 }

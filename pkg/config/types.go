@@ -7,7 +7,9 @@
 // (parse.go, forward.go, balance.go), then the forwards against each other
 // (overlap.go). When anything is wrong the files are decoded whole, and a
 // scan of the text (internal/tomlpos) finds the line of each key for the
-// messages (errors.go). Nothing outside this package sees the decoded maps.
+// messages (errors.go); internal/tomlcheck words the problems that are not
+// about what a key means (a value of the wrong type, a TOML syntax error).
+// Nothing outside this package sees the decoded maps.
 package config
 
 import (
