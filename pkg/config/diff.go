@@ -13,16 +13,16 @@ import (
 // FieldChange is one field that differs between two versions of a forward
 // or section, in the file's syntax.
 type FieldChange struct {
-	Field    string `json:"field"`
+	Field    string
 	Old, New string
 }
 
 // ForwardChange is a forward added, removed or changed between two configs.
 type ForwardChange struct {
-	Name string `json:"name"`
+	Name string
 	// Kind is "added", "removed" or "changed".
-	Kind   string        `json:"kind"`
-	Fields []FieldChange `json:"fields,omitempty"` // for "changed"
+	Kind   string
+	Fields []FieldChange // for "changed"
 }
 
 // Diff lists the forwards of b that are not in a (added), those of a not
