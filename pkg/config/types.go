@@ -178,7 +178,7 @@ type Forward struct {
 	// family; To and ToPort are the first one's.
 	Backends []Backend
 	Balance  Balance
-	Health   health.Spec
+	Health   health.Spec // the checks that take a backend out and back (HAProxy's meaning)
 	OnChange OnChange
 }
 
