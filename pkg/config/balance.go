@@ -1,7 +1,6 @@
 package config
 
 import (
-	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
@@ -26,9 +25,9 @@ func (b Backend) String() string {
 	case b.ToPort.IsZero():
 		return b.To.String()
 	case b.To.Is6():
-		return fmt.Sprintf("[%s]:%s", b.To, b.ToPort)
+		return "[" + b.To.String() + "]:" + b.ToPort.String()
 	}
-	return fmt.Sprintf("%s:%s", b.To, b.ToPort)
+	return b.To.String() + ":" + b.ToPort.String()
 }
 
 // Balance is how new connections are spread over several backends.

@@ -420,5 +420,5 @@ func (r PortRange) String() string {
 	if r.Lo == r.Hi {
 		return strconv.Itoa(int(r.Lo))
 	}
-	return fmt.Sprintf("%d-%d", r.Lo, r.Hi)
+	return strconv.Itoa(int(r.Lo)) + "-" + strconv.Itoa(int(r.Hi))
 }

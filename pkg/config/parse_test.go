@@ -880,9 +880,9 @@ func TestParseCtMark(t *testing.T) {
 			t.Errorf("%q: layout %+v, want %+v", tc.in, c.Daemon.CtMark, tc.want)
 		}
 		// The record of the config in force keeps the layout.
-		back, err := Parse("back.toml", c.TOML())
+		back, err := Parse("back.toml", renderTOML(t, c))
 		if err != nil || back.Daemon.CtMark != tc.want {
-			t.Errorf("%q: TOML() parses back to %+v, %v", tc.in, back.Daemon.CtMark, err)
+			t.Errorf("%q: WriteTOML parses back to %+v, %v", tc.in, back.Daemon.CtMark, err)
 		}
 	}
 }

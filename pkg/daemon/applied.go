@@ -19,17 +19,28 @@ func AppliedPath(stateDir string) string { return filepath.Join(stateDir, "appli
 
 // recordApplied writes the config now in force, atomically.
 func (d *Daemon) recordApplied(cfg *config.Config) {
-	err := os.MkdirAll(d.opts.StateDir, 0o755)
-	tmp := AppliedPath(d.opts.StateDir) + ".tmp"
-	if err == nil {
-		err = os.WriteFile(tmp, cfg.TOML(), 0o600)
-	}
-	if err == nil {
-		err = os.Rename(tmp, AppliedPath(d.opts.StateDir))
-	}
-	if err != nil {
+	if err := writeApplied(d.opts.StateDir, cfg); err != nil {
 		d.log.Warn("cannot record the config in force; fwdd diff will not work", zap.Error(err))
 	}
+}
+
+func writeApplied(stateDir string, cfg *config.Config) error {
+	if err := os.MkdirAll(stateDir, 0o755); err != nil {
+		return err
+	}
+	tmp := AppliedPath(stateDir) + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	err = cfg.WriteTOML(f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, AppliedPath(stateDir))
+	}
+	return err
 }
 
 // ReadApplied decodes the config the daemon has in force.

@@ -88,7 +88,8 @@ func (e *env) lastPlan() *nft.Plan {
 	return ps[len(ps)-1]
 }
 
-// holds checks that the kernel's table is exactly the config in force.
+// holds checks that the kernel's table is exactly the config in force, and
+// that the daemon recorded that config.
 func (e *env) holds() {
 	e.t.Helper()
 	m := e.d.InForce()
@@ -98,6 +99,14 @@ func (e *env) holds() {
 	}
 	if err := tb.Differs(m); err != nil {
 		e.t.Fatalf("the kernel's table is not the config in force: %v", err)
+	}
+	// fwdd diff compares with the record of the config in force.
+	rec, err := ReadApplied(e.d.opts.StateDir)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if fw, settings := config.Diff(m.Config, rec); len(fw)+len(settings) > 0 {
+		e.t.Errorf("the record of the config in force differs from it: %v %v", fw, settings)
 	}
 }
 
