@@ -101,11 +101,24 @@ func openStateDir(dir string) (int, error) {
 	return unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 }
 
-// WriteState records st in dir atomically. dir is created 0700 if absent
-// and brought to 0700 if it is looser; a dir owned by another user is
-// refused. The file is written through a directory fd with O_NOFOLLOW and
-// renamed into place, so no symlink planted in dir is ever followed.
+// WriteState records st in dir atomically (see writeStateFile).
 func WriteState(dir string, st State) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	return writeStateFile(dir, stateFile, "state", func(w io.Writer) error {
+		_, err := w.Write(b)
+		return err
+	})
+}
+
+// writeStateFile writes the file name in the state dir atomically, what
+// being what it holds, for messages. dir is created 0700 if absent and
+// brought to 0700 if it is looser; a dir owned by another user is refused.
+// The file is written through a directory fd with O_NOFOLLOW and renamed
+// into place, so no symlink planted in dir is ever followed.
+func writeStateFile(dir, name, what string, write func(io.Writer) error) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create state dir: %w", err)
 	}
@@ -126,28 +139,24 @@ func WriteState(dir string, st State) error {
 			return fmt.Errorf("chmod 0700 state dir %s: %w", dir, err)
 		}
 	}
-	b, err := json.Marshal(st)
-	if err != nil {
-		return err
-	}
-	tmp := stateFile + ".tmp"
+	tmp := name + ".tmp"
 	if err := unix.Unlinkat(dfd, tmp, 0); err != nil && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("write state: remove stale %s: %w", tmp, err)
+		return fmt.Errorf("write %s: remove stale %s: %w", what, tmp, err)
 	}
 	fd, err := unix.Openat(dfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
-		return fmt.Errorf("write state: %w", err)
+		return fmt.Errorf("write %s: %w", what, err)
 	}
 	f := os.NewFile(uintptr(fd), filepath.Join(dir, tmp))
-	_, werr := f.Write(b)
+	werr := write(f)
 	if cerr := f.Close(); werr == nil {
 		werr = cerr
 	}
 	if werr != nil {
-		return fmt.Errorf("write state: %w", werr)
+		return fmt.Errorf("write %s: %w", what, werr)
 	}
-	if err := unix.Renameat(dfd, tmp, dfd, stateFile); err != nil {
-		return fmt.Errorf("write state: %w", err)
+	if err := unix.Renameat(dfd, tmp, dfd, name); err != nil {
+		return fmt.Errorf("write %s: %w", what, err)
 	}
 	return nil
 }
