@@ -362,6 +362,11 @@ func checkBackendStatus(t *testing.T, topo *sandbox.Topology, d *daemon) {
 	if out, err := fwdd(t, topo, "health", "-c", d.cfgPath, "--state-dir", d.stateDir); err != nil {
 		t.Errorf("fwdd health with a backend down: %v\n%s", err, out)
 	}
+	// Nor is it a difference fwdd diff reports: a reload of the same file
+	// sends nothing.
+	if out, code := diffExit(t, topo, d); code != 0 || !strings.Contains(out, "no difference") {
+		t.Errorf("fwdd diff of the file in force with a backend down: exit %d, want 0\n%s", code, out)
+	}
 }
 
 // TestKernelHealthHTTP: a backend that answers 500 is taken out; all down

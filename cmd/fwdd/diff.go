@@ -43,7 +43,7 @@ func runDiff(cfgPath, stateDir string, stdout, stderr io.Writer) int {
 			}
 		}
 	}
-	p, err := reloadPlan(running, cfg)
+	p, err := reloadPlan(running, cfg, stateDir)
 	if err != nil {
 		fmt.Fprintln(stderr, "fwdd diff:", err)
 		return 2
@@ -64,20 +64,26 @@ func runDiff(cfgPath, stateDir string, stdout, stderr io.Writer) int {
 	return 1
 }
 
-// reloadPlan is the batch a reload with cfg would send: the differences
-// from the config in force, or the whole table when the kernel's table no
-// longer holds what fwdd applied.
-func reloadPlan(running, cfg *config.Config) (*nft.Plan, error) {
-	have, err := (&nft.Netlink{}).Read(running.Daemon.Table, true)
-	if err != nil {
-		return nil, fmt.Errorf("read table inet %s: %w", running.Daemon.Table, err)
+// reloadPlan is the batch a reload with cfg would send, decided as the
+// daemon decides it (nft.PlanFrom): the differences from the model in
+// force, or the whole table when the kernel's table no longer has its
+// chains and sets. The model in force is the config in force without the
+// backends the daemon found down (its state file says which).
+func reloadPlan(running, cfg *config.Config, stateDir string) (*nft.Plan, error) {
+	var health []fwdaemon.BackendHealth
+	if st, err := fwdaemon.ReadState(stateDir); err == nil {
+		health = st.Backends
 	}
 	compile := func(c *config.Config) (*nft.Model, error) {
 		ids, err := nft.AssignIDs(c)
 		if err != nil {
 			return nil, err
 		}
-		return nft.Compile(c, ids)
+		m, err := nft.Compile(c, ids)
+		if err != nil {
+			return nil, err
+		}
+		return fwdaemon.WithHealth(m, health), nil
 	}
 	old, err := compile(running)
 	if err != nil {
@@ -87,8 +93,5 @@ func reloadPlan(running, cfg *config.Config) (*nft.Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	if have.Differs(old) != nil {
-		return nft.Replace(m), nil
-	}
-	return nft.Diff(old, m), nil
+	return nft.PlanFrom(&nft.Netlink{}, old, m)
 }

@@ -42,7 +42,15 @@ func (a *Applier) Last() *Model { return a.last.Load() }
 // behind fwdd's back (checked by a cheap read of chains, rules and sets).
 // It only reads.
 func (a *Applier) Plan(m *Model) (*Plan, error) {
-	last := a.Last()
+	return planFrom(a.Backend, a.Last(), m, a.unsure)
+}
+
+// PlanFrom returns the batch that Applier.Plan sends when last (nil: none)
+// is in force and the apply before went in: what fwdd diff shows a reload
+// would send.
+func PlanFrom(b Backend, last, m *Model) (*Plan, error) { return planFrom(b, last, m, false) }
+
+func planFrom(b Backend, last, m *Model, unsure bool) (*Plan, error) {
 	if last == nil {
 		return Replace(m), nil
 	}
@@ -50,9 +58,9 @@ func (a *Applier) Plan(m *Model) (*Plan, error) {
 	if p.Full {
 		return p, nil
 	}
-	replace := a.unsure
+	replace := unsure
 	if !replace {
-		t, err := a.Backend.Read(last.Table, false)
+		t, err := b.Read(last.Table, false)
 		if err != nil {
 			return nil, fmt.Errorf("read table inet %s: %w", last.Table, err)
 		}
