@@ -67,11 +67,18 @@ func TestKernelHealth(t *testing.T) {
 	check(1, "bad")
 	writeConfig(t, d.cfgPath, cfg+"\n[[forward]]\nname = \"extra\"\nport = 90\nto = \"10.22.0.2\"\n")
 	check(4, "differs")
+	// A forward gone from the file but not from the kernel: no element of
+	// the file's forwards is missing, but the config in force is not the
+	// file.
+	writeConfig(t, d.cfgPath, strings.Split(cfg, "[[forward]]\nname = \"goes\"")[0])
+	check(4, "the config in force")
 	writeConfig(t, d.cfgPath, cfg)
 	check(0, "ok")
 
 	d.stop() // on_stop = "keep": the table stays, the daemon is gone
 	check(5, "no daemon")
+	nftRun(t, topo, "delete element inet fwdd dnat4_port { tcp . 81 }\n") // nobody repairs it now
+	check(4, "lacks the element tcp . 81 of forward moves")
 	nftRun(t, topo, "add rule inet fwdd dispatch tcp dport 9 accept\n") // nobody repairs it now
 	check(4, "chain dispatch has")
 	nftRun(t, topo, "delete table inet fwdd\n")

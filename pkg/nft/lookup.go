@@ -328,3 +328,36 @@ func (k *Netlink) VerifyForwards(m *Model, names []string) error {
 	}
 	return nil
 }
+
+// VerifyByKey checks that the kernel's table holds m at a cost that grows
+// with the forwards named, not with the table: a read of its chains, rules
+// and sets without elements, then by key the elements and counters of the
+// forwards named. An element the kernel holds beyond m's is not looked for.
+func (k *Netlink) VerifyByKey(m *Model, names []string) error {
+	t, err := k.Read(m.Table, false)
+	if err != nil {
+		return err
+	}
+	if err := t.Differs(m); err != nil {
+		return err
+	}
+	if err := k.VerifyForwards(m, names); err != nil {
+		return err
+	}
+	ids := make(map[string]uint32, len(names))
+	for _, name := range names {
+		if id, ok := m.IDs[name]; ok {
+			ids[name] = id
+		}
+	}
+	traffic, err := k.ReadTrafficOf(m.Table, m.Layout, ids)
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		if _, ok := ids[name]; ok && traffic[name] == nil {
+			return fmt.Errorf("the counters of forward %s are missing from %s, %s or %s", name, SetTrafficOrig, SetTrafficReply, SetTrafficNew)
+		}
+	}
+	return nil
+}

@@ -6,6 +6,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/fwdd/fwdd/pkg/config"
+	"github.com/fwdd/fwdd/pkg/daemon"
 )
 
 func TestAlive(t *testing.T) {
@@ -40,5 +43,60 @@ func TestConfigInvalid(t *testing.T) {
 	res := Check(Options{ConfigPath: filepath.Join(t.TempDir(), "missing.toml")})
 	if res.Code != ConfigInvalid {
 		t.Errorf("missing config: %+v, want code %d", res, ConfigInvalid)
+	}
+}
+
+func TestSample(t *testing.T) {
+	fwds := make([]config.Forward, 50)
+	for i := range fwds {
+		fwds[i].Name = "f" + strconv.Itoa(i)
+	}
+	if got := sample(fwds[:10], 20); len(got) != 10 || got[0] != "f0" || got[9] != "f9" {
+		t.Errorf("10 forwards, at most 20: %v, want all of them in order", got)
+	}
+	seen := map[string]bool{}
+	for range 20 {
+		got := sample(fwds, 7)
+		distinct := map[string]bool{}
+		for _, n := range got {
+			distinct[n] = true
+			seen[n] = true
+		}
+		if len(got) != 7 || len(distinct) != 7 {
+			t.Fatalf("50 forwards, at most 7: %v, want 7 distinct names", got)
+		}
+	}
+	if len(seen) < 25 {
+		t.Errorf("20 samples of 7 out of 50 saw only %d forwards: not random", len(seen))
+	}
+}
+
+func TestInForce(t *testing.T) {
+	parse := func(text string) *config.Config {
+		cfg, err := config.Parse("fwdd.toml", []byte(text))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	web := parse("[[forward]]\nname = \"web\"\nport = 80\nto = \"10.0.0.2:8080\"\n")
+	dir := t.TempDir()
+	if err := inForce(dir, web); err != nil {
+		t.Errorf("no record: %v, want nothing to compare", err)
+	}
+	var record strings.Builder
+	if err := web.WriteTOML(&record); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(daemon.AppliedPath(dir), []byte(record.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The same config written another way is the same config.
+	if err := inForce(dir, parse("[[forward]]\nport = 80\nto = \"10.0.0.2:8080\"\nname = \"web\"\nproto = \"tcp\"\n")); err != nil {
+		t.Errorf("the config in force: %v", err)
+	}
+	err := inForce(dir, parse("[[forward]]\nname = \"web\"\nport = 80\nto = \"10.0.0.2:8081\"\n"))
+	if err == nil || !strings.Contains(err.Error(), "the config in force") {
+		t.Errorf("another backend: %v, want the config in force named", err)
 	}
 }
