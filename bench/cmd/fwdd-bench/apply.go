@@ -31,6 +31,9 @@ type applySample struct {
 	SignalApplyLogged time.Duration
 	SignalLogged      time.Duration
 	SignalMessages    int
+	// fwdd health (keepalived's track script) and fwdd diff, with the file
+	// in force, after the reloads.
+	HealthWall, DiffWall time.Duration
 	RSSKiB, HWMKiB    int           // after start
 	RSSKiB2, HWMKiB2  int           // after the two reloads
 	NftWall           time.Duration // nft -f of `fwdd print`, table absent before
@@ -77,9 +80,9 @@ func (e *env) measureApply(sizes []int, rounds int) (applyResults, error) {
 			if err != nil {
 				return nil, fmt.Errorf("apply %d forwards, round %d: %w", n, r+1, err)
 			}
-			e.logf("apply round %d/%d n=%-6d start %v (logged %v, cpu %v) reload %v (logged %v, %d msgs) sighup %v  nft -f %v  rss %d MiB",
+			e.logf("apply round %d/%d n=%-6d start %v (logged %v, cpu %v) reload %v (logged %v, %d msgs) sighup %v  health %v  diff %v  nft -f %v  rss %d MiB",
 				r+1, rounds, n, ms(s.StartWall), ms(s.StartLogged), s.StartCPU, ms(s.ReloadWall), ms(s.ReloadLogged), s.ReloadMessages,
-				ms(s.SignalWall), ms(s.NftWall), s.HWMKiB/1024)
+				ms(s.SignalWall), ms(s.HealthWall), ms(s.DiffWall), ms(s.NftWall), s.HWMKiB/1024)
 			res[n] = append(res[n], s)
 		}
 	}
@@ -148,6 +151,16 @@ func (e *env) applySample(n int, f *applyFiles) (applySample, error) {
 	s.SignalMessages, _ = log.Int("messages")
 	if err := e.checkForward(n, serverPort); err != nil {
 		return s, fmt.Errorf("after SIGHUP: %w", err)
+	}
+	for _, c := range []struct {
+		cmd  string
+		wall *time.Duration
+	}{{"health", &s.HealthWall}, {"diff", &s.DiffWall}} {
+		start := time.Now()
+		if out, err := d.Command(c.cmd, "--state-dir", d.StateDir); err != nil {
+			return s, fmt.Errorf("fwdd %s with the file in force: %w: %.500s", c.cmd, err, out)
+		}
+		*c.wall = time.Since(start)
 	}
 	if s.RSSKiB2, s.HWMKiB2, err = memoryOf(d.PID()); err != nil {
 		return s, err

@@ -334,6 +334,9 @@ func writeTargets(b *strings.Builder, res *results) {
 			lg := durs(s, func(x applySample) time.Duration { return x.StartLogged })
 			cpu := durs(s, func(x applySample) time.Duration { return x.StartCPU })
 			p("| apply 100,000 in < 3 s | fwdd start %s (logged apply %s, CPU to applied %s) | %s |\n", fmtDur(fw.Median), fmtDur(lg.Median), fmtDur(cpu.Median), verdict(fw.Median < float64(3*time.Second), !fw.missing))
+			hw, dw := durs(s, func(x applySample) time.Duration { return x.HealthWall }), durs(s, func(x applySample) time.Duration { return x.DiffWall })
+			p("| `fwdd health` (the track script) at 100,000 forwards <= 2.5 s, half the `timeout 5` of deploy/ha/keepalived.conf | %s (max %s); `fwdd diff` %s | %s |\n",
+				fmtDur(hw.Median), fmtDur(hw.Max), fmtDur(dw.Median), verdict(hw.Median <= float64(2500*time.Millisecond), !hw.missing))
 		}
 	}
 	if ob := res.Observe; ob != nil {
