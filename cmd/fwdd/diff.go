@@ -27,11 +27,12 @@ func runDiff(cfgPath, stateDir string, stdout, stderr io.Writer) int {
 	for _, s := range settings {
 		fmt.Fprintf(stdout, "~ %s: %s -> %s\n", s.Field, s.Old, s.New)
 	}
+	byName := cfg.ForwardsByName()
 	for _, f := range forwards {
 		switch f.Kind {
 		case "added":
 			fmt.Fprintf(stdout, "+ forward %s\n", f.Name)
-			for _, kv := range config.ForwardFields(cfg.ForwardByName(f.Name)) {
+			for _, kv := range config.ForwardFields(byName[f.Name]) {
 				fmt.Fprintf(stdout, "    %s = %s\n", kv[0], kv[1])
 			}
 		case "removed":

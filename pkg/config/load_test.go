@@ -37,20 +37,20 @@ func TestExampleConfig(t *testing.T) {
 	if diff := cmp.Diff([]string{"web", "dns", "game", "web6", "lab-ssh", "app", "api"}, names); diff != "" {
 		t.Errorf("forward names (-want +got):\n%s", diff)
 	}
-	web := c.ForwardByName("web")
+	web := c.ForwardsByName()["web"]
 	if web == nil || web.To != netip.MustParseAddr("192.168.1.50") || web.ToPort != (PortRange{8080, 8080}) || web.Port != (PortRange{80, 80}) {
 		t.Errorf("web = %+v", web)
 	}
-	if dns := c.ForwardByName("dns"); dns == nil || len(dns.Protos) != 2 {
+	if dns := c.ForwardsByName()["dns"]; dns == nil || len(dns.Protos) != 2 {
 		t.Errorf("dns = %+v", dns)
 	}
-	if game := c.ForwardByName("game"); game == nil || game.TargetPort(8005) != 9005 {
+	if game := c.ForwardsByName()["game"]; game == nil || game.TargetPort(8005) != 9005 {
 		t.Errorf("game = %+v", game)
 	}
-	if web6 := c.ForwardByName("web6"); web6 == nil || !web6.IPv6() || web6.Local() {
+	if web6 := c.ForwardsByName()["web6"]; web6 == nil || !web6.IPv6() || web6.Local() {
 		t.Errorf("web6 = %+v", web6)
 	}
-	ssh := c.ForwardByName("lab-ssh")
+	ssh := c.ForwardsByName()["lab-ssh"]
 	if ssh == nil || ssh.Interface != "eth0" || len(ssh.Sources) != 2 || ssh.SNAT.Kind != SNATFixed || !ssh.Log {
 		t.Errorf("lab-ssh = %+v", ssh)
 	}

@@ -819,7 +819,7 @@ func TestForwardEqual(t *testing.T) {
 
 func slicesClone[T any](s []T) []T { return append([]T(nil), s...) }
 
-func TestForwardByName(t *testing.T) {
+func TestForwardsByName(t *testing.T) {
 	c, err := Parse("fwdd.toml", []byte(`
 [[forward]]
 name = "a"
@@ -833,11 +833,11 @@ to = "10.0.0.1"
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f := c.ForwardByName("b"); f == nil || f.Port.Lo != 2 {
-		t.Errorf("ForwardByName(b) = %+v", f)
+	if f := c.ForwardsByName()["b"]; f == nil || f.Port.Lo != 2 {
+		t.Errorf("ForwardsByName()[b] = %+v", f)
 	}
-	if f := c.ForwardByName("c"); f != nil {
-		t.Errorf("ForwardByName(c) = %+v, want nil", f)
+	if f := c.ForwardsByName()["c"]; f != nil {
+		t.Errorf("ForwardsByName()[c] = %+v, want nil", f)
 	}
 	if m := c.ForwardsByName(); len(m) != 2 || m["a"] != &c.Forwards[0] {
 		t.Errorf("ForwardsByName = %v", m)

@@ -222,17 +222,6 @@ func (f *Forward) Equal(g *Forward) bool {
 		f.OnChange == g.OnChange
 }
 
-// ForwardByName returns the forward called name, or nil. It scans the list;
-// to diff whole configurations, build a map once with ForwardsByName.
-func (c *Config) ForwardByName(name string) *Forward {
-	for i := range c.Forwards {
-		if c.Forwards[i].Name == name {
-			return &c.Forwards[i]
-		}
-	}
-	return nil
-}
-
 // ForwardsByName indexes the forwards by name (names are unique).
 func (c *Config) ForwardsByName() map[string]*Forward {
 	m := make(map[string]*Forward, len(c.Forwards))
