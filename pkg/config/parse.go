@@ -447,7 +447,7 @@ func assemble(ps *problems, path string, main *fileResult, fl *forwardList) (*Co
 	case len(c.Forwards) > int(l.MaxID()):
 		need := bits.Len(uint(len(c.Forwards)))
 		ps.addIn(messageName(path), main.ctMaskLine, "daemon", "ct_mask", "0x%08x leaves %d bits for forward ids (at most %d forwards), but there are %d forwards; they need at least %d id bits: widen ct_mask (e.g. 0x%08x) or use fewer forwards",
-			l.Mask, l.IDBits(), l.MaxID(), len(c.Forwards), need, widen(l, need))
+			l.Mask, l.IDBits(), l.MaxID(), len(c.Forwards), need, l.MaskWithIDBits(need))
 	}
 	checkNames(ps, c.Forwards, fl.nameLines)
 	checkOverlaps(ps, c.Forwards, fl.valid)
@@ -459,18 +459,6 @@ func assemble(ps *problems, path string, main *fileResult, fl *forwardList) (*Co
 		c.Forwards = nil
 	}
 	return c, nil
-}
-
-// widen returns l's ct_mask with the id field grown to n bits, on the side
-// away from the tag.
-func widen(l ctmark.Layout, n int) uint32 {
-	id := l.IDMask()
-	lo := bits.TrailingZeros32(id)
-	if l.TagMask > id { // the id bits are below the tag: grow downwards
-		top := 32 - bits.LeadingZeros32(id)
-		return l.TagMask | uint32((uint64(1)<<n-1)<<max(top-n, 0))
-	}
-	return l.TagMask | uint32((uint64(1)<<n-1)<<lo)
 }
 
 // checkNames reports forwards whose name another forward already uses.

@@ -70,6 +70,17 @@ func (l Layout) String() string {
 	return fmt.Sprintf("ct_mark %s, ct_mask 0x%08x", l.Connmark(), l.Mask)
 }
 
+// MaskWithIDBits returns the ct_mask that gives l n bits of forward id:
+// its id field grown (or shrunk) to n bits on the side away from the tag.
+func (l Layout) MaskWithIDBits(n int) uint32 {
+	id := l.IDMask()
+	if l.TagMask > id { // the id bits are below the tag: grow downwards
+		top := 32 - bits.LeadingZeros32(id)
+		return l.TagMask | uint32((uint64(1)<<n-1)<<max(top-n, 0))
+	}
+	return l.TagMask | uint32((uint64(1)<<n-1)<<bits.TrailingZeros32(id))
+}
+
 // Validate checks a layout. key is the config key at fault: "ct_mark" (the
 // tag) or "ct_mask" (fwdd's bits).
 func (l Layout) Validate() (key string, err error) {

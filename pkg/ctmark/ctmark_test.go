@@ -116,3 +116,22 @@ func TestConnmark(t *testing.T) {
 		t.Errorf("Connmark = %q", got)
 	}
 }
+
+func TestMaskWithIDBits(t *testing.T) {
+	for _, tc := range []struct {
+		l    Layout
+		n    int
+		want uint32
+	}{
+		{Default, 8, 0xffff0000},  // ids below the tag: the field grows down
+		{Default, 24, 0xffffffff}, // as it is
+		{Layout{Tag: 0x80000000, TagMask: 0x80000000, Mask: 0xc0000000}, 2, 0xe0000000},
+		{Layout{Tag: 0x5, TagMask: 0xff, Mask: 0xffff}, 12, 0x000fffff}, // ids above the tag: up
+	} {
+		if got := tc.l.MaskWithIDBits(tc.n); got != tc.want {
+			t.Errorf("%s with %d id bits: ct_mask %#08x, want %#08x", tc.l, tc.n, got, tc.want)
+		} else if l := (Layout{Tag: tc.l.Tag, TagMask: tc.l.TagMask, Mask: got}); l.IDBits() != tc.n {
+			t.Errorf("%s with %d id bits: ct_mask %#08x gives %d", tc.l, tc.n, got, l.IDBits())
+		}
+	}
+}
