@@ -34,11 +34,11 @@ type applySample struct {
 	// fwdd health (keepalived's track script) and fwdd diff, with the file
 	// in force, after the reloads.
 	HealthWall, DiffWall time.Duration
-	RSSKiB, HWMKiB    int           // after start
-	RSSKiB2, HWMKiB2  int           // after the two reloads
-	NftWall           time.Duration // nft -f of `fwdd print`, table absent before
-	NftDeleteWall     time.Duration // nft delete table of the same
-	PrintBytes        int
+	RSSKiB, HWMKiB       int           // after start
+	RSSKiB2, HWMKiB2     int           // after the two reloads
+	NftWall              time.Duration // nft -f of `fwdd print`, table absent before
+	NftDeleteWall        time.Duration // nft delete table of the same
+	PrintBytes           int
 }
 
 type applyResults map[int][]applySample
