@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -246,8 +245,8 @@ func (e *env) balanceTputSample(v, cfg string, seconds int) (float64, error) {
 func writeBalanceTargets(b *strings.Builder, r *balResults) {
 	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
 	one, four, ha := connRates(r.Conns[balFwdd1]), connRates(r.Conns[balFwdd4]), connRates(r.Conns[balHAProxy])
-	x := ratio(four, one)
-	p("| conn/s with 4 backends >= 0.95× with 1 | %s (%s vs %s conn/s) | %s |\n", fmtX(x), fmtNum(four.Median), fmtNum(one.Median), verdict(x >= 0.95, !math.IsNaN(x)))
+	x := paired(four.Samples, one.Samples)
+	p("| conn/s with 4 backends >= 0.95× with 1 | %s | %s |\n", pairedText(x, four, one, "%.0f", "conn/s"), verdict(x.Median >= 0.95, !x.missing))
 	p("| 4-backend balancing against HAProxy (mode tcp, same checks): conn/s | %s (%s vs %s conn/s) | |\n", fmtX(ratio(four, ha)), fmtNum(four.Median), fmtNum(ha.Median))
 	ft, ht := summarize(r.Throughput[balFwdd4]), summarize(r.Throughput[balHAProxy])
 	p("| 4-backend balancing against HAProxy: one TCP stream | %s (%.1f vs %.1f Gbit/s) | |\n", fmtX(ratio(ft, ht)), ft.Median, ht.Median)

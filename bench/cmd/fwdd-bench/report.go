@@ -305,8 +305,8 @@ func writeTargets(b *strings.Builder, res *results) {
 	if c := res.Conns; c != nil {
 		big := slices.Max(res.Options.sizes)
 		one, many := connRates(c[connVariant{kindFwdd, 1}]), connRates(c[connVariant{kindFwdd, big}])
-		r := ratio(many, one)
-		p("| conn/s with %s forwards >= 0.85× with 1 | %s (%s vs %s conn/s) | %s |\n", fmtNum(float64(big)), fmtX(r), fmtNum(many.Median), fmtNum(one.Median), verdict(r >= 0.85, !math.IsNaN(r)))
+		r := paired(many.Samples, one.Samples)
+		p("| conn/s with %s forwards >= 0.85× with 1 | %s | %s |\n", fmtNum(float64(big)), pairedText(r, many, one, "%.0f", "conn/s"), verdict(r.Median >= 0.85, !r.missing))
 		for _, n := range slices.Compact([]int{1, big}) {
 			f, t := connRates(c[connVariant{kindFwdd, n}]), connRates(c[connVariant{kindTable, n}])
 			pr := paired(f.Samples, t.Samples)
