@@ -354,8 +354,8 @@ func (k *Netlink) VerifyByKey(m *Model, names []string) error {
 	if err != nil {
 		return err
 	}
-	for _, name := range names {
-		if _, ok := ids[name]; ok && traffic[name] == nil {
+	for name := range ids {
+		if traffic[name] == nil {
 			return fmt.Errorf("the counters of forward %s are missing from %s, %s or %s", name, SetTrafficOrig, SetTrafficReply, SetTrafficNew)
 		}
 	}
