@@ -306,7 +306,7 @@ func Match(f *config.Forward) string {
 	for i, p := range f.Protos {
 		protos[i] = p.String()
 	}
-	s := strings.Join(protos, ",") + " " + portText(f.Port)
+	s := strings.Join(protos, ",") + " " + f.Port.String()
 	if f.Local() {
 		s += " on any local address"
 	} else {
@@ -325,13 +325,6 @@ func Match(f *config.Forward) string {
 	return s
 }
 
-func portText(r config.PortRange) string {
-	if r.Lo == r.Hi {
-		return fmt.Sprint(r.Lo)
-	}
-	return fmt.Sprintf("%d-%d", r.Lo, r.Hi)
-}
-
 // Target describes where a forward sends connections.
 func Target(f *config.Forward) string {
 	addr := f.To.String()
@@ -341,7 +334,7 @@ func Target(f *config.Forward) string {
 	if f.ToPort.IsZero() {
 		return addr + " (same port)"
 	}
-	return addr + ":" + portText(f.ToPort)
+	return addr + ":" + f.ToPort.String()
 }
 
 // SNAT describes a forward's source translation.
