@@ -1,7 +1,7 @@
 // Package selfcheck answers, cheaply, "is fwdd forwarding as configured on this
-// node?" for keepalived's track_script: the config is valid, fwdd's table is
-// in the kernel with the content the config gives, and the daemon that owns
-// it is alive. It reads the table's chains, rules and sets and a bounded
+// node?" for keepalived's track_script: fwdd's table is in the kernel with
+// the content the config in force gives, and the daemon that owns it is
+// alive. It reads the table's chains, rules and sets and a bounded
 // number of its elements by key (MaxVerified), the daemon's state file and
 // its record of the config in force: no conntrack dump, and a cost that does
 // not grow with the table.
@@ -58,7 +58,8 @@ func Check(o Options) Result {
 	if o.Proc == "" {
 		o.Proc = "/proc"
 	}
-	cfg, err := config.Load(o.ConfigPath)
+	file, fileErr := config.Load(o.ConfigPath)
+	cfg, note, err := inForce(o.ConfigPath, file, fileErr, o.StateDir)
 	if err != nil {
 		return Result{ConfigInvalid, err.Error()}
 	}
@@ -82,17 +83,12 @@ func Check(o Options) Result {
 	if stErr == nil {
 		// Backends the daemon found down are out of the kernel.
 		m = daemon.WithHealth(m, st.Backends)
-	}
-	err = o.Kernel.VerifyByKey(m, sample(cfg.Forwards, MaxVerified))
-	if err == nil {
-		err = inForce(o.StateDir, cfg)
-	}
-	if err != nil {
-		msg := fmt.Sprintf("table %s differs from %s: %v", table, cfg.Path, err)
-		if stErr == nil && !st.OK {
-			msg += "; the daemon's last apply failed: " + st.Error
+		if !st.OK {
+			note += "; the daemon's last apply failed: " + st.Error
 		}
-		return Result{TableDiffers, msg}
+	}
+	if err := o.Kernel.VerifyByKey(m, sample(cfg.Forwards, MaxVerified)); err != nil {
+		return Result{TableDiffers, fmt.Sprintf("table %s differs from %s: %v%s", table, cfg.Path, err, note)}
 	}
 	if stErr != nil {
 		return Result{DaemonDown, fmt.Sprintf("no daemon: %v", stErr)}
@@ -100,7 +96,7 @@ func Check(o Options) Result {
 	if err := alive(o.Proc, st.PID); err != nil {
 		return Result{DaemonDown, fmt.Sprintf("daemon (pid %d, from %s): %v", st.PID, o.StateDir, err)}
 	}
-	return Result{OK, fmt.Sprintf("ok: table %s matches %s (%d forwards), daemon pid %d", table, cfg.Path, len(cfg.Forwards), st.PID)}
+	return Result{OK, fmt.Sprintf("ok: table %s matches %s (%d forwards), daemon pid %d%s", table, cfg.Path, len(cfg.Forwards), st.PID, note)}
 }
 
 // MaxVerified is how many forwards' elements one check reads by key: all
@@ -128,25 +124,40 @@ func sample(fwds []config.Forward, n int) []string {
 	return names[:n]
 }
 
-// inForce checks that cfg is the config the daemon has in force: its record
-// (applied.toml) has the bytes cfg.WriteTOML gives. Without a record (no
-// daemon has applied this state directory's config) there is nothing to
-// compare; the daemon check says so.
-func inForce(stateDir string, cfg *config.Config) error {
+// inForce returns the config the daemon has in force, which is what the
+// node is checked against, and a note when the file says otherwise. A file
+// edited but not reloaded yet, even an invalid one, is no fault of the
+// node: it forwards what is in force, and failing it over would move the
+// VIPs to a peer whose file was most likely edited the same way. The file
+// is the config in force when cfg.WriteTOML gives the bytes of the daemon's
+// record (applied.toml), which spares parsing the record too. Without a
+// record (no daemon has applied a config with this state directory) the
+// file is all there is. file and fileErr are what loading path gave.
+func inForce(path string, file *config.Config, fileErr error, stateDir string) (*config.Config, string, error) {
 	record, err := os.ReadFile(daemon.AppliedPath(stateDir))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	} else if err != nil {
-		return fmt.Errorf("read the config in force: %w", err)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return file, "", fileErr
+	case err != nil:
+		return nil, "", fmt.Errorf("read the config in force: %w", err)
 	}
-	h := sha256.New()
-	if err := cfg.WriteTOML(h); err != nil {
-		return err
+	if fileErr == nil {
+		h := sha256.New()
+		if err := file.WriteTOML(h); err != nil {
+			return nil, "", err
+		}
+		if sha256.Sum256(record) == [sha256.Size]byte(h.Sum(nil)) {
+			return file, "", nil
+		}
 	}
-	if sha256.Sum256(record) != [sha256.Size]byte(h.Sum(nil)) {
-		return fmt.Errorf("the config in force (%s) is not this file: reload it (fwdd diff -c %s shows what changes)", daemon.AppliedPath(stateDir), cfg.Path)
+	cfg, err := config.Parse(daemon.AppliedPath(stateDir), record)
+	if err != nil {
+		return nil, "", fmt.Errorf("parse the config in force: %w", err)
 	}
-	return nil
+	if fileErr != nil {
+		return cfg, fmt.Sprintf("; %s is not valid (fwdd check -c %s says why): the daemon keeps the config in force", path, path), nil
+	}
+	return cfg, fmt.Sprintf("; %s is not the config in force: reload it (fwdd diff -c %s shows what changes)", path, path), nil
 }
 
 // alive checks that pid runs and is an fwdd process (not a reused PID).

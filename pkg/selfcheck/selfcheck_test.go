@@ -1,6 +1,7 @@
 package selfcheck
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -72,18 +73,32 @@ func TestSample(t *testing.T) {
 }
 
 func TestInForce(t *testing.T) {
+	const path = "fwdd.toml"
 	parse := func(text string) *config.Config {
-		cfg, err := config.Parse("fwdd.toml", []byte(text))
+		cfg, err := config.Parse(path, []byte(text))
 		if err != nil {
 			t.Fatal(err)
 		}
 		return cfg
 	}
 	web := parse("[[forward]]\nname = \"web\"\nport = 80\nto = \"10.0.0.2:8080\"\n")
+	invalid := errors.New("fwdd.toml:1: forward #1: port: required")
 	dir := t.TempDir()
-	if err := inForce(dir, web); err != nil {
-		t.Errorf("no record: %v, want nothing to compare", err)
+	check := func(step string, file *config.Config, fileErr error, wantPath, wantNote string) {
+		t.Helper()
+		cfg, note, err := inForce(path, file, fileErr, dir)
+		switch {
+		case err != nil:
+			t.Errorf("%s: %v", step, err)
+		case cfg.Path != wantPath || len(cfg.Forwards) != 1 || !strings.Contains(note, wantNote) || (wantNote == "") != (note == ""):
+			t.Errorf("%s: the config of %s with %d forwards, note %q; want %s's, note %q", step, cfg.Path, len(cfg.Forwards), note, wantPath, wantNote)
+		}
 	}
+	check("no record", web, nil, path, "")
+	if _, _, err := inForce(path, nil, invalid, dir); err != invalid {
+		t.Errorf("no record, invalid file: %v, want the file's error", err)
+	}
+
 	var record strings.Builder
 	if err := web.WriteTOML(&record); err != nil {
 		t.Fatal(err)
@@ -91,12 +106,11 @@ func TestInForce(t *testing.T) {
 	if err := os.WriteFile(daemon.AppliedPath(dir), []byte(record.String()), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	// The same config written another way is the same config.
-	if err := inForce(dir, parse("[[forward]]\nport = 80\nto = \"10.0.0.2:8080\"\nname = \"web\"\nproto = \"tcp\"\n")); err != nil {
-		t.Errorf("the config in force: %v", err)
-	}
-	err := inForce(dir, parse("[[forward]]\nname = \"web\"\nport = 80\nto = \"10.0.0.2:8081\"\n"))
-	if err == nil || !strings.Contains(err.Error(), "the config in force") {
-		t.Errorf("another backend: %v, want the config in force named", err)
-	}
+	// The same config written another way is the config in force.
+	check("the file in force", parse("[[forward]]\nport = 80\nto = \"10.0.0.2:8080\"\nname = \"web\"\nproto = \"tcp\"\n"), nil, path, "")
+	// An edit not reloaded yet, or a bad one: the node is checked against
+	// what it forwards, the record, and the note says why.
+	check("an edited file", parse("[[forward]]\nname = \"web\"\nport = 80\nto = \"10.0.0.2:8081\"\n"), nil,
+		daemon.AppliedPath(dir), "fwdd.toml is not the config in force: reload it")
+	check("an invalid file", nil, invalid, daemon.AppliedPath(dir), "fwdd.toml is not valid")
 }
