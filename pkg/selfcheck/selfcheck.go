@@ -8,6 +8,7 @@
 package selfcheck
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -174,6 +175,15 @@ func alive(proc string, pid int) error {
 	}
 	if name := strings.TrimSpace(string(comm)); name != "fwdd" {
 		return fmt.Errorf("pid is %q, not fwdd", name)
+	}
+	// A daemon that died stays a zombie, with its name, until its parent
+	// reaps it; the state is the field after the name's closing ')'.
+	stat, err := os.ReadFile(filepath.Join(proc, fmt.Sprint(pid), "stat"))
+	if err != nil {
+		return fmt.Errorf("not running: %w", err)
+	}
+	if f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:])); len(f) > 0 && (f[0] == "Z" || f[0] == "X") {
+		return errors.New("exited (not reaped yet)")
 	}
 	return nil
 }

@@ -19,16 +19,21 @@ func TestAlive(t *testing.T) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	write := func(comm string) {
-		if err := os.WriteFile(filepath.Join(dir, "comm"), []byte(comm+"\n"), 0o644); err != nil {
+	write := func(file, text string) {
+		if err := os.WriteFile(filepath.Join(dir, file), []byte(text+"\n"), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	write("fwdd")
+	write("comm", "fwdd")
+	write("stat", strconv.Itoa(pid)+" (fwdd) S 1 2 3")
 	if err := alive(proc, pid); err != nil {
 		t.Errorf("live fwdd: %v", err)
 	}
-	write("sshd")
+	write("stat", strconv.Itoa(pid)+" (fwdd) Z 1 2 3")
+	if err := alive(proc, pid); err == nil || !strings.Contains(err.Error(), "exited") {
+		t.Errorf("a zombie: %v, want an error saying it exited", err)
+	}
+	write("comm", "sshd")
 	if err := alive(proc, pid); err == nil || !strings.Contains(err.Error(), "not fwdd") {
 		t.Errorf("a reused pid: %v, want an error saying it is not fwdd", err)
 	}
