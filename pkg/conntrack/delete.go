@@ -120,7 +120,10 @@ func Delete(netns int, l ctmark.Layout, sels ...Selector) (int, error) {
 			if !s.match(f, l.Mask) {
 				continue
 			}
-			err := c.Delete(ct.Flow{TupleOrig: f.TupleOrig, Zone: f.Zone})
+			// With the reply tuple too: ti-mo/conntrack sends the request
+			// as IPv6 only if both tuples are IPv6 (else the kernel answers
+			// EINVAL).
+			err := c.Delete(ct.Flow{TupleOrig: f.TupleOrig, TupleReply: f.TupleReply, Zone: f.Zone})
 			switch {
 			case err == nil:
 				n++

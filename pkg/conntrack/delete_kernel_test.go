@@ -20,15 +20,16 @@ import (
 //
 //	forward 3: udp/6000 from source ports < 31005 to .50:7000, others to .51:7000;
 //	           tcp/6001 to gw itself, port 7001 (a listener of the test)
-//	forward 4: udp/6002 to .52:7002
+//	forward 4: udp/6002 to .52:7002, and over IPv6 to [fd11::52]:7002
 //
-// .50-.52 do not exist: a UDP entry is confirmed when its first datagram
+// .50-.52 and fd11::52 do not exist: a UDP entry is confirmed when its first datagram
 // leaves gw, whether or not anyone answers.
 func deleteTopo(t *testing.T) (topo *sandbox.Topology, gw int) {
 	t.Helper()
 	topo = sandbox.New(t, sandbox.Options{NoClient2: true, NoOther: true})
 	for n, v := range map[string]string{
 		"net.ipv4.ip_forward":                           "1",
+		"net.ipv6.conf.all.forwarding":                  "1",
 		"net.netfilter.nf_conntrack_udp_timeout":        "600",
 		"net.netfilter.nf_conntrack_udp_timeout_stream": "600",
 	} {
@@ -46,7 +47,13 @@ func deleteTopo(t *testing.T) (topo *sandbox.Topology, gw int) {
 		udp dport 6002 ct mark set %#x dnat to 10.11.0.52:7002
 	}
 }
-`, m3, m3, m3, gwAddr, m4)
+table ip6 test {
+	chain pre {
+		type nat hook prerouting priority dstnat;
+		udp dport 6002 ct mark set %#x dnat to [fd11::52]:7002
+	}
+}
+`, m3, m3, m3, gwAddr, m4, m4)
 	// A test fixture, so nft's syntax is the clearest way to write it.
 	cmd := exec.Command("ip", "netns", "exec", topo.Gateway.NS, "nft", "-f", "-")
 	cmd.Stdin = strings.NewReader(rules)
@@ -82,10 +89,14 @@ func TestKernelDeleteEntries(t *testing.T) {
 	b50 := netip.MustParseAddrPort("10.11.0.50:7000")
 	b51 := netip.MustParseAddrPort("10.11.0.51:7000")
 	b52 := netip.MustParseAddrPort("10.11.0.52:7002")
+	b52v6 := netip.MustParseAddrPort("[fd11::52]:7002")
 	tcpBackend := netip.AddrPortFrom(gwAddr, 7001)
 
 	udpFlows(t, topo, 31000, 10, 6000) // 5 to .50, 5 to .51
 	udpFlows(t, topo, 32000, 4, 6002)
+	// More than Delete's 10 errors, so that IPv6 entries sent as IPv4
+	// (EINVAL) would also stop the deletion of the IPv4 ones.
+	udpFlowsTo(t, topo, topo.Gateway.IPv6, 33000, 12, 6002)
 	var ln net.Listener
 	if err := topo.Gateway.Do(func() error {
 		var err error
@@ -125,6 +136,7 @@ func TestKernelDeleteEntries(t *testing.T) {
 		{m3, unix.IPPROTO_UDP, b51}:        5,
 		{m3, unix.IPPROTO_TCP, tcpBackend}: 3,
 		{m4, unix.IPPROTO_UDP, b52}:        4,
+		{m4, unix.IPPROTO_UDP, b52v6}:      12,
 	}
 	check := func(step string) {
 		t.Helper()
@@ -151,7 +163,7 @@ func TestKernelDeleteEntries(t *testing.T) {
 	for k, l := range live {
 		count[k] = l.Total
 	}
-	wantLive := map[BackendKey]int{{m3, b50}: 5, {m3, b51}: 5, {m3, tcpBackend}: 3, {m4, b52}: 4}
+	wantLive := map[BackendKey]int{{m3, b50}: 5, {m3, b51}: 5, {m3, tcpBackend}: 3, {m4, b52}: 4, {m4, b52v6}: 12}
 	if fmt.Sprint(count) != fmt.Sprint(wantLive) {
 		t.Errorf("LiveByBackend = %v, want %v", live, wantLive)
 	}
@@ -188,6 +200,11 @@ func TestKernelDeleteEntries(t *testing.T) {
 	check("forward 4 again")
 	delete(want, entryKey{m3, unix.IPPROTO_TCP, tcpBackend})
 	del("whole forward", 3, Selector{Mark: m3})
+
+	// IPv4 and IPv6 entries of a forward in one call, one by one.
+	delete(want, entryKey{m4, unix.IPPROTO_UDP, b52})
+	delete(want, entryKey{m4, unix.IPPROTO_UDP, b52v6})
+	del("udp of a forward, both families", 14, Selector{Mark: m4, Proto: unix.IPPROTO_UDP})
 
 	// Nothing left to select is no error.
 	del("nothing", 0, Selector{Mark: m3})

@@ -130,6 +130,12 @@ type Watcher struct {
 
 	ready     chan struct{}
 	readyOnce sync.Once
+
+	// listen opens the event socket (openSocket; replaced in tests). After
+	// a failure it is tried again after retryMin, then twice as long each
+	// time up to retryMax.
+	listen             func() (*eventSocket, error)
+	retryMin, retryMax time.Duration
 }
 
 // New returns a Watcher; it does nothing until Run.
@@ -141,8 +147,10 @@ func New(opts Options) *Watcher {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Watcher{opts: opts, log: log, names: map[uint32]string{}, watched: map[uint32]bool{}, layout: ctmark.Default,
-		changed: make(chan struct{}, 1), ready: make(chan struct{})}
+	w := &Watcher{opts: opts, log: log, names: map[uint32]string{}, watched: map[uint32]bool{}, layout: ctmark.Default,
+		changed: make(chan struct{}, 1), ready: make(chan struct{}), retryMin: time.Second, retryMax: time.Minute}
+	w.listen = w.openSocket
+	return w
 }
 
 // SetForwards sets the forward names (id -> name) and the ids whose new
@@ -198,7 +206,7 @@ func (w *Watcher) Received() uint64 { return w.received.Load() }
 
 // Run delivers events until ctx is done, then returns nil. If the first
 // subscription fails it returns that error; later failures are logged and
-// retried.
+// retried, after 1 s and then twice as long each time, up to 1 min.
 func (w *Watcher) Run(ctx context.Context) error {
 	var sock *eventSocket
 	defer func() {
@@ -207,23 +215,39 @@ func (w *Watcher) Run(ctx context.Context) error {
 		}
 	}()
 	first := true
+	var retry <-chan time.Time // set while waiting to listen again
+	var delay time.Duration    // the last wait before listening again
+	failures := 0              // listens failed in a row
 	for {
 		_, watched := w.forwards()
-		var err error
 		switch {
-		case len(watched) == 0 && sock != nil:
-			sock.close()
-			sock = nil
-		case len(watched) > 0 && sock == nil:
+		case len(watched) == 0:
+			if sock != nil {
+				sock.close()
+				sock = nil
+			}
+			retry, delay, failures = nil, 0, 0
+		case sock == nil && retry == nil:
+			var err error
 			if sock, err = w.listen(); err != nil {
 				sock = nil
 				if first {
 					return err
 				}
-				w.log.Error("cannot listen for conntrack events; connections are not logged", zap.Error(err))
+				delay = min(max(2*delay, w.retryMin), w.retryMax)
+				retry = time.After(delay)
+				if failures++; failures == 1 {
+					w.log.Error("cannot listen for conntrack events; connections are not logged until it works again",
+						zap.Error(err), zap.Duration("retryIn", delay))
+				}
+				break
 			}
-		case len(watched) > 0:
-			if err = sock.setFilter(w.markLayout(), watched); err != nil {
+			if failures > 0 {
+				w.log.Info("listening for conntrack events again", zap.Int("failedAttempts", failures))
+			}
+			delay, failures = 0, 0
+		case sock != nil:
+			if err := sock.setFilter(w.markLayout(), watched); err != nil {
 				w.log.Error("cannot filter conntrack events", zap.Error(err))
 			}
 		}
@@ -239,15 +263,14 @@ func (w *Watcher) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-w.changed:
+		case <-retry:
+			retry = nil
 		case err := <-failed:
 			w.log.Error("conntrack event socket failed; listening again", zap.Error(err))
 			sock.close()
 			sock = nil
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(time.Second):
-			}
+			delay = w.retryMin
+			retry = time.After(delay)
 		}
 	}
 }
@@ -260,12 +283,12 @@ type eventSocket struct {
 	closing atomic.Bool
 }
 
-// listen opens the event socket with the filter of the watched forwards
+// openSocket opens the event socket with the filter of the watched forwards
 // and starts reading it.
 //
 // ti-mo/conntrack's Listen cannot attach a socket filter, so the socket is
 // opened with mdlayher/netlink and each message decoded by ct.Event.
-func (w *Watcher) listen() (*eventSocket, error) {
+func (w *Watcher) openSocket() (*eventSocket, error) {
 	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: w.opts.NetNS})
 	if err != nil {
 		return nil, fmt.Errorf("dial conntrack: %w", err)

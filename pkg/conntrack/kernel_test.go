@@ -81,16 +81,32 @@ func markRules(t *testing.T, fd int) {
 // firstPort, so that the gateway tracks n distinct flows.
 func udpFlows(t *testing.T, topo *sandbox.Topology, firstPort, n int, dport uint16) {
 	t.Helper()
+	udpFlowsTo(t, topo, gwAddr, firstPort, n, dport)
+}
+
+// udpFlowsTo is udpFlows to dst, an IPv4 or IPv6 address of the gateway,
+// from the client's address of the same family.
+func udpFlowsTo(t *testing.T, topo *sandbox.Topology, dst netip.Addr, firstPort, n int, dport uint16) {
+	t.Helper()
+	sockaddr := func(a netip.Addr, port int) unix.Sockaddr {
+		if a.Is4() {
+			return &unix.SockaddrInet4{Port: port, Addr: a.As4()}
+		}
+		return &unix.SockaddrInet6{Port: port, Addr: a.As16()}
+	}
+	family, src := unix.AF_INET, cliAddr
+	if dst.Is6() {
+		family, src = unix.AF_INET6, topo.Client.IPv6
+	}
 	err := topo.Client.Do(func() error {
-		dst := &unix.SockaddrInet4{Port: int(dport), Addr: gwAddr.As4()}
 		for i := range n {
-			s, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+			s, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 			if err != nil {
 				return err
 			}
-			err = unix.Bind(s, &unix.SockaddrInet4{Port: firstPort + i, Addr: cliAddr.As4()})
+			err = unix.Bind(s, sockaddr(src, firstPort+i))
 			if err == nil {
-				err = unix.Sendto(s, []byte("x"), 0, dst)
+				err = unix.Sendto(s, []byte("x"), 0, sockaddr(dst, int(dport)))
 			}
 			unix.Close(s)
 			if err != nil {

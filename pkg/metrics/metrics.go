@@ -134,9 +134,6 @@ func New(src Sources) *Metrics {
 // Applied records a successful start or reload.
 func (m *Metrics) Applied(reload bool, forwards, elements int, elapsed time.Duration) {
 	if reload {
-		// One scrape at a time: a second concurrent one gets 503 rather than
-		// doubling the daemon's work.
-		m.handler = promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{MaxRequestsInFlight: 1})
 		m.reloads.WithLabelValues("success").Inc()
 	}
 	m.lastReload.SetToCurrentTime()

@@ -182,3 +182,24 @@ func TestOneScrapeAtATime(t *testing.T) {
 		t.Errorf("first scrape: %d", code)
 	}
 }
+
+// A reload while a scrape runs: under -race this catches any state that
+// Applied and a scrape share without a lock.
+func TestScrapeDuringReload(t *testing.T) {
+	m := testMetrics()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 50 {
+			m.Applied(true, 1, 5, time.Millisecond)
+		}
+	}()
+	for range 20 {
+		rec := httptest.NewRecorder()
+		m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		if rec.Code != 200 {
+			t.Fatalf("scrape: %d", rec.Code)
+		}
+	}
+	<-done
+}
