@@ -134,12 +134,15 @@ func Delete(netns int, l ctmark.Layout, sels ...Selector) (int, error) {
 			}
 			break
 		}
-		if len(errs) > 10 {
+		if len(errs) == 10 {
 			break // the socket or the namespace is broken: say so, do not go on
 		}
 	}
-	if err := errors.Join(errs...); err != nil {
-		return n, fmt.Errorf("delete conntrack entries: %w", err)
+	switch len(errs) {
+	case 0:
+		return n, nil
+	case 1:
+		return n, fmt.Errorf("delete conntrack entries: %w", errs[0])
 	}
-	return n, nil
+	return n, fmt.Errorf("delete conntrack entries: %d failed, the first: %w", len(errs), errs[0])
 }
