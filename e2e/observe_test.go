@@ -224,7 +224,7 @@ func TestKernelObserve(t *testing.T) {
 		}
 		for _, want := range []string{
 			fmt.Sprintf(`fwdd_forward_packets_total{direction="original",forward="dgram"} %d`, k),
-			`fwdd_forward_connections_total{forward="dgram"} 1`,
+			`fwdd_forward_new_connections_total{forward="dgram"} 1`,
 			fmt.Sprintf(`fwdd_forward_connections_established{forward="web"} %d`, n),
 			`fwdd_packets_total{direction="original"} `,
 			`fwdd_forwards_exported 3`,

@@ -62,15 +62,23 @@ func TestNamesFollowConventions(t *testing.T) {
 		}
 	}
 	want := []string{"fwdd_forward_packets_total", "fwdd_forward_bytes_total", "fwdd_forward_connections",
-		"fwdd_forward_connections_total", "fwdd_conntrack_entries", "fwdd_conntrack_entries_limit",
+		"fwdd_forward_new_connections_total", "fwdd_conntrack_entries", "fwdd_conntrack_entries_limit",
 		"fwdd_reloads_total", "fwdd_last_reload_success_timestamp_seconds", "fwdd_apply_duration_seconds",
 		"fwdd_conntrack_event_overflows_total", "fwdd_forward_connections_established", "fwdd_packets_total",
-		"fwdd_bytes_total", "fwdd_connections", "fwdd_connections_established", "fwdd_connections_total",
+		"fwdd_bytes_total", "fwdd_connections", "fwdd_connections_established", "fwdd_new_connections_total",
 		"fwdd_forwards_exported"}
 	got := exported(t, testMetrics())
 	for _, w := range want {
 		if !got[w] {
 			t.Errorf("metric %s is missing", w)
+		}
+	}
+	// OpenMetrics names a counter's family without _total: a gauge of that
+	// name would make a second family of the same name, and the exposition
+	// invalid.
+	for name := range got {
+		if family, ok := strings.CutSuffix(name, "_total"); ok && got[family] && strings.HasPrefix(name, "fwdd_") {
+			t.Errorf("%s and %s are one family name in OpenMetrics", family, name)
 		}
 	}
 }
@@ -124,11 +132,11 @@ func TestPerForwardSeriesBounded(t *testing.T) {
 		`fwdd_forward_packets_total{direction="original",forward="web"} 3`,
 		`fwdd_forward_connections{forward="web"} 4`,
 		`fwdd_forward_connections_established{forward="web"} 2`,
-		`fwdd_forward_connections_total{forward="web"} 5`,
+		`fwdd_forward_new_connections_total{forward="web"} 5`,
 		`fwdd_packets_total{direction="reply"} 20`,
 		`fwdd_connections 5`,
 		`fwdd_connections_established 2`,
-		`fwdd_connections_total 50`,
+		`fwdd_new_connections_total 50`,
 		`fwdd_forwards_exported 1`,
 	} {
 		if !strings.Contains(small, want) {
