@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"slices"
 	"sync"
@@ -133,6 +134,9 @@ func (b *balancer) onChange(c health.Change) {
 	b.mu.Unlock()
 
 	if err := b.program(p.forward, inK); err != nil {
+		if errors.Is(err, errStopped) {
+			return // the daemon said it stopped: it touches the kernel no more
+		}
 		b.log.Error("cannot update the forward's backends in the kernel",
 			zap.String("forward", p.forward), zap.Stringer("backend", c.Backend), zap.Bool("up", c.Up), zap.Error(err))
 		return
@@ -221,11 +225,20 @@ func (b *balancer) withHealth(m *nft.Model) *nft.Model {
 	return m
 }
 
+// errStopped is programBackends' answer once Stop ran.
+var errStopped = errors.New("daemon stopped")
+
 // programBackends is the balancer's program: one batch with only that
-// forward's balance elements, against the model in force.
+// forward's balance elements, against the model in force. After Stop it
+// sends nothing: with on_stop = "flush" a batch would put the table back (the
+// applier plans a full replace after a delete), with "keep" it would edit the
+// table the daemon said it left as it was.
 func (d *Daemon) programBackends(forward string, up []bool) error {
 	d.applyMu.Lock()
 	defer d.applyMu.Unlock()
+	if d.stopped {
+		return errStopped
+	}
 	cur := d.applier.Last()
 	if cur == nil {
 		return nil

@@ -2,7 +2,12 @@ package daemon
 
 import (
 	"context"
+	"net"
 	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -109,5 +114,96 @@ func TestBalancer(t *testing.T) {
 	b.set([]pool{{forward: "dns", id: 7, mark: ctmark.Default.ForID(7), backends: []netip.AddrPort{a1, a2}, portSpan: 1, spec: spec, udp: true}})
 	if up, _ := b.upSet("dns"); !cmp.Equal(up, []bool{true, false}) {
 		t.Errorf("upSet after set = %v, want the health kept", up)
+	}
+}
+
+// poolAB is a forward with two health-checked backends, A (10.0.2.10) and
+// B (10.0.2.11), checked every 100ms and taken out at the first failure.
+const poolAB = `
+[daemon]
+on_stop = "flush"
+[[forward]]
+name = "web"
+port = 80
+to = ["10.0.2.10:8080", "10.0.2.11:8080"]
+health = { check = "tcp", interval = "100ms", fall = 1, rise = 1 }
+`
+
+// checks is a health.DialFunc whose outcome the test sets per backend.
+type checks struct {
+	mu   sync.Mutex
+	fail map[string]bool
+}
+
+func (c *checks) set(addr string, fail bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.fail[addr] = fail
+}
+
+func (c *checks) dial(_ context.Context, _, addr string) (net.Conn, error) {
+	c.mu.Lock()
+	fail := c.fail[addr]
+	c.mu.Unlock()
+	if fail {
+		return nil, syscall.ECONNREFUSED
+	}
+	conn, peer := net.Pipe()
+	peer.Close()
+	return conn, nil
+}
+
+// scriptChecks makes the daemon's health checks dial through a checks; call
+// it before start.
+func (e *env) scriptChecks() *checks {
+	c := &checks{fail: map[string]bool{}}
+	b := e.d.tasks.balancer
+	b.checker = health.New(health.Options{Dial: c.dial, OnChange: b.onChange, Log: e.d.log})
+	return c
+}
+
+// runChecks runs the balancer's health checks until the test ends (the
+// daemon's tasks run until Run returns, after Stop).
+func (e *env) runChecks() {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.d.tasks.balancer.run(ctx) }()
+	e.t.Cleanup(func() { cancel(); <-done })
+}
+
+// waitLog waits up to 5s for n lines with the message msg.
+func (e *env) waitLog(msg string, n int) {
+	e.t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); e.logs.FilterMessage(msg).Len() < n; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("%d %q lines within 5s, want %d", e.logs.FilterMessage(msg).Len(), msg, n)
+		}
+	}
+}
+
+// A health change after Stop programs nothing: with on_stop = "flush" it
+// does not put the table back, with "keep" it does not edit the table the
+// daemon left.
+func TestHealthChangeAfterStop(t *testing.T) {
+	for _, onStop := range []string{"keep", "flush"} {
+		t.Run(onStop, func(t *testing.T) {
+			e := newEnv(t, strings.Replace(poolAB, `"flush"`, strconv.Quote(onStop), 1))
+			checks := e.scriptChecks()
+			e.start()
+			e.runChecks()
+			if err := e.d.Stop(); err != nil {
+				t.Fatal(err)
+			}
+			before, _ := e.kernel.Dump("fwdd")
+			sent := len(e.kernel.Plans())
+			checks.set("10.0.2.11:8080", true)
+			e.waitLog("backend down", 1) // logged once the change was handled
+			if n := len(e.kernel.Plans()) - sent; n != 0 {
+				t.Errorf("%d batches sent after Stop (the last a full replace: %v)", n, e.lastPlan().Full)
+			}
+			if after, _ := e.kernel.Dump("fwdd"); after != before {
+				t.Errorf("the table changed after Stop:\n%s", cmp.Diff(before, after))
+			}
+		})
 	}
 }

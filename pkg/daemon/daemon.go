@@ -82,6 +82,9 @@ type Daemon struct {
 	guard   *guard // nil until Run
 	// applyMu serialises the batches of reloads and of health changes.
 	applyMu sync.Mutex
+	// stopped (under applyMu): Stop ran, so no health change may program
+	// the kernel again (the checker runs until Run returns).
+	stopped bool
 	// parser keeps the decoded [[forward]] blocks of the last file, so a
 	// reload decodes only the blocks that changed.
 	parser config.Parser
@@ -360,9 +363,10 @@ func (d *Daemon) Repair() error {
 
 // Stop honours on_stop: remove the table, or leave it in the kernel.
 func (d *Daemon) Stop() error {
-	// After the health checker's batches, and none after the table is gone.
+	// After the health checker's batches, and none after it (programBackends).
 	d.applyMu.Lock()
 	defer d.applyMu.Unlock()
+	d.stopped = true
 	cur := d.InForce()
 	if cur == nil {
 		return nil
