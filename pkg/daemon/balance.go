@@ -67,8 +67,8 @@ func newBalancer(log *zap.Logger, dial health.DialFunc) *balancer {
 // run checks until ctx is done.
 func (b *balancer) run(ctx context.Context) error { return b.checker.Run(ctx) }
 
-// set replaces the pools (after a start or reload): pools and backends
-// that stay keep their health.
+// set replaces the pools once a start or reload is in force: pools and
+// backends that stay keep their health.
 func (b *balancer) set(pools []pool) {
 	b.mu.Lock()
 	next := make(map[string]*poolState, len(pools))
@@ -76,12 +76,10 @@ func (b *balancer) set(pools []pool) {
 	var targets []health.Target
 	for _, p := range pools {
 		order = append(order, p.forward)
-		st := &poolState{pool: p, up: make([]bool, len(p.backends))}
-		for i, be := range p.backends {
-			st.up[i] = b.checker.Up(health.Key{Forward: p.forward, Backend: be})
+		next[p.forward] = &poolState{pool: p, up: b.health(p)}
+		for _, be := range p.backends {
 			targets = append(targets, health.Target{Key: health.Key{Forward: p.forward, Backend: be}, Spec: p.spec})
 		}
-		next[p.forward] = st
 	}
 	b.pools, b.order = next, order
 	b.mu.Unlock()
@@ -212,14 +210,24 @@ func BackendAddr(f *config.Forward, b config.Backend) (addr netip.AddrPort, span
 	return netip.AddrPortFrom(b.To, b.ToPort.Lo), 1
 }
 
-// withHealth puts the health the balancer knows into a freshly compiled
-// model: backends found down stay out across a reload.
-func (b *balancer) withHealth(m *nft.Model) *nft.Model {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for name, st := range b.pools {
-		if slices.Contains(st.up, false) {
-			m = m.WithUp(name, inKernel(st.up))
+// health returns what the checker knows of p's backends (one it does not
+// check yet is up).
+func (b *balancer) health(p pool) []bool {
+	up := make([]bool, len(p.backends))
+	for i, be := range p.backends {
+		up[i] = b.checker.Up(health.Key{Forward: p.forward, Backend: be})
+	}
+	return up
+}
+
+// withHealth puts the health the checker knows of pools' backends into a
+// freshly compiled model: backends found down stay out across a reload. It
+// leaves the balancer as it is: set takes the pools once the model is in
+// force, so a reload the kernel rejects changes no health check.
+func (b *balancer) withHealth(m *nft.Model, pools []pool) *nft.Model {
+	for _, p := range pools {
+		if up := b.health(p); slices.Contains(up, false) {
+			m = m.WithUp(p.forward, inKernel(up))
 		}
 	}
 	return m

@@ -2,8 +2,10 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +17,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+	"golang.org/x/sys/unix"
 
 	"github.com/fwdd/fwdd/internal/testutil"
 	"github.com/fwdd/fwdd/pkg/conntrack"
@@ -206,4 +209,50 @@ func TestHealthChangeAfterStop(t *testing.T) {
 			}
 		})
 	}
+}
+
+// targets are the backends the checker checks.
+func (e *env) targets() []string {
+	var out []string
+	for k := range e.d.tasks.balancer.checker.Status() {
+		out = append(out, k.String())
+	}
+	slices.Sort(out)
+	return out
+}
+
+// A reload the kernel rejects leaves the old table, and so the old
+// backends' health checks: a backend of the table in force going down is
+// still taken out of it. The next reload that goes in checks the new ones.
+func TestReloadFailedKeepsHealthChecks(t *testing.T) {
+	e := newEnv(t, poolAB)
+	checks := e.scriptChecks()
+	e.start()
+	old := []string{"web/10.0.2.10:8080", "web/10.0.2.11:8080"}
+	// C in front of A and B: the backends' positions move.
+	withC := strings.Replace(poolAB, `to = [`, `to = ["10.0.2.12:8080", `, 1)
+	e.write(withC)
+	e.kernel.FailNext(unix.EINVAL)
+	if err := e.d.Reload(); !errors.Is(err, unix.EINVAL) {
+		t.Fatalf("reload with a rejected batch: %v", err)
+	}
+	if d := cmp.Diff(old, e.targets()); d != "" {
+		t.Errorf("checked after a failed reload (-want +got):\n%s", d)
+	}
+	e.runChecks()
+	checks.set("10.0.2.11:8080", true)
+	e.waitLog("backend down", 1)
+	if got := e.d.InForce().Up("web"); !cmp.Equal(got, []bool{true, false}) {
+		t.Errorf("B down: backends in the kernel %v, want [true false]", got)
+	}
+	if err := e.d.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff([]string{"web/10.0.2.10:8080", "web/10.0.2.11:8080", "web/10.0.2.12:8080"}, e.targets()); d != "" {
+		t.Errorf("checked after a reload (-want +got):\n%s", d)
+	}
+	if got := e.d.InForce().Up("web"); !cmp.Equal(got, []bool{true, true, false}) {
+		t.Errorf("after the reload: backends in the kernel %v, want [true true false] (B still down)", got)
+	}
+	e.holds()
 }

@@ -228,12 +228,12 @@ func (d *Daemon) Start() error {
 		d.record(err)
 		return fmt.Errorf("compile table: %w", err)
 	}
-	d.tasks.balancer.set(poolsOf(cfg, ids))
 	st, err := d.applier.Run(nft.Reconcile(have, m))
 	if err != nil {
 		d.record(err)
 		return fmt.Errorf("apply table: %w", err)
 	}
+	d.tasks.balancer.set(poolsOf(cfg, ids))
 	d.publish(m, st, false)
 	d.log.Info("forwarding",
 		zap.String("config", cfg.Path), zap.String("table", "inet "+cfg.Daemon.Table),
@@ -300,8 +300,8 @@ func (d *Daemon) reload(start time.Time) error {
 	}
 	d.applyMu.Lock()
 	defer d.applyMu.Unlock()
-	d.tasks.balancer.set(poolsOf(cfg, ids))
-	m = d.tasks.balancer.withHealth(m)
+	pools := poolsOf(cfg, ids)
+	m = d.tasks.balancer.withHealth(m, pools)
 	applyStart := time.Now()
 	p, err := d.applier.Plan(m)
 	if err != nil {
@@ -312,6 +312,7 @@ func (d *Daemon) reload(start time.Time) error {
 	if err != nil {
 		return fmt.Errorf("apply table: %w", err)
 	}
+	d.tasks.balancer.set(pools) // the backends of the table now in force
 	if d.opts.SetLevel != nil {
 		if err := d.opts.SetLevel(cfg.Daemon.LogLevel); err != nil {
 			d.log.Warn("cannot change log level", zap.Error(err))
