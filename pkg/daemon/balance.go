@@ -39,10 +39,9 @@ type pool struct {
 type balancer struct {
 	log     *zap.Logger
 	checker *health.Checker
-	// program sets the backends of one forward that are in the kernel's
-	// balance map: up[i] says whether backend i is in. It is called from
-	// one goroutine at a time.
-	program func(forward string, up []bool) error
+	// program puts the backends of one forward that upSet names into the
+	// kernel's balance map. It is called from one goroutine at a time.
+	program func(forward string) error
 	// deleteFlows deletes conntrack entries (conntrack.Delete in the
 	// daemon's namespace).
 	deleteFlows func(sels ...conntrack.Selector) (int, error)
@@ -124,14 +123,13 @@ func (b *balancer) onChange(c health.Change) {
 		return // removed by a reload meanwhile
 	}
 	st.up[idx] = c.Up
-	inK := inKernel(st.up)
 	allDown := !slices.Contains(st.up, true)
 	wasFailOpen := st.failOpen
 	st.failOpen = allDown
 	p := st.pool
 	b.mu.Unlock()
 
-	if err := b.program(p.forward, inK); err != nil {
+	if err := b.program(p.forward); err != nil {
 		if errors.Is(err, errStopped) {
 			return // the daemon said it stopped: it touches the kernel no more
 		}
@@ -237,19 +235,23 @@ func (b *balancer) withHealth(m *nft.Model, pools []pool) *nft.Model {
 var errStopped = errors.New("daemon stopped")
 
 // programBackends is the balancer's program: one batch with only that
-// forward's balance elements, against the model in force. After Stop it
-// sends nothing: with on_stop = "flush" a batch would put the table back (the
-// applier plans a full replace after a delete), with "keep" it would edit the
-// table the daemon said it left as it was.
-func (d *Daemon) programBackends(forward string, up []bool) error {
+// forward's balance elements, against the model in force. It takes the
+// backends that are in from the balancer under applyMu, where the pools
+// are the model's: a reload that ran since the change was seen may have
+// moved, added or removed the forward's backends. After Stop it sends
+// nothing: with on_stop = "flush" a batch would put the table back (the
+// applier plans a full replace after a delete), with "keep" it would edit
+// the table the daemon said it left as it was.
+func (d *Daemon) programBackends(forward string) error {
 	d.applyMu.Lock()
 	defer d.applyMu.Unlock()
 	if d.stopped {
 		return errStopped
 	}
 	cur := d.applier.Last()
-	if cur == nil {
-		return nil
+	up, ok := d.tasks.balancer.upSet(forward)
+	if cur == nil || !ok {
+		return nil // nothing applied yet, or the forward removed by a reload
 	}
 	p, err := d.applier.Plan(cur.WithUp(forward, up))
 	if err != nil {

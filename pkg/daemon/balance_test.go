@@ -23,6 +23,7 @@ import (
 	"github.com/fwdd/fwdd/pkg/conntrack"
 	"github.com/fwdd/fwdd/pkg/ctmark"
 	"github.com/fwdd/fwdd/pkg/health"
+	"github.com/fwdd/fwdd/pkg/nft"
 )
 
 // TestBalancer: a backend going down is taken out of the kernel and its
@@ -36,10 +37,11 @@ func TestBalancer(t *testing.T) {
 	b := newBalancer(zap.New(core), nil)
 	events := make(chan []bool, 10)
 	deleted := make(chan []conntrack.Selector, 10)
-	b.program = func(forward string, up []bool) error {
+	b.program = func(forward string) error {
 		if forward != "dns" {
 			t.Errorf("program(%q)", forward)
 		}
+		up, _ := b.upSet(forward)
 		events <- up
 		return nil
 	}
@@ -253,6 +255,53 @@ func TestReloadFailedKeepsHealthChecks(t *testing.T) {
 	}
 	if got := e.d.InForce().Up("web"); !cmp.Equal(got, []bool{true, true, false}) {
 		t.Errorf("after the reload: backends in the kernel %v, want [true true false] (B still down)", got)
+	}
+	e.holds()
+}
+
+// heldBackend holds its first batch until release is closed.
+type heldBackend struct {
+	nft.Backend
+	once             sync.Once
+	sending, release chan struct{}
+}
+
+func (h *heldBackend) Run(p *nft.Plan) error {
+	h.once.Do(func() { close(h.sending); <-h.release })
+	return h.Backend.Run(p)
+}
+
+// A backend going down while a reload that moves the backends is being
+// applied is taken out by its place in the reloaded forward, not by its
+// place before the reload.
+func TestHealthChangeDuringReload(t *testing.T) {
+	e := newEnv(t, poolAB)
+	checks := e.scriptChecks()
+	e.start()
+	e.runChecks()
+	held := &heldBackend{Backend: e.kernel, sending: make(chan struct{}), release: make(chan struct{})}
+	e.d.applier.Backend = held
+	e.write(strings.Replace(poolAB, `to = [`, `to = ["10.0.2.12:8080", `, 1)) // [C A B]
+	reloaded := make(chan error, 1)
+	go func() { reloaded <- e.d.Reload() }()
+	<-held.sending // the reload's batch is on its way
+	checks.set("10.0.2.11:8080", true)
+	// The balancer has seen B go down, and waits for the reload to program it.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if up, _ := e.d.tasks.balancer.upSet("web"); cmp.Equal(up, []bool{true, false}) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("B not seen down within 5s")
+		}
+	}
+	close(held.release)
+	if err := <-reloaded; err != nil {
+		t.Fatal(err)
+	}
+	e.waitLog("backend down", 1)
+	if got := e.d.InForce().Up("web"); !cmp.Equal(got, []bool{true, true, false}) {
+		t.Errorf("backends of [C A B] in the kernel %v, want [true true false] (B down)", got)
 	}
 	e.holds()
 }
