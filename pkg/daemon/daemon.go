@@ -204,9 +204,15 @@ func (d *Daemon) Start() error {
 		d.record(err)
 		return err
 	}
-	if err := d.applySysctls(cfg); err != nil {
+	ids, err := nft.AssignIDs(cfg)
+	if err != nil {
 		d.record(err)
 		return err
+	}
+	m, err := nft.Compile(cfg, ids)
+	if err != nil {
+		d.record(err)
+		return fmt.Errorf("compile table: %w", err)
 	}
 	// A table left by an earlier run (on_stop = "keep", a crash) is taken
 	// over and reconciled with the config in one batch, which keeps the
@@ -218,18 +224,15 @@ func (d *Daemon) Start() error {
 		d.log.Warn("cannot read the existing table; replacing it", zap.Error(err))
 		have = nil
 	}
-	ids, err := nft.AssignIDs(cfg)
+	// Sysctls just before the batch, set back if it fails (applySysctls).
+	undo, err := d.applySysctls(cfg)
 	if err != nil {
 		d.record(err)
 		return err
 	}
-	m, err := nft.Compile(cfg, ids)
-	if err != nil {
-		d.record(err)
-		return fmt.Errorf("compile table: %w", err)
-	}
 	st, err := d.applier.Run(nft.Reconcile(have, m))
 	if err != nil {
+		undo()
 		d.record(err)
 		return fmt.Errorf("apply table: %w", err)
 	}
@@ -295,9 +298,6 @@ func (d *Daemon) reload(start time.Time) error {
 	if err := d.opts.Kernel.CheckOwner(cfg.Daemon.Table); err != nil {
 		return err
 	}
-	if err := d.applySysctls(cfg); err != nil {
-		return err
-	}
 	d.applyMu.Lock()
 	defer d.applyMu.Unlock()
 	pools := poolsOf(cfg, ids)
@@ -307,9 +307,15 @@ func (d *Daemon) reload(start time.Time) error {
 	if err != nil {
 		return fmt.Errorf("plan table: %w", err)
 	}
+	// Sysctls just before the batch, set back if it fails (applySysctls).
+	undo, err := d.applySysctls(cfg)
+	if err != nil {
+		return err
+	}
 	st, err := d.applier.Run(p)
 	st.Elapsed = time.Since(applyStart) // the check of the kernel's table included
 	if err != nil {
+		undo()
 		return fmt.Errorf("apply table: %w", err)
 	}
 	d.tasks.balancer.set(pools) // the backends of the table now in force
