@@ -9,7 +9,6 @@ import (
 	"os"
 	"runtime/debug"
 	"sync"
-	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -393,9 +392,11 @@ func (d *Daemon) Stop() error {
 	return nil
 }
 
-// Run serves signals until ctx ends or SIGTERM/SIGINT arrives: SIGHUP
-// reloads. A second stop signal while stopping exits at once.
-func (d *Daemon) Run(ctx context.Context, sigs <-chan os.Signal) error {
+// Run serves signals until ctx ends or a stop signal (SIGTERM, SIGINT)
+// arrives on stops, also while it waits for its tasks to be ready; each
+// signal on reloads (SIGHUP) reloads. A second stop signal while stopping
+// exits at once.
+func (d *Daemon) Run(ctx context.Context, reloads, stops <-chan os.Signal) error {
 	ctx, cancel := context.WithCancel(ctx)
 	g, gctx := errgroup.WithContext(ctx)
 	defer func() {
@@ -405,14 +406,25 @@ func (d *Daemon) Run(ctx context.Context, sigs <-chan os.Signal) error {
 		}
 	}()
 	d.startTasks(gctx, g)
-	select {
-	case <-d.tasks.watcher.Ready():
-	case <-time.After(10 * time.Second):
-		d.log.Warn("conntrack watcher not ready after 10s; forwarding works, connection counts may lag")
-	}
-	select {
-	case <-d.guard.ready: // other firewalls' drops are logged before ready
-	case <-time.After(10 * time.Second):
+	// A stop does not wait for readiness; a reload does, in its channel.
+	for _, task := range []struct {
+		ready <-chan struct{}
+		late  string
+	}{
+		{d.tasks.watcher.Ready(), "conntrack watcher not ready after 10s; forwarding works, connection counts may lag"},
+		{d.guard.ready, ""}, // other firewalls' drops are logged before ready
+	} {
+		select {
+		case <-task.ready:
+		case <-time.After(10 * time.Second):
+			if task.late != "" {
+				d.log.Warn(task.late)
+			}
+		case <-stops:
+			return d.stop(stops)
+		case <-ctx.Done():
+			return d.stop(stops)
+		}
 	}
 	d.opts.Notify("READY=1")
 	d.log.Info("ready", zap.Int("pid", os.Getpid()))
@@ -420,17 +432,14 @@ func (d *Daemon) Run(ctx context.Context, sigs <-chan os.Signal) error {
 	for {
 		select {
 		case <-ctx.Done():
-			return d.stop(sigs)
-		case sig := <-sigs:
-			switch sig {
-			case syscall.SIGHUP:
-				d.opts.Notify(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", monotonicUsec()))
-				_ = d.Reload()
-				d.opts.Notify("READY=1")
-				free = time.After(freeDelay)
-			case syscall.SIGTERM, syscall.SIGINT:
-				return d.stop(sigs)
-			}
+			return d.stop(stops)
+		case <-stops:
+			return d.stop(stops)
+		case <-reloads:
+			d.opts.Notify(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", monotonicUsec()))
+			_ = d.Reload()
+			d.opts.Notify("READY=1")
+			free = time.After(freeDelay)
 		case r := <-d.healRequests():
 			d.heal(r)
 		case <-free:
@@ -471,19 +480,15 @@ func (d *Daemon) startTasks(ctx context.Context, g *errgroup.Group) {
 // ErrSecondSignal is returned when a second stop signal cut the stop short.
 var ErrSecondSignal = errors.New("second stop signal: exiting at once")
 
-func (d *Daemon) stop(sigs <-chan os.Signal) error {
+func (d *Daemon) stop(stops <-chan os.Signal) error {
 	d.opts.Notify("STOPPING=1")
 	done := make(chan error, 1)
 	go func() { done <- d.Stop() }()
-	for {
-		select {
-		case err := <-done:
-			return err
-		case sig := <-sigs:
-			if sig == syscall.SIGTERM || sig == syscall.SIGINT {
-				return ErrSecondSignal
-			}
-		}
+	select {
+	case err := <-done:
+		return err
+	case <-stops:
+		return ErrSecondSignal
 	}
 }
 
