@@ -13,7 +13,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
 	"github.com/fwdd/fwdd/pkg/config"
@@ -398,14 +397,12 @@ func (d *Daemon) Stop() error {
 // exits at once.
 func (d *Daemon) Run(ctx context.Context, reloads, stops <-chan os.Signal) error {
 	ctx, cancel := context.WithCancel(ctx)
-	g, gctx := errgroup.WithContext(ctx)
+	var tasks sync.WaitGroup
 	defer func() {
 		cancel()
-		if err := g.Wait(); err != nil {
-			d.log.Warn("background task ended", zap.Error(err))
-		}
+		tasks.Wait()
 	}()
-	d.startTasks(gctx, g)
+	d.startTasks(ctx, &tasks)
 	// A stop does not wait for readiness; a reload does, in its channel.
 	for _, task := range []struct {
 		ready <-chan struct{}
@@ -449,7 +446,21 @@ func (d *Daemon) Run(ctx context.Context, reloads, stops <-chan os.Signal) error
 	}
 }
 
-func (d *Daemon) startTasks(ctx context.Context, g *errgroup.Group) {
+// startTasks starts the background tasks; they run until ctx ends. A task
+// that fails is logged as an error and the others go on: what an operator
+// relies on (health checks, self-healing, the state file, metrics) must not
+// end, unseen, with a lesser one, such as the conntrack watcher that logs
+// the connections of log = true forwards, while the daemon still serves
+// reloads. Exiting instead would cost more than the task: with on_stop =
+// "flush" the stop breaks every forwarded connection.
+func (d *Daemon) startTasks(ctx context.Context, wg *sync.WaitGroup) {
+	run := func(name string, task func(context.Context) error) {
+		wg.Go(func() {
+			if err := task(ctx); err != nil {
+				d.log.Error("background task failed; the others keep running", zap.String("task", name), zap.Error(err))
+			}
+		})
+	}
 	cfg := d.Config()
 	d.tasks.pressure = conntrack.NewPressure(conntrack.PressureOptions{
 		WarnPercent:     float64(cfg.Conntrack.WarnPercent),
@@ -459,21 +470,15 @@ func (d *Daemon) startTasks(ctx context.Context, g *errgroup.Group) {
 		Stats:           d.tasks.liveStats,
 		Log:             d.log,
 	})
-	g.Go(func() error { return d.tasks.watcher.Run(ctx) })
-	g.Go(func() error { return d.tasks.pressure.Run(ctx) })
-	g.Go(func() error { return d.tasks.conns.run(ctx) })
-	d.startGuard(ctx, g)
-	g.Go(func() error { return d.tasks.balancer.run(ctx) })
-	g.Go(func() error { d.recordHealth(ctx, time.Second); return nil })
+	run("conntrack watcher", d.tasks.watcher.Run)
+	run("conntrack pressure", d.tasks.pressure.Run)
+	run("connection log", d.tasks.conns.run)
+	d.guard = d.guardTable()
+	run("table guard", d.guard.run)
+	run("health checks", d.tasks.balancer.run)
+	run("health record", func(ctx context.Context) error { d.recordHealth(ctx, time.Second); return nil })
 	if addr := cfg.Daemon.Metrics; addr != "" {
-		g.Go(func() error {
-			// A metrics endpoint that cannot listen is logged, not fatal:
-			// forwarding matters more.
-			if err := d.metrics.Serve(ctx, addr, d.log); err != nil {
-				d.log.Error("metrics disabled", zap.Error(err))
-			}
-			return nil
-		})
+		run("metrics", func(ctx context.Context) error { return d.metrics.Serve(ctx, addr, d.log) })
 	}
 }
 

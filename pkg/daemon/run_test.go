@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+	"go.uber.org/zap/zapcore"
+
 	"github.com/fwdd/fwdd/pkg/conntrack"
 	"github.com/fwdd/fwdd/pkg/nft"
 )
@@ -51,5 +54,29 @@ func TestStopWhileWaitingForReadiness(t *testing.T) {
 	}
 	if _, err := e.kernel.Dump("fwdd"); !errors.Is(err, nft.ErrFakeNoTable) {
 		t.Errorf("on_stop = flush left the table: %v", err)
+	}
+}
+
+// A background task that fails is logged as an error and stops none of the
+// others: here the conntrack watcher fails at once, and a backend going
+// down is still taken out of the kernel.
+func TestFailedTaskLeavesOthersRunning(t *testing.T) {
+	e := newEnv(t, strings.Replace(poolAB, "port = 80\n", "port = 80\nlog = true\n", 1))
+	checks := e.scriptChecks()
+	e.failWatcher()
+	e.start()
+	stops := make(chan os.Signal, 1)
+	done := make(chan error, 1)
+	go func() { done <- e.d.Run(context.Background(), nil, stops) }()
+	defer func() { stops <- syscall.SIGTERM; <-done }()
+	e.waitLog("background task failed; the others keep running", 1)
+	l := e.logs.FilterMessage("background task failed; the others keep running").All()[0]
+	if l.Level != zapcore.ErrorLevel || l.ContextMap()["task"] != "conntrack watcher" {
+		t.Errorf("logged at %v with %v, want an error naming the task", l.Level, l.ContextMap())
+	}
+	checks.set("10.0.2.11:8080", true)
+	e.waitLog("backend down", 1)
+	if got := e.d.InForce().Up("web"); !cmp.Equal(got, []bool{true, false}) {
+		t.Errorf("B down: backends in the kernel %v, want [true false]", got)
 	}
 }
