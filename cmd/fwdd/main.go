@@ -159,13 +159,12 @@ func runDaemon(cfgPath, stateDir string, stdout io.Writer) int {
 			log.Warn("cannot remove daemon state", zap.Error(err))
 		}
 	}()
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	reloads, stops := notifySignals()
 	if err := d.Start(); err != nil {
 		log.Error("cannot start", zap.Error(err))
 		return 1
 	}
-	if err := d.Run(context.Background(), sigs); err != nil {
+	if err := d.Run(context.Background(), reloads, stops); err != nil {
 		if errors.Is(err, fwdaemon.ErrSecondSignal) {
 			log.Warn("exiting at once on a second signal")
 			return 0
@@ -174,6 +173,18 @@ func runDaemon(cfgPath, stateDir string, stdout io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// notifySignals subscribes to the daemon's signals. signal.Notify drops a
+// signal whose channel is full, so stop signals have their own channel (room
+// for the second one that cuts a stop short) that no burst of SIGHUPs can
+// fill. One pending SIGHUP is enough: the reload reads the file as it is
+// when it runs.
+func notifySignals() (reloads, stops chan os.Signal) {
+	reloads, stops = make(chan os.Signal, 1), make(chan os.Signal, 2)
+	signal.Notify(reloads, syscall.SIGHUP)
+	signal.Notify(stops, syscall.SIGTERM, syscall.SIGINT)
+	return reloads, stops
 }
 
 // reload checks the file first, so a bad file changes nothing and says what

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"slices"
 	"sync"
@@ -38,10 +39,9 @@ type pool struct {
 type balancer struct {
 	log     *zap.Logger
 	checker *health.Checker
-	// program sets the backends of one forward that are in the kernel's
-	// balance map: up[i] says whether backend i is in. It is called from
-	// one goroutine at a time.
-	program func(forward string, up []bool) error
+	// program puts the backends of one forward that upSet names into the
+	// kernel's balance map. It is called from one goroutine at a time.
+	program func(forward string) error
 	// deleteFlows deletes conntrack entries (conntrack.Delete in the
 	// daemon's namespace).
 	deleteFlows func(sels ...conntrack.Selector) (int, error)
@@ -66,8 +66,8 @@ func newBalancer(log *zap.Logger, dial health.DialFunc) *balancer {
 // run checks until ctx is done.
 func (b *balancer) run(ctx context.Context) error { return b.checker.Run(ctx) }
 
-// set replaces the pools (after a start or reload): pools and backends
-// that stay keep their health.
+// set replaces the pools once a start or reload is in force: pools and
+// backends that stay keep their health.
 func (b *balancer) set(pools []pool) {
 	b.mu.Lock()
 	next := make(map[string]*poolState, len(pools))
@@ -75,12 +75,10 @@ func (b *balancer) set(pools []pool) {
 	var targets []health.Target
 	for _, p := range pools {
 		order = append(order, p.forward)
-		st := &poolState{pool: p, up: make([]bool, len(p.backends))}
-		for i, be := range p.backends {
-			st.up[i] = b.checker.Up(health.Key{Forward: p.forward, Backend: be})
+		next[p.forward] = &poolState{pool: p, up: b.health(p)}
+		for _, be := range p.backends {
 			targets = append(targets, health.Target{Key: health.Key{Forward: p.forward, Backend: be}, Spec: p.spec})
 		}
-		next[p.forward] = st
 	}
 	b.pools, b.order = next, order
 	b.mu.Unlock()
@@ -125,14 +123,16 @@ func (b *balancer) onChange(c health.Change) {
 		return // removed by a reload meanwhile
 	}
 	st.up[idx] = c.Up
-	inK := inKernel(st.up)
 	allDown := !slices.Contains(st.up, true)
 	wasFailOpen := st.failOpen
 	st.failOpen = allDown
 	p := st.pool
 	b.mu.Unlock()
 
-	if err := b.program(p.forward, inK); err != nil {
+	if err := b.program(p.forward); err != nil {
+		if errors.Is(err, errStopped) {
+			return // the daemon said it stopped: it touches the kernel no more
+		}
 		b.log.Error("cannot update the forward's backends in the kernel",
 			zap.String("forward", p.forward), zap.Stringer("backend", c.Backend), zap.Bool("up", c.Up), zap.Error(err))
 		return
@@ -208,27 +208,50 @@ func BackendAddr(f *config.Forward, b config.Backend) (addr netip.AddrPort, span
 	return netip.AddrPortFrom(b.To, b.ToPort.Lo), 1
 }
 
-// withHealth puts the health the balancer knows into a freshly compiled
-// model: backends found down stay out across a reload.
-func (b *balancer) withHealth(m *nft.Model) *nft.Model {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for name, st := range b.pools {
-		if slices.Contains(st.up, false) {
-			m = m.WithUp(name, inKernel(st.up))
+// health returns what the checker knows of p's backends (one it does not
+// check yet is up).
+func (b *balancer) health(p pool) []bool {
+	up := make([]bool, len(p.backends))
+	for i, be := range p.backends {
+		up[i] = b.checker.Up(health.Key{Forward: p.forward, Backend: be})
+	}
+	return up
+}
+
+// withHealth puts the health the checker knows of pools' backends into a
+// freshly compiled model: backends found down stay out across a reload. It
+// leaves the balancer as it is: set takes the pools once the model is in
+// force, so a reload the kernel rejects changes no health check.
+func (b *balancer) withHealth(m *nft.Model, pools []pool) *nft.Model {
+	for _, p := range pools {
+		if up := b.health(p); slices.Contains(up, false) {
+			m = m.WithUp(p.forward, inKernel(up))
 		}
 	}
 	return m
 }
 
+// errStopped is programBackends' answer once Stop ran.
+var errStopped = errors.New("daemon stopped")
+
 // programBackends is the balancer's program: one batch with only that
-// forward's balance elements, against the model in force.
-func (d *Daemon) programBackends(forward string, up []bool) error {
+// forward's balance elements, against the model in force. It takes the
+// backends that are in from the balancer under applyMu, where the pools
+// are the model's: a reload that ran since the change was seen may have
+// moved, added or removed the forward's backends. After Stop it sends
+// nothing: with on_stop = "flush" a batch would put the table back (the
+// applier plans a full replace after a delete), with "keep" it would edit
+// the table the daemon said it left as it was.
+func (d *Daemon) programBackends(forward string) error {
 	d.applyMu.Lock()
 	defer d.applyMu.Unlock()
+	if d.stopped {
+		return errStopped
+	}
 	cur := d.applier.Last()
-	if cur == nil {
-		return nil
+	up, ok := d.tasks.balancer.upSet(forward)
+	if cur == nil || !ok {
+		return nil // nothing applied yet, or the forward removed by a reload
 	}
 	p, err := d.applier.Plan(cur.WithUp(forward, up))
 	if err != nil {

@@ -9,12 +9,10 @@ import (
 	"os"
 	"runtime/debug"
 	"sync"
-	"syscall"
 	"time"
 
 	"go.uber.org/zap"
 
-	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
 	"github.com/fwdd/fwdd/pkg/config"
@@ -82,6 +80,9 @@ type Daemon struct {
 	guard   *guard // nil until Run
 	// applyMu serialises the batches of reloads and of health changes.
 	applyMu sync.Mutex
+	// stopped (under applyMu): Stop ran, so no health change may program
+	// the kernel again (the checker runs until Run returns).
+	stopped bool
 	// parser keeps the decoded [[forward]] blocks of the last file, so a
 	// reload decodes only the blocks that changed.
 	parser config.Parser
@@ -201,9 +202,15 @@ func (d *Daemon) Start() error {
 		d.record(err)
 		return err
 	}
-	if err := d.applySysctls(cfg); err != nil {
+	ids, err := nft.AssignIDs(cfg)
+	if err != nil {
 		d.record(err)
 		return err
+	}
+	m, err := nft.Compile(cfg, ids)
+	if err != nil {
+		d.record(err)
+		return fmt.Errorf("compile table: %w", err)
 	}
 	// A table left by an earlier run (on_stop = "keep", a crash) is taken
 	// over and reconciled with the config in one batch, which keeps the
@@ -215,22 +222,19 @@ func (d *Daemon) Start() error {
 		d.log.Warn("cannot read the existing table; replacing it", zap.Error(err))
 		have = nil
 	}
-	ids, err := nft.AssignIDs(cfg)
+	// Sysctls just before the batch, set back if it fails (applySysctls).
+	undo, err := d.applySysctls(cfg)
 	if err != nil {
 		d.record(err)
 		return err
 	}
-	m, err := nft.Compile(cfg, ids)
-	if err != nil {
-		d.record(err)
-		return fmt.Errorf("compile table: %w", err)
-	}
-	d.tasks.balancer.set(poolsOf(cfg, ids))
 	st, err := d.applier.Run(nft.Reconcile(have, m))
 	if err != nil {
+		undo()
 		d.record(err)
 		return fmt.Errorf("apply table: %w", err)
 	}
+	d.tasks.balancer.set(poolsOf(cfg, ids))
 	d.publish(m, st, false)
 	d.log.Info("forwarding",
 		zap.String("config", cfg.Path), zap.String("table", "inet "+cfg.Daemon.Table),
@@ -292,23 +296,27 @@ func (d *Daemon) reload(start time.Time) error {
 	if err := d.opts.Kernel.CheckOwner(cfg.Daemon.Table); err != nil {
 		return err
 	}
-	if err := d.applySysctls(cfg); err != nil {
-		return err
-	}
 	d.applyMu.Lock()
 	defer d.applyMu.Unlock()
-	d.tasks.balancer.set(poolsOf(cfg, ids))
-	m = d.tasks.balancer.withHealth(m)
+	pools := poolsOf(cfg, ids)
+	m = d.tasks.balancer.withHealth(m, pools)
 	applyStart := time.Now()
 	p, err := d.applier.Plan(m)
 	if err != nil {
 		return fmt.Errorf("plan table: %w", err)
 	}
+	// Sysctls just before the batch, set back if it fails (applySysctls).
+	undo, err := d.applySysctls(cfg)
+	if err != nil {
+		return err
+	}
 	st, err := d.applier.Run(p)
 	st.Elapsed = time.Since(applyStart) // the check of the kernel's table included
 	if err != nil {
+		undo()
 		return fmt.Errorf("apply table: %w", err)
 	}
+	d.tasks.balancer.set(pools) // the backends of the table now in force
 	if d.opts.SetLevel != nil {
 		if err := d.opts.SetLevel(cfg.Daemon.LogLevel); err != nil {
 			d.log.Warn("cannot change log level", zap.Error(err))
@@ -360,9 +368,10 @@ func (d *Daemon) Repair() error {
 
 // Stop honours on_stop: remove the table, or leave it in the kernel.
 func (d *Daemon) Stop() error {
-	// After the health checker's batches, and none after the table is gone.
+	// After the health checker's batches, and none after it (programBackends).
 	d.applyMu.Lock()
 	defer d.applyMu.Unlock()
+	d.stopped = true
 	cur := d.InForce()
 	if cur == nil {
 		return nil
@@ -382,26 +391,37 @@ func (d *Daemon) Stop() error {
 	return nil
 }
 
-// Run serves signals until ctx ends or SIGTERM/SIGINT arrives: SIGHUP
-// reloads. A second stop signal while stopping exits at once.
-func (d *Daemon) Run(ctx context.Context, sigs <-chan os.Signal) error {
+// Run serves signals until ctx ends or a stop signal (SIGTERM, SIGINT)
+// arrives on stops, also while it waits for its tasks to be ready; each
+// signal on reloads (SIGHUP) reloads. A second stop signal while stopping
+// exits at once.
+func (d *Daemon) Run(ctx context.Context, reloads, stops <-chan os.Signal) error {
 	ctx, cancel := context.WithCancel(ctx)
-	g, gctx := errgroup.WithContext(ctx)
+	var tasks sync.WaitGroup
 	defer func() {
 		cancel()
-		if err := g.Wait(); err != nil {
-			d.log.Warn("background task ended", zap.Error(err))
-		}
+		tasks.Wait()
 	}()
-	d.startTasks(gctx, g)
-	select {
-	case <-d.tasks.watcher.Ready():
-	case <-time.After(10 * time.Second):
-		d.log.Warn("conntrack watcher not ready after 10s; forwarding works, connection counts may lag")
-	}
-	select {
-	case <-d.guard.ready: // other firewalls' drops are logged before ready
-	case <-time.After(10 * time.Second):
+	d.startTasks(ctx, &tasks)
+	// A stop does not wait for readiness; a reload does, in its channel.
+	for _, task := range []struct {
+		ready <-chan struct{}
+		late  string
+	}{
+		{d.tasks.watcher.Ready(), "conntrack watcher not ready after 10s; forwarding works, connection counts may lag"},
+		{d.guard.ready, ""}, // other firewalls' drops are logged before ready
+	} {
+		select {
+		case <-task.ready:
+		case <-time.After(10 * time.Second):
+			if task.late != "" {
+				d.log.Warn(task.late)
+			}
+		case <-stops:
+			return d.stop(stops)
+		case <-ctx.Done():
+			return d.stop(stops)
+		}
 	}
 	d.opts.Notify("READY=1")
 	d.log.Info("ready", zap.Int("pid", os.Getpid()))
@@ -409,17 +429,14 @@ func (d *Daemon) Run(ctx context.Context, sigs <-chan os.Signal) error {
 	for {
 		select {
 		case <-ctx.Done():
-			return d.stop(sigs)
-		case sig := <-sigs:
-			switch sig {
-			case syscall.SIGHUP:
-				d.opts.Notify(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", monotonicUsec()))
-				_ = d.Reload()
-				d.opts.Notify("READY=1")
-				free = time.After(freeDelay)
-			case syscall.SIGTERM, syscall.SIGINT:
-				return d.stop(sigs)
-			}
+			return d.stop(stops)
+		case <-stops:
+			return d.stop(stops)
+		case <-reloads:
+			d.opts.Notify(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", monotonicUsec()))
+			_ = d.Reload()
+			d.opts.Notify("READY=1")
+			free = time.After(freeDelay)
 		case r := <-d.healRequests():
 			d.heal(r)
 		case <-free:
@@ -429,7 +446,21 @@ func (d *Daemon) Run(ctx context.Context, sigs <-chan os.Signal) error {
 	}
 }
 
-func (d *Daemon) startTasks(ctx context.Context, g *errgroup.Group) {
+// startTasks starts the background tasks; they run until ctx ends. A task
+// that fails is logged as an error and the others go on: what an operator
+// relies on (health checks, self-healing, the state file, metrics) must not
+// end, unseen, with a lesser one, such as the conntrack watcher that logs
+// the connections of log = true forwards, while the daemon still serves
+// reloads. Exiting instead would cost more than the task: with on_stop =
+// "flush" the stop breaks every forwarded connection.
+func (d *Daemon) startTasks(ctx context.Context, wg *sync.WaitGroup) {
+	run := func(name string, task func(context.Context) error) {
+		wg.Go(func() {
+			if err := task(ctx); err != nil {
+				d.log.Error("background task failed; the others keep running", zap.String("task", name), zap.Error(err))
+			}
+		})
+	}
 	cfg := d.Config()
 	d.tasks.pressure = conntrack.NewPressure(conntrack.PressureOptions{
 		WarnPercent:     float64(cfg.Conntrack.WarnPercent),
@@ -439,40 +470,30 @@ func (d *Daemon) startTasks(ctx context.Context, g *errgroup.Group) {
 		Stats:           d.tasks.liveStats,
 		Log:             d.log,
 	})
-	g.Go(func() error { return d.tasks.watcher.Run(ctx) })
-	g.Go(func() error { return d.tasks.pressure.Run(ctx) })
-	g.Go(func() error { return d.tasks.conns.run(ctx) })
-	d.startGuard(ctx, g)
-	g.Go(func() error { return d.tasks.balancer.run(ctx) })
-	g.Go(func() error { d.recordHealth(ctx, time.Second); return nil })
+	run("conntrack watcher", d.tasks.watcher.Run)
+	run("conntrack pressure", d.tasks.pressure.Run)
+	run("connection log", d.tasks.conns.run)
+	d.guard = d.guardTable()
+	run("table guard", d.guard.run)
+	run("health checks", d.tasks.balancer.run)
+	run("health record", func(ctx context.Context) error { d.recordHealth(ctx, time.Second); return nil })
 	if addr := cfg.Daemon.Metrics; addr != "" {
-		g.Go(func() error {
-			// A metrics endpoint that cannot listen is logged, not fatal:
-			// forwarding matters more.
-			if err := d.metrics.Serve(ctx, addr, d.log); err != nil {
-				d.log.Error("metrics disabled", zap.Error(err))
-			}
-			return nil
-		})
+		run("metrics", func(ctx context.Context) error { return d.metrics.Serve(ctx, addr, d.log) })
 	}
 }
 
 // ErrSecondSignal is returned when a second stop signal cut the stop short.
 var ErrSecondSignal = errors.New("second stop signal: exiting at once")
 
-func (d *Daemon) stop(sigs <-chan os.Signal) error {
+func (d *Daemon) stop(stops <-chan os.Signal) error {
 	d.opts.Notify("STOPPING=1")
 	done := make(chan error, 1)
 	go func() { done <- d.Stop() }()
-	for {
-		select {
-		case err := <-done:
-			return err
-		case sig := <-sigs:
-			if sig == syscall.SIGTERM || sig == syscall.SIGINT {
-				return ErrSecondSignal
-			}
-		}
+	select {
+	case err := <-done:
+		return err
+	case <-stops:
+		return ErrSecondSignal
 	}
 }
 

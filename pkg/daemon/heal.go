@@ -1,12 +1,10 @@
 package daemon
 
 import (
-	"context"
 	"errors"
 	"time"
 
 	"go.uber.org/zap"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/fwdd/fwdd/pkg/nft"
 )
@@ -16,10 +14,11 @@ type eventWatcher interface {
 	WatchEvents() (*nft.Events, error)
 }
 
-// startGuard watches nftables events for the daemon's life (see guard.go).
-func (d *Daemon) startGuard(ctx context.Context, g *errgroup.Group) {
+// guardTable returns the guard of the table in force, which watches
+// nftables events for the daemon's life (see guard.go).
+func (d *Daemon) guardTable() *guard {
 	table, layout := d.InForce().Table, d.InForce().Config.Daemon.CtMark
-	d.guard = newGuard(guardOptions{
+	return newGuard(guardOptions{
 		Log:      d.log,
 		Table:    table,
 		Interval: d.opts.CheckInterval,
@@ -35,7 +34,6 @@ func (d *Daemon) startGuard(ctx context.Context, g *errgroup.Group) {
 		},
 		OnBlockers: d.metrics.Blockers,
 	})
-	g.Go(func() error { return d.guard.run(ctx) })
 }
 
 var errNoEvents = errors.New("this backend reports no nftables events")

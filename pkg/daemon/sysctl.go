@@ -4,17 +4,57 @@ import (
 	"fmt"
 	"slices"
 
+	"go.uber.org/zap"
+
 	"github.com/fwdd/fwdd/pkg/config"
 	"github.com/fwdd/fwdd/pkg/sysctl"
 )
 
 // applySysctls brings forwarding, rp_filter and conntrack_max to what the
-// config asks, logging only real changes.
-func (d *Daemon) applySysctls(cfg *config.Config) error {
-	if err := sysctl.Apply(d.opts.Sysctls, sysctlPlan(cfg), d.log); err != nil {
-		return fmt.Errorf("sysctl: %w", err)
+// config asks, logging only real changes. Start and reload call it after
+// everything that can refuse the config but the batch, and just before
+// sending it: forwarding is then on when the rules go in. If the batch
+// fails, they call undo, which sets back what applySysctls changed; if a
+// sysctl fails, applySysctls sets back the others itself. So a failed start
+// or reload leaves the sysctls as it found them (a value that cannot be
+// set back is logged as an error).
+func (d *Daemon) applySysctls(cfg *config.Config) (undo func(), err error) {
+	u := &undoable{Sysctls: d.opts.Sysctls}
+	undo = func() { u.undo(d.log) }
+	if err := sysctl.Apply(u, sysctlPlan(cfg), d.log); err != nil {
+		undo()
+		return nil, fmt.Errorf("sysctl: %w", err)
 	}
-	return nil
+	return undo, nil
+}
+
+// undoable is a Sysctls that remembers the values its writes replaced.
+type undoable struct {
+	sysctl.Sysctls
+	written []written
+}
+
+type written struct{ name, old, value string }
+
+func (u *undoable) Set(name, value string) (string, bool, error) {
+	old, changed, err := u.Sysctls.Set(name, value)
+	if changed {
+		u.written = append(u.written, written{name, old, value})
+	}
+	return old, changed, err
+}
+
+// undo sets back what Set changed, last first.
+func (u *undoable) undo(log *zap.Logger) {
+	for _, w := range slices.Backward(u.written) {
+		if _, _, err := u.Sysctls.Set(w.name, w.old); err != nil {
+			log.Error("cannot set a sysctl back", zap.String("sysctl", sysctl.Display(w.name)),
+				zap.String("value", w.value), zap.String("wanted", w.old), zap.Error(err))
+			continue
+		}
+		log.Info("sysctl set back", zap.String("sysctl", sysctl.Display(w.name)), zap.String("old", w.value), zap.String("new", w.old))
+	}
+	u.written = nil
 }
 
 // sysctlPlan derives what a validated configuration wants of the kernel:

@@ -2,9 +2,11 @@ package daemon
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
 
 	"github.com/fwdd/fwdd/pkg/config"
 	"github.com/fwdd/fwdd/pkg/sysctl"
@@ -29,5 +31,51 @@ func TestSysctlPlan(t *testing.T) {
 	c.Sysctl.IPForward = false
 	if sysctlPlan(c).IPv6Forward {
 		t.Errorf("IPv6Forward without IPForward")
+	}
+}
+
+// A start or reload that fails changes no sysctl: what it set before the
+// batch is set back, also when the failure is another sysctl's.
+func TestFailedApplyRestoresSysctls(t *testing.T) {
+	// A [sysctl] section, and a changed target so that a reload sends a batch.
+	withSysctl := func(s string) string {
+		return strings.Replace(strings.Replace(small, "[daemon]", "[sysctl]\n"+s+"\n[daemon]", 1), "10.0.2.10:8080", "10.0.2.11:8080", 1)
+	}
+	for _, tc := range []struct {
+		name  string
+		start bool // the start fails, not a reload
+		text  string
+		fail  func(e *env)
+	}{
+		{"start, batch rejected", true, withSysctl(`rp_filter = "off"`), func(e *env) { e.kernel.FailNext(unix.EINVAL) }},
+		{"reload, batch rejected", false, withSysctl(`rp_filter = "off"`), func(e *env) { e.kernel.FailNext(unix.EINVAL) }},
+		{"reload, sysctl refused", false, withSysctl("rp_filter = \"off\"\nconntrack_max = 1000"),
+			func(e *env) { e.sysctls.SetReadOnly("net.netfilter.nf_conntrack_max") }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, small)
+			e.sysctls = sysctl.NewFake(map[string]string{"net.ipv4.ip_forward": "0", "net.ipv6.conf.all.forwarding": "0",
+				"net.ipv4.conf.all.rp_filter": "1", "net.ipv4.conf.default.rp_filter": "1", "net.ipv4.conf.eth1.rp_filter": "1",
+				"net.netfilter.nf_conntrack_max": "65536"})
+			e.d.opts.Sysctls = e.sysctls
+			if !tc.start {
+				e.start()
+			}
+			before := e.sysctls.Values()
+			e.write(tc.text)
+			tc.fail(e)
+			var err error
+			if tc.start {
+				err = e.d.Start()
+			} else {
+				err = e.d.Reload()
+			}
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if d := cmp.Diff(before, e.sysctls.Values()); d != "" {
+				t.Errorf("sysctls after %v (-before +after):\n%s", err, d)
+			}
+		})
 	}
 }
