@@ -201,26 +201,16 @@ func reload(cfgPath, stateDir string, timeout time.Duration, stdout io.Writer) e
 		return fmt.Errorf("reload refused: %w", err)
 	}
 	defer d.Close()
-	if err := d.Signal(syscall.SIGHUP); err != nil {
+	st, err := d.Reload(timeout)
+	if err != nil {
 		return err
 	}
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		st, err := d.Latest()
-		if err == nil && st.Applies > d.Applies {
-			if !st.OK {
-				return fmt.Errorf("reload failed, the running rules are unchanged: %s", st.Error)
-			}
-			fmt.Fprintf(stdout, "reloaded: %d forwards\n", st.Forwards)
-			warnBlockers(cfg, stdout)
-			return nil
-		}
-		if d.Exited() {
-			return fmt.Errorf("fwdd (pid %d) exited during the reload", d.PID)
-		}
-		time.Sleep(2 * time.Millisecond)
+	if !st.OK {
+		return fmt.Errorf("reload failed, the running rules are unchanged: %s", st.Error)
 	}
-	return fmt.Errorf("fwdd (pid %d) did not finish the reload within %s", d.PID, timeout)
+	fmt.Fprintf(stdout, "reloaded: %d forwards\n", st.Forwards)
+	warnBlockers(cfg, stdout)
+	return nil
 }
 
 // printErr writes err to stderr. When stderr is a journal stream (under

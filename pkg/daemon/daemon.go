@@ -83,6 +83,9 @@ type Daemon struct {
 	// stopped (under applyMu): Stop ran, so no health change may program
 	// the kernel again (the checker runs until Run returns).
 	stopped bool
+	// loaded is when the latest start or reload began to read the config
+	// (State.Loaded); set and read by the goroutine that reloads.
+	loaded int64
 	// parser keeps the decoded [[forward]] blocks of the last file, so a
 	// reload decodes only the blocks that changed.
 	parser config.Parser
@@ -167,6 +170,7 @@ func (d *Daemon) record(err error) {
 	d.stateMu.Lock()
 	defer d.stateMu.Unlock()
 	d.state.Applies++
+	d.state.Loaded = d.loaded
 	d.state.OK = err == nil
 	d.state.Error = ""
 	if err != nil {
@@ -184,6 +188,7 @@ func (d *Daemon) record(err error) {
 
 // Start loads the config and programs the kernel. An error here is fatal.
 func (d *Daemon) Start() error {
+	d.loaded = monotonicUsec()
 	cfg, err := d.opts.Load()
 	if err != nil {
 		d.record(err)
@@ -253,6 +258,7 @@ func (d *Daemon) Start() error {
 // On any error the running table stays exactly as it was.
 func (d *Daemon) Reload() error {
 	start := time.Now()
+	d.loaded = monotonicUsec()
 	err := d.reload(start)
 	d.record(err)
 	if err != nil {

@@ -480,3 +480,37 @@ func TestReloadPartialCtMask(t *testing.T) {
 		t.Error("a refused layout change sent a batch")
 	}
 }
+
+// The state says when the config of its result was read, for fwdd reload
+// (Running.Reload): a start or reload sets it, a repair, which reads no
+// config, leaves it.
+func TestStateSaysWhenTheConfigWasRead(t *testing.T) {
+	e := newEnv(t, small)
+	loaded := func() int64 {
+		t.Helper()
+		st, err := ReadState(e.d.opts.StateDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Loaded
+	}
+	before := monotonicUsec()
+	e.start()
+	if l := loaded(); l < before || l > monotonicUsec() {
+		t.Errorf("after start: loaded %d, want between %d and now", l, before)
+	}
+	before = monotonicUsec()
+	if err := e.d.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	reloaded := loaded()
+	if reloaded < before {
+		t.Errorf("after a reload: loaded %d, want at least %d", reloaded, before)
+	}
+	if err := e.d.Repair(); err != nil {
+		t.Fatal(err)
+	}
+	if l := loaded(); l != reloaded {
+		t.Errorf("after a repair: loaded %d, want the reload's %d", l, reloaded)
+	}
+}

@@ -41,7 +41,11 @@ type State struct {
 	// NetNS is the inode of the daemon's network namespace.
 	NetNS uint64 `json:"netns"`
 
-	Applies  uint64    `json:"applies"` // start counts as the first
+	Applies uint64 `json:"applies"` // start counts as the first; repairs count too
+	// Loaded is when (CLOCK_MONOTONIC, µs) the latest start or reload began
+	// to read the config: the result recorded is that of a reload signalled
+	// before then, and of no earlier one (see Running.Reload).
+	Loaded   int64     `json:"loaded"`
 	OK       bool      `json:"ok"`
 	Error    string    `json:"error,omitempty"`
 	Forwards int       `json:"forwards"`
@@ -393,6 +397,34 @@ func (r *Running) Latest() (State, error) {
 		return st, fmt.Errorf("the state in %s now names another process (pid %d)", r.dir, st.PID)
 	}
 	return st, nil
+}
+
+// Reload signals the daemon to reload and waits, until timeout, for the
+// result of a reload that read the config after the signal. A reload
+// already running when the signal came (another fwdd reload's) may have
+// read the file before it changed: its result is not this one's, and the
+// daemon reloads once more for this signal.
+func (r *Running) Reload(timeout time.Duration) (State, error) {
+	signalled := monotonicUsec()
+	if err := r.Signal(syscall.SIGHUP); err != nil {
+		return State{}, err
+	}
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+		if st, err := r.Latest(); err == nil && r.reloaded(st, signalled) {
+			return st, nil
+		}
+		if r.Exited() {
+			return State{}, fmt.Errorf("fwdd (pid %d) exited during the reload", r.PID)
+		}
+	}
+	return State{}, fmt.Errorf("fwdd (pid %d) did not finish the reload within %s", r.PID, timeout)
+}
+
+// reloaded reports whether st records a reload that began after signalled.
+// A daemon of a version before Loaded writes none: any later record is then
+// taken, as before.
+func (r *Running) reloaded(st State, signalled int64) bool {
+	return st.Applies > r.Applies && (st.Loaded >= signalled || st.Loaded == 0)
 }
 
 // Close releases the pidfd.

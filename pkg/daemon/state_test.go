@@ -262,3 +262,24 @@ func writeRaw(t *testing.T, dir string, st State) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// fwdd reload takes only the result of a reload that read the config after
+// its signal: not that of one already running (another fwdd reload's).
+func TestReloadedWantsAReloadAfterTheSignal(t *testing.T) {
+	r := &Running{State: State{Applies: 4, Loaded: 100}}
+	for _, c := range []struct {
+		name string
+		st   State
+		want bool
+	}{
+		{"nothing new", State{Applies: 4, Loaded: 100}, false},
+		{"a reload that read the config before the signal", State{Applies: 5, Loaded: 150}, false},
+		{"a repair since", State{Applies: 6, Loaded: 150}, false},
+		{"a reload after the signal", State{Applies: 6, Loaded: 200}, true},
+		{"a daemon that does not say", State{Applies: 5}, true},
+	} {
+		if got := r.reloaded(c.st, 200); got != c.want {
+			t.Errorf("%s: reloaded = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
