@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -350,5 +351,89 @@ func TestKernelReconcileReadBack(t *testing.T) {
 	}
 	if len(s.Peers()) != before+1 {
 		t.Error("the reconciled forward does not reach its new backend")
+	}
+}
+
+// kernelHost is one bare namespace, for kernel tests that need no traffic.
+func kernelHost(t *testing.T) *sandbox.Host {
+	t.Helper()
+	topo := sandbox.New(t, sandbox.Options{Bare: true})
+	h, err := topo.AddHost("gw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// listedPortMaps returns the entries of each anonymous map `nft list chain`
+// shows in chain of fwdd's table, sorted, one slice per rule with a map.
+func listedPortMaps(t *testing.T, h *sandbox.Host, chain string) [][]string {
+	t.Helper()
+	out, err := h.Run(context.Background(), "nft", "list", "chain", "inet", "fwdd", chain)
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	var maps [][]string
+	for _, line := range strings.Split(string(out), "\n") {
+		_, rest, ok := strings.Cut(line, " map { ")
+		if !ok {
+			continue
+		}
+		entries := strings.Split(strings.TrimSuffix(strings.TrimSpace(rest), " }"), ", ")
+		slices.Sort(entries)
+		maps = append(maps, entries)
+	}
+	return maps
+}
+
+// A 1:1 port range of a forward with interface or sources is an anonymous
+// map of one element per port: all of them reach the kernel, however many
+// (an element list is limited to 64 KiB per netlink attribute).
+func TestKernelRestrictedPortMapComplete(t *testing.T) {
+	h := kernelHost(t)
+	m := compile(t, `
+[[forward]]
+name = "lab"
+proto = ["tcp", "udp"]
+port = "10000-12999"
+to = "10.0.0.2:20000-22999"
+interface = "eth1"
+
+[[forward]]
+name = "lab6"
+port = "30000-32999"
+to = "[fd00::2]:40000-42999"
+sources = ["fd11::/64"]
+`, nil)
+	if _, err := (&Applier{Backend: &Netlink{NetNS: h.Fd()}}).Apply(m); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"fwd_lab", "fwd_lab6"} {
+		var want [][]string
+		for _, r := range m.Chain(name).Rules {
+			for _, st := range r.Stmts {
+				pm, ok := st.(dnatPortMap)
+				if !ok {
+					continue
+				}
+				var entries []string
+				for _, e := range pm.elems {
+					entries = append(entries, renderBytes([]Field{FieldPort}, e.Key)+" : "+renderBytes([]Field{pm.fam.addrField(), FieldPort}, e.Data))
+				}
+				slices.Sort(entries)
+				want = append(want, entries)
+			}
+		}
+		got := listedPortMaps(t, h, name)
+		if len(got) != len(want) {
+			t.Fatalf("chain %s: nft lists %d port maps, want %d", name, len(got), len(want))
+		}
+		for i := range want {
+			if len(got[i]) != len(want[i]) {
+				t.Errorf("chain %s, map %d: nft lists %d entries, want %d", name, i+1, len(got[i]), len(want[i]))
+			} else if d := cmp.Diff(want[i], got[i]); d != "" {
+				t.Errorf("chain %s, map %d: entries differ (-want +got):\n%s", name, i+1, d)
+			}
+		}
 	}
 }

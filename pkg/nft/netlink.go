@@ -245,8 +245,8 @@ func (k *Netlink) Run(p *Plan) error {
 		case OpDeleteChain:
 			c.DelChain(&nftables.Chain{Name: op.Chain.Name, Table: t})
 		case OpAddRule:
-			for _, a := range op.Anon {
-				if err := c.AddSet(anonSet(t, a)); err != nil {
+			for i := range op.Anon {
+				if err := addAnonSet(c, &msgs, t, &op.Anon[i]); err != nil {
 					return fmt.Errorf("chain %s: add anonymous set: %w", op.Chain.Name, err)
 				}
 			}
@@ -273,18 +273,41 @@ func (k *Netlink) Run(p *Plan) error {
 	return nil
 }
 
-func anonSet(t *nftables.Table, a AnonSet) (*nftables.Set, []nftables.SetElement) {
+// addAnonSet appends an anonymous set to the batch: added empty, then
+// filled in chunks like a named set, as AddSet would put all its elements
+// into one attribute, whose length the kernel truncates (FACTS.md). The
+// kernel takes elements for an anonymous set until a rule is bound to it:
+// the rule that follows.
+func addAnonSet(c *nftables.Conn, msgs *[]netlink.Message, t *nftables.Table, a *AnonSet) error {
+	if err := c.AddSet(anonSet(t, a), nil); err != nil {
+		return err
+	}
+	if err := c.Flush(); err != nil { // the set's message before its elements
+		return err
+	}
+	s := a.set()
+	for _, chunk := range splitElems(a.Elements) {
+		m, err := elementsMessage(&Op{Kind: OpAddElements, Set: s, Elements: chunk}, t.Name, a.ID)
+		if err != nil {
+			return err
+		}
+		*msgs = append(*msgs, m)
+	}
+	return nil
+}
+
+// anonSet describes an anonymous set for google/nftables, without its
+// elements. Size declares how many will be added, as the library (and nft)
+// declare a constant set's elements when they come with it.
+func anonSet(t *nftables.Table, a *AnonSet) *nftables.Set {
 	kt, _ := concatType(a.Key)
-	s := &nftables.Set{Table: t, Anonymous: true, Constant: true, ID: a.ID, Name: "__set%d", KeyType: kt}
+	s := &nftables.Set{Table: t, Anonymous: true, Constant: true, ID: a.ID, Name: a.set().Name, KeyType: kt,
+		Size: uint32(len(a.Elements))}
 	if len(a.Data) > 0 {
-		s.IsMap, s.Name = true, "__map%d"
+		s.IsMap = true
 		s.DataType, _ = concatType(a.Data)
 	}
-	elems := make([]nftables.SetElement, len(a.Elements))
-	for i, e := range a.Elements {
-		elems[i] = nftables.SetElement{Key: e.Key, Val: e.Data}
-	}
-	return s, elems
+	return s
 }
 
 var hookNames = map[nftables.ChainHook]string{

@@ -24,8 +24,9 @@ const (
 	OpAddRule
 )
 
-// Op is one operation of a batch: one netlink message, plus one for each
-// anonymous set of an OpAddRule.
+// Op is one operation of a batch: one netlink message, plus for each
+// anonymous set of an OpAddRule one to add it and one per chunk of its
+// elements (splitElems).
 type Op struct {
 	Kind OpKind
 	// Chain is the chain of a chain operation (OpAddChain: with its hook)
@@ -52,6 +53,15 @@ type AnonSet struct {
 	Key      []Field
 	Data     []Field // nil for a set
 	Elements []Element
+}
+
+// set describes the anonymous set as a Set, named as the kernel is asked to
+// name it (it fills in a number).
+func (a *AnonSet) set() *Set {
+	if len(a.Data) > 0 {
+		return &Set{Name: "__map%d", Key: a.Key, Data: a.Data}
+	}
+	return &Set{Name: "__set%d", Key: a.Key}
 }
 
 // Changes names the forwards a plan adds, removes and changes.
@@ -89,7 +99,10 @@ func (p *Plan) Messages() int {
 	}
 	n := 2
 	for _, op := range p.Ops {
-		n += 1 + len(op.Anon)
+		n++
+		for _, a := range op.Anon {
+			n += 1 + len(splitElems(a.Elements))
+		}
 	}
 	return n
 }
@@ -214,11 +227,23 @@ func ruleOp(l *lowering, c *Chain, r *Rule) Op {
 }
 
 func (p *Plan) add(kind OpKind, set *Set, es []Element) {
+	for _, chunk := range splitElems(es) {
+		p.Ops = append(p.Ops, Op{Kind: kind, Set: set, Elements: chunk})
+	}
+}
+
+// splitElems cuts the elements of a set into the chunks sent one netlink
+// message each: the kernel truncates an element list's length to 16 bits
+// (FACTS.md), so large sets and anonymous maps take several messages, all
+// in the same batch.
+func splitElems(es []Element) [][]Element {
+	var out [][]Element
 	for len(es) > 0 {
 		n := min(len(es), elementsPerMessage)
-		p.Ops = append(p.Ops, Op{Kind: kind, Set: set, Elements: es[:n:n]})
+		out = append(out, es[:n:n])
 		es = es[n:]
 	}
+	return out
 }
 
 func (p *Plan) addRules(l *lowering, c *Chain) {
