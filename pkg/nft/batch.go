@@ -124,16 +124,35 @@ func elementsMessage(op *Op, table string, setID uint32) (netlink.Message, error
 			b = appendAttr(b, unix.NFTA_SET_ELEM_USERDATA, userdata.AppendString(nil, userdata.NFTNL_UDATA_SET_ELEM_COMMENT, e.Comment))
 		}
 		if b, err = endNested(b, el); err != nil {
-			return netlink.Message{}, fmt.Errorf("set %s: %w", s.Name, err)
+			return netlink.Message{}, fmt.Errorf("element %d: %w", i+1, err)
 		}
 	}
-	if b, err = endNested(b, list); err != nil {
-		return netlink.Message{}, fmt.Errorf("elements of set %s: %w", s.Name, err)
+	if b, err = endNested(b, list); err != nil { // the caller names the set
+		return netlink.Message{}, err
 	}
 	return netlink.Message{Header: netlink.Header{
 		Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | typ),
 		Flags: netlink.Request | netlink.Acknowledge | netlink.Create,
 	}, Data: b}, nil
+}
+
+// elemSize is the bytes elementsMessage encodes element e of set s in:
+// what splitElems counts (TestElemSize compares the two).
+func elemSize(s *Set, e *Element) int {
+	n := 4 + 8 + nlmsgAlign(len(e.Key)) // the element { key { value } }
+	if len(e.KeyEnd) > 0 {
+		n += 8 + nlmsgAlign(len(e.KeyEnd))
+	}
+	switch {
+	case s.IsVerdictMap(): // data { data { code, chain } }
+		n += 8 + 8 + 4 + nlmsgAlign(len(e.Data)+1)
+	case s.IsMap():
+		n += 8 + nlmsgAlign(len(e.Data))
+	}
+	if e.Comment != "" { // user data: type, length, the string and its 0
+		n += 4 + nlmsgAlign(2+len(e.Comment)+1)
+	}
+	return n
 }
 
 func nlmsgAlign(n int) int { return (n + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1) }

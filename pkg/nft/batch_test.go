@@ -83,3 +83,60 @@ func libraryElements(t *testing.T, table string, op *Op, id uint32) netlink.Mess
 	}
 	return msgs[0]
 }
+
+// TestElemSize: elemSize, by which plans split elements into messages,
+// is the size elementsMessage encodes each element in, for every kind of
+// set (named and anonymous).
+func TestElemSize(t *testing.T) {
+	const restricted = `
+[[forward]]
+name = "lab6"
+port = "3000-3001"
+to = "[fd00::2]:4000-4001"
+interface = "eth1"
+`
+	for _, text := range []string{goldenConfig + balancedConfig + restricted, partialConfig + balancedConfig} {
+		p := Replace(compile(t, text, nil))
+		var ops []Op
+		for _, op := range p.Ops {
+			if op.Kind == OpAddElements {
+				ops = append(ops, op)
+			}
+			for _, a := range op.Anon {
+				ops = append(ops, Op{Kind: OpAddElements, Set: a.set(), Elements: a.Elements})
+			}
+		}
+		for _, op := range ops {
+			empty, err := elementsMessage(&Op{Kind: op.Kind, Set: op.Set}, p.Table, 7)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range op.Elements {
+				one, err := elementsMessage(&Op{Kind: op.Kind, Set: op.Set, Elements: op.Elements[i : i+1]}, p.Table, 7)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got, want := elemSize(op.Set, &op.Elements[i]), len(one.Data)-len(empty.Data); got != want {
+					t.Errorf("set %s, element %d: elemSize %d, encoded in %d bytes", op.Set.Name, i, got, want)
+				}
+			}
+		}
+	}
+}
+
+// An element list that does not fit its attribute fails the batch before
+// anything is sent, saying which set, once.
+func TestElementsTooBigForMessage(t *testing.T) {
+	m := compile(t, goldenConfig, nil)
+	s := m.Set("dnat4_port")
+	es := make([]Element, 2000)
+	for i := range es {
+		es[i] = Element{Key: []byte{6, 0, 0, 0, byte(i >> 8), byte(i), 0, 0}, Data: []byte{10, 0, 0, 2, 0, 80, 0, 0}}
+	}
+	p := &Plan{Table: "fwdd", Ops: []Op{{Kind: OpAddTable}, {Kind: OpAddSet, Set: s}, {Kind: OpAddElements, Set: s, Elements: es}}}
+	err := (&Netlink{}).Run(p)
+	want := "elements of set dnat4_port: netlink attribute of 72004 bytes, more than 65535"
+	if err == nil || err.Error() != want {
+		t.Errorf("got %v, want %q", err, want)
+	}
+}

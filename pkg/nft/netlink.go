@@ -13,10 +13,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// elementsPerMessage bounds the elements sent in one netlink message: the
-// kernel truncates an element list's length to 16 bits (FACTS.md), so large
-// sets are sent in chunks, all in the same batch.
-const elementsPerMessage = 1000
+// elementListBytes bounds the encoded elements of one netlink message
+// (elemSize): the kernel truncates an element list's length to 16 bits
+// (FACTS.md), at most 65,535 bytes with the list's own 4, so large sets are
+// sent in chunks, all in the same batch. Chunks are cut by bytes, as
+// elements differ in size: an IPv6 balance interval takes 72 bytes, an
+// IPv4 counter with a short name 32.
+const elementListBytes = 60_000
 
 // DefaultSocketBuffer is the send and receive buffer of fwdd's nftables
 // sockets: big batches fail with EMSGSIZE on the default send buffer, and
@@ -286,7 +289,7 @@ func addAnonSet(c *nftables.Conn, msgs *[]netlink.Message, t *nftables.Table, a 
 		return err
 	}
 	s := a.set()
-	for _, chunk := range splitElems(a.Elements) {
+	for _, chunk := range splitElems(s, a.Elements) {
 		m, err := elementsMessage(&Op{Kind: OpAddElements, Set: s, Elements: chunk}, t.Name, a.ID)
 		if err != nil {
 			return err

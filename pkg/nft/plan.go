@@ -34,9 +34,9 @@ type Op struct {
 	Chain *Chain
 	// Set is the set of OpAddSet, OpAddElements and OpDeleteElements.
 	Set *Set
-	// Elements are the elements added or deleted, at most
-	// elementsPerMessage: the kernel truncates an element list's length to
-	// 16 bits (FACTS.md), so large sets take several operations.
+	// Elements are the elements added or deleted, as many as fit one
+	// message (splitElems): the kernel truncates an element list's length
+	// to 16 bits (FACTS.md), so large sets take several operations.
 	Elements []Element
 	// Rule is the rule of OpAddRule, Exprs its kernel expressions, Anon the
 	// anonymous sets they use (added in the same batch, just before the
@@ -101,7 +101,7 @@ func (p *Plan) Messages() int {
 	for _, op := range p.Ops {
 		n++
 		for _, a := range op.Anon {
-			n += 1 + len(splitElems(a.Elements))
+			n += 1 + len(splitElems(a.set(), a.Elements))
 		}
 	}
 	return n
@@ -227,19 +227,26 @@ func ruleOp(l *lowering, c *Chain, r *Rule) Op {
 }
 
 func (p *Plan) add(kind OpKind, set *Set, es []Element) {
-	for _, chunk := range splitElems(es) {
+	for _, chunk := range splitElems(set, es) {
 		p.Ops = append(p.Ops, Op{Kind: kind, Set: set, Elements: chunk})
 	}
 }
 
-// splitElems cuts the elements of a set into the chunks sent one netlink
-// message each: the kernel truncates an element list's length to 16 bits
-// (FACTS.md), so large sets and anonymous maps take several messages, all
-// in the same batch.
-func splitElems(es []Element) [][]Element {
+// splitElems cuts the elements of set s into the chunks sent one netlink
+// message each, by their encoded size: the kernel truncates an element
+// list's length to 16 bits (FACTS.md), so large sets and anonymous maps
+// take several messages, all in the same batch.
+func splitElems(s *Set, es []Element) [][]Element {
 	var out [][]Element
 	for len(es) > 0 {
-		n := min(len(es), elementsPerMessage)
+		n, size := 0, 0
+		for n < len(es) {
+			size += elemSize(s, &es[n])
+			if size > elementListBytes && n > 0 {
+				break
+			}
+			n++
+		}
 		out = append(out, es[:n:n])
 		es = es[n:]
 	}
