@@ -157,15 +157,24 @@ func elemSize(s *Set, e *Element) int {
 
 func nlmsgAlign(n int) int { return (n + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1) }
 
+// batchSize is the bytes sendBatch sends msgs in. The kernel takes a batch
+// of at most twice the socket's send buffer less 32 bytes (it doubles the
+// size set; netlink refuses a longer message): 134,217,696 bytes with
+// DefaultSocketBuffer, which config.MaxElements is derived from.
+func batchSize(msgs []netlink.Message) int {
+	size := 0
+	for _, m := range msgs {
+		size += nlmsgAlign(unix.NLMSG_HDRLEN + len(m.Data))
+	}
+	return size
+}
+
 // sendBatch sends msgs (a whole batch, as batchConn recorded it) in one
 // sendmsg on a fresh socket and waits for the ack of every message that
 // asks for one. A failed message's errno is returned (the kernel then
 // applied none of the batch); ENOBUFS means acks were lost.
 func (k *Netlink) sendBatch(msgs []netlink.Message) error {
-	size := 0
-	for _, m := range msgs {
-		size += nlmsgAlign(unix.NLMSG_HDRLEN + len(m.Data))
-	}
+	size := batchSize(msgs)
 	buf := make([]byte, size)
 	off, acks := 0, 0
 	for i, m := range msgs {

@@ -2,11 +2,16 @@ package nft
 
 import (
 	"bytes"
+	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
+
+	"github.com/fwdd/fwdd/internal/testutil"
+	"github.com/fwdd/fwdd/pkg/config"
 )
 
 // TestElementsMessage: fwdd encodes element messages itself (batch.go);
@@ -138,5 +143,54 @@ func TestElementsTooBigForMessage(t *testing.T) {
 	want := "elements of set dnat4_port: netlink attribute of 72004 bytes, more than 65535"
 	if err == nil || err.Error() != want {
 		t.Errorf("got %v, want %q", err, want)
+	}
+}
+
+// kernelMaxBatch is the longest batch the kernel takes on fwdd's sockets:
+// twice the send buffer less 32 bytes (see batchSize).
+const kernelMaxBatch = 2*DefaultSocketBuffer - 32
+
+// TestMaxElementsFitOneBatch: a configuration at config.MaxElements made
+// of the largest elements there are (IPv6 balance intervals of 256
+// backends, verdict maps of four chunks, 32-byte names with their fixed
+// snat element) compiles to one batch the kernel takes. Applying it takes
+// the kernel several seconds, so this encodes it without sending it
+// (TestKernelElementsAsCounted applies a smaller one).
+func TestMaxElementsFitOneBatch(t *testing.T) {
+	if testing.Short() {
+		t.Skip("encodes 1.6 million elements")
+	}
+	var b strings.Builder
+	b.WriteString("[daemon]\nct_mark = \"0x80000000/0x80000000\"\nct_mask = 0xfffffffe\n")
+	backends := make([]string, 256)
+	total := 0
+	forward := func(i, ports int) {
+		for j := range backends {
+			backends[j] = fmt.Sprintf("%q", fmt.Sprintf("[fd00:%x::%x]:80", i+1, j+1))
+		}
+		fmt.Fprintf(&b, "[[forward]]\nname = \"worst-case-forward-%013d\"\nport = \"1000-%d\"\naddress = \"fd01::%x\"\nto = [%s]\nsnat = \"fd02::1\"\n",
+			i, 999+ports, i+1, strings.Join(backends, ", "))
+		total += 4 + ports*(256+4)
+	}
+	for i := range 6 {
+		forward(i, 1000)
+	}
+	forward(6, (config.MaxElements-total-4)/260)
+	cfg := testutil.Config(t, b.String())
+	counted := 0
+	for i := range cfg.Forwards {
+		counted += cfg.Forwards[i].Elements(cfg.Daemon.CtMark)
+	}
+	if counted != total || counted > config.MaxElements || counted < config.MaxElements-300 {
+		t.Fatalf("the configuration counts %d elements (%d meant), not just under MaxElements %d", counted, total, config.MaxElements)
+	}
+	msgs, err := encodeBatch(Replace(compileCfg(t, cfg, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	size := batchSize(msgs)
+	t.Logf("%d elements: a batch of %d messages, %d bytes (%.0f %% of %d)", counted, len(msgs), size, 100*float64(size)/kernelMaxBatch, kernelMaxBatch)
+	if size > kernelMaxBatch*9/10 {
+		t.Errorf("a batch of %d bytes at MaxElements: more than 90 %% of the %d the kernel takes", size, kernelMaxBatch)
 	}
 }

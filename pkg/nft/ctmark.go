@@ -55,7 +55,7 @@ type chunk struct {
 }
 
 // maxChunkBits bounds the chains per chunk (2^bits).
-const maxChunkBits = 8
+const maxChunkBits = ctmark.ChunkBits
 
 // markChunks splits the layout's id bits into chunks of at most
 // maxChunkBits, lowest first, widths as even as possible.

@@ -26,6 +26,9 @@ func TestMarkChunks(t *testing.T) {
 		if len(got) > maxChunks {
 			t.Errorf("%s: %d chunks, more than maxChunks", tc.l, len(got))
 		}
+		if !tc.l.Whole() && tc.l.MarkMaps() != len(got) {
+			t.Errorf("%s: MarkMaps %d, but %d chunks", tc.l, tc.l.MarkMaps(), len(got))
+		}
 	}
 }
 

@@ -437,3 +437,37 @@ sources = ["fd11::/64"]
 		}
 	}
 }
+
+// The kernel holds as many elements as the config's budget counts
+// (config.Forward.Elements): named sets read back, anonymous maps as nft
+// lists them, for forwards of every shape.
+func TestKernelElementsAsCounted(t *testing.T) {
+	h := kernelHost(t)
+	k := &Netlink{NetNS: h.Fd()}
+	cfg := testutil.Config(t, countedForwards)
+	if _, err := (&Applier{Backend: k}).Apply(compileCfg(t, cfg, nil)); err != nil {
+		t.Fatal(err)
+	}
+	counted := 0
+	for i := range cfg.Forwards {
+		counted += cfg.Forwards[i].Elements(cfg.Daemon.CtMark)
+	}
+	tb, err := k.Read("fwdd", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := 0
+	for _, s := range tb.Sets {
+		held += len(s.Elements)
+	}
+	for _, c := range tb.Chains {
+		if strings.HasPrefix(c.Name, forwardChainPfx) {
+			for _, entries := range listedPortMaps(t, h, c.Name) {
+				held += len(entries)
+			}
+		}
+	}
+	if held != counted {
+		t.Errorf("the kernel holds %d elements, the config counts %d", held, counted)
+	}
+}

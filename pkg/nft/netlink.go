@@ -179,17 +179,33 @@ var ErrOutcomeUnknown = errors.New("outcome of the batch unknown")
 // comment (type 0) and ignores types it does not know.
 const ruleTagType userdata.Type = 0xfd
 
-// Run sends the plan as one batch on a fresh socket: google/nftables
-// encodes the table, chain, set and rule messages, elementsMessage the
-// element messages, sendBatch sends them all (see batch.go).
+// Run sends the plan as one batch on a fresh socket: encodeBatch encodes
+// it, sendBatch sends it (see batch.go).
 func (k *Netlink) Run(p *Plan) error {
 	if p.Empty() {
 		return nil
 	}
+	msgs, err := encodeBatch(p)
+	if err != nil {
+		return err
+	}
+	if err := k.sendBatch(msgs); err != nil {
+		if errors.Is(err, unix.ENOBUFS) {
+			return fmt.Errorf("table inet %s: %w: %w", p.Table, ErrOutcomeUnknown, err)
+		}
+		return fmt.Errorf("table inet %s: %w", p.Table, err)
+	}
+	return nil
+}
+
+// encodeBatch encodes the plan's batch, begin and end included:
+// google/nftables the table, chain, set and rule messages, elementsMessage
+// the element messages.
+func encodeBatch(p *Plan) ([]netlink.Message, error) {
 	msgs := []netlink.Message{batchMark(unix.NFNL_MSG_BATCH_BEGIN)}
 	c, err := batchConn(&msgs)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	t := &nftables.Table{Name: p.Table, Family: nftables.TableFamilyINet}
 	// Named sets get ids above the plan's anonymous ones: a lookup by id
@@ -226,7 +242,7 @@ func (k *Netlink) Run(p *Plan) error {
 				err = c.AddSet(ks, nil)
 			}
 			if err != nil {
-				return fmt.Errorf("add set %s: %w", op.Set.Name, err)
+				return nil, fmt.Errorf("add set %s: %w", op.Set.Name, err)
 			}
 		case OpAddElements, OpDeleteElements:
 			ks, err := set(op.Set)
@@ -238,7 +254,7 @@ func (k *Netlink) Run(p *Plan) error {
 				m, err = elementsMessage(&op, p.Table, ks.ID)
 			}
 			if err != nil {
-				return fmt.Errorf("elements of set %s: %w", op.Set.Name, err)
+				return nil, fmt.Errorf("elements of set %s: %w", op.Set.Name, err)
 			}
 			msgs = append(msgs, m)
 		case OpAddChain:
@@ -250,7 +266,7 @@ func (k *Netlink) Run(p *Plan) error {
 		case OpAddRule:
 			for i := range op.Anon {
 				if err := addAnonSet(c, &msgs, t, &op.Anon[i]); err != nil {
-					return fmt.Errorf("chain %s: add anonymous set: %w", op.Chain.Name, err)
+					return nil, fmt.Errorf("chain %s: add anonymous set: %w", op.Chain.Name, err)
 				}
 			}
 			var ud []byte
@@ -261,19 +277,13 @@ func (k *Netlink) Run(p *Plan) error {
 			c.AddRule(&nftables.Rule{Table: t, Chain: &nftables.Chain{Name: op.Chain.Name, Table: t},
 				Exprs: op.Exprs, UserData: ud})
 		default:
-			return fmt.Errorf("run plan: unknown operation %d", op.Kind)
+			return nil, fmt.Errorf("run plan: unknown operation %d", op.Kind)
 		}
 	}
 	if err := c.Flush(); err != nil { // only encodes: an encoding error
-		return fmt.Errorf("table inet %s: encode batch: %w", p.Table, err)
+		return nil, fmt.Errorf("table inet %s: encode batch: %w", p.Table, err)
 	}
-	if err := k.sendBatch(append(msgs, batchMark(unix.NFNL_MSG_BATCH_END))); err != nil {
-		if errors.Is(err, unix.ENOBUFS) {
-			return fmt.Errorf("table inet %s: %w: %w", p.Table, ErrOutcomeUnknown, err)
-		}
-		return fmt.Errorf("table inet %s: %w", p.Table, err)
-	}
-	return nil
+	return append(msgs, batchMark(unix.NFNL_MSG_BATCH_END)), nil
 }
 
 // addAnonSet appends an anonymous set to the batch: added empty, then
