@@ -471,3 +471,70 @@ func TestKernelElementsAsCounted(t *testing.T) {
 		t.Errorf("the kernel holds %d elements, the config counts %d", held, counted)
 	}
 }
+
+// A restart with another ct_mask over a kept table (on_stop = "keep"), as
+// the daemon's start does it: the table read back, reconciled with the new
+// model in one batch. The old verdict elements jump to chunk chains the
+// new layout has not; the layout's change replaces the table.
+func TestKernelRestartWithNewCtMask(t *testing.T) {
+	h := kernelHost(t)
+	k := &Netlink{NetNS: h.Fd()}
+	config := func(mask string) string {
+		var b strings.Builder
+		b.WriteString("[daemon]\nct_mark = \"0x0d000000/0x0f000000\"\nct_mask = " + mask + "\n")
+		for i := range 50 {
+			fmt.Fprintf(&b, "[[forward]]\nname = \"f%d\"\nport = %d\nto = \"10.0.0.2:80\"\n", i, 1000+i)
+		}
+		return b.String()
+	}
+	if _, err := (&Applier{Backend: k}).Apply(compile(t, config("0x0ffffff0"), nil)); err != nil {
+		t.Fatal(err)
+	}
+	m := compile(t, config("0x0fffffc0"), nil)
+	have, err := k.Read(m.Table, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := Reconcile(have, m)
+	if _, err := (&Applier{Backend: k}).Run(p); err != nil {
+		t.Fatalf("restart with the new ct_mask: %v", err)
+	}
+	if !p.Full {
+		t.Error("a change of ct mark layout did not replace the table")
+	}
+	if err := k.VerifyContent(m); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Another program adds a chain to fwdd's table and an element jumping to
+// it to one of fwdd's verdict maps: the repair deletes both in one batch,
+// the element first (the kernel refuses to delete a chain an element still
+// jumps to).
+func TestKernelRepairDeletesElementBeforeItsChain(t *testing.T) {
+	h := kernelHost(t)
+	k := &Netlink{NetNS: h.Fd()}
+	a := &Applier{Backend: k}
+	m := compile(t, partialConfig, nil)
+	if _, err := a.Apply(m); err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range [][]string{
+		{"nft", "add", "chain", "inet", "fwdd", "extra"},
+		{"nft", "add", "element", "inet", "fwdd", "mark4_port", "{ tcp . 9999 : jump extra }"},
+	} {
+		if out, err := h.Run(context.Background(), cmd...); err != nil {
+			t.Fatalf("%v: %v: %s", cmd, err, out)
+		}
+	}
+	st, err := a.Repair()
+	if err != nil {
+		t.Fatalf("repair: %v", err)
+	}
+	if st.Full {
+		t.Error("the repair replaced the table")
+	}
+	if err := k.VerifyContent(m); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -354,9 +354,11 @@ func Diff(old, m *Model) *Plan {
 }
 
 // chainOps appends, in an order the kernel accepts in one batch: flushes
-// (of changed chains and of chains to delete, so that what they referred to
-// is free), chain deletions, new chains, element deletions, element
-// additions, then the rules of flushed and new chains.
+// (of changed chains and of chains to delete) and element deletions, so
+// that no rule or verdict element refers to a chain to delete any more
+// (else EBUSY), chain deletions, new chains, element additions (a verdict
+// element may jump to a new chain), then the rules of flushed and new
+// chains.
 func (p *Plan) chainOps(flush, dels, adds []*Chain, elems func(si int) (add, del []Element)) {
 	for _, c := range flush {
 		p.Ops = append(p.Ops, Op{Kind: OpFlushChain, Chain: c})
@@ -364,15 +366,15 @@ func (p *Plan) chainOps(flush, dels, adds []*Chain, elems func(si int) (add, del
 	for _, c := range dels {
 		p.Ops = append(p.Ops, Op{Kind: OpFlushChain, Chain: c})
 	}
+	for _, s := range p.Want.Sets {
+		_, d := elems(setIndex[s.Name])
+		p.add(OpDeleteElements, s, d)
+	}
 	for _, c := range dels {
 		p.Ops = append(p.Ops, Op{Kind: OpDeleteChain, Chain: c})
 	}
 	for _, c := range adds {
 		p.Ops = append(p.Ops, Op{Kind: OpAddChain, Chain: c})
-	}
-	for _, s := range p.Want.Sets {
-		_, d := elems(setIndex[s.Name])
-		p.add(OpDeleteElements, s, d)
 	}
 	for _, s := range p.Want.Sets {
 		a, _ := elems(setIndex[s.Name])
