@@ -538,3 +538,29 @@ func TestKernelRepairDeletesElementBeforeItsChain(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// fwdd health's check by key (VerifyByKey) of a forward with thousands of
+// elements, in a table whose name has the most characters allowed: each get
+// request carries the table's name, and 2,048 of them go in one sendmsg.
+func TestKernelVerifyByKeyLongTableName(t *testing.T) {
+	k := &Netlink{NetNS: kernelHost(t).Fd()}
+	m := compile(t, `
+[daemon]
+table = "fwdd_abcdefghijklmnopqrstuvwxyz0"
+
+[[forward]]
+name = "rng"
+port = "10000-14999"
+address = "fd00::1:1"
+to = "[fd00::2]"
+`, nil)
+	if len(m.Table) != 32 {
+		t.Fatalf("table name of %d characters, want 32", len(m.Table))
+	}
+	if _, err := (&Applier{Backend: k}).Apply(m); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.VerifyByKey(m, []string{"rng"}); err != nil {
+		t.Fatalf("VerifyByKey: %v", err)
+	}
+}
