@@ -196,7 +196,7 @@ func BenchmarkValidate10000(b *testing.B) {
 		ps := &problems{path: "fwdd.toml"}
 		checkNames(ps, c.Forwards, lines)
 		checkOverlaps(ps, c.Forwards, valid)
-		checkBudget(ps, c.Forwards, valid)
+		checkBudget(ps, c.Forwards, valid, c.Daemon.CtMark)
 	}
 }
 

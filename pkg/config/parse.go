@@ -17,10 +17,15 @@ import (
 	"github.com/fwdd/fwdd/pkg/ctmark"
 )
 
-// MaxElements caps the nftables map elements a configuration may expand to:
-// per forward, protocols × (ports in the range when ports are mapped per port,
-// else 1).
-const MaxElements = 2_000_000
+// MaxElements caps the nftables set and map elements a configuration
+// compiles to (Forward.Elements): the whole table is one netlink batch, and
+// the kernel takes a batch of at most twice fwdd's 64 MiB send buffer less
+// 32 bytes (134,217,696; measured on Linux 6.18: 134,216,948 bytes went in,
+// 134,224,548 failed with EMSGSIZE). The largest element takes 72 bytes (an
+// IPv6 balance interval): a table of 1,600,000 of the largest elements
+// there are is a batch of about 115 MB (pkg/nft's
+// TestMaxElementsFitOneBatch), which leaves room for rules and chains.
+const MaxElements = 1_600_000
 
 // MaxForwards is the most forwards a configuration may hold: each needs its
 // own id in the ct mark (see pkg/ctmark), and the default layout carries
@@ -451,7 +456,7 @@ func assemble(ps *problems, path string, main *fileResult, fl *forwardList) (*Co
 	}
 	checkNames(ps, c.Forwards, fl.nameLines)
 	checkOverlaps(ps, c.Forwards, fl.valid)
-	checkBudget(ps, c.Forwards, fl.valid)
+	checkBudget(ps, c.Forwards, fl.valid, c.Daemon.CtMark)
 	if err := ps.err(); err != nil {
 		return nil, err
 	}
@@ -487,13 +492,13 @@ func checkNames(ps *problems, fwds []Forward, nameLines []int) {
 	}
 }
 
-// checkBudget caps the map elements all forwards expand to. The problem is
+// checkBudget caps the elements all forwards compile to. The problem is
 // reported at the forward that goes over the limit.
-func checkBudget(ps *problems, fwds []Forward, valid []bool) {
+func checkBudget(ps *problems, fwds []Forward, valid []bool, l ctmark.Layout) {
 	total, over := 0, -1
 	for i := range fwds {
 		if valid[i] {
-			total += fwds[i].elements()
+			total += fwds[i].Elements(l)
 			if total > MaxElements && over < 0 {
 				over = i
 			}
@@ -501,19 +506,38 @@ func checkBudget(ps *problems, fwds []Forward, valid []bool) {
 	}
 	if over >= 0 {
 		f := &fwds[over]
-		ps.addIn(messageName(f.File), f.Line, "forward "+quote(f.Name), "", "forwards expand to %d nftables elements (protocols × mapped ports); the limit is %d: use fewer or smaller port ranges, or map ranges to a single port", total, MaxElements)
+		ps.addIn(messageName(f.File), f.Line, "forward "+quote(f.Name), "", "forwards compile to %d nftables elements; one batch carries at most %d: use fewer forwards, ports or backends (each port takes a mark and a dnat element per protocol, or with several backends a mark element per protocol and one per backend)", total, MaxElements)
 	}
 }
 
-// elements is how many map elements the forward needs: one per protocol,
-// times one per port when ports are translated one by one.
-func (f *Forward) elements() int {
-	n := 1
-	if f.Port.Len() > 1 && (f.ToPort.Len() > 1 || f.ToPort.IsZero()) {
-		n = f.Port.Len()
+// Elements is how many nftables set and map elements pkg/nft compiles the
+// forward to in ct mark layout l, with all its backends in: three traffic
+// counters; one for snat = ADDRESS or "none"; per port one balance
+// interval per backend; and per protocol and port, unless the forward has
+// interface or sources, an element in each mark map (l.MarkMaps; with a
+// partial ct_mask an id skips the maps of its chunks that are 0, so this
+// is the most) and, with one backend, one in the dnat map. A forward with
+// interface or sources has its own rules instead, with an anonymous map of
+// one element per port and protocol when it maps a range 1:1.
+func (f *Forward) Elements(l ctmark.Layout) int {
+	ports := f.Port.Len()
+	n := 3
+	if f.SNAT.Kind == SNATNone || f.SNAT.Kind == SNATFixed {
+		n++
 	}
-	if f.Balanced() { // the balance map: per port, one element per backend
-		return len(f.Protos)*n + n*len(f.Backends)
+	if f.Balanced() {
+		n += ports * len(f.Backends)
 	}
-	return len(f.Protos) * n
+	keys := len(f.Protos) * ports
+	switch {
+	case f.Interface != "" || len(f.Sources) > 0:
+		if !f.Balanced() && f.ToPort.Len() > 1 {
+			n += keys
+		}
+	case f.Balanced():
+		n += keys * l.MarkMaps()
+	default:
+		n += keys * (l.MarkMaps() + 1)
+	}
+	return n
 }

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"github.com/fwdd/fwdd/pkg/ctmark"
 	"net/netip"
 	"strconv"
@@ -524,7 +525,21 @@ func parseBadTests() []parseBadTest {
 				}
 				return b.String()
 			}(),
-			[]string{"forwards expand to 4063170 nftables elements (protocols × mapped ports); the limit is 2000000"},
+			[]string{`fwdd.toml:37: forward "f6": forwards compile to 8126433 nftables elements; one batch carries at most 1600000`},
+		},
+		{
+			// Mapped to one port, a range is still an element per port in
+			// the mark and the dnat map (and three counters per forward).
+			"element budget: ranges to one port",
+			func() string {
+				var b strings.Builder
+				for i := range 7 {
+					b.WriteString(fwd(`name = "f`+strconv.Itoa(i)+`"`,
+						`proto = ["tcp", "udp"]`, `port = "1-65535"`, `address = "10.0.0.`+strconv.Itoa(i+1)+`"`, `to = "10.1.0.1:80"`))
+				}
+				return b.String()
+			}(),
+			[]string{`fwdd.toml:37: forward "f6": forwards compile to 1835001 nftables elements; one batch carries at most 1600000`},
 		},
 
 		// Keys are exact and lower case.
@@ -672,6 +687,31 @@ func TestParseLimits(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), `forward "xxxxxxxx`) || !strings.Contains(err.Error(), `"... (2097152 bytes)`) {
 		t.Errorf("long values not quoted shortened:\n%s", err)
+	}
+}
+
+// TestElementBudgetBoundary: a configuration that compiles to exactly
+// MaxElements elements is accepted, one more port refused at the forward
+// that goes over.
+func TestElementBudgetBoundary(t *testing.T) {
+	text := func(lastHi int) string {
+		var b strings.Builder
+		for i := range 6 { // 3 + 2 protocols × 65,535 ports × (mark + dnat) each
+			fmt.Fprintf(&b, "[[forward]]\nname = \"f%d\"\nproto = [\"tcp\", \"udp\"]\nport = \"1-65535\"\naddress = \"10.0.0.%d\"\nto = \"10.1.0.1:80\"\n", i, i+1)
+		}
+		// 4 (with its nosnat element) + 2 per port.
+		fmt.Fprintf(&b, "[[forward]]\nname = \"last\"\nport = \"1-%d\"\naddress = \"10.0.0.7\"\nto = \"10.1.0.1\"\nsnat = \"none\"\n", lastHi)
+		return b.String()
+	}
+	if atLimit := 6*(3+2*65535*2) + 4 + 2*13569; atLimit != MaxElements {
+		t.Fatalf("the configuration below is not at MaxElements (%d)", MaxElements)
+	}
+	if _, err := Parse("fwdd.toml", []byte(text(13569))); err != nil {
+		t.Errorf("at the limit: %v", err)
+	}
+	_, err := Parse("fwdd.toml", []byte(text(13570)))
+	if want := `fwdd.toml:37: forward "last": forwards compile to 1600002 nftables elements; one batch carries at most 1600000: use fewer forwards, ports or backends`; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("one port over the limit: %v, want %q", err, want)
 	}
 }
 

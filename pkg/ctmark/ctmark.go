@@ -50,6 +50,22 @@ func (l Layout) MaxID() uint32 { return l.IDMask() >> l.shift() }
 // mark at once.
 func (l Layout) Whole() bool { return l.Mask == 0xffffffff }
 
+// ChunkBits is the most id bits one verdict map sets when fwdd shares the
+// mark: pkg/nft splits the id into chunks of at most this width, with a
+// chain per chunk value.
+const ChunkBits = 8
+
+// MarkMaps is how many mark maps a forward's key can have an element in:
+// one when fwdd owns the whole mark, else a verdict map per chunk of the id
+// (an id whose chunk is 0 has no element in that chunk's map, except in
+// the first).
+func (l Layout) MarkMaps() int {
+	if l.Whole() {
+		return 1
+	}
+	return (l.IDBits() + ChunkBits - 1) / ChunkBits
+}
+
 // ForID returns fwdd's bits for forward id: the value of mark & Mask of its
 // connections.
 func (l Layout) ForID(id uint32) uint32 { return l.Tag | (id<<l.shift())&l.IDMask() }

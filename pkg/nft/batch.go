@@ -124,11 +124,11 @@ func elementsMessage(op *Op, table string, setID uint32) (netlink.Message, error
 			b = appendAttr(b, unix.NFTA_SET_ELEM_USERDATA, userdata.AppendString(nil, userdata.NFTNL_UDATA_SET_ELEM_COMMENT, e.Comment))
 		}
 		if b, err = endNested(b, el); err != nil {
-			return netlink.Message{}, fmt.Errorf("set %s: %w", s.Name, err)
+			return netlink.Message{}, fmt.Errorf("element %d: %w", i+1, err)
 		}
 	}
-	if b, err = endNested(b, list); err != nil {
-		return netlink.Message{}, fmt.Errorf("elements of set %s: %w", s.Name, err)
+	if b, err = endNested(b, list); err != nil { // the caller names the set
+		return netlink.Message{}, err
 	}
 	return netlink.Message{Header: netlink.Header{
 		Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | typ),
@@ -136,17 +136,45 @@ func elementsMessage(op *Op, table string, setID uint32) (netlink.Message, error
 	}, Data: b}, nil
 }
 
+// elemSize is the bytes elementsMessage encodes element e of set s in:
+// what splitElems counts (TestElemSize compares the two).
+func elemSize(s *Set, e *Element) int {
+	n := 4 + 8 + nlmsgAlign(len(e.Key)) // the element { key { value } }
+	if len(e.KeyEnd) > 0 {
+		n += 8 + nlmsgAlign(len(e.KeyEnd))
+	}
+	switch {
+	case s.IsVerdictMap(): // data { data { code, chain } }
+		n += 8 + 8 + 4 + nlmsgAlign(len(e.Data)+1)
+	case s.IsMap():
+		n += 8 + nlmsgAlign(len(e.Data))
+	}
+	if e.Comment != "" { // user data: type, length, the string and its 0
+		n += 4 + nlmsgAlign(2+len(e.Comment)+1)
+	}
+	return n
+}
+
 func nlmsgAlign(n int) int { return (n + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1) }
+
+// batchSize is the bytes sendBatch sends msgs in. The kernel takes a batch
+// of at most twice the socket's send buffer less 32 bytes (it doubles the
+// size set; netlink refuses a longer message): 134,217,696 bytes with
+// DefaultSocketBuffer, which config.MaxElements is derived from.
+func batchSize(msgs []netlink.Message) int {
+	size := 0
+	for _, m := range msgs {
+		size += nlmsgAlign(unix.NLMSG_HDRLEN + len(m.Data))
+	}
+	return size
+}
 
 // sendBatch sends msgs (a whole batch, as batchConn recorded it) in one
 // sendmsg on a fresh socket and waits for the ack of every message that
 // asks for one. A failed message's errno is returned (the kernel then
 // applied none of the batch); ENOBUFS means acks were lost.
 func (k *Netlink) sendBatch(msgs []netlink.Message) error {
-	size := 0
-	for _, m := range msgs {
-		size += nlmsgAlign(unix.NLMSG_HDRLEN + len(m.Data))
-	}
+	size := batchSize(msgs)
 	buf := make([]byte, size)
 	off, acks := 0, 0
 	for i, m := range msgs {

@@ -128,7 +128,7 @@ func (p *part) unchanged(q *part) bool {
 func setsOf(l ctmark.Layout) []*Set {
 	markData, chunks := []Field{FieldMark}, 1
 	if !l.Whole() {
-		markData, chunks = []Field{FieldVerdict}, len(markChunks(l))
+		markData, chunks = []Field{FieldVerdict}, l.MarkMaps()
 	}
 	var out []*Set
 	for _, fam := range []Family{IPv4, IPv6} {

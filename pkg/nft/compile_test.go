@@ -207,3 +207,94 @@ func TestElementCounts(t *testing.T) {
 		}
 	}
 }
+
+// countedForwards has a forward of every shape config.Forward.Elements
+// counts: ports mapped one by one, a range to one port, balanced over
+// ports, with interface or sources (a 1:1 range there is an anonymous map),
+// snat fixed and none, IPv4 and IPv6, one and two protocols.
+const countedForwards = `
+[[forward]]
+name = "one"
+port = 80
+to = "10.0.2.1:8080"
+
+[[forward]]
+name = "to-one-port"
+proto = ["tcp", "udp"]
+port = "5000-5099"
+address = "10.0.0.1"
+to = "10.0.2.2:80"
+snat = "10.0.2.254"
+
+[[forward]]
+name = "one-to-one"
+port = "6000-6009"
+address = "fd00::1"
+to = "[fd00::2]:7000-7009"
+snat = "none"
+
+[[forward]]
+name = "balanced"
+proto = ["tcp", "udp"]
+port = "8000-8004"
+to = ["10.0.2.10:8080", "10.0.2.11:8080", "10.0.2.12:8080"]
+
+[[forward]]
+name = "lab"
+proto = ["tcp", "udp"]
+port = "2000-2049"
+to = "10.0.2.20:3000-3049"
+interface = "eth1"
+
+[[forward]]
+name = "lab6"
+port = "2100-2109"
+to = "[fd00::20]"
+sources = ["fd11::/64"]
+snat = "fd00::254"
+
+[[forward]]
+name = "sticky"
+port = "444-445"
+balance = "source"
+interface = "eth1"
+to = ["[fd00::60]:443", "[fd00::61]:443"]
+`
+
+// TestConfigElementsAreCompiled: config.Forward.Elements, which the
+// config's element budget adds up, counts what Compile makes of each
+// forward (named sets and anonymous maps), in the default layout and two
+// partial ones; with a partial ct_mask it is the most, reached by an id
+// with no chunk 0.
+func TestConfigElementsAreCompiled(t *testing.T) {
+	for _, daemon := range []string{
+		"",
+		"[daemon]\nct_mark = \"0x0d000000/0x0f000000\"\nct_mask = 0x0ffffff0\n",
+		"[daemon]\nct_mark = \"0x80000000/0x80000000\"\nct_mask = 0xfffffffe\n", // 30 id bits: four chunks
+	} {
+		m := compile(t, daemon+countedForwards, nil)
+		exactly := 0
+		for _, p := range m.order {
+			compiled := p.numElems(m.Layout)
+			if p.chain != nil {
+				var l lowering
+				for i := range p.chain.Rules {
+					for _, a := range ruleOp(&l, p.chain, &p.chain.Rules[i]).Anon {
+						compiled += len(a.Elements)
+					}
+				}
+			}
+			counted := p.fwd.Elements(m.Layout)
+			exact := m.Layout.Whole() || len(chunkTargets(m.Layout, m.Layout.ForID(p.id), "mark4_addr")) == m.Layout.MarkMaps()
+			if counted != compiled && (exact || counted < compiled) {
+				t.Errorf("%s: forward %s: config counts %d elements, compiled to %d", m.Layout, p.fwd.Name, counted, compiled)
+			}
+			if exact {
+				exactly++
+			}
+		}
+		if exactly < 4 {
+			t.Errorf("%s: only %d forwards counted exactly", m.Layout, exactly)
+		}
+	}
+}

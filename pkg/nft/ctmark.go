@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math/bits"
+	"strings"
 
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
@@ -55,7 +56,7 @@ type chunk struct {
 }
 
 // maxChunkBits bounds the chains per chunk (2^bits).
-const maxChunkBits = 8
+const maxChunkBits = ctmark.ChunkBits
 
 // markChunks splits the layout's id bits into chunks of at most
 // maxChunkBits, lowest first, widths as even as possible.
@@ -78,7 +79,16 @@ func markChunks(l ctmark.Layout) []chunk {
 // value is the chunk's part of fwdd's bits for mark (ctmark.Layout.ForID).
 func (c chunk) value(mark uint32) uint32 { return mark >> c.shift & (1<<c.width - 1) }
 
-func chunkChainName(i int, v uint32) string { return fmt.Sprintf("ctmark%d_%02x", i, v) }
+func chunkChainName(i int, v uint32) string { return fmt.Sprintf("%s%d_%02x", chunkChainPfx, i, v) }
+
+const chunkChainPfx = "ctmark"
+
+// isLayoutChain reports whether a chain of fwdd's table is one of a
+// partial ct_mask's marking chains (mark4, mark6, the chunk chains): fixed
+// for a layout, so those of another layout mean the layout changed.
+func isLayoutChain(name string) bool {
+	return name == markChainName(IPv4) || name == markChainName(IPv6) || strings.HasPrefix(name, chunkChainPfx)
+}
 
 func chunkSetName(base string, i int) string {
 	if i == 0 {

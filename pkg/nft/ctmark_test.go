@@ -6,6 +6,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/fwdd/fwdd/pkg/config"
 	"github.com/fwdd/fwdd/pkg/ctmark"
 )
 
@@ -25,6 +26,9 @@ func TestMarkChunks(t *testing.T) {
 		}
 		if len(got) > maxChunks {
 			t.Errorf("%s: %d chunks, more than maxChunks", tc.l, len(got))
+		}
+		if !tc.l.Whole() && tc.l.MarkMaps() != len(got) {
+			t.Errorf("%s: MarkMaps %d, but %d chunks", tc.l, tc.l.MarkMaps(), len(got))
 		}
 	}
 }
@@ -192,5 +196,45 @@ func TestPartialMaskPlans(t *testing.T) {
 	}
 	if p := Diff(changed, def); !p.Full {
 		t.Error("a diff to another layout did not replace the table")
+	}
+	// Another partial layout with as many chunks (so the same sets): its
+	// chunk chains differ, and the old verdict elements jump to some the
+	// new layout has not. A restart over the kept table replaces it.
+	narrower := compile(t, strings.Replace(partialConfig, "ct_mask = 0x0ffffff0", "ct_mask = 0x0fffffc0", 1), nil)
+	if len(markChunks(narrower.Layout)) != len(markChunks(changed.Layout)) {
+		t.Fatalf("%s and %s have different chunks", narrower.Layout, changed.Layout)
+	}
+	p = Reconcile(tb, narrower)
+	if !p.Full {
+		t.Errorf("a table of another partial layout was patched, not replaced:\n%s", p)
+	}
+	if _, err := a.Run(p); err != nil {
+		t.Fatal(err)
+	}
+	check(narrower)
+}
+
+// An element fwdd did not write, in one of its verdict maps, jumps to a
+// chain fwdd did not write either: repairing the table deletes the element
+// before the chain (the other way round the kernel refuses with EBUSY).
+func TestRepairDeletesElementBeforeItsChain(t *testing.T) {
+	f := NewFake()
+	a := &Applier{Backend: f}
+	m := compile(t, partialConfig, nil)
+	if _, err := a.Apply(m); err != nil {
+		t.Fatal(err)
+	}
+	extra := Element{Key: concatBytes([]Value{Proto(config.TCP), Port(9999)}), Data: []byte("extra")}
+	if err := f.Behind(&Plan{Table: "fwdd", Ops: []Op{
+		{Kind: OpAddChain, Chain: &Chain{Name: "extra"}},
+		{Kind: OpAddElements, Set: m.Set("mark4_port"), Elements: []Element{extra}},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Repair(); err != nil {
+		t.Fatal(err)
+	}
+	if tb, _ := f.Read("fwdd", true); tb.Differs(m) != nil || tb.chain("extra") != nil {
+		t.Errorf("after the repair: %v, chain extra %v", tb.Differs(m), tb.chain("extra"))
 	}
 }

@@ -16,8 +16,8 @@ import (
 // Fake is an in-memory Backend for tests that behaves like the kernel where
 // it matters to fwdd: a plan is applied whole or not at all, and what the
 // kernel rejects is rejected (an element added again with other data, an
-// element, set or chain that is missing, a chain deleted while a rule still
-// jumps to it). Tests can make the next batch fail or end in "outcome
+// element, set or chain that is missing, a chain deleted while a rule or a
+// verdict map element still jumps to it). Tests can make the next batch fail or end in "outcome
 // unknown", and edit the table behind fwdd's back.
 type Fake struct {
 	mu     sync.Mutex
@@ -227,6 +227,13 @@ func (t *fakeTable) apply(op *Op, ours bool) (*fakeTable, error) {
 			for _, r := range o.rules {
 				if slices.Contains(ruleChains(r.rule), c.decl.Name) {
 					return nil, fmt.Errorf("chain %s is still referenced by chain %s: %w", c.decl.Name, o.decl.Name, unix.EBUSY)
+				}
+			}
+		}
+		for _, s := range t.sets {
+			for _, e := range s.elems {
+				if s.decl.IsVerdictMap() && string(e.Data) == c.decl.Name {
+					return nil, fmt.Errorf("chain %s is still referenced by an element of map %s: %w", c.decl.Name, s.decl.Name, unix.EBUSY)
 				}
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -350,5 +351,216 @@ func TestKernelReconcileReadBack(t *testing.T) {
 	}
 	if len(s.Peers()) != before+1 {
 		t.Error("the reconciled forward does not reach its new backend")
+	}
+}
+
+// kernelHost is one bare namespace, for kernel tests that need no traffic.
+func kernelHost(t *testing.T) *sandbox.Host {
+	t.Helper()
+	topo := sandbox.New(t, sandbox.Options{Bare: true})
+	h, err := topo.AddHost("gw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// listedPortMaps returns the entries of each anonymous map `nft list chain`
+// shows in chain of fwdd's table, sorted, one slice per rule with a map.
+func listedPortMaps(t *testing.T, h *sandbox.Host, chain string) [][]string {
+	t.Helper()
+	out, err := h.Run(context.Background(), "nft", "list", "chain", "inet", "fwdd", chain)
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	var maps [][]string
+	for _, line := range strings.Split(string(out), "\n") {
+		_, rest, ok := strings.Cut(line, " map { ")
+		if !ok {
+			continue
+		}
+		entries := strings.Split(strings.TrimSuffix(strings.TrimSpace(rest), " }"), ", ")
+		slices.Sort(entries)
+		maps = append(maps, entries)
+	}
+	return maps
+}
+
+// A 1:1 port range of a forward with interface or sources is an anonymous
+// map of one element per port: all of them reach the kernel, however many
+// (an element list is limited to 64 KiB per netlink attribute).
+func TestKernelRestrictedPortMapComplete(t *testing.T) {
+	h := kernelHost(t)
+	m := compile(t, `
+[[forward]]
+name = "lab"
+proto = ["tcp", "udp"]
+port = "10000-12999"
+to = "10.0.0.2:20000-22999"
+interface = "eth1"
+
+[[forward]]
+name = "lab6"
+port = "30000-32999"
+to = "[fd00::2]:40000-42999"
+sources = ["fd11::/64"]
+`, nil)
+	if _, err := (&Applier{Backend: &Netlink{NetNS: h.Fd()}}).Apply(m); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"fwd_lab", "fwd_lab6"} {
+		var want [][]string
+		for _, r := range m.Chain(name).Rules {
+			for _, st := range r.Stmts {
+				pm, ok := st.(dnatPortMap)
+				if !ok {
+					continue
+				}
+				var entries []string
+				for _, e := range pm.elems {
+					entries = append(entries, renderBytes([]Field{FieldPort}, e.Key)+" : "+renderBytes([]Field{pm.fam.addrField(), FieldPort}, e.Data))
+				}
+				slices.Sort(entries)
+				want = append(want, entries)
+			}
+		}
+		got := listedPortMaps(t, h, name)
+		if len(got) != len(want) {
+			t.Fatalf("chain %s: nft lists %d port maps, want %d", name, len(got), len(want))
+		}
+		for i := range want {
+			if len(got[i]) != len(want[i]) {
+				t.Errorf("chain %s, map %d: nft lists %d entries, want %d", name, i+1, len(got[i]), len(want[i]))
+			} else if d := cmp.Diff(want[i], got[i]); d != "" {
+				t.Errorf("chain %s, map %d: entries differ (-want +got):\n%s", name, i+1, d)
+			}
+		}
+	}
+}
+
+// The kernel holds as many elements as the config's budget counts
+// (config.Forward.Elements): named sets read back, anonymous maps as nft
+// lists them, for forwards of every shape.
+func TestKernelElementsAsCounted(t *testing.T) {
+	h := kernelHost(t)
+	k := &Netlink{NetNS: h.Fd()}
+	cfg := testutil.Config(t, countedForwards)
+	if _, err := (&Applier{Backend: k}).Apply(compileCfg(t, cfg, nil)); err != nil {
+		t.Fatal(err)
+	}
+	counted := 0
+	for i := range cfg.Forwards {
+		counted += cfg.Forwards[i].Elements(cfg.Daemon.CtMark)
+	}
+	tb, err := k.Read("fwdd", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := 0
+	for _, s := range tb.Sets {
+		held += len(s.Elements)
+	}
+	for _, c := range tb.Chains {
+		if strings.HasPrefix(c.Name, forwardChainPfx) {
+			for _, entries := range listedPortMaps(t, h, c.Name) {
+				held += len(entries)
+			}
+		}
+	}
+	if held != counted {
+		t.Errorf("the kernel holds %d elements, the config counts %d", held, counted)
+	}
+}
+
+// A restart with another ct_mask over a kept table (on_stop = "keep"), as
+// the daemon's start does it: the table read back, reconciled with the new
+// model in one batch. The old verdict elements jump to chunk chains the
+// new layout has not; the layout's change replaces the table.
+func TestKernelRestartWithNewCtMask(t *testing.T) {
+	h := kernelHost(t)
+	k := &Netlink{NetNS: h.Fd()}
+	config := func(mask string) string {
+		var b strings.Builder
+		b.WriteString("[daemon]\nct_mark = \"0x0d000000/0x0f000000\"\nct_mask = " + mask + "\n")
+		for i := range 50 {
+			fmt.Fprintf(&b, "[[forward]]\nname = \"f%d\"\nport = %d\nto = \"10.0.0.2:80\"\n", i, 1000+i)
+		}
+		return b.String()
+	}
+	if _, err := (&Applier{Backend: k}).Apply(compile(t, config("0x0ffffff0"), nil)); err != nil {
+		t.Fatal(err)
+	}
+	m := compile(t, config("0x0fffffc0"), nil)
+	have, err := k.Read(m.Table, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := Reconcile(have, m)
+	if _, err := (&Applier{Backend: k}).Run(p); err != nil {
+		t.Fatalf("restart with the new ct_mask: %v", err)
+	}
+	if !p.Full {
+		t.Error("a change of ct mark layout did not replace the table")
+	}
+	if err := k.VerifyContent(m); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Another program adds a chain to fwdd's table and an element jumping to
+// it to one of fwdd's verdict maps: the repair deletes both in one batch,
+// the element first (the kernel refuses to delete a chain an element still
+// jumps to).
+func TestKernelRepairDeletesElementBeforeItsChain(t *testing.T) {
+	h := kernelHost(t)
+	k := &Netlink{NetNS: h.Fd()}
+	a := &Applier{Backend: k}
+	m := compile(t, partialConfig, nil)
+	if _, err := a.Apply(m); err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range [][]string{
+		{"nft", "add", "chain", "inet", "fwdd", "extra"},
+		{"nft", "add", "element", "inet", "fwdd", "mark4_port", "{ tcp . 9999 : jump extra }"},
+	} {
+		if out, err := h.Run(context.Background(), cmd...); err != nil {
+			t.Fatalf("%v: %v: %s", cmd, err, out)
+		}
+	}
+	st, err := a.Repair()
+	if err != nil {
+		t.Fatalf("repair: %v", err)
+	}
+	if st.Full {
+		t.Error("the repair replaced the table")
+	}
+	if err := k.VerifyContent(m); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fwdd health's check by key (VerifyByKey) of a forward with thousands of
+// elements, in a table whose name has the most characters allowed: each get
+// request carries the table's name, and 2,048 of them go in one sendmsg.
+func TestKernelVerifyByKeyLongTableName(t *testing.T) {
+	k := &Netlink{NetNS: kernelHost(t).Fd()}
+	m := compile(t, `
+[daemon]
+table = "fwdd_abcdefghijklmnopqrstuvwxyz0"
+
+[[forward]]
+name = "rng"
+port = "10000-14999"
+address = "fd00::1:1"
+to = "[fd00::2]"
+`, nil)
+	if len(m.Table) != 32 {
+		t.Fatalf("table name of %d characters, want 32", len(m.Table))
+	}
+	if _, err := (&Applier{Backend: k}).Apply(m); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.VerifyByKey(m, []string{"rng"}); err != nil {
+		t.Fatalf("VerifyByKey: %v", err)
 	}
 }

@@ -50,12 +50,19 @@ func (k *Netlink) lookupElems(table, set string, keys [][]byte) (map[string]Kern
 		return nil, fmt.Errorf("open nftables netlink socket: %w", err)
 	}
 	defer c.Close()
+	// lookupChunk requests go in one sendmsg, 70 to 120 bytes each (the
+	// table's and the set's names are in each, and the key): with a long
+	// table name more than the default send buffer takes (EMSGSIZE), so it
+	// is raised as a batch's is.
+	if err := c.SetWriteBuffer(DefaultSocketBuffer); err != nil {
+		return nil, fmt.Errorf("set netlink send buffer: %w", err)
+	}
 	if err := c.SetReadBuffer(DefaultSocketBuffer); err != nil {
 		return nil, fmt.Errorf("set netlink receive buffer: %w", err)
 	}
 	rc, err := c.SyscallConn()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("nftables netlink socket: %w", err)
 	}
 	out := make(map[string]KernelElem, len(keys))
 	buf := make([]byte, 1<<16)
@@ -81,7 +88,7 @@ func (k *Netlink) lookupElems(table, set string, keys [][]byte) (map[string]Kern
 				rn, _, _, _, rerr = unix.Recvmsg(int(fd), buf, nil, 0)
 				return rerr != unix.EAGAIN
 			}); err != nil {
-				return nil, err
+				return nil, fmt.Errorf("get elements of set %s: read answers: %w", set, err)
 			}
 			if rerr != nil {
 				return nil, fmt.Errorf("get elements of set %s: %w", set, rerr)

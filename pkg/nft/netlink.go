@@ -13,10 +13,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// elementsPerMessage bounds the elements sent in one netlink message: the
-// kernel truncates an element list's length to 16 bits (FACTS.md), so large
-// sets are sent in chunks, all in the same batch.
-const elementsPerMessage = 1000
+// elementListBytes bounds the encoded elements of one netlink message
+// (elemSize): the kernel truncates an element list's length to 16 bits
+// (FACTS.md), at most 65,535 bytes with the list's own 4, so large sets are
+// sent in chunks, all in the same batch. Chunks are cut by bytes, as
+// elements differ in size: an IPv6 balance interval takes 72 bytes, an
+// IPv4 counter with a short name 32.
+const elementListBytes = 60_000
 
 // DefaultSocketBuffer is the send and receive buffer of fwdd's nftables
 // sockets: big batches fail with EMSGSIZE on the default send buffer, and
@@ -176,17 +179,33 @@ var ErrOutcomeUnknown = errors.New("outcome of the batch unknown")
 // comment (type 0) and ignores types it does not know.
 const ruleTagType userdata.Type = 0xfd
 
-// Run sends the plan as one batch on a fresh socket: google/nftables
-// encodes the table, chain, set and rule messages, elementsMessage the
-// element messages, sendBatch sends them all (see batch.go).
+// Run sends the plan as one batch on a fresh socket: encodeBatch encodes
+// it, sendBatch sends it (see batch.go).
 func (k *Netlink) Run(p *Plan) error {
 	if p.Empty() {
 		return nil
 	}
+	msgs, err := encodeBatch(p)
+	if err != nil {
+		return err
+	}
+	if err := k.sendBatch(msgs); err != nil {
+		if errors.Is(err, unix.ENOBUFS) {
+			return fmt.Errorf("table inet %s: %w: %w", p.Table, ErrOutcomeUnknown, err)
+		}
+		return fmt.Errorf("table inet %s: %w", p.Table, err)
+	}
+	return nil
+}
+
+// encodeBatch encodes the plan's batch, begin and end included:
+// google/nftables the table, chain, set and rule messages, elementsMessage
+// the element messages.
+func encodeBatch(p *Plan) ([]netlink.Message, error) {
 	msgs := []netlink.Message{batchMark(unix.NFNL_MSG_BATCH_BEGIN)}
 	c, err := batchConn(&msgs)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	t := &nftables.Table{Name: p.Table, Family: nftables.TableFamilyINet}
 	// Named sets get ids above the plan's anonymous ones: a lookup by id
@@ -223,7 +242,7 @@ func (k *Netlink) Run(p *Plan) error {
 				err = c.AddSet(ks, nil)
 			}
 			if err != nil {
-				return fmt.Errorf("add set %s: %w", op.Set.Name, err)
+				return nil, fmt.Errorf("add set %s: %w", op.Set.Name, err)
 			}
 		case OpAddElements, OpDeleteElements:
 			ks, err := set(op.Set)
@@ -235,7 +254,7 @@ func (k *Netlink) Run(p *Plan) error {
 				m, err = elementsMessage(&op, p.Table, ks.ID)
 			}
 			if err != nil {
-				return fmt.Errorf("elements of set %s: %w", op.Set.Name, err)
+				return nil, fmt.Errorf("elements of set %s: %w", op.Set.Name, err)
 			}
 			msgs = append(msgs, m)
 		case OpAddChain:
@@ -245,9 +264,9 @@ func (k *Netlink) Run(p *Plan) error {
 		case OpDeleteChain:
 			c.DelChain(&nftables.Chain{Name: op.Chain.Name, Table: t})
 		case OpAddRule:
-			for _, a := range op.Anon {
-				if err := c.AddSet(anonSet(t, a)); err != nil {
-					return fmt.Errorf("chain %s: add anonymous set: %w", op.Chain.Name, err)
+			for i := range op.Anon {
+				if err := addAnonSet(c, &msgs, t, &op.Anon[i]); err != nil {
+					return nil, fmt.Errorf("chain %s: add anonymous set: %w", op.Chain.Name, err)
 				}
 			}
 			var ud []byte
@@ -258,33 +277,50 @@ func (k *Netlink) Run(p *Plan) error {
 			c.AddRule(&nftables.Rule{Table: t, Chain: &nftables.Chain{Name: op.Chain.Name, Table: t},
 				Exprs: op.Exprs, UserData: ud})
 		default:
-			return fmt.Errorf("run plan: unknown operation %d", op.Kind)
+			return nil, fmt.Errorf("run plan: unknown operation %d", op.Kind)
 		}
 	}
 	if err := c.Flush(); err != nil { // only encodes: an encoding error
-		return fmt.Errorf("table inet %s: encode batch: %w", p.Table, err)
+		return nil, fmt.Errorf("table inet %s: encode batch: %w", p.Table, err)
 	}
-	if err := k.sendBatch(append(msgs, batchMark(unix.NFNL_MSG_BATCH_END))); err != nil {
-		if errors.Is(err, unix.ENOBUFS) {
-			return fmt.Errorf("table inet %s: %w: %w", p.Table, ErrOutcomeUnknown, err)
+	return append(msgs, batchMark(unix.NFNL_MSG_BATCH_END)), nil
+}
+
+// addAnonSet appends an anonymous set to the batch: added empty, then
+// filled in chunks like a named set, as AddSet would put all its elements
+// into one attribute, whose length the kernel truncates (FACTS.md). The
+// kernel takes elements for an anonymous set until a rule is bound to it:
+// the rule that follows.
+func addAnonSet(c *nftables.Conn, msgs *[]netlink.Message, t *nftables.Table, a *AnonSet) error {
+	if err := c.AddSet(anonSet(t, a), nil); err != nil {
+		return err
+	}
+	if err := c.Flush(); err != nil { // the set's message before its elements
+		return err
+	}
+	s := a.set()
+	for _, chunk := range splitElems(s, a.Elements) {
+		m, err := elementsMessage(&Op{Kind: OpAddElements, Set: s, Elements: chunk}, t.Name, a.ID)
+		if err != nil {
+			return err
 		}
-		return fmt.Errorf("table inet %s: %w", p.Table, err)
+		*msgs = append(*msgs, m)
 	}
 	return nil
 }
 
-func anonSet(t *nftables.Table, a AnonSet) (*nftables.Set, []nftables.SetElement) {
+// anonSet describes an anonymous set for google/nftables, without its
+// elements. Size declares how many will be added, as the library (and nft)
+// declare a constant set's elements when they come with it.
+func anonSet(t *nftables.Table, a *AnonSet) *nftables.Set {
 	kt, _ := concatType(a.Key)
-	s := &nftables.Set{Table: t, Anonymous: true, Constant: true, ID: a.ID, Name: "__set%d", KeyType: kt}
+	s := &nftables.Set{Table: t, Anonymous: true, Constant: true, ID: a.ID, Name: a.set().Name, KeyType: kt,
+		Size: uint32(len(a.Elements))}
 	if len(a.Data) > 0 {
-		s.IsMap, s.Name = true, "__map%d"
+		s.IsMap = true
 		s.DataType, _ = concatType(a.Data)
 	}
-	elems := make([]nftables.SetElement, len(a.Elements))
-	for i, e := range a.Elements {
-		elems[i] = nftables.SetElement{Key: e.Key, Val: e.Data}
-	}
-	return s, elems
+	return s
 }
 
 var hookNames = map[nftables.ChainHook]string{

@@ -24,8 +24,9 @@ const (
 	OpAddRule
 )
 
-// Op is one operation of a batch: one netlink message, plus one for each
-// anonymous set of an OpAddRule.
+// Op is one operation of a batch: one netlink message, plus for each
+// anonymous set of an OpAddRule one to add it and one per chunk of its
+// elements (splitElems).
 type Op struct {
 	Kind OpKind
 	// Chain is the chain of a chain operation (OpAddChain: with its hook)
@@ -33,9 +34,9 @@ type Op struct {
 	Chain *Chain
 	// Set is the set of OpAddSet, OpAddElements and OpDeleteElements.
 	Set *Set
-	// Elements are the elements added or deleted, at most
-	// elementsPerMessage: the kernel truncates an element list's length to
-	// 16 bits (FACTS.md), so large sets take several operations.
+	// Elements are the elements added or deleted, as many as fit one
+	// message (splitElems): the kernel truncates an element list's length
+	// to 16 bits (FACTS.md), so large sets take several operations.
 	Elements []Element
 	// Rule is the rule of OpAddRule, Exprs its kernel expressions, Anon the
 	// anonymous sets they use (added in the same batch, just before the
@@ -52,6 +53,15 @@ type AnonSet struct {
 	Key      []Field
 	Data     []Field // nil for a set
 	Elements []Element
+}
+
+// set describes the anonymous set as a Set, named as the kernel is asked to
+// name it (it fills in a number).
+func (a *AnonSet) set() *Set {
+	if len(a.Data) > 0 {
+		return &Set{Name: "__map%d", Key: a.Key, Data: a.Data}
+	}
+	return &Set{Name: "__set%d", Key: a.Key}
 }
 
 // Changes names the forwards a plan adds, removes and changes.
@@ -89,7 +99,10 @@ func (p *Plan) Messages() int {
 	}
 	n := 2
 	for _, op := range p.Ops {
-		n += 1 + len(op.Anon)
+		n++
+		for _, a := range op.Anon {
+			n += 1 + len(splitElems(a.set(), a.Elements))
+		}
 	}
 	return n
 }
@@ -214,11 +227,30 @@ func ruleOp(l *lowering, c *Chain, r *Rule) Op {
 }
 
 func (p *Plan) add(kind OpKind, set *Set, es []Element) {
+	for _, chunk := range splitElems(set, es) {
+		p.Ops = append(p.Ops, Op{Kind: kind, Set: set, Elements: chunk})
+	}
+}
+
+// splitElems cuts the elements of set s into the chunks sent one netlink
+// message each, by their encoded size: the kernel truncates an element
+// list's length to 16 bits (FACTS.md), so large sets and anonymous maps
+// take several messages, all in the same batch.
+func splitElems(s *Set, es []Element) [][]Element {
+	var out [][]Element
 	for len(es) > 0 {
-		n := min(len(es), elementsPerMessage)
-		p.Ops = append(p.Ops, Op{Kind: kind, Set: set, Elements: es[:n:n]})
+		n, size := 0, 0
+		for n < len(es) {
+			size += elemSize(s, &es[n])
+			if size > elementListBytes && n > 0 {
+				break
+			}
+			n++
+		}
+		out = append(out, es[:n:n])
 		es = es[n:]
 	}
+	return out
 }
 
 func (p *Plan) addRules(l *lowering, c *Chain) {
@@ -322,9 +354,11 @@ func Diff(old, m *Model) *Plan {
 }
 
 // chainOps appends, in an order the kernel accepts in one batch: flushes
-// (of changed chains and of chains to delete, so that what they referred to
-// is free), chain deletions, new chains, element deletions, element
-// additions, then the rules of flushed and new chains.
+// (of changed chains and of chains to delete) and element deletions, so
+// that no rule or verdict element refers to a chain to delete any more
+// (else EBUSY), chain deletions, new chains, element additions (a verdict
+// element may jump to a new chain), then the rules of flushed and new
+// chains.
 func (p *Plan) chainOps(flush, dels, adds []*Chain, elems func(si int) (add, del []Element)) {
 	for _, c := range flush {
 		p.Ops = append(p.Ops, Op{Kind: OpFlushChain, Chain: c})
@@ -332,15 +366,15 @@ func (p *Plan) chainOps(flush, dels, adds []*Chain, elems func(si int) (add, del
 	for _, c := range dels {
 		p.Ops = append(p.Ops, Op{Kind: OpFlushChain, Chain: c})
 	}
+	for _, s := range p.Want.Sets {
+		_, d := elems(setIndex[s.Name])
+		p.add(OpDeleteElements, s, d)
+	}
 	for _, c := range dels {
 		p.Ops = append(p.Ops, Op{Kind: OpDeleteChain, Chain: c})
 	}
 	for _, c := range adds {
 		p.Ops = append(p.Ops, Op{Kind: OpAddChain, Chain: c})
-	}
-	for _, s := range p.Want.Sets {
-		_, d := elems(setIndex[s.Name])
-		p.add(OpDeleteElements, s, d)
 	}
 	for _, s := range p.Want.Sets {
 		a, _ := elems(setIndex[s.Name])

@@ -88,20 +88,56 @@ func TestReplacePlanText(t *testing.T) {
 	}
 }
 
-// Big sets are sent in operations of at most elementsPerMessage elements.
-func TestPlanSplitsElements(t *testing.T) {
-	p := Replace(compileCfg(t, manyForwards(t, 2500), nil))
-	n := 0
-	for _, op := range p.Ops {
-		if op.Kind == OpAddElements && op.Set.Name == "dnat4_addr" {
-			n++
-			if len(op.Elements) > elementsPerMessage {
-				t.Errorf("%d elements in one operation", len(op.Elements))
-			}
-		}
+// Big sets are sent in operations of as many elements as fit one message
+// (an element list of at most 65,535 bytes), whatever an element's size:
+// IPv4 address forwards, IPv6 balance intervals (72 bytes each) and the
+// verdict elements of a partial ct_mask (68 bytes each for IPv6 addresses).
+func TestPlanSplitsElementsByBytes(t *testing.T) {
+	var balanced6, partial6 strings.Builder
+	for i := range 460 {
+		fmt.Fprintf(&balanced6, "[[forward]]\nname = \"b%d\"\nport = %d\nto = [\"[fd00::2]:80\", \"[fd00::3]:80\"]\n", i, 1000+i)
 	}
-	if n != 3 {
-		t.Errorf("2,500 dnat4_addr elements in %d operations, want 3", n)
+	partial6.WriteString("[daemon]\nct_mark = \"0x0d000000/0x0f000000\"\nct_mask = 0x0ffffff0\n")
+	for i := range 1000 {
+		fmt.Fprintf(&partial6, "[[forward]]\nname = \"v%d\"\nport = 443\naddress = \"fd00::1:%x\"\nto = \"[fd00::2]:80\"\n", i, i+1)
+	}
+	for _, tc := range []struct {
+		name string
+		m    *Model
+		set  string // a set that must take several operations
+	}{
+		{"2,500 IPv4 forwards", compileCfg(t, manyForwards(t, 2500), nil), "dnat4_addr"},
+		{"460 balanced IPv6 forwards", compile(t, balanced6.String(), nil), "balance6_random"},
+		{"1,000 IPv6 forwards, partial ct_mask", compile(t, partial6.String(), nil), "mark6_addr"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := Replace(tc.m)
+			ops := 0
+			for i := range p.Ops {
+				op := &p.Ops[i]
+				if op.Kind != OpAddElements {
+					continue
+				}
+				if _, err := elementsMessage(op, p.Table, 1); err != nil {
+					t.Fatalf("set %s: %v", op.Set.Name, err)
+				}
+				if op.Set.Name != tc.set {
+					continue
+				}
+				ops++
+				size := 0
+				for j := range op.Elements {
+					size += elemSize(op.Set, &op.Elements[j])
+				}
+				last := i+1 == len(p.Ops) || p.Ops[i+1].Set != op.Set
+				if size > elementListBytes || !last && size+elemSize(op.Set, &p.Ops[i+1].Elements[0]) <= elementListBytes {
+					t.Errorf("set %s: an operation of %d elements, %d bytes (elementListBytes %d)", op.Set.Name, len(op.Elements), size, elementListBytes)
+				}
+			}
+			if ops < 2 {
+				t.Errorf("set %s in %d operations, want several", tc.set, ops)
+			}
+		})
 	}
 }
 

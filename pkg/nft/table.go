@@ -142,8 +142,9 @@ func (t *Table) Differs(m *Model) error {
 // whose rules are fwdd's and as wanted, and set elements (with their
 // counters) that are wanted, and adds, flushes and deletes the rest (a
 // missing base chain is added, an extra snat_guard deleted). A table with
-// other base chains, hooks, policies or sets than m is replaced. t must
-// have been read with its elements.
+// other base chains, hooks, policies or sets than m, or with the chains of
+// another ct mark layout, is replaced. t must have been read with its
+// elements.
 func Reconcile(t *Table, m *Model) *Plan {
 	if t == nil || !t.Elements || t.Name != m.Table {
 		return Replace(m)
@@ -167,6 +168,13 @@ func Reconcile(t *Table, m *Model) *Plan {
 		// A mark map of another layout (its data of another type) cannot
 		// take this layout's elements.
 		if ts := t.set(s.Name); ts == nil || ts.Verdict != s.IsVerdictMap() {
+			return Replace(m)
+		}
+	}
+	// Neither can the chains of another partial ct_mask, which are fixed
+	// for a layout: a change of layout replaces the table, as on reload.
+	for _, tc := range t.Chains {
+		if c := m.Chain(tc.Name); isLayoutChain(tc.Name) && (c == nil || tc.differs(c) != "") {
 			return Replace(m)
 		}
 	}
