@@ -319,6 +319,31 @@ func TestBoundedConcurrency(t *testing.T) {
 	}
 }
 
+// TestTimeoutsDoNotQueue: backends that all time out at once are all
+// checked at once (a check holds its place for the whole timeout): with too
+// few places their checks would queue, and every other backend's with them.
+func TestTimeoutsDoNotQueue(t *testing.T) {
+	s := newScripted()
+	s.hold = time.Hour // no answer: each check lasts its timeout
+	c := health.New(health.Options{Dial: s.dial})
+	var targets []health.Target
+	for i := range 300 {
+		targets = append(targets, health.Target{
+			Key:  health.Key{Forward: "f", Backend: netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2 + byte(i/250), byte(i % 250)}), 80)},
+			Spec: health.Spec{Kind: health.KindTCP, Interval: 100 * time.Millisecond, Timeout: 2 * time.Second},
+		})
+	}
+	c.Set(targets)
+	start(t, c)
+	// All are due within their first interval, and none answers for 2 s.
+	for deadline := time.Now().Add(1500 * time.Millisecond); s.peak.Load() < 300 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if p := s.peak.Load(); p != 300 {
+		t.Errorf("peak concurrent checks = %d, want all 300 at once", p)
+	}
+}
+
 // TestSetKeepsState: a reload that keeps a backend keeps its state and
 // reports nothing; a removed backend is forgotten and never reported.
 func TestSetKeepsState(t *testing.T) {
