@@ -77,6 +77,15 @@ func TestKernelSystemdPackage(t *testing.T) {
 	if !strings.Contains(c.nft("list", "table", "inet", "fwdd"), "table inet fwdd") {
 		t.Error("after install: no table inet fwdd in the container")
 	}
+	// Early boot: not after sysinit.target or basic.target (a cycle on
+	// cloud-init hosts), whatever systemd adds implicitly.
+	after := c.must("systemctl", "show", "-p", "After", "--value", "fwdd")
+	t.Logf("fwdd.service After=%s", after)
+	for _, u := range strings.Fields(after) {
+		if u == "sysinit.target" || u == "basic.target" {
+			t.Errorf("fwdd.service is ordered after %s: %s", u, after)
+		}
+	}
 	pid := c.mainPID()
 	status := c.must("cat", "/proc/"+pid+"/status")
 	if want := fmt.Sprintf("Uid:\t%d\t%d\t%d\t%d", c.user("fwdd"), c.user("fwdd"), c.user("fwdd"), c.user("fwdd")); !strings.Contains(status, want) {
