@@ -52,11 +52,18 @@ func stateDir(t *testing.T) (dir, cfgPath string) {
 // own, so that whatever it reads of the kernel is not the host's.
 func diffInNetNS(t *testing.T, cfgPath, dir string) (int, string) {
 	t.Helper()
+	return fwddInNetNS(t, "diff", "-c", cfgPath, "--state-dir", dir)
+}
+
+// fwddInNetNS runs this binary as fwdd with args in a fresh network
+// namespace and returns its exit status and output.
+func fwddInNetNS(t *testing.T, args ...string) (int, string) {
+	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("unshare", "--net", exe, "diff", "-c", cfgPath, "--state-dir", dir)
+	cmd := exec.Command("unshare", append([]string{"--net", exe}, args...)...)
 	cmd.Env = append(os.Environ(), "FWDD_TEST_AS_FWDD=1")
 	out, err := cmd.CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); ok {
