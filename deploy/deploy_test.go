@@ -63,6 +63,35 @@ func TestUnitVerifies(t *testing.T) {
 	}
 }
 
+// TestUnitNoOrderingCycle boots, as far as systemd-analyze verify goes, a
+// host with cloud-init: cloud-init.service runs after networking.service
+// (after network-pre.target) and before sysinit.target, as on Debian and
+// Ubuntu. A unit ordered before network-pre.target must then not be ordered
+// after sysinit.target (default dependencies), or the boot transaction has
+// a cycle that systemd breaks by dropping a job.
+func TestUnitNoOrderingCycle(t *testing.T) {
+	sa := analyze(t)
+	dir := filepath.Dir(unitCopy(t))
+	for name, text := range map[string]string{
+		"cloud-init.service": "[Unit]\nDefaultDependencies=no\nAfter=networking.service\n" +
+			"Before=sysinit.target shutdown.target\nConflicts=shutdown.target\n" +
+			"[Service]\nType=oneshot\nExecStart=/bin/true\n",
+		"networking.service": "[Unit]\nDefaultDependencies=no\nAfter=local-fs.target network-pre.target\n" +
+			"Before=network.target shutdown.target\nConflicts=shutdown.target\n" +
+			"[Service]\nType=oneshot\nExecStart=/bin/true\n",
+		// What the boot pulls in (multi-user.target wants fwdd).
+		"boot.target": "[Unit]\nWants=fwdd.service cloud-init.service networking.service\n",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := exec.Command(sa, "verify", "--man=no", filepath.Join(dir, "boot.target")).CombinedOutput()
+	if err != nil || strings.Contains(string(out), "ordering cycle") {
+		t.Errorf("systemd-analyze verify with cloud-init: %v\n%s", err, out)
+	}
+}
+
 func TestUnitExposure(t *testing.T) {
 	sa := analyze(t)
 	out, _ := exec.Command(sa, "security", "--offline=true", unitCopy(t)).CombinedOutput()
@@ -100,6 +129,8 @@ func TestUnitRunsTheRightCommands(t *testing.T) {
 		"Type=notify",
 		"ExecStart=/usr/sbin/fwdd run -c /etc/fwdd/fwdd.toml",
 		"ExecReload=/usr/sbin/fwdd reload -c /etc/fwdd/fwdd.toml",
+		"DefaultDependencies=no",
+		"Conflicts=shutdown.target",
 		"Restart=on-failure",
 		"User=fwdd",
 		"AmbientCapabilities=CAP_NET_ADMIN",
@@ -107,8 +138,6 @@ func TestUnitRunsTheRightCommands(t *testing.T) {
 		"NoNewPrivileges=yes",
 		"ProtectSystem=strict",
 		"PrivateMounts=yes",
-		"IPAddressDeny=any",
-		"IPAddressAllow=localhost",
 		"RuntimeDirectory=fwdd",
 		"RuntimeDirectoryMode=0700",
 		"MemoryMax=1G",
@@ -116,6 +145,13 @@ func TestUnitRunsTheRightCommands(t *testing.T) {
 	} {
 		if !strings.Contains(string(b), want+"\n") {
 			t.Errorf("unit lacks %q", want)
+		}
+	}
+	// The daemon dials health-checked backends at any address from its own
+	// cgroup: an IP address filter there fails their checks.
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "IPAddressDeny=") || strings.HasPrefix(l, "IPAddressAllow=") {
+			t.Errorf("unit filters IP addresses (%s): health checks of backends elsewhere would fail", l)
 		}
 	}
 }

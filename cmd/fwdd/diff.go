@@ -1,8 +1,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"os"
 
 	"github.com/fwdd/fwdd/pkg/config"
 	fwdaemon "github.com/fwdd/fwdd/pkg/daemon"
@@ -17,9 +19,9 @@ func runDiff(cfgPath, stateDir string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 2
 	}
-	running, err := fwdaemon.ReadApplied(stateDir)
+	running, health, err := inForce(stateDir)
 	if err != nil {
-		fmt.Fprintf(stderr, "fwdd diff: is fwdd running? %v\n", err)
+		fmt.Fprintln(stderr, "fwdd diff:", err)
 		return 2
 	}
 	forwards, settings := config.Diff(running, cfg)
@@ -44,7 +46,7 @@ func runDiff(cfgPath, stateDir string, stdout, stderr io.Writer) int {
 			}
 		}
 	}
-	p, err := reloadPlan(running, cfg, stateDir)
+	p, err := reloadPlan(running, cfg, health)
 	if err != nil {
 		fmt.Fprintln(stderr, "fwdd diff:", err)
 		return 2
@@ -65,16 +67,38 @@ func runDiff(cfgPath, stateDir string, stdout, stderr io.Writer) int {
 	return 1
 }
 
+// inForce is the config the running daemon has in force and its backends'
+// health. The daemon's copy of the config (applied.toml) outlives it in the
+// state directory, while its state file is removed when it stops and may
+// name a process that died: the copy is read only once the daemon the
+// state file names is verified to run (FindDaemon, for its own config).
+func inForce(stateDir string) (*config.Config, []fwdaemon.BackendHealth, error) {
+	st, err := fwdaemon.ReadState(stateDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil, fmt.Errorf("fwdd is not running: no daemon state in %s", stateDir)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	d, err := fwdaemon.FindDaemon(stateDir, st.Config)
+	if err != nil {
+		return nil, nil, err
+	}
+	health := d.Backends
+	d.Close()
+	running, err := fwdaemon.ReadApplied(stateDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	return running, health, nil
+}
+
 // reloadPlan is the batch a reload with cfg would send, decided as the
 // daemon decides it (nft.PlanFrom): the differences from the model in
 // force, or the whole table when the kernel's table no longer has its
 // chains and sets. The model in force is the config in force without the
-// backends the daemon found down (its state file says which).
-func reloadPlan(running, cfg *config.Config, stateDir string) (*nft.Plan, error) {
-	var health []fwdaemon.BackendHealth
-	if st, err := fwdaemon.ReadState(stateDir); err == nil {
-		health = st.Backends
-	}
+// backends the daemon found down (health, from its state file).
+func reloadPlan(running, cfg *config.Config, health []fwdaemon.BackendHealth) (*nft.Plan, error) {
 	compile := func(c *config.Config) (*nft.Model, error) {
 		ids, err := nft.AssignIDs(c)
 		if err != nil {

@@ -43,6 +43,7 @@ commands:
   version  print fwdd's version
 
 flags (all commands): -c, --config PATH (default /etc/fwdd/fwdd.toml)
+only status takes arguments (forward names); flags may follow them
 `
 
 func main() {
@@ -64,7 +65,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 	jsonOut := fs.Bool("json", false, "status, doctor: print JSON")
 	probe := fs.Bool("probe", false, "doctor: connect to each backend")
 	timeout := fs.Duration("timeout", time.Minute, "reload: how long to wait for the daemon")
-	if err := fs.Parse(args); err != nil {
+	names, err := parseInterspersed(fs, args)
+	if err != nil {
+		return 2
+	}
+	if use, known := commandUsage[cmd]; known && len(names) > 0 && cmd != "status" {
+		fmt.Fprintf(stderr, "fwdd %s: unexpected argument %q: %s takes none", cmd, names[0], cmd)
+		if strings.Contains(use, "-c PATH") {
+			fmt.Fprint(stderr, " (the config file is -c PATH)")
+		}
+		fmt.Fprintf(stderr, "\nusage: %s\n", use)
 		return 2
 	}
 	switch cmd {
@@ -99,7 +109,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	case "status":
-		return status(cfgPath, *stateDir, fs.Args(), *jsonOut, stdout, stderr)
+		return status(cfgPath, *stateDir, names, *jsonOut, stdout, stderr)
 	case "diff":
 		return runDiff(cfgPath, *stateDir, stdout, stderr)
 	case "doctor":
@@ -121,6 +131,45 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "fwdd: unknown command %q\n\n%s", cmd, usage)
 	return 2
+}
+
+// commandUsage is each command's synopsis; only status takes arguments.
+var commandUsage = map[string]string{
+	"run":     "fwdd run [-c PATH] [--state-dir DIR]",
+	"check":   "fwdd check [-c PATH]",
+	"print":   "fwdd print [-c PATH]",
+	"reload":  "fwdd reload [-c PATH] [--state-dir DIR] [--timeout D]",
+	"status":  "fwdd status [-c PATH] [--state-dir DIR] [--json] [NAME...]",
+	"diff":    "fwdd diff [-c PATH] [--state-dir DIR]",
+	"doctor":  "fwdd doctor [-c PATH] [--state-dir DIR] [--probe] [--json]",
+	"health":  "fwdd health [-c PATH] [--state-dir DIR]",
+	"version": "fwdd version",
+	"help":    "fwdd help",
+	"-h":      "fwdd help",
+	"--help":  "fwdd help",
+}
+
+// parseInterspersed parses flags wherever they are among the arguments
+// (`fwdd status web --json`), as the flag package alone stops at the first
+// non-flag, and returns the others in order. After "--" everything is an
+// argument (so is everything after a flag whose value is "--", as for
+// `-c --`: the flag package does not say which it consumed).
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var rest []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		left := fs.Args()
+		if len(left) == 0 {
+			return rest, nil
+		}
+		if n := len(args) - len(left); n > 0 && args[n-1] == "--" {
+			return append(rest, left...), nil
+		}
+		rest = append(rest, left[0])
+		args = left[1:]
+	}
 }
 
 // compileFile compiles the config; forward ids are a function of the file,

@@ -17,11 +17,15 @@ import (
 	"github.com/fwdd/fwdd/pkg/nft"
 )
 
-// TestMain lets a kernel test run this test binary as fwdd itself (inside a
-// namespace, with FWDD_TEST_AS_FWDD=1).
+// TestMain lets a test run this test binary as fwdd itself (inside a
+// namespace, with FWDD_TEST_AS_FWDD=1), or as a stand-in for a running
+// daemon (FWDD_TEST_FAKE_DAEMON, see fakeDaemon).
 func TestMain(m *testing.M) {
 	if os.Getenv("FWDD_TEST_AS_FWDD") == "1" {
 		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	}
+	if dir := os.Getenv("FWDD_TEST_FAKE_DAEMON"); dir != "" {
+		os.Exit(fakeDaemon(dir, os.Args[1:]))
 	}
 	os.Exit(m.Run())
 }

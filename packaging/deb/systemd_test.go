@@ -8,9 +8,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -25,7 +27,8 @@ import (
 // private network namespace, a writable overlay on /usr and a copy of the
 // host's dpkg database), and installs the package there with dpkg, so the
 // maintainer scripts run against that systemd. It then checks the service
-// (start, reload good and bad, the journal, Restart=on-failure, on_stop)
+// (start, health checks of a backend outside loopback, reload good and bad,
+// the journal, Restart=on-failure, on_stop)
 // and the package's upgrade, removal and purge, with each step's files.
 func TestKernelSystemdPackage(t *testing.T) {
 	if os.Geteuid() != 0 {
@@ -74,6 +77,15 @@ func TestKernelSystemdPackage(t *testing.T) {
 	if !strings.Contains(c.nft("list", "table", "inet", "fwdd"), "table inet fwdd") {
 		t.Error("after install: no table inet fwdd in the container")
 	}
+	// Early boot: not after sysinit.target or basic.target (a cycle on
+	// cloud-init hosts), whatever systemd adds implicitly.
+	after := c.must("systemctl", "show", "-p", "After", "--value", "fwdd")
+	t.Logf("fwdd.service After=%s", after)
+	for _, u := range strings.Fields(after) {
+		if u == "sysinit.target" || u == "basic.target" {
+			t.Errorf("fwdd.service is ordered after %s: %s", u, after)
+		}
+	}
 	pid := c.mainPID()
 	status := c.must("cat", "/proc/"+pid+"/status")
 	if want := fmt.Sprintf("Uid:\t%d\t%d\t%d\t%d", c.user("fwdd"), c.user("fwdd"), c.user("fwdd"), c.user("fwdd")); !strings.Contains(status, want) {
@@ -94,6 +106,12 @@ func TestKernelSystemdPackage(t *testing.T) {
 	if fi, err := os.Stat(c.path("/run/fwdd")); err != nil || fi.Mode().Perm() != 0o700 || int(fi.Sys().(*syscall.Stat_t).Uid) != c.user("fwdd") {
 		t.Errorf("/run/fwdd: %v %v, want 0700 owned by fwdd", fi.Mode(), err)
 	}
+
+	// Health checks work under the unit's sandbox: the daemon dials a
+	// backend outside loopback (an address on a veth pair in the
+	// container's network namespace) and finds one port up and the other
+	// refused. An IP address filter on the unit (IPAddressDeny=) fails both.
+	c.checkBackendHealth()
 
 	// 10,000 forwards: one batch of about a megabyte, more than a netlink
 	// socket takes by default (212 KB), and as many acks. It goes in only
@@ -266,6 +284,97 @@ port = 80
 to = "[fd99::2]:8080"
 `
 
+const healthConfig = `[[forward]]
+name = "checked"
+port = 82
+to = ["10.97.0.1:8080", "10.97.0.1:8081"]
+health = { check = "tcp", interval = "200ms", timeout = "100ms", fall = 1, rise = 1 }
+`
+
+// checkBackendHealth gives the container's network namespace the address
+// 10.97.0.1 with a listener on port 8080 (none on 8081), reloads fwdd with
+// healthConfig and waits until `fwdd status --json` reports 8080 up
+// (connected) and 8081 down (refused): both checks reached the backend.
+func (c *container) checkBackendHealth() {
+	c.t.Helper()
+	for _, args := range [][]string{
+		{"ip", "link", "add", "be0", "type", "veth", "peer", "name", "be1"},
+		{"ip", "address", "add", "10.97.0.1/24", "dev", "be0"},
+		{"ip", "link", "set", "be0", "up"},
+		{"ip", "link", "set", "be1", "up"},
+	} {
+		if out, err := c.nsenter("-n", args...); err != nil {
+			c.t.Fatalf("in the container's network namespace: %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	l, err := listenIn(c.init, "10.97.0.1:8080")
+	if err != nil {
+		c.t.Fatalf("listen in the container's network namespace: %v", err)
+	}
+	c.t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			conn.Close()
+		}
+	}()
+	c.writeConfig(healthConfig)
+	c.must("systemctl", "reload", "fwdd")
+	want := map[string]string{"10.97.0.1:8080": "up connected", "10.97.0.1:8081": "down refused"}
+	c.eventually(20*time.Second, func() error {
+		out, _ := c.run("/usr/sbin/fwdd", "status", "--json", "checked")
+		var r struct {
+			Forwards []struct {
+				Backends []struct{ Address, Health, Reason string }
+			}
+		}
+		if err := json.Unmarshal([]byte(out), &r); err != nil {
+			return fmt.Errorf("fwdd status --json: %v: %s", err, out)
+		}
+		got := map[string]string{}
+		for _, f := range r.Forwards {
+			for _, b := range f.Backends {
+				got[b.Address] = b.Health + " " + b.Reason
+			}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			return fmt.Errorf("backends' health %v, want %v", got, want)
+		}
+		return nil
+	})
+}
+
+// listenIn listens on addr in the network namespace of the process pid. The
+// socket is made on a thread of its own that moves into that namespace and
+// is never moved back: it ends with its goroutine, still locked.
+func listenIn(pid int, addr string) (net.Listener, error) {
+	type result struct {
+		l   net.Listener
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		fd, err := unix.Open(fmt.Sprintf("/proc/%d/ns/net", pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			ch <- result{nil, err}
+			return
+		}
+		defer unix.Close(fd)
+		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			ch <- result{nil, fmt.Errorf("setns: %w", err)}
+			return
+		}
+		l, err := net.Listen("tcp", addr)
+		ch <- result{l, err}
+	}()
+	r := <-ch
+	return r.l, r.err
+}
+
 // container is a systemd booted with systemd-nspawn, driven with nsenter.
 type container struct {
 	t    *testing.T
@@ -306,6 +415,10 @@ func bootContainer(t *testing.T, debDir string) *container {
 		"--private-network", "--register=no", "--keep-unit",
 		"--bind="+dpkgDir+":/var/lib/dpkg", "--overlay=/usr:"+upper+":/usr",
 		"--bind-ro="+debDir+":/srv/fwdd",
+		// nspawn's seccomp filter refuses bpf(); without it the
+		// container's systemd finds no BPF firewall and silently ignores
+		// IPAddressDeny= and IPAddressAllow=, as a real host does not.
+		"--system-call-filter=bpf",
 		"--boot", "systemd.firstboot=off",
 		// Nothing to wait for on a private network without links.
 		"systemd.mask=systemd-networkd-wait-online.service")
@@ -358,6 +471,12 @@ func bootContainer(t *testing.T, debDir string) *container {
 		}
 		return nil
 	})
+	// On a host without systemd nothing removes a killed container's
+	// cgroups, and nspawn puts every container in the same ones: a
+	// fwdd.service cgroup left by an earlier run would carry the BPF
+	// programs (IPAddressDeny=) its systemd attached into this one. Remove
+	// it (rmdir fails while processes are in it).
+	_, _ = c.run("sh", "-c", "rmdir /sys/fs/cgroup/unified/system.slice/fwdd.service /sys/fs/cgroup/system.slice/fwdd.service 2>/dev/null")
 	return c
 }
 

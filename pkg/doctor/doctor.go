@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"time"
 
@@ -53,6 +54,8 @@ type Env struct {
 	ProbeTimeout time.Duration
 
 	net *netInfo // links and addresses, read once
+	// dial, when set, opens probe connections in place of net.DialTimeout (tests).
+	dial func(network, address string, timeout time.Duration) (net.Conn, error)
 }
 
 func (e *Env) defaults() {

@@ -1,7 +1,11 @@
 package doctor
 
 import (
+	"errors"
+	"fmt"
+	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -167,4 +171,62 @@ func mustAddr(t *testing.T, s string) netip.Addr {
 		t.Fatal(err)
 	}
 	return a
+}
+
+// TestBackendsEveryOne: the backend check looks at every backend of a
+// forward, --probe connects to each, and a hint to fix to = names the file
+// the forward is in (a config directory's, here) and its line.
+func TestBackendsEveryOne(t *testing.T) {
+	cfg := testutil.Config(t, "[[forward]]\nname = \"one\"\nport = 80\nto = \"10.0.0.2:8080\"\n"+
+		"[[forward]]\nname = \"web\"\nproto = \"udp\"\nport = 53\nto = [\"10.0.0.3\", \"10.0.1.4:5353\", \"10.0.9.9\"]\n")
+	cfg.Forwards[1].File, cfg.Forwards[1].Line = "/etc/fwdd/fwdd.d/web.toml", 7
+	eth0 := &link{name: "eth0", up: true, running: true}
+	var dialed []string
+	e := &Env{Cfg: cfg, Probe: true, ProbeTimeout: time.Second,
+		net: &netInfo{links: []*link{eth0}, lookup: func(dst netip.Addr) (*link, netip.Addr, error) {
+			if dst == mustAddr(t, "10.0.9.9") {
+				return nil, netip.Addr{}, errors.New("network is unreachable")
+			}
+			return eth0, netip.Addr{}, nil
+		}},
+		dial: func(network, address string, _ time.Duration) (net.Conn, error) {
+			dialed = append(dialed, network+" "+address)
+			if address == "10.0.1.4:5353" {
+				return nil, errors.New("connection refused")
+			}
+			client, server := net.Pipe()
+			go func() { // an answer to a datagram, then closed with the probe
+				defer server.Close()
+				if _, err := server.Read(make([]byte, 64)); err == nil {
+					_, _ = server.Write([]byte("x"))
+				}
+			}()
+			return client, nil
+		},
+	}
+	rs := checkBackends(e)
+	if want := []string{"tcp 10.0.0.2:8080", "udp 10.0.0.3:53", "udp 10.0.1.4:5353"}; !slices.Equal(dialed, want) {
+		t.Errorf("probed %q, want %q", dialed, want)
+	}
+	var got []string
+	for _, r := range rs {
+		got = append(got, fmt.Sprintf("%s %s: %s", r.Status, r.Subject, r.Message))
+	}
+	want := []string{
+		"ok one: tcp connect to 10.0.0.2:8080 via eth0 in",
+		"ok web: udp datagram to 10.0.0.3:53 via eth0 sent, no ICMP error",
+		"fail web: udp connect to 10.0.1.4:5353 via eth0 failed after",
+		"fail web: no route to backend 10.0.9.9: network is unreachable",
+	}
+	if len(got) != len(want) {
+		t.Fatalf("results:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	for i := range want {
+		if !strings.HasPrefix(got[i], want[i]) {
+			t.Errorf("result %d: %q, want it to begin %q", i, got[i], want[i])
+		}
+	}
+	if fix := rs[3].Fix; !strings.HasSuffix(fix, "fix to = in the [[forward]] at /etc/fwdd/fwdd.d/web.toml line 7") {
+		t.Errorf("fix %q does not name the forward's file and line", fix)
+	}
 }

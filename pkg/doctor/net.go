@@ -32,6 +32,8 @@ type link struct {
 type netInfo struct {
 	links []*link
 	conn  *rtnetlink.Conn
+	// lookup, when set, answers route in place of the kernel (tests).
+	lookup func(dst netip.Addr) (*link, netip.Addr, error)
 }
 
 func (n *netInfo) owner(a netip.Addr) string {
@@ -98,6 +100,9 @@ func (e *Env) netInfo() (*netInfo, error) {
 
 // route asks the kernel how it would send a packet to dst (ip route get).
 func (n *netInfo) route(dst netip.Addr) (*link, netip.Addr, error) {
+	if n.lookup != nil {
+		return n.lookup(dst)
+	}
 	fam := uint8(unix.AF_INET)
 	bits := uint8(32)
 	if dst.Is6() {
@@ -123,7 +128,9 @@ func checkBackends(e *Env) []Result {
 	var out []Result
 	for i := range e.Cfg.Forwards {
 		f := &e.Cfg.Forwards[i]
-		out = append(out, backendResult(e, n, f))
+		for _, b := range f.Backends {
+			out = append(out, backendResult(e, n, f, b))
+		}
 	}
 	if len(out) == 0 {
 		out = append(out, ok("", "no forwards configured"))
@@ -131,16 +138,25 @@ func checkBackends(e *Env) []Result {
 	return out
 }
 
-func backendResult(e *Env, n *netInfo, f *config.Forward) Result {
-	port := f.TargetPort(f.Port.Lo)
-	target := netip.AddrPortFrom(f.To, port).String()
-	l, gw, err := n.route(f.To)
+// backendPort is the port b receives for the first port of f.
+func backendPort(f *config.Forward, b config.Backend) uint16 {
+	if b.ToPort.IsZero() {
+		return f.Port.Lo
+	}
+	return b.ToPort.Lo
+}
+
+// backendResult checks one backend of f: its route, its link and, with
+// --probe, a connection to it.
+func backendResult(e *Env, n *netInfo, f *config.Forward, b config.Backend) Result {
+	target := netip.AddrPortFrom(b.To, backendPort(f, b)).String()
+	l, gw, err := n.route(b.To)
 	if err != nil {
-		return fail(f.Name, fmt.Sprintf("add a route to %s (ip route add %s via GATEWAY), or fix to = in %s line %d", f.To, f.To, e.Cfg.Path, f.Line),
-			"no route to backend %s: %v", f.To, err)
+		return fail(f.Name, fmt.Sprintf("add a route to %s (ip route add %s via GATEWAY), or fix to = in the [[forward]] at %s line %d", b.To, b.To, f.File, f.Line),
+			"no route to backend %s: %v", b.To, err)
 	}
 	if l == nil {
-		return fail(f.Name, "", "the route to %s leaves by an unknown interface", f.To)
+		return fail(f.Name, "", "the route to %s leaves by an unknown interface", b.To)
 	}
 	via := l.name
 	if gw.IsValid() {
@@ -154,7 +170,7 @@ func backendResult(e *Env, n *netInfo, f *config.Forward) Result {
 		if l.up {
 			fix = "check the cable or peer of " + l.name + " (ip link show " + l.name + ")"
 		}
-		return fail(f.Name, fix, "the route to backend %s leaves by %s, which is down", f.To, l.name)
+		return fail(f.Name, fix, "the route to backend %s leaves by %s, which is down", b.To, l.name)
 	}
 	if !e.Probe {
 		return ok(f.Name, "backend %s via %s (up); --probe connects to it", target, via)
@@ -169,8 +185,12 @@ func probe(e *Env, f *config.Forward, target, via string) Result {
 	if slices.Contains(f.Protos, config.TCP) {
 		proto = "tcp"
 	}
+	dial := e.dial
+	if dial == nil {
+		dial = net.DialTimeout
+	}
 	start := time.Now()
-	c, err := net.DialTimeout(proto, target, e.ProbeTimeout)
+	c, err := dial(proto, target, e.ProbeTimeout)
 	if err == nil && proto == "udp" {
 		_ = c.SetDeadline(time.Now().Add(300 * time.Millisecond))
 		if _, err = c.Write([]byte("fwdd doctor probe\n")); err == nil {
@@ -201,8 +221,10 @@ func involved(e *Env, n *netInfo) []*link {
 	set := map[string]bool{}
 	for i := range e.Cfg.Forwards {
 		f := &e.Cfg.Forwards[i]
-		if l, _, err := n.route(f.To); err == nil && l != nil && !l.loopback {
-			set[l.name] = true
+		for _, b := range f.Backends {
+			if l, _, err := n.route(b.To); err == nil && l != nil && !l.loopback {
+				set[l.name] = true
+			}
 		}
 		switch {
 		case f.Interface != "":
