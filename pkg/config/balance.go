@@ -1,8 +1,11 @@
 package config
 
 import (
+	"errors"
+	"fmt"
 	"maps"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -20,14 +23,18 @@ type Backend struct {
 	Weight int // 1-100
 }
 
+// String writes the backend as to = takes it. An IPv6 address is in
+// brackets with or without a port: bare, one whose last group looks like a
+// port (2001:db8::1:80) would not read back.
 func (b Backend) String() string {
-	switch {
-	case b.ToPort.IsZero():
-		return b.To.String()
-	case b.To.Is6():
-		return "[" + b.To.String() + "]:" + b.ToPort.String()
+	host := b.To.String()
+	if b.To.Is6() {
+		host = "[" + host + "]"
 	}
-	return b.To.String() + ":" + b.ToPort.String()
+	if b.ToPort.IsZero() {
+		return host
+	}
+	return host + ":" + b.ToPort.String()
 }
 
 // Balance is how new connections are spread over several backends.
@@ -156,11 +163,14 @@ func parseBalancing(fs *fields, t map[string]any, f *Forward) {
 	}
 	for i, b := range bs {
 		at := at[i]
+		same := slices.IndexFunc(bs[:i], func(c Backend) bool { return sameTarget(c, b, f.Port) })
 		switch {
 		case b.To.Is4() != bs[0].To.Is4():
 			at.Errorf("to", "backend %s is %s but backend %s is %s; all backends of a forward must be one family", b, family(b.To), bs[0], family(bs[0].To))
-		case slices.ContainsFunc(bs[:i], func(c Backend) bool { return c.To == b.To && c.ToPort == b.ToPort }):
+		case same >= 0 && bs[same].ToPort == b.ToPort:
 			at.Errorf("to", "backend %s is listed twice", b)
+		case same >= 0:
+			at.Errorf("to", "backend %s is backend %s again: with port %s both get the same connections; list it once", b, bs[same], f.Port)
 		case !checkPortMapping(at, "to", f.Port, b.ToPort):
 		case len(bs) > 1 && f.Port.Len() > 1 && mapping(b.ToPort) != mapping(bs[0].ToPort):
 			at.Errorf("to", "backend %s maps the port range %s differently from backend %s; every backend of a port range forward must map it the same way (all keep the port, all one port, or all a range of %d ports)",
@@ -172,6 +182,19 @@ func parseBalancing(fs *fields, t map[string]any, f *Forward) {
 	}
 	f.Backends = bs
 	f.To, f.ToPort = bs[0].To, bs[0].ToPort
+}
+
+// sameTarget reports whether two backends of a forward on port get the
+// same connections: "10.0.0.2" keeps the port, so with port = 80 it is
+// "10.0.0.2:80", and the checker and the kernel would see one backend twice.
+func sameTarget(a, b Backend, port PortRange) bool {
+	if a.ToPort.IsZero() {
+		a.ToPort = port
+	}
+	if b.ToPort.IsZero() {
+		b.ToPort = port
+	}
+	return a.To == b.To && a.ToPort == b.ToPort
 }
 
 // mapping names how a backend's port spec maps a range.
@@ -255,16 +278,40 @@ func parseHealth(fs *fields, v any) health.Spec {
 			fs.Errorf("health", "path is only for check = \"http\" (check is %s)", quote(string(h.Kind)))
 		case !isStr:
 			fs.Errorf("health", "path must be a string, not %s", tomlcheck.TypeName(p))
-		case !strings.HasPrefix(s, "/") || strings.ContainsAny(s, " \t\r\n"):
-			fs.Errorf("health", "path %s must start with / and contain no blanks", quote(s))
 		default:
-			h.Path = s
+			if why := checkPath(s); why != "" {
+				fs.Errorf("health", "path %s %s; it must start with / and hold printable ASCII only, no blanks (%%XX for other bytes)", quote(s), why)
+			} else {
+				h.Path = s
+			}
 		}
 	}
 	if h.Kind == health.KindHTTP && h.Path == "" {
 		h.Path = health.DefaultPath
 	}
 	return h
+}
+
+// checkPath says why an HTTP check cannot ask for path, or "": the request
+// must be one the checker can send (the URL it builds parses), and the path
+// one WriteTOML's quoting writes back as it is.
+func checkPath(path string) string {
+	if !strings.HasPrefix(path, "/") {
+		return "does not start with /"
+	}
+	for i := 0; i < len(path); i++ {
+		if c := path[i]; c <= ' ' || c >= 0x7f {
+			return fmt.Sprintf("has the byte %q", c)
+		}
+	}
+	if _, err := url.Parse("http://192.0.2.1" + path); err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return "is not a URL path: " + err.Error()
+	}
+	return ""
 }
 
 // duration reads a duration such as "2s" or "500ms" within lo-hi.

@@ -130,6 +130,14 @@ to = "[fd00::2]:9000"
 weight = 3
 [[forward.backend]]
 to = "fd00::3"
+[[forward]]
+name = "port-like"
+port = 82
+to = ["[2001:db8::1:80]", "2001:db8::2"]
+[[forward]]
+name = "port-like-alone"
+port = 83
+to = "[2001:db8::1:80]"
 `)
 }
 

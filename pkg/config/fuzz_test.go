@@ -66,6 +66,16 @@ func FuzzParse(f *testing.F) {
 					t.Fatalf("forward not Equal to itself: %+v", f)
 				}
 			}
+			// The record of the config in force (WriteTOML) reads back.
+			back, err := Parse("back.toml", renderTOML(t, c))
+			if err != nil {
+				t.Fatalf("WriteTOML's text does not parse: %v\n%s", err, renderTOML(t, c))
+			}
+			for i := range c.Forwards {
+				if !c.Forwards[i].Equal(&back.Forwards[i]) {
+					t.Fatalf("forward %s differs after WriteTOML and Parse", c.Forwards[i].Name)
+				}
+			}
 		}
 		text := string(data)
 		var p Parser
