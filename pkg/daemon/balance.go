@@ -66,6 +66,8 @@ func newBalancer(log *zap.Logger, dial health.DialFunc) *balancer {
 // run checks until ctx is done.
 func (b *balancer) run(ctx context.Context) error { return b.checker.Run(ctx) }
 
+const failOpenMsg = "every backend of the forward is down; sending connections to all of them (fail open)"
+
 // set replaces the pools once a start or reload is in force: pools and
 // backends that stay keep their health.
 func (b *balancer) set(pools []pool) {
@@ -75,7 +77,13 @@ func (b *balancer) set(pools []pool) {
 	var targets []health.Target
 	for _, p := range pools {
 		order = append(order, p.forward)
-		next[p.forward] = &poolState{pool: p, up: b.health(p)}
+		up := b.health(p)
+		st := &poolState{pool: p, up: up, failOpen: !slices.Contains(up, true)}
+		if old, ok := b.pools[p.forward]; st.failOpen && (!ok || !old.failOpen) {
+			b.log.Error(failOpenMsg,
+				zap.String("forward", p.forward), zap.Int("backends", len(p.backends)))
+		}
+		next[p.forward] = st
 		for _, be := range p.backends {
 			targets = append(targets, health.Target{Key: health.Key{Forward: p.forward, Backend: be}, Spec: p.spec})
 		}
@@ -138,7 +146,7 @@ func (b *balancer) onChange(c health.Change) {
 		return
 	}
 	if allDown && !wasFailOpen {
-		b.log.Error("every backend of the forward is down; sending connections to all of them (fail open)",
+		b.log.Error(failOpenMsg,
 			zap.String("forward", p.forward), zap.Int("backends", len(p.backends)))
 	} else if wasFailOpen && !allDown {
 		b.log.Info("a backend of the forward is up again; fail open ends",

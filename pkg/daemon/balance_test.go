@@ -98,6 +98,9 @@ func TestBalancer(t *testing.T) {
 	if n := logged("fail open", zapcore.ErrorLevel); n != 1 {
 		t.Errorf("%d fail-open errors logged, want 1", n)
 	}
+	// A reload in fail open stays in it: no second error, and its end is
+	// still told.
+	b.set([]pool{{forward: "dns", id: 7, mark: ctmark.Default.ForID(7), backends: []netip.AddrPort{a1, a2}, portSpan: 1, spec: spec, udp: true}})
 
 	testutil.ListenTCP(t, a1.String())
 	if up := next(); !cmp.Equal(up, []bool{true, false}) {
@@ -110,6 +113,9 @@ func TestBalancer(t *testing.T) {
 	}
 	if n := logged("fail open ends", zapcore.InfoLevel); n != 1 {
 		t.Errorf("%d 'fail open ends' lines, want 1", n)
+	}
+	if n := logs.FilterMessageSnippet("fail open").FilterLevelExact(zapcore.ErrorLevel).Len(); n != 1 {
+		t.Errorf("%d fail-open errors logged after a reload in fail open, want 1", n)
 	}
 	if up, _ := b.upSet("dns"); !cmp.Equal(up, []bool{true, false}) {
 		t.Errorf("upSet = %v", up)
