@@ -2,6 +2,7 @@ package nft
 
 import (
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -102,6 +103,28 @@ func TestDiffOnlyChanges(t *testing.T) {
 	// Nothing changed: nothing to send.
 	if p := Diff(old, compile(t, goldenConfig, old)); !p.Empty() || !p.Changes.Empty() {
 		t.Errorf("a diff of the same config: %v\n%s", p.Changes, p)
+	}
+}
+
+// A diff that would send more elements than the whole table has (every
+// forward removed and another added in its place) replaces the table:
+// deleting the old elements beside adding the new could need a batch of
+// twice what the config's element budget allows.
+func TestDiffLargerThanTheTableReplaces(t *testing.T) {
+	forwards := func(prefix, to string) string {
+		var b strings.Builder
+		for i := range 10 {
+			fmt.Fprintf(&b, "[[forward]]\nname = \"%s%d\"\nport = %d\nto = \"%s\"\n", prefix, i, 1000+i, to)
+		}
+		return b.String()
+	}
+	old := compile(t, forwards("f", "10.0.0.2"), nil)
+	if p := Diff(old, compile(t, forwards("f", "10.0.0.3"), old)); p.Full || p.NumElements() != 20 {
+		t.Errorf("every backend changed: full=%v, %d elements; want a diff of the 20 dnat elements\n%s", p.Full, p.NumElements(), p)
+	}
+	p := Diff(old, compile(t, forwards("g", "10.0.0.2"), old))
+	if !p.Full || len(p.Changes.Added) != 10 || len(p.Changes.Removed) != 10 {
+		t.Errorf("every forward renamed: full=%v, changes %+v; want a full replace that says what changed\n%s", p.Full, p.Changes, p)
 	}
 }
 

@@ -294,7 +294,8 @@ func Replace(m *Model) *Plan {
 // and the rules of chains whose rules changed. It is also where the change
 // of each forward is decided, once (Plan.Changes). When the two models do
 // not differ in elements and rules only (another table name, other base
-// chains or policies) it replaces the table.
+// chains or policies), or the differences are more elements than m has, it
+// replaces the table.
 func Diff(old, m *Model) *Plan {
 	p := &Plan{Table: m.Table, Want: m}
 	// Elements: only forwards whose part changed are made.
@@ -328,7 +329,15 @@ func Diff(old, m *Model) *Plan {
 			op.elements(old.Layout, &del)
 		}
 	}
-	if old.Table != m.Table || hooksChanged(old, m) || old.Layout != m.Layout {
+	// A diff that deletes and adds more elements than the whole table has
+	// (most forwards changed) is replaced too: the batch stays within what
+	// the config's element budget lets a table be, where the old elements
+	// beside the new ones could be twice that (EMSGSIZE).
+	sent := 0
+	for si := range add {
+		sent += len(add[si]) + len(del[si])
+	}
+	if old.Table != m.Table || hooksChanged(old, m) || old.Layout != m.Layout || sent > m.NumElements() {
 		r := Replace(m)
 		r.Changes = p.Changes
 		return r
