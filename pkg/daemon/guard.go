@@ -18,7 +18,10 @@ import (
 // whole table in one batch; another table's forward chain starting to drop
 // fwdd's connections is logged with the rule that lets them through. A
 // periodic check of the table backs up the events (they can be lost when
-// the socket overflows).
+// the socket overflows). The guard starts after the first batch, so it
+// checks the table once as soon as it watches (subscribed, or polling when
+// it cannot): a change made between that batch and the subscription has no
+// event to report it.
 
 // eventSource is nft.Events (an interface for tests).
 type eventSource interface {
@@ -176,6 +179,7 @@ func (g *guard) run(ctx context.Context) error {
 		}
 	}()
 	defer func() { _ = src.Close() }()
+	g.request(healRequest{reason: reasonFirstCheck}) // events cover what follows
 	g.checkBlockers()
 	close(g.ready)
 	tick := time.NewTicker(g.opts.Interval)
@@ -215,8 +219,10 @@ func (g *guard) run(ctx context.Context) error {
 	}
 }
 
-// poll is the guard without events: the periodic check alone.
+// poll is the guard without events: the periodic check alone, and one
+// check at once (nothing reports what changed before).
 func (g *guard) poll(ctx context.Context) error {
+	g.request(healRequest{reason: reasonFirstCheck})
 	tick := time.NewTicker(g.opts.Interval)
 	defer tick.Stop()
 	for {
@@ -263,3 +269,7 @@ func (g *guard) checkBlockers() {
 
 // reasonEventsLost is the reason of the check after an event overflow.
 const reasonEventsLost = "events lost"
+
+// reasonFirstCheck is the reason of the check when the guard starts
+// watching (subscribed to events, or polling without them).
+const reasonFirstCheck = "first check"

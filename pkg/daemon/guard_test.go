@@ -83,6 +83,10 @@ func TestGuard(t *testing.T) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+	// The check once subscribed, before any event.
+	if r := expect(false); r.reason != reasonFirstCheck {
+		t.Errorf("first request %+v, want the first check", r)
+	}
 	// fwdd's own write: nothing.
 	ev.ch <- nft.Commit{Gen: 1, PID: uint32(os.Getpid()), Comm: "fwdd",
 		Changes: []nft.Change{{Op: "delete", Object: "table", Family: "inet", Table: "fwdd"}}}
@@ -136,6 +140,37 @@ func TestGuardRequestCoalesces(t *testing.T) {
 	}
 }
 
+// The guard starts after the first batch: a change in between has no
+// event, so it checks the table once as soon as it is subscribed (or polls
+// without events), without waiting for the periodic check.
+func TestGuardChecksAtOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		watch func() (eventSource, error)
+	}{
+		{"subscribed", func() (eventSource, error) { return newFakeEvents(), nil }},
+		{"without events", func() (eventSource, error) { return nil, errors.New("no netlink") }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := newGuard(guardOptions{
+				Log: zap.NewNop(), Table: "fwdd", Interval: time.Hour, Watch: tc.watch,
+				Blockers: func() ([]nft.Blocker, error) { return nil, nil },
+			})
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go func() { _ = g.run(ctx) }()
+			select {
+			case r := <-g.requests:
+				if r.tampered || r.reason != reasonFirstCheck {
+					t.Errorf("request %+v, want the first check", r)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("no check when the guard started")
+			}
+		})
+	}
+}
+
 // Without events (the subscription failed) the periodic check still runs.
 func TestGuardPollsWithoutEvents(t *testing.T) {
 	core, logs := observer.New(zap.InfoLevel)
@@ -147,13 +182,17 @@ func TestGuardPollsWithoutEvents(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { _ = g.run(ctx) }()
-	select {
-	case r := <-g.requests:
-		if r.tampered || r.reason != "periodic check" {
-			t.Errorf("request %+v", r)
+	timeout := time.After(5 * time.Second)
+	for periodic := false; !periodic; {
+		select {
+		case r := <-g.requests:
+			if r.tampered || r.reason != reasonFirstCheck && r.reason != "periodic check" {
+				t.Errorf("request %+v", r)
+			}
+			periodic = r.reason == "periodic check"
+		case <-timeout:
+			t.Fatal("no periodic check")
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("no periodic check")
 	}
 	if logs.FilterMessage("cannot watch nftables events; the table is checked every interval only").Len() != 1 {
 		t.Errorf("logs: %v", logs.All())
