@@ -33,7 +33,23 @@ type eventSource interface {
 // check it first (after lost events or on the periodic check).
 type healRequest struct {
 	tampered bool
+	// elements: the check reads every element (after lost events, which
+	// may have been element edits), not only chains, rules and sets.
+	elements bool
 	reason   string
+}
+
+// rank orders requests by what they make the daemon read: a re-apply and
+// a check of the elements read the whole table, a check without elements
+// only its chains, rules and sets.
+func (r healRequest) rank() int {
+	switch {
+	case r.tampered:
+		return 2
+	case r.elements:
+		return 1
+	}
+	return 0
 }
 
 type guardOptions struct {
@@ -81,15 +97,17 @@ func (g *guard) Blockers() []nft.Blocker {
 	return slices.Clone(g.blockers)
 }
 
-// request queues r for the daemon's loop; a tampered request replaces a
-// pending check, and any request subsumes a pending one of its kind.
+// request queues r for the daemon's loop. One request is pending at most:
+// the stronger of r and the pending one stays (a check never replaces a
+// re-apply, a check without elements never one with them), and of two
+// alike the newer.
 func (g *guard) request(r healRequest) {
 	for {
 		select {
 		case g.requests <- r:
 			return
 		case old := <-g.requests:
-			if old.tampered && !r.tampered {
+			if old.rank() > r.rank() {
 				r = old
 			}
 		}
@@ -208,7 +226,7 @@ func (g *guard) run(ctx context.Context) error {
 			}
 		case <-lost:
 			g.opts.Log.Warn("nftables events lost; checking the table")
-			g.request(healRequest{reason: reasonEventsLost})
+			g.request(healRequest{elements: true, reason: reasonEventsLost})
 			settle = time.After(blockerSettle)
 		case <-settle:
 			settle = nil

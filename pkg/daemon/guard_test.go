@@ -126,18 +126,61 @@ func TestGuard(t *testing.T) {
 	}
 }
 
+// One request is pending at most: the stronger stays, of two alike the
+// newer.
 func TestGuardRequestCoalesces(t *testing.T) {
+	tampered := healRequest{tampered: true, reason: "delete element inet fwdd set dnat4_port by nft (pid 1)"}
+	tampered2 := healRequest{tampered: true, reason: "flush chain inet fwdd dispatch by nft (pid 2)"}
+	lost := healRequest{elements: true, reason: reasonEventsLost}
+	periodic := healRequest{reason: "periodic check"}
+	first := healRequest{reason: reasonFirstCheck}
+	for _, tc := range []struct {
+		name           string
+		pending, later healRequest
+		want           healRequest
+	}{
+		{"a check does not replace a re-apply", tampered, periodic, tampered},
+		{"lost events do not replace a re-apply", tampered, lost, tampered},
+		{"a check without elements does not replace one with them", lost, periodic, lost},
+		{"a re-apply replaces lost events", lost, tampered, tampered},
+		{"lost events replace a check", periodic, lost, lost},
+		{"of two checks the newer", first, periodic, periodic},
+		{"of two re-applies the newer", tampered, tampered2, tampered2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := newGuard(guardOptions{})
+			g.request(tc.pending)
+			g.request(tc.later)
+			if r := <-g.requests; r != tc.want {
+				t.Errorf("request %+v, want %+v", r, tc.want)
+			}
+			select {
+			case r := <-g.requests:
+				t.Errorf("second request %+v", r)
+			default:
+			}
+		})
+	}
+}
+
+// An element edit whose event was lost in an overflow is repaired even
+// when the periodic check comes before the daemon's loop took the check
+// after the overflow: that check reads the elements, the periodic one does
+// not.
+func TestLostEventsThenPeriodicCheckRepairElements(t *testing.T) {
+	e := newEnv(t, small)
+	e.start()
+	m := e.d.InForce()
+	if err := e.kernel.Behind(&nft.Plan{Table: "fwdd", Ops: []nft.Op{
+		{Kind: nft.OpDeleteElements, Set: m.Set("dnat4_port"), Elements: m.Elements("dnat4_port")[:1]},
+	}}); err != nil {
+		t.Fatal(err)
+	}
 	g := newGuard(guardOptions{})
-	g.request(healRequest{tampered: true, reason: "a"})
-	g.request(healRequest{reason: "check"})
-	if r := <-g.requests; !r.tampered {
-		t.Errorf("a check replaced a pending re-apply: %+v", r)
-	}
-	select {
-	case r := <-g.requests:
-		t.Errorf("second request %+v", r)
-	default:
-	}
+	g.request(healRequest{elements: true, reason: reasonEventsLost})
+	g.request(healRequest{reason: "periodic check"})
+	e.d.heal(<-g.requests)
+	e.holds()
 }
 
 // The guard starts after the first batch: a change in between has no
