@@ -35,7 +35,12 @@ type Plan struct {
 	//     all=2 alone already makes every interface loose, the other writes
 	//     make the intent visible where people look for it;
 	//   - off writes 0 to all, default and each interface in Interfaces; an
-	//     interface not named keeps its own value (max(0, x) = x);
+	//     interface not named keeps its own value (max(0, x) = x). One that
+	//     appears later starts with default's 0, but under systemd udev runs
+	//     systemd-sysctl for each new interface (99-systemd.rules), which
+	//     applies sysctl.d's conf.*.rp_filter to it (upstream systemd's
+	//     50-default.conf says 2; Debian does not ship that file); fwdd
+	//     writes it at its next start or reload only;
 	//   - keep writes nothing.
 	RPFilter RPFilter
 	// Interfaces are the interfaces forwards are bound to. One that does not
@@ -92,6 +97,15 @@ func (p Plan) settings() []setting {
 	return ss
 }
 
+// laterNote says what rp_filter an interface that appears later gets, by
+// the value fwdd wrote to conf.all and conf.default.
+var laterNote = map[string]string{
+	"2": "conf.all.rp_filter = 2 makes it loose when it appears, whatever its own value",
+	"0": "when it appears its own value counts (conf.all is 0): it starts with conf.default's 0 " +
+		"unless sysctl.d sets net.ipv4.conf.*.rp_filter, which udev applies to each new interface " +
+		"through systemd-sysctl; fwdd sets it only at its next start or reload",
+}
+
 // raNote is logged when fwdd turns IPv6 forwarding on: a router does not
 // autoconfigure from router advertisements, so a host that relied on SLAAC
 // for its own address or default route loses them when they expire.
@@ -134,8 +148,8 @@ func apply(s Sysctls, settings []setting, deferConntrack bool, log *zap.Logger) 
 				zap.String("sysctl", Display(st.name)), zap.String("value", st.value))
 			later.settings = append(later.settings, st)
 		case err != nil && st.iface != "" && errors.Is(err, fs.ErrNotExist):
-			log.Warn("interface not present, rp_filter not set; it takes conf.all and conf.default when it appears",
-				zap.String("sysctl", Display(st.name)), zap.String("interface", st.iface))
+			log.Warn("interface not present, rp_filter not set on it",
+				zap.String("sysctl", Display(st.name)), zap.String("interface", st.iface), zap.String("note", laterNote[st.value]))
 		case err != nil:
 			errs = append(errs, err)
 		case changed && st.name == Conf("ipv6", "all", "forwarding") && st.value == "1":

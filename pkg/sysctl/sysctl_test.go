@@ -187,12 +187,12 @@ func TestApply(t *testing.T) {
 				{Msg: "sysctl changed", Sysctl: "net.ipv4.conf.all.rp_filter", Old: "1", New: "2"},
 				{Msg: "sysctl changed", Sysctl: "net.ipv4.conf.default.rp_filter", Old: "1", New: "2"},
 				{Msg: "sysctl changed", Sysctl: "net.ipv4.conf.eth1.rp_filter", Old: "1", New: "2"},
-				{Msg: "interface not present, rp_filter not set; it takes conf.all and conf.default when it appears", Sysctl: "net.ipv4.conf.wg0.rp_filter", Interface: "wg0"},
+				{Msg: "interface not present, rp_filter not set on it", Sysctl: "net.ipv4.conf.wg0.rp_filter", Interface: "wg0", Note: laterNote["2"]},
 			},
 		},
 		{
 			name: "off",
-			plan: Plan{RPFilter: RPFilterOff, Interfaces: []string{"eth0.100"}},
+			plan: Plan{RPFilter: RPFilterOff, Interfaces: []string{"eth0.100", "wg0"}},
 			want: map[string]string{
 				"net/ipv4/conf/all/rp_filter": "0", "net/ipv4/conf/default/rp_filter": "0", "net/ipv4/conf/eth0.100/rp_filter": "0",
 			},
@@ -200,6 +200,7 @@ func TestApply(t *testing.T) {
 				{Msg: "sysctl changed", Sysctl: "net.ipv4.conf.all.rp_filter", Old: "1", New: "0"},
 				{Msg: "sysctl changed", Sysctl: "net.ipv4.conf.default.rp_filter", Old: "1", New: "0"},
 				{Msg: "sysctl changed", Sysctl: "net.ipv4.conf.eth0/100.rp_filter", Old: "2", New: "0"},
+				{Msg: "interface not present, rp_filter not set on it", Sysctl: "net.ipv4.conf.wg0.rp_filter", Interface: "wg0", Note: laterNote["0"]},
 			},
 		},
 		{
