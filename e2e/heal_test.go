@@ -62,10 +62,11 @@ func gwNft(t *testing.T, topo *sandbox.Topology, args ...string) {
 	}
 }
 
-// TestKernelHeal: another tool deletes, flushes or edits fwdd's table;
-// fwdd notices, says what happened and who did it, and has its table back
-// within a second; forwards work again, the other tool's tables stay as it
-// wrote them, and fwdd's own writes never trigger a re-apply.
+// TestKernelHeal: another tool deletes, flushes, edits or makes dormant
+// fwdd's table; fwdd notices, says what happened and who did it, and has
+// its table back within a second; forwards work again, the other tool's
+// tables stay as it wrote them, and fwdd's own writes never trigger a
+// re-apply.
 func TestKernelHeal(t *testing.T) {
 	topo := sandbox.New(t, sandbox.Options{NoClient2: true, NoOther: true})
 	listenTCP(t, topo.Backend, ":8080")
@@ -144,6 +145,18 @@ func TestKernelHeal(t *testing.T) {
 		start := time.Now()
 		gwNft(t, topo, "delete", "element", "inet", "fwdd", "dnat4_port", "{ tcp . 80 }")
 		expectHeal(t, start, "delete element inet fwdd set dnat4_port")
+	})
+	t.Run("dormant", func(t *testing.T) {
+		// A dormant table's chains see no packet: nothing is forwarded. The
+		// repair adds the table again, which clears the flag and keeps the
+		// rest of it (and its counters).
+		start := time.Now()
+		gwNft(t, topo, "add", "table", "inet", "fwdd", "{ flags dormant; }")
+		expectHeal(t, start, "add table inet fwdd")
+		lines := regexp.MustCompile(`\ttable re-applied\t.*`).FindAllString(d.proc.Output(), -1)
+		if len(lines) != heals || !strings.Contains(lines[heals-1], `"fullReplace": false`) {
+			t.Errorf("the dormant table was replaced, not woken up: %q", lines[len(lines)-1])
+		}
 	})
 	t.Run("add a rule", func(t *testing.T) {
 		start := time.Now()

@@ -227,8 +227,9 @@ func (d *Daemon) Start() error {
 		d.log.Warn("cannot read the existing table; replacing it", zap.Error(err))
 		have = nil
 	}
-	// Sysctls just before the batch, set back if it fails (applySysctls).
-	undo, err := d.applySysctls(cfg)
+	// Sysctls just before the batch, set back if it fails; those of a
+	// conntrack not loaded yet right after it (applySysctls).
+	undo, after, err := d.applySysctls(cfg)
 	if err != nil {
 		d.record(err)
 		return err
@@ -239,6 +240,7 @@ func (d *Daemon) Start() error {
 		d.record(err)
 		return fmt.Errorf("apply table: %w", err)
 	}
+	after()
 	d.tasks.balancer.set(poolsOf(cfg, ids))
 	d.publish(m, st, false)
 	d.log.Info("forwarding",
@@ -311,8 +313,9 @@ func (d *Daemon) reload(start time.Time) error {
 	if err != nil {
 		return fmt.Errorf("plan table: %w", err)
 	}
-	// Sysctls just before the batch, set back if it fails (applySysctls).
-	undo, err := d.applySysctls(cfg)
+	// Sysctls just before the batch, set back if it fails; those of a
+	// conntrack not loaded yet right after it (applySysctls).
+	undo, after, err := d.applySysctls(cfg)
 	if err != nil {
 		return err
 	}
@@ -322,6 +325,7 @@ func (d *Daemon) reload(start time.Time) error {
 		undo()
 		return fmt.Errorf("apply table: %w", err)
 	}
+	after()
 	d.tasks.balancer.set(pools) // the backends of the table now in force
 	if d.opts.SetLevel != nil {
 		if err := d.opts.SetLevel(cfg.Daemon.LogLevel); err != nil {

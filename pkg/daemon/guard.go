@@ -18,7 +18,10 @@ import (
 // whole table in one batch; another table's forward chain starting to drop
 // fwdd's connections is logged with the rule that lets them through. A
 // periodic check of the table backs up the events (they can be lost when
-// the socket overflows).
+// the socket overflows). The guard starts after the first batch, so it
+// checks the table once as soon as it watches (subscribed, or polling when
+// it cannot): a change made between that batch and the subscription has no
+// event to report it.
 
 // eventSource is nft.Events (an interface for tests).
 type eventSource interface {
@@ -30,7 +33,23 @@ type eventSource interface {
 // check it first (after lost events or on the periodic check).
 type healRequest struct {
 	tampered bool
+	// elements: the check reads every element (after lost events, which
+	// may have been element edits), not only chains, rules and sets.
+	elements bool
 	reason   string
+}
+
+// rank orders requests by what they make the daemon read: a re-apply and
+// a check of the elements read the whole table, a check without elements
+// only its chains, rules and sets.
+func (r healRequest) rank() int {
+	switch {
+	case r.tampered:
+		return 2
+	case r.elements:
+		return 1
+	}
+	return 0
 }
 
 type guardOptions struct {
@@ -78,15 +97,17 @@ func (g *guard) Blockers() []nft.Blocker {
 	return slices.Clone(g.blockers)
 }
 
-// request queues r for the daemon's loop; a tampered request replaces a
-// pending check, and any request subsumes a pending one of its kind.
+// request queues r for the daemon's loop. One request is pending at most:
+// the stronger of r and the pending one stays (a check never replaces a
+// re-apply, a check without elements never one with them), and of two
+// alike the newer.
 func (g *guard) request(r healRequest) {
 	for {
 		select {
 		case g.requests <- r:
 			return
 		case old := <-g.requests:
-			if old.tampered && !r.tampered {
+			if old.rank() > r.rank() {
 				r = old
 			}
 		}
@@ -176,6 +197,7 @@ func (g *guard) run(ctx context.Context) error {
 		}
 	}()
 	defer func() { _ = src.Close() }()
+	g.request(healRequest{reason: reasonFirstCheck}) // events cover what follows
 	g.checkBlockers()
 	close(g.ready)
 	tick := time.NewTicker(g.opts.Interval)
@@ -204,7 +226,7 @@ func (g *guard) run(ctx context.Context) error {
 			}
 		case <-lost:
 			g.opts.Log.Warn("nftables events lost; checking the table")
-			g.request(healRequest{reason: reasonEventsLost})
+			g.request(healRequest{elements: true, reason: reasonEventsLost})
 			settle = time.After(blockerSettle)
 		case <-settle:
 			settle = nil
@@ -215,8 +237,10 @@ func (g *guard) run(ctx context.Context) error {
 	}
 }
 
-// poll is the guard without events: the periodic check alone.
+// poll is the guard without events: the periodic check alone, and one
+// check at once (nothing reports what changed before).
 func (g *guard) poll(ctx context.Context) error {
+	g.request(healRequest{reason: reasonFirstCheck})
 	tick := time.NewTicker(g.opts.Interval)
 	defer tick.Stop()
 	for {
@@ -263,3 +287,7 @@ func (g *guard) checkBlockers() {
 
 // reasonEventsLost is the reason of the check after an event overflow.
 const reasonEventsLost = "events lost"
+
+// reasonFirstCheck is the reason of the check when the guard starts
+// watching (subscribed to events, or polling without them).
+const reasonFirstCheck = "first check"

@@ -83,6 +83,10 @@ func TestGuard(t *testing.T) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+	// The check once subscribed, before any event.
+	if r := expect(false); r.reason != reasonFirstCheck {
+		t.Errorf("first request %+v, want the first check", r)
+	}
 	// fwdd's own write: nothing.
 	ev.ch <- nft.Commit{Gen: 1, PID: uint32(os.Getpid()), Comm: "fwdd",
 		Changes: []nft.Change{{Op: "delete", Object: "table", Family: "inet", Table: "fwdd"}}}
@@ -122,17 +126,91 @@ func TestGuard(t *testing.T) {
 	}
 }
 
+// One request is pending at most: the stronger stays, of two alike the
+// newer.
 func TestGuardRequestCoalesces(t *testing.T) {
-	g := newGuard(guardOptions{})
-	g.request(healRequest{tampered: true, reason: "a"})
-	g.request(healRequest{reason: "check"})
-	if r := <-g.requests; !r.tampered {
-		t.Errorf("a check replaced a pending re-apply: %+v", r)
+	tampered := healRequest{tampered: true, reason: "delete element inet fwdd set dnat4_port by nft (pid 1)"}
+	tampered2 := healRequest{tampered: true, reason: "flush chain inet fwdd dispatch by nft (pid 2)"}
+	lost := healRequest{elements: true, reason: reasonEventsLost}
+	periodic := healRequest{reason: "periodic check"}
+	first := healRequest{reason: reasonFirstCheck}
+	for _, tc := range []struct {
+		name           string
+		pending, later healRequest
+		want           healRequest
+	}{
+		{"a check does not replace a re-apply", tampered, periodic, tampered},
+		{"lost events do not replace a re-apply", tampered, lost, tampered},
+		{"a check without elements does not replace one with them", lost, periodic, lost},
+		{"a re-apply replaces lost events", lost, tampered, tampered},
+		{"lost events replace a check", periodic, lost, lost},
+		{"of two checks the newer", first, periodic, periodic},
+		{"of two re-applies the newer", tampered, tampered2, tampered2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := newGuard(guardOptions{})
+			g.request(tc.pending)
+			g.request(tc.later)
+			if r := <-g.requests; r != tc.want {
+				t.Errorf("request %+v, want %+v", r, tc.want)
+			}
+			select {
+			case r := <-g.requests:
+				t.Errorf("second request %+v", r)
+			default:
+			}
+		})
 	}
-	select {
-	case r := <-g.requests:
-		t.Errorf("second request %+v", r)
-	default:
+}
+
+// An element edit whose event was lost in an overflow is repaired even
+// when the periodic check comes before the daemon's loop took the check
+// after the overflow: that check reads the elements, the periodic one does
+// not.
+func TestLostEventsThenPeriodicCheckRepairElements(t *testing.T) {
+	e := newEnv(t, small)
+	e.start()
+	m := e.d.InForce()
+	if err := e.kernel.Behind(&nft.Plan{Table: "fwdd", Ops: []nft.Op{
+		{Kind: nft.OpDeleteElements, Set: m.Set("dnat4_port"), Elements: m.Elements("dnat4_port")[:1]},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	g := newGuard(guardOptions{})
+	g.request(healRequest{elements: true, reason: reasonEventsLost})
+	g.request(healRequest{reason: "periodic check"})
+	e.d.heal(<-g.requests)
+	e.holds()
+}
+
+// The guard starts after the first batch: a change in between has no
+// event, so it checks the table once as soon as it is subscribed (or polls
+// without events), without waiting for the periodic check.
+func TestGuardChecksAtOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		watch func() (eventSource, error)
+	}{
+		{"subscribed", func() (eventSource, error) { return newFakeEvents(), nil }},
+		{"without events", func() (eventSource, error) { return nil, errors.New("no netlink") }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := newGuard(guardOptions{
+				Log: zap.NewNop(), Table: "fwdd", Interval: time.Hour, Watch: tc.watch,
+				Blockers: func() ([]nft.Blocker, error) { return nil, nil },
+			})
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go func() { _ = g.run(ctx) }()
+			select {
+			case r := <-g.requests:
+				if r.tampered || r.reason != reasonFirstCheck {
+					t.Errorf("request %+v, want the first check", r)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("no check when the guard started")
+			}
+		})
 	}
 }
 
@@ -147,13 +225,17 @@ func TestGuardPollsWithoutEvents(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { _ = g.run(ctx) }()
-	select {
-	case r := <-g.requests:
-		if r.tampered || r.reason != "periodic check" {
-			t.Errorf("request %+v", r)
+	timeout := time.After(5 * time.Second)
+	for periodic := false; !periodic; {
+		select {
+		case r := <-g.requests:
+			if r.tampered || r.reason != reasonFirstCheck && r.reason != "periodic check" {
+				t.Errorf("request %+v", r)
+			}
+			periodic = r.reason == "periodic check"
+		case <-timeout:
+			t.Fatal("no periodic check")
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("no periodic check")
 	}
 	if logs.FilterMessage("cannot watch nftables events; the table is checked every interval only").Len() != 1 {
 		t.Errorf("logs: %v", logs.All())

@@ -65,7 +65,7 @@ func (d *Daemon) heal(r healRequest) {
 	}
 	// The periodic check reads chains, rules and sets only (cheap); the
 	// elements are read when something is known or found to differ.
-	elements := r.tampered || r.reason == reasonEventsLost
+	elements := r.tampered || r.elements
 	have, err := d.opts.Kernel.Read(m.Table, elements)
 	if err == nil && have.Differs(m) == nil {
 		return

@@ -454,6 +454,48 @@ func TestRepair(t *testing.T) {
 	e.holds()
 }
 
+// A table made dormant behind fwdd's back (its chains see no packet) is
+// found by the periodic check, by the check after an event and by a reload,
+// and each wakes it up with one message that keeps the rest of the table.
+func TestDormantTableWokenUp(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		mend func(e *env)
+	}{
+		{"periodic check", func(e *env) { e.d.heal(healRequest{reason: "periodic check"}) }},
+		{"event", func(e *env) { e.d.heal(healRequest{tampered: true, reason: "add table inet fwdd by nft (pid 1)"}) }},
+		{"reload", func(e *env) {
+			if err := e.d.Reload(); err != nil {
+				e.t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, small)
+			e.start()
+			if err := e.kernel.SetFlags("fwdd", nft.TableDormant); err != nil {
+				t.Fatal(err)
+			}
+			tb, err := e.kernel.Read("fwdd", false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := tb.Differs(e.d.InForce()); err == nil || !strings.Contains(err.Error(), "dormant") {
+				t.Fatalf("a dormant table read back: %v", err)
+			}
+			n := len(e.kernel.Plans())
+			tc.mend(e)
+			if len(e.kernel.Plans()) != n+1 {
+				t.Fatalf("%d batches sent, want 1", len(e.kernel.Plans())-n)
+			}
+			if p := e.lastPlan(); p.Full || len(p.Ops) != 1 || p.Ops[0].Kind != nft.OpAddTable {
+				t.Errorf("the batch that wakes the table:\n%s", p)
+			}
+			e.holds()
+		})
+	}
+}
+
 // A daemon with a partial ct_mask starts, reloads by diff and keeps the
 // table exact; changing the layout is refused (live connections carry the
 // marks of the layout in force) and changes nothing.

@@ -80,3 +80,24 @@ func TestFailedTaskLeavesOthersRunning(t *testing.T) {
 		t.Errorf("B down: backends in the kernel %v, want [true false]", got)
 	}
 }
+
+// A table deleted between the first batch and the start of the guard has
+// no event to report it: the guard's first check finds it, long before the
+// periodic one.
+func TestTableDeletedBeforeGuardStartsIsHealed(t *testing.T) {
+	e := newEnv(t, small)
+	e.d.opts.CheckInterval = time.Hour
+	e.start()
+	if err := e.kernel.Behind(&nft.Plan{Table: "fwdd", Ops: []nft.Op{{Kind: nft.OpDeleteTable}}}); err != nil {
+		t.Fatal(err)
+	}
+	stops := make(chan os.Signal, 1)
+	done := make(chan error, 1)
+	go func() { done <- e.d.Run(context.Background(), nil, stops) }()
+	defer func() { stops <- syscall.SIGTERM; <-done }()
+	e.waitLog("table re-applied", 1)
+	if l := e.logs.FilterMessage("table differs from what fwdd applied; re-applying it").All(); len(l) != 1 || l[0].ContextMap()["check"] != reasonFirstCheck {
+		t.Errorf("re-applied after %v, want the first check", l)
+	}
+	e.holds()
+}

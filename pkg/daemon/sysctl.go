@@ -10,22 +10,40 @@ import (
 	"github.com/fwdd/fwdd/pkg/sysctl"
 )
 
-// applySysctls brings forwarding, rp_filter and conntrack_max to what the
-// config asks, logging only real changes. Start and reload call it after
-// everything that can refuse the config but the batch, and just before
-// sending it: forwarding is then on when the rules go in. If the batch
-// fails, they call undo, which sets back what applySysctls changed; if a
-// sysctl fails, applySysctls sets back the others itself. So a failed start
-// or reload leaves the sysctls as it found them (a value that cannot be
-// set back is logged as an error).
-func (d *Daemon) applySysctls(cfg *config.Config) (undo func(), err error) {
+// applySysctls brings forwarding, rp_filter, conntrack_max and
+// conntrack_buckets to what the config asks, logging only real changes.
+// Start and reload call it after everything that can refuse the config but
+// the batch, and just before sending it: forwarding is then on when the
+// rules go in. If the batch fails, they call undo, which sets back what
+// applySysctls changed; if a sysctl fails, applySysctls sets back the
+// others itself. So a failed start or reload leaves the sysctls as it found
+// them (a value that cannot be set back is logged as an error).
+//
+// One exception in the order: conntrack_max and conntrack_buckets are
+// parameters of nf_conntrack, which a modular kernel loads for the first
+// rule that uses conntrack; early in boot nothing may have, and fwdd's
+// batch is what loads it. When they do not exist yet, they are left for
+// after the batch: once it went in, the caller calls after, which writes
+// them. A failure there is logged as an error and fails nothing, as the
+// batch cannot be taken back.
+func (d *Daemon) applySysctls(cfg *config.Config) (undo, after func(), err error) {
 	u := &undoable{Sysctls: d.opts.Sysctls}
 	undo = func() { u.undo(d.log) }
-	if err := sysctl.Apply(u, sysctlPlan(cfg), d.log); err != nil {
+	later, err := sysctl.Apply(u, sysctlPlan(cfg), d.log)
+	if err != nil {
 		undo()
-		return nil, fmt.Errorf("sysctl: %w", err)
+		return nil, nil, fmt.Errorf("sysctl: %w", err)
 	}
-	return undo, nil
+	after = func() {
+		if later.Empty() {
+			return
+		}
+		if err := later.Apply(d.opts.Sysctls, d.log); err != nil {
+			d.log.Error("cannot set a sysctl after the batch that loaded nf_conntrack; forwarding without it",
+				zap.Error(err))
+		}
+	}
+	return undo, after, nil
 }
 
 // undoable is a Sysctls that remembers the values its writes replaced.

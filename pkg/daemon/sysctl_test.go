@@ -6,9 +6,13 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/sys/unix"
 
 	"github.com/fwdd/fwdd/pkg/config"
+	"github.com/fwdd/fwdd/pkg/nft"
 	"github.com/fwdd/fwdd/pkg/sysctl"
 )
 
@@ -75,6 +79,69 @@ func TestFailedApplyRestoresSysctls(t *testing.T) {
 			}
 			if d := cmp.Diff(before, e.sysctls.Values()); d != "" {
 				t.Errorf("sysctls after %v (-before +after):\n%s", err, d)
+			}
+		})
+	}
+}
+
+// loadsConntrack is the fake kernel of a modular kernel on which nothing
+// has loaded nf_conntrack yet: its sysctls appear with the first batch that
+// goes in (fwdd's table uses conntrack).
+type loadsConntrack struct {
+	*nft.Fake
+	sysctls *sysctl.Fake
+}
+
+func (k loadsConntrack) Run(p *nft.Plan) error {
+	if err := k.Fake.Run(p); err != nil {
+		return err
+	}
+	k.sysctls.Add(map[string]string{"net.netfilter.nf_conntrack_max": "65536", "net.netfilter.nf_conntrack_buckets": "16384"})
+	return nil
+}
+
+// conntrack_max and conntrack_buckets do not stop a start on a host whose
+// nf_conntrack is not loaded yet: they are written right after the batch
+// that loads it. A start whose batch fails still changes no sysctl, and a
+// value the kernel refuses after the batch is an error in the log, not a
+// failed start.
+func TestConntrackSysctlsAfterTheBatchThatLoadsIt(t *testing.T) {
+	text := strings.Replace(small, "[daemon]", "[sysctl]\nconntrack_max = 1000000\nconntrack_buckets = 250000\n[daemon]", 1)
+	for _, tc := range []struct {
+		name     string
+		fail     bool     // the batch is rejected
+		readOnly []string // refused once they exist (a child namespace)
+		want     map[string]string
+		wantErr  bool
+	}{
+		{name: "start", want: map[string]string{"net/ipv4/ip_forward": "1",
+			"net/netfilter/nf_conntrack_max": "1000000", "net/netfilter/nf_conntrack_buckets": "250000"}},
+		{name: "batch rejected", fail: true, want: map[string]string{"net/ipv4/ip_forward": "0"}, wantErr: true},
+		{name: "refused after the batch", readOnly: []string{"net.netfilter.nf_conntrack_max"},
+			want: map[string]string{"net/ipv4/ip_forward": "1",
+				"net/netfilter/nf_conntrack_max": "65536", "net/netfilter/nf_conntrack_buckets": "250000"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, text)
+			e.sysctls = sysctl.NewFake(map[string]string{"net.ipv4.ip_forward": "0"})
+			e.sysctls.SetReadOnly(tc.readOnly...)
+			core, logs := observer.New(zap.DebugLevel)
+			e.logs = logs
+			e.d = New(Options{ConfigPath: "fwdd.toml", StateDir: t.TempDir(), Log: zap.New(core),
+				Kernel: loadsConntrack{e.kernel, e.sysctls}, Sysctls: e.sysctls, Load: e.load})
+			if tc.fail {
+				e.kernel.FailNext(unix.EINVAL)
+			}
+			err := e.d.Start()
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("start: %v", err)
+			}
+			if d := cmp.Diff(tc.want, e.sysctls.Values()); d != "" {
+				t.Errorf("sysctls (-want +got):\n%s", d)
+			}
+			refused := logs.FilterMessage("cannot set a sysctl after the batch that loaded nf_conntrack; forwarding without it").All()
+			if (len(refused) == 1) != (tc.readOnly != nil) || len(refused) == 1 && refused[0].Level != zapcore.ErrorLevel {
+				t.Errorf("errors logged after the batch: %v", refused)
 			}
 		})
 	}

@@ -40,7 +40,9 @@ func (a *Applier) Last() *Model { return a.last.Load() }
 // differences from the model in force (Diff), or a full replace when
 // nothing was applied yet, after a failure, or when the table was changed
 // behind fwdd's back (checked by a cheap read of chains, rules and sets).
-// It only reads.
+// A table whose chains, rules and sets are as fwdd left them but that was
+// made dormant keeps the diff, which then begins by adding the table: that
+// clears its flags. It only reads.
 func (a *Applier) Plan(m *Model) (*Plan, error) {
 	return planFrom(a.Backend, a.Last(), m, a.unsure)
 }
@@ -65,6 +67,9 @@ func planFrom(b Backend, last, m *Model, unsure bool) (*Plan, error) {
 			return nil, fmt.Errorf("read table inet %s: %w", last.Table, err)
 		}
 		replace = t == nil || t.shapeDiffers(last) != ""
+		if !replace {
+			p.clearFlags(t) // a dormant table wakes up in the same batch
+		}
 	}
 	if replace {
 		r := Replace(m)

@@ -35,6 +35,7 @@ type Fake struct {
 }
 
 type fakeTable struct {
+	flags  uint32       // Table.Flags
 	chains []*fakeChain // in creation order, like the kernel lists them
 	sets   []*fakeSet
 }
@@ -88,6 +89,19 @@ func (f *Fake) Behind(p *Plan) error {
 	return f.apply(p, false)
 }
 
+// SetFlags sets the table's flags as another program would, behind fwdd's
+// back: TableDormant is `nft add table inet NAME { flags dormant; }`.
+func (f *Fake) SetFlags(table string, flags uint32) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t := f.tables[table]
+	if t == nil {
+		return fmt.Errorf("table inet %s: %w", table, errNoTable)
+	}
+	t.flags = flags
+	return nil
+}
+
 // Run implements Backend.
 func (f *Fake) Run(p *Plan) error {
 	f.mu.Lock()
@@ -132,7 +146,7 @@ func (t *fakeTable) clone() *fakeTable {
 	if t == nil {
 		return nil
 	}
-	c := &fakeTable{}
+	c := &fakeTable{flags: t.flags}
 	for _, ch := range t.chains {
 		c.chains = append(c.chains, &fakeChain{decl: ch.decl, rules: slices.Clone(ch.rules)})
 	}
@@ -167,6 +181,7 @@ func (t *fakeTable) apply(op *Op, ours bool) (*fakeTable, error) {
 		if t == nil {
 			t = &fakeTable{}
 		}
+		t.flags = 0 // as the kernel: an add of an existing table updates its flags
 		return t, nil
 	}
 	if t == nil {
@@ -303,7 +318,7 @@ func (f *Fake) Read(table string, elements bool) (*Table, error) {
 	if ft == nil {
 		return nil, nil
 	}
-	t := &Table{Name: table, Elements: elements}
+	t := &Table{Name: table, Flags: ft.flags, Elements: elements}
 	for _, c := range ft.chains {
 		tc := TableChain{Name: c.decl.Name, Hook: c.decl.Hook}
 		for _, r := range c.rules {
@@ -379,6 +394,9 @@ func (f *Fake) Dump(table string) (string, error) {
 	w.WriteString("table inet ")
 	w.ident(table)
 	w.WriteString(" {\n")
+	if ft.flags&TableDormant != 0 {
+		w.WriteString("\tflags dormant\n")
+	}
 	for _, s := range ft.sets {
 		renderSet(&w, s.decl, s.sorted())
 	}

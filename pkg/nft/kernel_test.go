@@ -564,3 +564,79 @@ to = "[fd00::2]"
 		t.Fatalf("VerifyByKey: %v", err)
 	}
 }
+
+// Another program makes fwdd's table dormant (`nft add table inet fwdd {
+// flags dormant; }`): its chains see no packet, nothing is forwarded. The
+// table read back says so, and each way fwdd mends its table wakes it up:
+// the repair after an edit behind its back and a reload's diff in a batch
+// that keeps the rest of the table and its counters, and, for a reload of
+// a table that was also edited otherwise, the replace.
+func TestKernelDormantTable(t *testing.T) {
+	e := newScaleEnv(t)
+	m := compileCfg(t, manyForwards(t, 3), nil)
+	a := &Applier{Backend: e.kernel}
+	if _, err := a.Apply(m); err != nil {
+		t.Fatal(err)
+	}
+	e.checkTCP(t, 1)
+	packets := func() uint64 {
+		t.Helper()
+		tr, err := e.kernel.ReadTraffic("fwdd", m.Layout)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tr["f1"] == nil {
+			t.Fatal("no counters of f1")
+		}
+		return tr["f1"].OrigPackets
+	}
+	reload := func() (Stats, error) { return a.Apply(m) }
+	flush := []string{"nft", "flush", "chain", "inet", "fwdd", "dispatch"}
+	for _, tc := range []struct {
+		name string
+		also []string // another edit behind fwdd's back
+		mend func() (Stats, error)
+		full bool
+	}{
+		{name: "repair", mend: a.Repair},
+		{name: "reload", mend: reload},
+		{name: "repair of a table also flushed", also: flush, mend: a.Repair},
+		{name: "reload of a table also flushed", also: flush, mend: reload, full: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			if out, err := e.topo.Gateway.Run(ctx, "nft", "add table inet fwdd { flags dormant; }"); err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			if tc.also != nil {
+				if out, err := e.topo.Gateway.Run(ctx, tc.also...); err != nil {
+					t.Fatalf("%v: %s", err, out)
+				}
+			}
+			dctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			if c, _, err := e.topo.Client.DialTCP(dctx, fwdAddr(1)+":80"); err == nil {
+				c.Close()
+				t.Fatal("a dormant table forwards")
+			}
+			if err := e.kernel.VerifyContent(m); err == nil || !strings.Contains(err.Error(), "dormant") {
+				t.Fatalf("the dormant table read back: %v", err)
+			}
+			before := packets()
+			st, err := tc.mend()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Full != tc.full {
+				t.Errorf("full replace %v, want %v", st.Full, tc.full)
+			}
+			if err := e.kernel.VerifyContent(m); err != nil {
+				t.Fatal(err)
+			}
+			if after := packets(); !tc.full && after < before {
+				t.Errorf("f1's counter went from %d to %d packets: the table was replaced", before, after)
+			}
+			e.checkTCP(t, 1)
+		})
+	}
+}

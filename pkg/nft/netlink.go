@@ -329,13 +329,13 @@ var hookNames = map[nftables.ChainHook]string{
 	*nftables.ChainHookPostrouting: "postrouting",
 }
 
-// Read reads fwdd's table back (nil when it does not exist): its chains
-// with their hooks and rule tags, its named sets, and with elements also
+// Read reads fwdd's table back (nil when it does not exist): its flags, its
+// chains with their hooks and rule tags, its named sets, and with elements also
 // every element. Dumps are flow-controlled by the reader, so this works
 // where a batch's acks did not.
 func (k *Netlink) Read(table string, elements bool) (*Table, error) {
-	exists, err := k.TableExists(table)
-	if err != nil || !exists {
+	kt, err := k.table(table)
+	if err != nil || kt == nil {
 		return nil, err
 	}
 	c, err := k.readConn()
@@ -344,7 +344,10 @@ func (k *Netlink) Read(table string, elements bool) (*Table, error) {
 	}
 	defer func() { _ = c.CloseLasting() }()
 	nt := &nftables.Table{Name: table, Family: nftables.TableFamilyINet}
-	t := &Table{Name: table, Elements: elements}
+	// google/nftables v0.3.0 decodes NFTA_TABLE_FLAGS, which the kernel
+	// sends big endian, in host order (dormant read as 0x1000000 here).
+	flags := binary.BigEndian.Uint32(binary.NativeEndian.AppendUint32(nil, kt.Flags))
+	t := &Table{Name: table, Flags: flags, Elements: elements}
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return nil, fmt.Errorf("list chains: %w", err)
@@ -425,20 +428,27 @@ func (k *Netlink) VerifyContent(m *Model) error {
 
 // TableExists reports whether table inet <table> exists.
 func (k *Netlink) TableExists(table string) (bool, error) {
+	t, err := k.table(table)
+	return t != nil, err
+}
+
+// table returns table inet <table> as the kernel lists it (name, flags),
+// nil when it does not exist.
+func (k *Netlink) table(table string) (*nftables.Table, error) {
 	c, err := k.conn()
 	if err != nil {
-		return false, err
+		return nil, err
 	}
 	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
 	if err != nil {
-		return false, fmt.Errorf("list tables: %w", err)
+		return nil, fmt.Errorf("list tables: %w", err)
 	}
 	for _, t := range tables {
 		if t.Name == table {
-			return true, nil
+			return t, nil
 		}
 	}
-	return false, nil
+	return nil, nil
 }
 
 // verdictChain returns the chain of a jump or goto verdict as the kernel

@@ -3,13 +3,18 @@ package nft
 import (
 	"encoding/binary"
 	"fmt"
+	"strings"
 
 	"github.com/fwdd/fwdd/pkg/ctmark"
 )
 
 // Table is fwdd's table as read back from the kernel (or a Fake).
 type Table struct {
-	Name   string
+	Name string
+	// Flags are the table's flags (NFTA_TABLE_FLAGS); fwdd's table has
+	// none. Another program can set dormant on it (`nft add table inet
+	// fwdd { flags dormant; }`): its chains then see no packet at all.
+	Flags  uint32
 	Chains []TableChain
 	Sets   []TableSet
 	// Elements: the sets' elements were read too.
@@ -69,6 +74,38 @@ func (t *Table) IDs(l ctmark.Layout) map[string]uint32 {
 	return ids
 }
 
+// Table flags (linux/netfilter/nf_tables.h, enum nft_table_flags).
+const (
+	TableDormant uint32 = 1 << iota
+	TableOwner
+	TablePersist
+)
+
+// flagsDiffer says how the table's flags differ from fwdd's (none), ""
+// when they do not. A batch that adds the table (OpAddTable, which sends
+// flags 0) clears dormant and keeps the rest of the table.
+func (t *Table) flagsDiffer() string {
+	if t.Flags == 0 {
+		return ""
+	}
+	var names []string
+	for _, f := range []struct {
+		bit  uint32
+		name string
+	}{{TableDormant, "dormant"}, {TableOwner, "owner"}, {TablePersist, "persist"}} {
+		if t.Flags&f.bit != 0 {
+			names = append(names, f.name)
+		}
+	}
+	if rest := t.Flags &^ (TableDormant | TableOwner | TablePersist); rest != 0 {
+		names = append(names, fmt.Sprintf("%#x", rest))
+	}
+	if t.Flags == TableDormant {
+		return fmt.Sprintf("table inet %s is dormant (flags dormant): its chains see no packet", t.Name)
+	}
+	return fmt.Sprintf("table inet %s has flags %s, fwdd sets none", t.Name, strings.Join(names, ","))
+}
+
 // shapeDiffers says how the table's chains, hooks, rules and sets differ
 // from m's ("" when they do not): what a diff against fwdd's last model
 // assumes still holds.
@@ -112,10 +149,14 @@ func (tc *TableChain) differs(c *Chain) string {
 }
 
 // Differs says how the table differs from m, nil when it holds exactly m:
-// chains, hooks and rules, sets, and (when they were read) every element.
+// its flags (none), chains, hooks and rules, sets, and (when they were
+// read) every element.
 func (t *Table) Differs(m *Model) error {
 	if t == nil {
 		return fmt.Errorf("table inet %s is not in the kernel", m.Table)
+	}
+	if why := t.flagsDiffer(); why != "" {
+		return fmt.Errorf("%s", why)
 	}
 	if why := t.shapeDiffers(m); why != "" {
 		return fmt.Errorf("%s", why)
@@ -143,7 +184,8 @@ func (t *Table) Differs(m *Model) error {
 // counters) that are wanted, and adds, flushes and deletes the rest (a
 // missing base chain is added, an extra snat_guard deleted). A table with
 // other base chains, hooks, policies or sets than m, or with the chains of
-// another ct mark layout, is replaced. t must have been read with its
+// another ct mark layout, is replaced. A table with flags (dormant) is
+// added again first, which clears them. t must have been read with its
 // elements.
 func Reconcile(t *Table, m *Model) *Plan {
 	if t == nil || !t.Elements || t.Name != m.Table {
@@ -179,6 +221,7 @@ func Reconcile(t *Table, m *Model) *Plan {
 		}
 	}
 	p := &Plan{Table: m.Table, Want: m}
+	p.clearFlags(t)
 	var flush, dels, adds []*Chain
 	for _, c := range m.Chains {
 		switch tc := t.chain(c.Name); {
@@ -201,4 +244,14 @@ func Reconcile(t *Table, m *Model) *Plan {
 	}
 	p.chainOps(flush, dels, adds, func(si int) (a, d []Element) { return add[si], del[si] })
 	return p
+}
+
+// clearFlags starts p with adding the table when t has flags: the kernel
+// takes an add of an existing table as an update of its flags, to 0 (what
+// google/nftables' AddTable sends, and nft's `add table`), and a dormant
+// table wakes up with its chains, rules, sets and counters as they are.
+func (p *Plan) clearFlags(t *Table) {
+	if t != nil && t.Flags != 0 {
+		p.Ops = append([]Op{{Kind: OpAddTable}}, p.Ops...)
+	}
 }

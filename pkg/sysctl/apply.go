@@ -35,7 +35,12 @@ type Plan struct {
 	//     all=2 alone already makes every interface loose, the other writes
 	//     make the intent visible where people look for it;
 	//   - off writes 0 to all, default and each interface in Interfaces; an
-	//     interface not named keeps its own value (max(0, x) = x);
+	//     interface not named keeps its own value (max(0, x) = x). One that
+	//     appears later starts with default's 0, but under systemd udev runs
+	//     systemd-sysctl for each new interface (99-systemd.rules), which
+	//     applies sysctl.d's conf.*.rp_filter to it (upstream systemd's
+	//     50-default.conf says 2; Debian does not ship that file); fwdd
+	//     writes it at its next start or reload only;
 	//   - keep writes nothing.
 	RPFilter RPFilter
 	// Interfaces are the interfaces forwards are bound to. One that does not
@@ -43,16 +48,21 @@ type Plan struct {
 	Interfaces []string
 	// ConntrackMax sets net.netfilter.nf_conntrack_max when > 0. Inside a
 	// child network namespace the kernel refuses; Apply then returns a
-	// *ReadOnlyError saying to set it on the host.
+	// *ReadOnlyError saying to set it on the host. The parameter exists
+	// only once nf_conntrack is loaded: see Later.
 	ConntrackMax int
 	// ConntrackBuckets sets net.netfilter.nf_conntrack_buckets (the hash
-	// table's size) when > 0; like ConntrackMax, only on the host.
+	// table's size) when > 0; like ConntrackMax, only on the host and only
+	// once nf_conntrack is loaded.
 	ConntrackBuckets int
 }
 
 type setting struct {
 	name, value string
 	iface       string // the interface whose directory may be missing, or ""
+	// conntrack: a parameter of the nf_conntrack module, missing until it
+	// is loaded.
+	conntrack bool
 }
 
 func (p Plan) settings() []setting {
@@ -79,12 +89,21 @@ func (p Plan) settings() []setting {
 		}
 	}
 	if p.ConntrackMax > 0 {
-		ss = append(ss, setting{name: "net.netfilter.nf_conntrack_max", value: strconv.Itoa(p.ConntrackMax)})
+		ss = append(ss, setting{name: "net.netfilter.nf_conntrack_max", value: strconv.Itoa(p.ConntrackMax), conntrack: true})
 	}
 	if p.ConntrackBuckets > 0 {
-		ss = append(ss, setting{name: "net.netfilter.nf_conntrack_buckets", value: strconv.Itoa(p.ConntrackBuckets)})
+		ss = append(ss, setting{name: "net.netfilter.nf_conntrack_buckets", value: strconv.Itoa(p.ConntrackBuckets), conntrack: true})
 	}
 	return ss
+}
+
+// laterNote says what rp_filter an interface that appears later gets, by
+// the value fwdd wrote to conf.all and conf.default.
+var laterNote = map[string]string{
+	"2": "conf.all.rp_filter = 2 makes it loose when it appears, whatever its own value",
+	"0": "when it appears its own value counts (conf.all is 0): it starts with conf.default's 0 " +
+		"unless sysctl.d sets net.ipv4.conf.*.rp_filter, which udev applies to each new interface " +
+		"through systemd-sysctl; fwdd sets it only at its next start or reload",
 }
 
 // raNote is logged when fwdd turns IPv6 forwarding on: a router does not
@@ -95,14 +114,42 @@ const raNote = "the kernel now ignores IPv6 router advertisements on interfaces 
 // Apply brings the kernel to p. It logs one line per value it changed and
 // nothing for values already right. It tries every setting and returns the
 // errors of those that failed, joined.
-func Apply(s Sysctls, p Plan, log *zap.Logger) error {
+//
+// A setting of nf_conntrack (ConntrackMax, ConntrackBuckets) whose
+// parameter does not exist is no error: on a modular kernel the module is
+// loaded by the first rule that uses conntrack, which early in boot nothing
+// may have installed yet, and fwdd's own table is such a rule. Apply
+// returns those settings in later, for Later.Apply once the table is in.
+func Apply(s Sysctls, p Plan, log *zap.Logger) (later Later, err error) {
+	return apply(s, p.settings(), true, log)
+}
+
+// Later are the settings Apply left until nf_conntrack is loaded.
+type Later struct{ settings []setting }
+
+// Empty reports whether nothing was left.
+func (l Later) Empty() bool { return len(l.settings) == 0 }
+
+// Apply writes what Apply left, as Apply does; a parameter still missing
+// is an error now.
+func (l Later) Apply(s Sysctls, log *zap.Logger) error {
+	_, err := apply(s, l.settings, false, log)
+	return err
+}
+
+func apply(s Sysctls, settings []setting, deferConntrack bool, log *zap.Logger) (Later, error) {
+	var later Later
 	var errs []error
-	for _, st := range p.settings() {
+	for _, st := range settings {
 		old, changed, err := s.Set(st.name, st.value)
 		switch {
+		case err != nil && st.conntrack && deferConntrack && errors.Is(err, fs.ErrNotExist):
+			log.Info("sysctl left until fwdd's table is in: nf_conntrack is not loaded yet",
+				zap.String("sysctl", Display(st.name)), zap.String("value", st.value))
+			later.settings = append(later.settings, st)
 		case err != nil && st.iface != "" && errors.Is(err, fs.ErrNotExist):
-			log.Warn("interface not present, rp_filter not set; it takes conf.all and conf.default when it appears",
-				zap.String("sysctl", Display(st.name)), zap.String("interface", st.iface))
+			log.Warn("interface not present, rp_filter not set on it",
+				zap.String("sysctl", Display(st.name)), zap.String("interface", st.iface), zap.String("note", laterNote[st.value]))
 		case err != nil:
 			errs = append(errs, err)
 		case changed && st.name == Conf("ipv6", "all", "forwarding") && st.value == "1":
@@ -114,9 +161,9 @@ func Apply(s Sysctls, p Plan, log *zap.Logger) error {
 		}
 	}
 	if len(errs) == 0 {
-		return nil
+		return later, nil
 	}
-	return joined(errs)
+	return later, joined(errs)
 }
 
 // joined is errors.Join on one line: errors carry no newlines.

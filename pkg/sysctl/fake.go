@@ -27,6 +27,16 @@ func NewFake(values map[string]string) *Fake {
 	return f
 }
 
+// Add adds parameters (names in either form), as loading a module does:
+// nf_conntrack's appear when the first rule that uses conntrack goes in.
+func (f *Fake) Add(values map[string]string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for n, v := range values {
+		f.values[mustKey(n)] = v
+	}
+}
+
 // SetReadOnly makes names refuse writes, like nf_conntrack_max in a child
 // network namespace.
 func (f *Fake) SetReadOnly(names ...string) {

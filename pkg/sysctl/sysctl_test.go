@@ -187,12 +187,12 @@ func TestApply(t *testing.T) {
 				{Msg: "sysctl changed", Sysctl: "net.ipv4.conf.all.rp_filter", Old: "1", New: "2"},
 				{Msg: "sysctl changed", Sysctl: "net.ipv4.conf.default.rp_filter", Old: "1", New: "2"},
 				{Msg: "sysctl changed", Sysctl: "net.ipv4.conf.eth1.rp_filter", Old: "1", New: "2"},
-				{Msg: "interface not present, rp_filter not set; it takes conf.all and conf.default when it appears", Sysctl: "net.ipv4.conf.wg0.rp_filter", Interface: "wg0"},
+				{Msg: "interface not present, rp_filter not set on it", Sysctl: "net.ipv4.conf.wg0.rp_filter", Interface: "wg0", Note: laterNote["2"]},
 			},
 		},
 		{
 			name: "off",
-			plan: Plan{RPFilter: RPFilterOff, Interfaces: []string{"eth0.100"}},
+			plan: Plan{RPFilter: RPFilterOff, Interfaces: []string{"eth0.100", "wg0"}},
 			want: map[string]string{
 				"net/ipv4/conf/all/rp_filter": "0", "net/ipv4/conf/default/rp_filter": "0", "net/ipv4/conf/eth0.100/rp_filter": "0",
 			},
@@ -200,6 +200,7 @@ func TestApply(t *testing.T) {
 				{Msg: "sysctl changed", Sysctl: "net.ipv4.conf.all.rp_filter", Old: "1", New: "0"},
 				{Msg: "sysctl changed", Sysctl: "net.ipv4.conf.default.rp_filter", Old: "1", New: "0"},
 				{Msg: "sysctl changed", Sysctl: "net.ipv4.conf.eth0/100.rp_filter", Old: "2", New: "0"},
+				{Msg: "interface not present, rp_filter not set on it", Sysctl: "net.ipv4.conf.wg0.rp_filter", Interface: "wg0", Note: laterNote["0"]},
 			},
 		},
 		{
@@ -242,7 +243,7 @@ func TestApply(t *testing.T) {
 			f := NewFake(base)
 			f.SetReadOnly(tt.readOnly...)
 			core, logs := observer.New(zapcore.DebugLevel)
-			err := Apply(f, tt.plan, zap.New(core))
+			_, err := Apply(f, tt.plan, zap.New(core))
 			if gotErr := errString(err); gotErr != tt.wantErr {
 				t.Errorf("err = %q, want %q", gotErr, tt.wantErr)
 			}
@@ -272,7 +273,7 @@ func TestApply(t *testing.T) {
 			// Applying again changes and logs nothing.
 			before := f.Writes()
 			logs.TakeAll()
-			_ = Apply(f, tt.plan, zap.New(core))
+			_, _ = Apply(f, tt.plan, zap.New(core))
 			if f.Writes() != before {
 				t.Errorf("second Apply wrote %d values", f.Writes()-before)
 			}
@@ -293,7 +294,7 @@ func TestApplyFS(t *testing.T) {
 		"net/ipv4/conf/default/rp_filter": "1",
 	})
 	core, logs := observer.New(zapcore.InfoLevel)
-	err := Apply(NewFS(root), Plan{IPForward: true, RPFilter: RPFilterLoose, Interfaces: []string{"eth7"}}, zap.New(core))
+	_, err := Apply(NewFS(root), Plan{IPForward: true, RPFilter: RPFilterLoose, Interfaces: []string{"eth7"}}, zap.New(core))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -316,10 +317,62 @@ func errString(err error) string {
 func TestApplyErrorsOnOneLine(t *testing.T) {
 	f := NewFake(map[string]string{"net.ipv4.ip_forward": "0", "net.netfilter.nf_conntrack_max": "100"})
 	f.SetReadOnly("net.ipv4.ip_forward", "net.netfilter.nf_conntrack_max")
-	err := Apply(f, Plan{IPForward: true, ConntrackMax: 5}, zap.NewNop())
+	_, err := Apply(f, Plan{IPForward: true, ConntrackMax: 5}, zap.NewNop())
 	var ro *ReadOnlyError
 	if err == nil || strings.Contains(err.Error(), "\n") || !errors.As(err, &ro) ||
 		!strings.Contains(err.Error(), "ip_forward") || !strings.Contains(err.Error(), "nf_conntrack_max") {
 		t.Errorf("Apply = %q", err)
+	}
+}
+
+// On a modular kernel nothing may have loaded nf_conntrack yet (early in
+// boot): its parameters do not exist. Apply writes the rest and leaves
+// them for after the batch that loads it; Later then writes them, and one
+// still missing is an error.
+func TestApplyLeavesConntrackUntilLoaded(t *testing.T) {
+	// Through files, as /proc/sys shows it: net/netfilter holds nf_log only.
+	root := procTree(t, map[string]string{"net/ipv4/ip_forward": "0", "net/netfilter/nf_log/2": "NONE"})
+	core, logs := observer.New(zapcore.InfoLevel)
+	plan := Plan{IPForward: true, ConntrackMax: 524288, ConntrackBuckets: 131072}
+	later, err := Apply(NewFS(root), plan, zap.New(core))
+	if err != nil {
+		t.Fatalf("Apply before nf_conntrack is loaded: %v", err)
+	}
+	if later.Empty() {
+		t.Fatal("nothing left for later")
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, "net/ipv4/ip_forward")); string(b) != "1\n" {
+		t.Errorf("ip_forward holds %q", b)
+	}
+	if n := logs.FilterMessage("sysctl left until fwdd's table is in: nf_conntrack is not loaded yet").Len(); n != 2 {
+		t.Errorf("%d settings logged as left, want 2: %v", n, logs.All())
+	}
+	// Still not loaded: now an error naming both.
+	if err := later.Apply(NewFS(root), zap.NewNop()); !errors.Is(err, fs.ErrNotExist) ||
+		!strings.Contains(err.Error(), "nf_conntrack_max") || !strings.Contains(err.Error(), "nf_conntrack_buckets") {
+		t.Errorf("Later.Apply with the module still missing = %v", err)
+	}
+	// The module loaded (the batch went in).
+	for name, v := range map[string]string{"nf_conntrack_max": "262144", "nf_conntrack_buckets": "65536"} {
+		if err := os.WriteFile(filepath.Join(root, "net/netfilter", name), []byte(v+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	logs.TakeAll()
+	if err := later.Apply(NewFS(root), zap.New(core)); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{"nf_conntrack_max": "524288\n", "nf_conntrack_buckets": "131072\n"} {
+		if b, _ := os.ReadFile(filepath.Join(root, "net/netfilter", name)); string(b) != want {
+			t.Errorf("%s holds %q, want %q", name, b, want)
+		}
+	}
+	if n := logs.FilterMessage("sysctl changed").Len(); n != 2 {
+		t.Errorf("%d changes logged, want 2", n)
+	}
+	// Other parameters are not left for later: a missing ip_forward is an
+	// error at once.
+	if later, err := Apply(NewFake(nil), Plan{IPForward: true}, zap.NewNop()); !errors.Is(err, fs.ErrNotExist) || !later.Empty() {
+		t.Errorf("Apply without ip_forward = %v, %v", later, err)
 	}
 }
