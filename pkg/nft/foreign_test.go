@@ -2,30 +2,108 @@ package nft
 
 import (
 	"context"
+	"encoding/binary"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
 
 	"github.com/fwdd/fwdd/internal/sandbox"
 )
 
 const testTag, testMask = 0xfd000000, 0xff000000
 
-func TestCoversFwdd(t *testing.T) {
+var (
+	tcp4 = packet{nfproto: unix.NFPROTO_IPV4, l4proto: unix.IPPROTO_TCP}
+	udp4 = packet{nfproto: unix.NFPROTO_IPV4, l4proto: unix.IPPROTO_UDP}
+	tcp6 = packet{nfproto: unix.NFPROTO_IPV6, l4proto: unix.IPPROTO_TCP}
+)
+
+func u32(v uint32) []byte { return binary.NativeEndian.AppendUint32(nil, v) }
+
+// ctMarkIs is nft's "ct mark and MASK == VALUE" (op eq) or "!=".
+func ctMarkIs(op expr.CmpOp, mask, value uint32) []expr.Any {
+	return []expr.Any{&expr.Ct{Key: expr.CtKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: u32(mask), Xor: u32(0)},
+		&expr.Cmp{Op: op, Register: 1, Data: u32(value)}}
+}
+
+func metaIs(key expr.MetaKey, b byte) []expr.Any {
+	return []expr.Any{&expr.Meta{Key: key, Register: 1}, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{b}}}
+}
+
+func TestWalkerShape(t *testing.T) {
+	accept := &expr.Verdict{Kind: expr.VerdictAccept}
+	cat := func(parts ...[]expr.Any) []expr.Any { return slices.Concat(parts...) }
 	for _, tc := range []struct {
-		value, bits uint32
-		want        bool
+		name       string
+		exprs      []expr.Any
+		pkt        packet
+		want       int
+		wantReject bool
 	}{
-		{0xfd000000, 0xff000000, true},
-		{0xfd000000, 0xfd000000, true},  // looks at fewer tag bits: still every fwdd mark
-		{0xfd000000, 0xffffffff, false}, // only id 0
-		{0xfe000000, 0xff000000, false},
-		{0, 0, false},
+		{"reject", []expr.Any{&expr.Reject{Type: 2, Code: 1}}, tcp4, matchAll, true},
+		{"counter reject", []expr.Any{&expr.Counter{}, &expr.Reject{Type: 0, Code: 13}}, udp4, matchAll, true},
+		{"iptables REJECT", []expr.Any{&expr.Counter{}, &expr.Target{Name: "REJECT"}}, tcp6, matchAll, true},
+		{"reject with icmp, ipv4", cat(metaIs(expr.MetaKeyNFPROTO, unix.NFPROTO_IPV4), []expr.Any{&expr.Reject{Code: 13}}), udp4, matchFwdd, true},
+		{"reject with icmp, ipv6", cat(metaIs(expr.MetaKeyNFPROTO, unix.NFPROTO_IPV4), []expr.Any{&expr.Reject{Code: 13}}), tcp6, matchOther, false},
+		{"reject with tcp reset, tcp", cat(metaIs(expr.MetaKeyL4PROTO, unix.IPPROTO_TCP), []expr.Any{&expr.Reject{Type: 1}}), tcp6, matchFwdd, true},
+		{"reject with tcp reset, udp", cat(metaIs(expr.MetaKeyL4PROTO, unix.IPPROTO_TCP), []expr.Any{&expr.Reject{Type: 1}}), udp4, matchOther, false},
+		{"ct mark tag accept", cat(ctMarkIs(expr.CmpOpEq, testMask, testTag), []expr.Any{accept}), tcp4, matchFwdd, false},
+		{"ct mark fewer tag bits", cat(ctMarkIs(expr.CmpOpEq, 0xfd000000, testTag), []expr.Any{accept}), tcp4, matchFwdd, false},
+		{"ct mark whole", cat(ctMarkIs(expr.CmpOpEq, 0xffffffff, testTag), []expr.Any{accept}), tcp4, matchOther, false},
+		{"ct mark other tag", cat(ctMarkIs(expr.CmpOpEq, testMask, 0xfe000000), []expr.Any{accept}), tcp4, matchOther, false},
+		{"ct mark != 0", []expr.Any{&expr.Ct{Key: expr.CtKeyMARK, Register: 1}, &expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: u32(0)}, accept}, tcp4, matchFwdd, false},
+		{"ct mark and tag != tag", cat(ctMarkIs(expr.CmpOpNeq, testMask, testTag), []expr.Any{accept}), tcp4, matchOther, false},
+		{"ct mark set", []expr.Any{&expr.Immediate{Register: 1, Data: u32(1)}, &expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true}, accept}, tcp4, matchOther, false},
+		{"ct state", []expr.Any{&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: u32(6), Xor: u32(0)},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: u32(0)}, accept}, tcp4, matchOther, false},
 	} {
-		if got := coversFwdd(tc.value, tc.bits, testTag, testMask); got != tc.want {
-			t.Errorf("coversFwdd(%#x, %#x) = %v, want %v", tc.value, tc.bits, got, tc.want)
+		// The verdict of a rule that does not match is not looked at.
+		w := walker{tag: testTag, mask: testMask, pkt: tc.pkt}
+		got, _, reject := w.shape(&nftables.Rule{Exprs: tc.exprs})
+		if got != tc.want || reject != tc.wantReject {
+			t.Errorf("%s: match %d, reject %v; want %d, %v", tc.name, got, reject, tc.want, tc.wantReject)
+		}
+	}
+}
+
+func TestBlocks(t *testing.T) {
+	rule := func(h uint64, exprs ...expr.Any) *nftables.Rule { return &nftables.Rule{Handle: h, Exprs: exprs} }
+	tcpReset := append(metaIs(expr.MetaKeyL4PROTO, unix.IPPROTO_TCP), &expr.Reject{Type: 1})
+	for _, tc := range []struct {
+		name   string
+		rules  map[string][]*nftables.Rule
+		policy bool
+		fam    nftables.TableFamily
+		want   string
+	}{
+		{"reject", map[string][]*nftables.Rule{"forward": {rule(2, &expr.Reject{Type: 2, Code: 1})}}, false, nftables.TableFamilyINet,
+			"rule handle 2 in chain forward rejects every packet"},
+		{"goto a chain that rejects", map[string][]*nftables.Rule{
+			"forward": {rule(2, &expr.Verdict{Kind: expr.VerdictGoto, Chain: "sub"})},
+			"sub":     {rule(4, &expr.Counter{}, &expr.Reject{})},
+		}, false, nftables.TableFamilyIPv4, "rule handle 4 in chain sub rejects every packet"},
+		{"tcp reset, then policy drop", map[string][]*nftables.Rule{"forward": {rule(3, tcpReset...)}}, true, nftables.TableFamilyINet,
+			"rule handle 3 in chain forward rejects fwdd's connections (tcp); policy drop (udp)"},
+		{"tcp reset, policy accept", map[string][]*nftables.Rule{"forward": {rule(3, tcpReset...)}}, false, nftables.TableFamilyIPv6,
+			"rule handle 3 in chain forward rejects fwdd's connections (tcp)"},
+		{"ipv4 only", map[string][]*nftables.Rule{"forward": {rule(3, append(metaIs(expr.MetaKeyNFPROTO, unix.NFPROTO_IPV4), &expr.Reject{})...)}}, false, nftables.TableFamilyINet,
+			"rule handle 3 in chain forward rejects fwdd's connections (ipv4)"},
+		{"accepted first", map[string][]*nftables.Rule{"forward": {
+			rule(2, append(ctMarkIs(expr.CmpOpEq, testMask, testTag), &expr.Verdict{Kind: expr.VerdictAccept})...),
+			rule(3, &expr.Reject{}),
+		}}, true, nftables.TableFamilyINet, ""},
+	} {
+		if got := blocks(tc.rules, "forward", tc.policy, testTag, testMask, packetsOf(tc.fam)); got != tc.want {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
 		}
 	}
 }
@@ -126,11 +204,42 @@ table inet narrow {
 		ct mark 0xfd000000 accept
 	}
 }
+table inet rej {
+	chain forward {
+		type filter hook forward priority 0;
+		reject
+	}
+}
+table ip rejicmp {
+	chain forward {
+		type filter hook forward priority 0;
+		counter reject with icmp type admin-prohibited
+	}
+}
+table inet rejicmp6 {
+	chain forward {
+		type filter hook forward priority 0;
+		reject with icmpv6 type admin-prohibited
+	}
+}
+table inet rejgoto {
+	chain forward {
+		type filter hook forward priority 0;
+		goto sub
+	}
+	chain sub {
+		reject with tcp reset
+	}
+}
 `)
 	got := blockers()
 	want := []string{
 		"table inet filter chain forward: policy drop",
 		"table inet narrow chain forward: policy drop",
+		"table inet rej chain forward: rule handle 2 in chain forward rejects every packet",
+		"table inet rejgoto chain forward: rule handle 4 in chain sub rejects fwdd's connections (tcp)",
+		"table inet rejicmp6 chain forward: rule handle 2 in chain forward rejects fwdd's connections (ipv6)",
+		"table ip rejicmp chain forward: rule handle 2 in chain forward rejects every packet",
 		"table ip6 strict chain forward: rule handle 2 in chain forward drops every packet",
 	}
 	var names []string
