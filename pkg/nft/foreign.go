@@ -355,6 +355,14 @@ func (w *walker) shape(r *nftables.Rule) (match int, verdict *expr.Verdict, reje
 			}
 			match = matchFwdd
 		case *expr.Match:
+			if e.Name == "comment" {
+				// iptables-nft keeps "-m comment" as an xt match (1.8.9),
+				// which always matches. Of the other xt matches none is a
+				// pure annotation: nfacct, which counts, also matches only
+				// over its object's quota if it has one, which the rule
+				// does not tell.
+				continue
+			}
 			if w.xtMatch(e) != yes {
 				return matchOther, verdict, reject
 			}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/google/nftables/xt"
 	"golang.org/x/sys/unix"
 
 	"github.com/fwdd/fwdd/internal/sandbox"
@@ -34,6 +35,17 @@ func ctMarkIs(op expr.CmpOp, mask, value uint32) []expr.Any {
 		&expr.Cmp{Op: op, Register: 1, Data: u32(value)}}
 }
 
+func ptr[T any](v T) *T { return &v }
+
+// connmark is iptables' "-m connmark [!] --mark value/mask".
+func connmark(value, mask uint32, invert bool) *expr.Match {
+	info := xt.Unknown(slices.Concat(u32(value), u32(mask), []byte{0, 0, 0, 0}))
+	if invert {
+		info[8] = 1
+	}
+	return &expr.Match{Name: "connmark", Rev: 1, Info: &info}
+}
+
 func metaIs(key expr.MetaKey, b byte) []expr.Any {
 	return []expr.Any{&expr.Meta{Key: key, Register: 1}, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{b}}}
 }
@@ -51,6 +63,9 @@ func TestWalkerShape(t *testing.T) {
 		{"reject", []expr.Any{&expr.Reject{Type: 2, Code: 1}}, tcp4, matchAll, true},
 		{"counter reject", []expr.Any{&expr.Counter{}, &expr.Reject{Type: 0, Code: 13}}, udp4, matchAll, true},
 		{"iptables REJECT", []expr.Any{&expr.Counter{}, &expr.Target{Name: "REJECT"}}, tcp6, matchAll, true},
+		{"iptables comment", []expr.Any{&expr.Match{Name: "comment", Info: ptr(xt.Comment("010 drop"))}, &expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop}}, tcp4, matchAll, false},
+		{"iptables comment and connmark", []expr.Any{&expr.Match{Name: "comment", Info: ptr(xt.Comment("fwdd"))}, connmark(testTag, testMask, false), accept}, tcp4, matchFwdd, false},
+		{"iptables other match", []expr.Any{&expr.Match{Name: "nfacct", Info: &xt.Unknown{}}, &expr.Verdict{Kind: expr.VerdictDrop}}, tcp4, matchOther, false},
 		{"reject with icmp, ipv4", cat(metaIs(expr.MetaKeyNFPROTO, unix.NFPROTO_IPV4), []expr.Any{&expr.Reject{Code: 13}}), udp4, matchFwdd, true},
 		{"reject with icmp, ipv6", cat(metaIs(expr.MetaKeyNFPROTO, unix.NFPROTO_IPV4), []expr.Any{&expr.Reject{Code: 13}}), tcp6, matchOther, false},
 		{"reject with tcp reset, tcp", cat(metaIs(expr.MetaKeyL4PROTO, unix.IPPROTO_TCP), []expr.Any{&expr.Reject{Type: 1}}), tcp6, matchFwdd, true},
@@ -276,6 +291,33 @@ table inet rejgoto {
 	for _, b := range blockers() {
 		if b.Table == "filter" && b.Family == "ip" {
 			t.Fatalf("still reported after %q: %v", docker.Allow, b)
+		}
+	}
+	// Rules with "-m comment" (puppetlabs-firewall comments every rule):
+	// the drop is reported, and the accept with a comment lets fwdd's
+	// connections through.
+	ip6t := func(args ...string) {
+		t.Helper()
+		if out, err := gw.Run(ctx, append([]string{"ip6tables-nft"}, args...)...); err != nil {
+			t.Fatalf("ip6tables-nft %v: %v\n%s", args, err, out)
+		}
+	}
+	ip6t("-A", "FORWARD", "-m", "comment", "--comment", "999 drop all", "-j", "DROP")
+	var commented *Blocker
+	for _, b := range blockers() {
+		if b.Family == "ip6" && b.Table == "filter" && b.Chain == "FORWARD" {
+			commented = &b
+		}
+	}
+	if commented == nil || commented.Reason != "rule handle 2 in chain FORWARD drops every packet" ||
+		commented.Allow != "ip6tables -I FORWARD -m connmark --mark 0xfd000000/0xff000000 -j ACCEPT" {
+		t.Fatalf("ip6tables-nft FORWARD -m comment -j DROP: %+v", commented)
+	}
+	ip6t(append([]string{"-I", "FORWARD", "-m", "comment", "--comment", "100 fwdd"},
+		strings.Fields(strings.TrimPrefix(commented.Allow, "ip6tables -I FORWARD "))...)...)
+	for _, b := range blockers() {
+		if b.Table == "filter" && b.Family == "ip6" {
+			t.Fatalf("still reported after %q with a comment: %v", commented.Allow, b)
 		}
 	}
 	// Each nft suggestion fixes its chain.
