@@ -165,7 +165,8 @@ func checkTable(e *Env) []Result {
 
 func checkForeign(e *Env) []Result {
 	tag, mask := markTag(e.Cfg)
-	bs, err := e.Kernel.ForeignBlockers(e.Cfg.Daemon.Table, tag, mask)
+	fw := nft.ForwardedBy(e.Cfg)
+	bs, err := e.Kernel.ForeignBlockers(e.Cfg.Daemon.Table, fw)
 	if err != nil {
 		return []Result{warn("", "run fwdd doctor as root", "cannot read other tables: %v", err)}
 	}
@@ -177,6 +178,9 @@ func checkForeign(e *Env) []Result {
 	tables, err := e.Kernel.Tables()
 	if err == nil {
 		for _, t := range tables {
+			if !fw.Sees(t.Family) { // e.g. ip6 tables without an IPv6 forward
+				continue
+			}
 			switch t.Owner {
 			case "firewalld":
 				out = append(out, warn(t.Family+" "+t.Name, nft.AllowRule("firewalld", t.Family, t.Name, "", tag, mask),
@@ -277,6 +281,7 @@ func legacyTables(proc string) map[string][]string {
 
 func checkLegacy(e *Env) []Result {
 	tag, mask := markTag(e.Cfg)
+	fw := nft.ForwardedBy(e.Cfg)
 	var out []Result
 	for fam, tables := range legacyTables(e.Proc) {
 		cmd := "iptables-legacy"
@@ -291,6 +296,8 @@ func checkLegacy(e *Env) []Result {
 				continue
 			}
 			switch {
+			case !fw.Sees(fam) && (info.rules > 0 || info.forwardDrop):
+				out = append(out, ok(fam+" "+t, "iptables-legacy table in use, but fwdd forwards no %s traffic through it", map[string]string{"ip": "IPv4", "ip6": "IPv6"}[fam]))
 			case t == "filter" && info.forwardDrop && info.rules == 0:
 				out = append(out, fail(fam+" "+t, allow, "iptables-legacy FORWARD policy is DROP: it drops fwdd's connections"))
 			case t == "filter" && info.forwardDrop:

@@ -12,6 +12,8 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/xt"
 	"golang.org/x/sys/unix"
+
+	"github.com/fwdd/fwdd/pkg/config"
 )
 
 // Blocker is a forward-hook chain of another table that drops fwdd's
@@ -88,10 +90,68 @@ func AllowRule(owner, family, table, chain string, tag, mask uint32) string {
 	return fmt.Sprintf("nft insert rule %s %s %s ct mark and %#08x == %#08x accept", family, table, chain, mask, tag)
 }
 
+// Forwarded is what fwdd forwards, as other tables see it: its tag in the
+// ct mark and the kinds of packet (family, protocol) of its forwards.
+type Forwarded struct {
+	Tag, Mask uint32 // the tag under its mask
+	packets   []packet
+}
+
+// ForwardedBy returns what the forwards of cfg forward.
+func ForwardedBy(cfg *config.Config) Forwarded {
+	fw := Forwarded{Tag: cfg.Daemon.CtMark.Tag, Mask: cfg.Daemon.CtMark.TagMask}
+	for i := range cfg.Forwards {
+		f := &cfg.Forwards[i]
+		p := packet{nfproto: unix.NFPROTO_IPV4}
+		if f.IPv6() {
+			p.nfproto = unix.NFPROTO_IPV6
+		}
+		for _, proto := range f.Protos {
+			p.l4proto = byte(proto)
+			if !slices.Contains(fw.packets, p) {
+				fw.packets = append(fw.packets, p)
+			}
+		}
+	}
+	return fw
+}
+
+// Sees reports whether a table of family ("ip", "ip6", "inet") sees
+// packets of fwdd's forwarded connections at its forward hook. Tables of
+// the bridge family see bridged frames there, not routed packets, and the
+// netdev family has no forward hook: neither ever does.
+func (fw Forwarded) Sees(family string) bool {
+	return len(fw.packetsIn(tableFamily(family))) > 0
+}
+
+// packetsIn lists the kinds of packet of fwdd's connections that a table
+// of family fam sees.
+func (fw Forwarded) packetsIn(fam nftables.TableFamily) []packet {
+	var out []packet
+	for _, p := range packetsOf(fam) {
+		if slices.Contains(fw.packets, p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func tableFamily(name string) nftables.TableFamily {
+	switch name {
+	case "ip":
+		return nftables.TableFamilyIPv4
+	case "ip6":
+		return nftables.TableFamilyIPv6
+	case "inet":
+		return nftables.TableFamilyINet
+	}
+	return nftables.TableFamilyUnspecified
+}
+
 // ForeignBlockers lists the forward-hook chains of tables other than fwdd's
-// own (inet own) that drop fwdd's connections, marked tag under mask. It
-// only reads.
-func (k *Netlink) ForeignBlockers(own string, tag, mask uint32) ([]Blocker, error) {
+// own (inet own) that drop connections fwdd forwards (fw): chains of
+// families fwdd forwards none of are left out. It only reads.
+func (k *Netlink) ForeignBlockers(own string, fw Forwarded) ([]Blocker, error) {
 	c, err := k.readConn()
 	if err != nil {
 		return nil, err
@@ -111,7 +171,7 @@ func (k *Netlink) ForeignBlockers(own string, tag, mask uint32) ([]Blocker, erro
 			continue
 		}
 		f := ch.Table.Family
-		if f != nftables.TableFamilyINet && f != nftables.TableFamilyIPv4 && f != nftables.TableFamilyIPv6 {
+		if len(fw.packetsIn(f)) == 0 { // bridge, netdev, arp; or no forward of the family
 			continue
 		}
 		if f == nftables.TableFamilyINet && ch.Table.Name == own {
@@ -148,12 +208,12 @@ func (k *Netlink) ForeignBlockers(own string, tag, mask uint32) ([]Blocker, erro
 				continue
 			}
 			policyDrop := ch.Policy != nil && *ch.Policy == nftables.ChainPolicyDrop
-			reason := blocks(rules, ch.Name, policyDrop, tag, mask, packetsOf(tk.fam))
+			reason := blocks(rules, ch.Name, policyDrop, fw.Tag, fw.Mask, fw.packetsIn(tk.fam))
 			if reason == "" {
 				continue
 			}
 			out = append(out, Blocker{Family: familyName(tk.fam), Table: tk.name, Chain: ch.Name, Reason: reason,
-				Allow: AllowRule(owner, familyName(tk.fam), tk.name, ch.Name, tag, mask)})
+				Allow: AllowRule(owner, familyName(tk.fam), tk.name, ch.Name, fw.Tag, fw.Mask)})
 		}
 	}
 	slices.SortFunc(out, func(a, b Blocker) int { return strings.Compare(a.String(), b.String()) })
@@ -270,7 +330,8 @@ func describePackets(some, all []packet) string {
 }
 
 // walker follows a chain as one packet of fwdd's connections would: of its
-// kind, with fwdd's tag in its ct mark (under mask), anything else unknown.
+// kind, with fwdd's tag in its ct mark (under mask) and its conntrack
+// entry DNATed (see ct), anything else unknown.
 // Only rules whose every condition is known to hold for it are decided
 // (others may or may not match: they are passed over); jumps and gotos of
 // such rules are followed.
@@ -374,10 +435,20 @@ func (w *walker) shape(r *nftables.Rule) (match int, verdict *expr.Verdict, reje
 	return match, verdict, reject
 }
 
-// ct is what a walker knows of a conntrack key: fwdd's tag in the mark.
+// ctStatusDNAT is IPS_DST_NAT in a conntrack entry's status.
+const ctStatusDNAT = 1 << 5
+
+// ct is what a walker knows of a conntrack key, the same for every packet
+// of fwdd's connections, both directions and their ICMP errors: fwdd's tag
+// in the mark (set at prerouting, before any forward hook), and the DNAT
+// bit in the status, as fwdd DNATs every connection it forwards.
 func (w *walker) ct(key expr.CtKey) value {
-	if key == expr.CtKeyMARK {
+	switch key {
+	case expr.CtKeyMARK:
 		return value{bits: binary.NativeEndian.AppendUint32(nil, w.tag), known: binary.NativeEndian.AppendUint32(nil, w.mask)}
+	case expr.CtKeySTATUS:
+		b := binary.NativeEndian.AppendUint32(nil, ctStatusDNAT)
+		return value{bits: b, known: slices.Clone(b)}
 	}
 	return value{}
 }
@@ -410,8 +481,58 @@ func (w *walker) xtMatch(m *expr.Match) tri {
 			return got.not()
 		}
 		return got
+	case "conntrack":
+		var base *xt.ConntrackMtinfoBase
+		var state, status uint16
+		switch i := m.Info.(type) {
+		case *xt.ConntrackMtinfo1:
+			base, state, status = &i.ConntrackMtinfoBase, uint16(i.StateMask), uint16(i.StatusMask)
+		case *xt.ConntrackMtinfo2:
+			base, state, status = &i.ConntrackMtinfoBase, i.StateMask, i.StatusMask
+		case *xt.ConntrackMtinfo3:
+			base, state, status = &i.ConntrackMtinfoBase, i.StateMask, i.StatusMask
+		default:
+			return maybe
+		}
+		return conntrackMatch(xt.ConntrackFlags(base.MatchFlags), xt.ConntrackFlags(base.InvertFlags), state, status)
 	}
 	return maybe
+}
+
+// xtStateDNAT is the virtual state "DNAT" of iptables' "-m conntrack
+// --ctstate" (XT_CONNTRACK_STATE_DNAT), set for a DNATed connection.
+const xtStateDNAT = 1 << 7
+
+// conntrackMatch decides iptables' conntrack match (also what iptables-nft
+// makes of "-m state") from the --ctstate and --ctstatus it tests: true
+// for fwdd's connections when they ask for DNAT. Any other test (address,
+// port, protocol, expiry, direction) leaves it undecided.
+func conntrackMatch(flags, invert xt.ConntrackFlags, state, status uint16) tri {
+	if flags&^(xt.ConntrackState|xt.ConntrackStatus|xt.ConntrackStateAlias) != 0 {
+		return maybe
+	}
+	// The kernel tests mask & bits != 0 for each, then applies the inversion.
+	anyOf := func(mask, set uint16, f xt.ConntrackFlags) tri {
+		t := maybe
+		switch {
+		case mask&set != 0:
+			t = yes
+		case mask == 0:
+			t = no
+		}
+		if invert&f != 0 {
+			return t.not()
+		}
+		return t
+	}
+	out := yes
+	if flags&xt.ConntrackState != 0 {
+		out = min(out, anyOf(state, xtStateDNAT, xt.ConntrackState))
+	}
+	if flags&xt.ConntrackStatus != 0 {
+		out = min(out, anyOf(status, ctStatusDNAT, xt.ConntrackStatus))
+	}
+	return out
 }
 
 // tri is a condition's outcome for a packet of which not everything is

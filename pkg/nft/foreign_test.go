@@ -10,20 +10,26 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/xt"
 	"golang.org/x/sys/unix"
 
 	"github.com/fwdd/fwdd/internal/sandbox"
+	"github.com/fwdd/fwdd/internal/testutil"
 )
 
 const testTag, testMask = 0xfd000000, 0xff000000
+
+// forwardsAll is fwdd forwarding tcp and udp over IPv4 and IPv6.
+var forwardsAll = Forwarded{Tag: testTag, Mask: testMask, packets: []packet{tcp4, udp4, tcp6, udp6}}
 
 var (
 	tcp4 = packet{nfproto: unix.NFPROTO_IPV4, l4proto: unix.IPPROTO_TCP}
 	udp4 = packet{nfproto: unix.NFPROTO_IPV4, l4proto: unix.IPPROTO_UDP}
 	tcp6 = packet{nfproto: unix.NFPROTO_IPV6, l4proto: unix.IPPROTO_TCP}
+	udp6 = packet{nfproto: unix.NFPROTO_IPV6, l4proto: unix.IPPROTO_UDP}
 )
 
 func u32(v uint32) []byte { return binary.NativeEndian.AppendUint32(nil, v) }
@@ -44,6 +50,28 @@ func connmark(value, mask uint32, invert bool) *expr.Match {
 		info[8] = 1
 	}
 	return &expr.Match{Name: "connmark", Rev: 1, Info: &info}
+}
+
+func ctStatus(op expr.CmpOp, mask, value uint32) []expr.Any {
+	return []expr.Any{&expr.Ct{Key: expr.CtKeySTATUS, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: u32(mask), Xor: u32(0)},
+		&expr.Cmp{Op: op, Register: 1, Data: u32(value)}}
+}
+
+// xtConntrack is iptables' "-m conntrack" of a revision with match flags,
+// inverted flags and a --ctstate mask.
+func xtConntrack(rev uint32, flags, invert xt.ConntrackFlags, state uint16) *expr.Match {
+	base := xt.ConntrackMtinfoBase{MatchFlags: uint16(flags), InvertFlags: uint16(invert)}
+	m := &expr.Match{Name: "conntrack", Rev: rev}
+	switch rev {
+	case 1:
+		m.Info = &xt.ConntrackMtinfo1{ConntrackMtinfoBase: base, StateMask: uint8(state)}
+	case 2:
+		m.Info = &xt.ConntrackMtinfo2{ConntrackMtinfoBase: base, StateMask: state}
+	default:
+		m.Info = &xt.ConntrackMtinfo3{ConntrackMtinfo2: xt.ConntrackMtinfo2{ConntrackMtinfoBase: base, StateMask: state}}
+	}
+	return m
 }
 
 func metaIs(key expr.MetaKey, b byte) []expr.Any {
@@ -77,6 +105,18 @@ func TestWalkerShape(t *testing.T) {
 		{"ct mark != 0", []expr.Any{&expr.Ct{Key: expr.CtKeyMARK, Register: 1}, &expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: u32(0)}, accept}, tcp4, matchFwdd, false},
 		{"ct mark and tag != tag", cat(ctMarkIs(expr.CmpOpNeq, testMask, testTag), []expr.Any{accept}), tcp4, matchOther, false},
 		{"ct mark set", []expr.Any{&expr.Immediate{Register: 1, Data: u32(1)}, &expr.Ct{Key: expr.CtKeyMARK, Register: 1, SourceRegister: true}, accept}, tcp4, matchOther, false},
+		{"ct status dnat", cat(ctStatus(expr.CmpOpNeq, ctStatusDNAT, 0), []expr.Any{accept}), udp4, matchFwdd, false},
+		{"ct status & dnat == dnat", cat(ctStatus(expr.CmpOpEq, ctStatusDNAT, ctStatusDNAT), []expr.Any{accept}), tcp6, matchFwdd, false},
+		{"ct status snat,dnat", cat(ctStatus(expr.CmpOpNeq, 0x30, 0), []expr.Any{accept}), tcp4, matchFwdd, false},
+		{"ct status snat", cat(ctStatus(expr.CmpOpNeq, 0x10, 0), []expr.Any{accept}), tcp4, matchOther, false},
+		{"ct status != dnat", []expr.Any{&expr.Ct{Key: expr.CtKeySTATUS, Register: 1}, &expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: u32(ctStatusDNAT)}, accept}, tcp4, matchOther, false},
+		{"ct status dnat, ct mark tag", cat(ctStatus(expr.CmpOpNeq, ctStatusDNAT, 0), ctMarkIs(expr.CmpOpEq, testMask, testTag), []expr.Any{accept}), tcp4, matchFwdd, false},
+		{"ct status dnat, other tag", cat(ctStatus(expr.CmpOpNeq, ctStatusDNAT, 0), ctMarkIs(expr.CmpOpEq, testMask, 0x01000000), []expr.Any{accept}), tcp4, matchOther, false},
+		{"-m conntrack --ctstate DNAT", []expr.Any{xtConntrack(3, xt.ConntrackState, 0, xtStateDNAT), accept}, tcp4, matchFwdd, false},
+		{"-m conntrack --ctstate RELATED,ESTABLISHED,DNAT (rev 1)", []expr.Any{xtConntrack(1, xt.ConntrackState, 0, 0x86), accept}, tcp4, matchFwdd, false},
+		{"-m conntrack --ctstate RELATED,ESTABLISHED", []expr.Any{xtConntrack(3, xt.ConntrackState, 0, 0x06), accept}, tcp4, matchOther, false},
+		{"-m conntrack ! --ctstate DNAT", []expr.Any{xtConntrack(3, xt.ConntrackState, xt.ConntrackState, xtStateDNAT), accept}, tcp4, matchOther, false},
+		{"-m conntrack --ctstate DNAT --ctorigdstport 80", []expr.Any{xtConntrack(3, xt.ConntrackState|xt.ConntrackOrigDstPort, 0, xtStateDNAT), accept}, tcp4, matchOther, false},
 		{"ct state", []expr.Any{&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
 			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: u32(6), Xor: u32(0)},
 			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: u32(0)}, accept}, tcp4, matchOther, false},
@@ -123,6 +163,47 @@ func TestBlocks(t *testing.T) {
 	}
 }
 
+func TestForwardedBy(t *testing.T) {
+	cfg := testutil.Config(t, `
+[daemon]
+ct_mark = "0x00fd0000/0x00ff0000"
+ct_mask = 0xffff0000
+
+[[forward]]
+name = "web"
+port = 80
+to = "10.0.0.2"
+
+[[forward]]
+name = "dns6"
+proto = ["udp", "tcp"]
+port = 53
+to = "[fd00::2]"
+`)
+	fw := ForwardedBy(cfg)
+	if fw.Tag != 0x00fd0000 || fw.Mask != 0x00ff0000 {
+		t.Errorf("tag %#x/%#x", fw.Tag, fw.Mask)
+	}
+	if d := cmp.Diff([]packet{tcp4, tcp6, udp6}, fw.packetsIn(nftables.TableFamilyINet), cmp.AllowUnexported(packet{})); d != "" {
+		t.Errorf("inet (-want +got):\n%s", d)
+	}
+	if d := cmp.Diff([]packet{tcp4}, fw.packetsIn(nftables.TableFamilyIPv4), cmp.AllowUnexported(packet{})); d != "" {
+		t.Errorf("ip (-want +got):\n%s", d)
+	}
+	for fam, want := range map[string]bool{"ip": true, "ip6": true, "inet": true, "bridge": false, "netdev": false} {
+		if fw.Sees(fam) != want {
+			t.Errorf("Sees(%s) = %v", fam, !want)
+		}
+	}
+	v4 := ForwardedBy(testutil.Config(t, "[[forward]]\nname = \"web\"\nport = 80\nto = \"10.0.0.2\"\n"))
+	if !v4.Sees("ip") || v4.Sees("ip6") || !v4.Sees("inet") {
+		t.Errorf("IPv4 only: ip %v, ip6 %v, inet %v", v4.Sees("ip"), v4.Sees("ip6"), v4.Sees("inet"))
+	}
+	if none := ForwardedBy(testutil.Config(t, "")); none.Sees("inet") {
+		t.Error("no forwards: inet tables see fwdd's traffic")
+	}
+}
+
 func TestAllowRule(t *testing.T) {
 	for _, tc := range []struct{ owner, family, table, chain, want string }{
 		{"nft", "inet", "filter", "forward", "nft insert rule inet filter forward ct mark and 0xff000000 == 0xfd000000 accept"},
@@ -157,7 +238,7 @@ func TestKernelForeignBlockers(t *testing.T) {
 	}
 	blockers := func() []Blocker {
 		t.Helper()
-		bs, err := k.ForeignBlockers("fwdd", testTag, testMask)
+		bs, err := k.ForeignBlockers("fwdd", forwardsAll)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -195,6 +276,26 @@ table ip viajump {
 	chain user {
 		ct mark and 0xff000000 == 0xfd000000 counter accept
 		return
+	}
+}
+table inet dnatok {
+	chain forward {
+		type filter hook forward priority 0; policy drop;
+		ct state established,related accept
+		ct status dnat accept
+	}
+}
+table ip dnatfirst {
+	chain forward {
+		type filter hook forward priority 0;
+		ct status dnat counter accept
+		reject with icmp type admin-prohibited
+	}
+}
+table inet marked {
+	chain forward {
+		type filter hook forward priority 0; policy drop;
+		ct mark != 0 accept
 	}
 }
 `)
@@ -264,6 +365,26 @@ table inet rejgoto {
 	if strings.Join(names, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("blockers:\n%s\nwant:\n%s", strings.Join(names, "\n"), strings.Join(want, "\n"))
 	}
+	// fwdd forwarding IPv4 tcp only: no ip6 chain, and the reasons of the
+	// inet ones for that traffic.
+	v4, err := k.ForeignBlockers("fwdd", ForwardedBy(testutil.Config(t, "[[forward]]\nname = \"web\"\nport = 80\nto = \"10.0.0.2\"\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	names = nil
+	for _, b := range v4 {
+		names = append(names, b.String())
+	}
+	want = []string{
+		"table inet filter chain forward: policy drop",
+		"table inet narrow chain forward: policy drop",
+		"table inet rej chain forward: rule handle 2 in chain forward rejects every packet",
+		"table inet rejgoto chain forward: rule handle 4 in chain sub rejects fwdd's connections",
+		"table ip rejicmp chain forward: rule handle 2 in chain forward rejects every packet",
+	}
+	if strings.Join(names, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("blockers of IPv4 tcp:\n%s\nwant:\n%s", strings.Join(names, "\n"), strings.Join(want, "\n"))
+	}
 	// iptables-nft's FORWARD DROP (Docker's set-up), then the suggested fix.
 	if out, err := gw.Run(ctx, "iptables-nft", "-P", "FORWARD", "DROP"); err != nil {
 		t.Fatalf("iptables-nft: %v\n%s", err, out)
@@ -320,6 +441,28 @@ table inet rejgoto {
 			t.Fatalf("still reported after %q with a comment: %v", commented.Allow, b)
 		}
 	}
+	// A drop policy and the conntrack match of DNATed connections (what
+	// firewalld's iptables backend writes): fwdd's connections pass.
+	ip6t("-F", "FORWARD")
+	ip6t("-P", "FORWARD", "DROP")
+	ip6t("-A", "FORWARD", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED,DNAT", "-j", "ACCEPT")
+	for _, b := range blockers() {
+		if b.Table == "filter" && b.Family == "ip6" {
+			t.Fatalf("reported despite -m conntrack --ctstate DNAT -j ACCEPT: %v", b)
+		}
+	}
+	ip6t("-R", "FORWARD", "1", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
+	var ip6filter []string
+	for _, b := range blockers() {
+		if b.Table == "filter" && b.Family == "ip6" {
+			ip6filter = append(ip6filter, b.String())
+		}
+	}
+	if !slices.Equal(ip6filter, []string{"table ip6 filter chain FORWARD: policy drop"}) {
+		t.Fatalf("ip6 filter: %v, want its policy drop", ip6filter)
+	}
+	ip6t("-F", "FORWARD")
+	ip6t("-P", "FORWARD", "ACCEPT")
 	// Each nft suggestion fixes its chain.
 	for _, b := range blockers() {
 		if _, err := gw.Run(ctx, strings.Fields(b.Allow)...); err != nil {
@@ -328,5 +471,63 @@ table inet rejgoto {
 	}
 	if bs := blockers(); len(bs) != 0 {
 		t.Fatalf("after the suggested rules: %v", bs)
+	}
+}
+
+// TestKernelForeignAcceptsDNAT: a forward chain of another table with a
+// drop policy that accepts DNATed connections (ct status dnat, as
+// firewalld writes it) lets fwdd's connections through and is not
+// reported; without that rule it is reported, and the connection fails.
+func TestKernelForeignAcceptsDNAT(t *testing.T) {
+	topo := sandbox.New(t, sandbox.Options{NoClient2: true, NoOther: true})
+	gw := topo.Gateway
+	if err := gw.SetSysctl("net.ipv4.ip_forward", "1"); err != nil {
+		t.Fatal(err)
+	}
+	k := &Netlink{NetNS: gw.Fd()}
+	m := compile(t, "[[forward]]\nname = \"web\"\nport = 80\nto = \"10.22.0.2:8080\"\n", nil)
+	if _, err := (&Applier{Backend: k}).Apply(m); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := topo.Backend.ListenTCP("10.22.0.2:8080"); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	p := filepath.Join(t.TempDir(), "r.nft")
+	if err := os.WriteFile(p, []byte(`table inet other {
+	chain forward {
+		type filter hook forward priority 0; policy drop;
+		ct state established,related accept
+		ct status dnat accept
+	}
+}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := gw.Run(ctx, "nft", "-f", p); err != nil {
+		t.Fatalf("nft: %v\n%s", err, out)
+	}
+	greet := func() (string, error) {
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		return topo.Client.Greet(ctx, "tcp", "10.11.0.1:80")
+	}
+	bs, err := k.ForeignBlockers(m.Table, ForwardedBy(m.Config))
+	if err != nil || len(bs) != 0 {
+		t.Fatalf("blockers %v (%v), want none", bs, err)
+	}
+	if g, err := greet(); err != nil || !strings.HasPrefix(g, "backend ") {
+		t.Fatalf("through fwdd with ct status dnat accepted: %q, %v", g, err)
+	}
+	if out, err := gw.Run(ctx, "nft", "delete", "rule", "inet", "other", "forward", "handle", "3"); err != nil {
+		t.Fatalf("nft: %v\n%s", err, out)
+	}
+	bs, err = k.ForeignBlockers(m.Table, ForwardedBy(m.Config))
+	if err != nil || len(bs) != 1 || bs[0].String() != "table inet other chain forward: policy drop" {
+		t.Fatalf("blockers %v (%v), want the policy drop of inet other", bs, err)
+	}
+	if g, err := greet(); err == nil {
+		t.Fatalf("through fwdd with the drop policy alone: %q, want a failure", g)
 	}
 }
