@@ -171,9 +171,11 @@ func checkForeign(e *Env) []Result {
 		return []Result{warn("", "run fwdd doctor as root", "cannot read other tables: %v", err)}
 	}
 	var out []Result
+	blocking := map[string]bool{} // "family table"
 	for _, b := range bs {
 		out = append(out, fail(fmt.Sprintf("%s %s %s", b.Family, b.Table, b.Chain), b.Allow,
 			"%s: it drops fwdd's forwarded connections", b.Reason))
+		blocking[b.Family+" "+b.Table] = true
 	}
 	tables, err := e.Kernel.Tables()
 	if err == nil {
@@ -183,15 +185,20 @@ func checkForeign(e *Env) []Result {
 			}
 			switch t.Owner {
 			case "firewalld":
-				out = append(out, warn(t.Family+" "+t.Name, nft.AllowRule("firewalld", t.Family, t.Name, "", tag, mask),
-					"firewalld is active: its zones filter forwarded traffic and its reloads rewrite its rules"))
+				// Its forward chain accepts DNATed connections (all of
+				// fwdd's) before any zone or policy is consulted, unless
+				// StrictForwardPorts=yes: then it is a blocker above.
+				if !blocking[t.Family+" "+t.Name] {
+					out = append(out, ok(t.Family+" "+t.Name,
+						"firewalld is active and lets fwdd's connections through: they are DNATed, and its forward chain accepts DNATed connections (it would reject them with StrictForwardPorts=yes in /etc/firewalld/firewalld.conf)"))
+				}
 			case "ufw":
 				out = append(out, warn(t.Family+" "+t.Name, nft.AllowRule("ufw", t.Family, t.Name, "", tag, mask),
 					"ufw is active: its default routed policy drops forwarded traffic"))
 			}
 		}
 	}
-	if len(out) == 0 {
+	if !slices.ContainsFunc(out, func(r Result) bool { return r.Status != OK }) {
 		// The layout in force, for a firewall added later.
 		out = append(out, ok("", "no other table drops fwdd's connections (they carry ct mark and %#08x == %#08x)", mask, tag))
 	}

@@ -85,7 +85,16 @@ func AllowRule(owner, family, table, chain string, tag, mask uint32) string {
 		}
 		return fmt.Sprintf("%s -I %s %s", cmd, chain, match)
 	case "firewalld":
-		return fmt.Sprintf("firewall-cmd --permanent --direct --add-rule ipv4 filter FORWARD 0 -m connmark --mark %#08x/%#08x -j ACCEPT && firewall-cmd --reload", tag, mask)
+		// firewalld's forward chain (nftables backend, 0.7 and later)
+		// accepts every DNATed connection, fwdd's included, right after
+		// established ones, before zones and policies, unless
+		// StrictForwardPorts=yes (2.3 and later) sends them to a chain
+		// that accepts only firewalld's own forward ports and rejects the
+		// rest: no zone or policy setting reaches them then. An iptables
+		// ACCEPT (firewall-cmd --direct, deprecated) does not help either:
+		// firewalld's own nftables chain still rejects the packet.
+		return "set StrictForwardPorts=no in /etc/firewalld/firewalld.conf, then run firewall-cmd --reload " +
+			"(firewalld's forward chain then accepts DNATed connections, all of fwdd's among them, before its zones and policies)"
 	}
 	return fmt.Sprintf("nft insert rule %s %s %s ct mark and %#08x == %#08x accept", family, table, chain, mask, tag)
 }
@@ -195,7 +204,13 @@ func (k *Netlink) ForeignBlockers(own string, fw Forwarded) ([]Blocker, error) {
 		for _, ch := range chs {
 			rs, err := c.GetRules(ch.Table, ch)
 			if err != nil {
-				return nil, fmt.Errorf("list rules of table %s %s chain %s: %w", familyName(tk.fam), tk.name, ch.Name, err)
+				// google/nftables v0.3.0 fails a whole chain on some
+				// expressions: it reads the u8 direction of "ct original
+				// proto-dst" (firewalld's rules of its forward ports with
+				// StrictForwardPorts=yes) as a u32. The chain's rules are
+				// then undecided, like rules of unknown conditions: the
+				// walk passes over them, and the other chains are listed.
+				continue
 			}
 			rules[ch.Name] = rs
 		}

@@ -210,6 +210,10 @@ func TestAllowRule(t *testing.T) {
 		{"iptables", "ip", "filter", "FORWARD", "iptables -I FORWARD -m connmark --mark 0xfd000000/0xff000000 -j ACCEPT"},
 		{"docker", "ip", "filter", "FORWARD", "iptables -I DOCKER-USER -m connmark --mark 0xfd000000/0xff000000 -j ACCEPT"},
 		{"iptables", "ip6", "filter", "FORWARD", "ip6tables -I FORWARD -m connmark --mark 0xfd000000/0xff000000 -j ACCEPT"},
+		// Not an iptables rule (firewall-cmd --direct): with firewalld's
+		// nftables backend its own chain would still reject the packet.
+		{"firewalld", "inet", "firewalld", "filter_FORWARD", "set StrictForwardPorts=no in /etc/firewalld/firewalld.conf, then run firewall-cmd --reload " +
+			"(firewalld's forward chain then accepts DNATed connections, all of fwdd's among them, before its zones and policies)"},
 	} {
 		if got := AllowRule(tc.owner, tc.family, tc.table, tc.chain, testTag, testMask); got != tc.want {
 			t.Errorf("AllowRule(%s) = %q, want %q", tc.owner, got, tc.want)
@@ -529,5 +533,79 @@ func TestKernelForeignAcceptsDNAT(t *testing.T) {
 	}
 	if g, err := greet(); err == nil {
 		t.Fatalf("through fwdd with the drop policy alone: %q, want a failure", g)
+	}
+}
+
+// firewalldTable is the forward part of firewalld's table (nftables
+// backend, as src/firewall/core/nftables.py writes it): DNATed connections
+// are accepted (dnat "accept") or, with StrictForwardPorts=yes, sent to a
+// chain that accepts firewalld's own forward ports only (dnat "jump
+// filter_FORWARD_dnat").
+func firewalldTable(dnat, dnatChain string) string {
+	return `table inet firewalld {
+	chain filter_FORWARD {
+		type filter hook forward priority filter + 10; policy accept;
+		ct state { established, related } accept
+		ct status dnat ` + dnat + `
+		iifname "lo" accept
+		ct state { invalid } drop
+		ip6 daddr { ::/96, ::ffff:0.0.0.0/96, 2002::/24 } reject with icmpv6 type addr-unreachable
+		jump filter_FORWARD_dispatch
+		reject with icmpx type admin-prohibited
+	}
+	chain filter_FORWARD_dnat {
+` + dnatChain + `
+	}
+	chain filter_FORWARD_dispatch {
+		iifname "eth0" jump filter_FWD_public
+	}
+	chain filter_FWD_public {
+		reject with icmpx type admin-prohibited
+	}
+}
+`
+}
+
+// TestKernelForeignFirewalld: firewalld's forward chain lets fwdd's
+// connections through by default; with StrictForwardPorts=yes it rejects
+// them, and the advice is that setting, not an iptables rule.
+func TestKernelForeignFirewalld(t *testing.T) {
+	topo := sandbox.New(t, sandbox.Options{NoClient2: true, NoOther: true})
+	gw := topo.Gateway
+	k := &Netlink{NetNS: gw.Fd()}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	load := func(script string) {
+		t.Helper()
+		p := filepath.Join(t.TempDir(), "r.nft")
+		if err := os.WriteFile(p, []byte(script), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := gw.Run(ctx, "nft", "-f", p); err != nil {
+			t.Fatalf("nft: %v\n%s", err, out)
+		}
+	}
+	const forwardPort = "\t\tmeta l4proto tcp ct original proto-dst 8080 accept\n"
+	const rejectRest = "\t\treject with icmpx type admin-prohibited\n"
+	load(firewalldTable("accept", forwardPort+rejectRest))
+	if bs, err := k.ForeignBlockers("fwdd", forwardsAll); err != nil || len(bs) != 0 {
+		t.Fatalf("firewalld's default: blockers %v (%v), want none", bs, err)
+	}
+	allow := AllowRule("firewalld", "inet", "firewalld", "filter_FORWARD", testTag, testMask)
+	for _, tc := range []struct{ name, dnatChain, reason string }{
+		{"no forward ports", rejectRest, "rule handle 14 in chain filter_FORWARD_dnat rejects every packet"},
+		// google/nftables cannot decode the forward port's rule: the
+		// chain is passed over, and the final reject found.
+		{"a forward port", forwardPort + rejectRest, "rule handle 13 in chain filter_FORWARD rejects every packet"},
+	} {
+		load("delete table inet firewalld\n" + firewalldTable("jump filter_FORWARD_dnat", tc.dnatChain))
+		bs, err := k.ForeignBlockers("fwdd", forwardsAll)
+		if err != nil {
+			t.Fatalf("StrictForwardPorts=yes, %s: %v", tc.name, err)
+		}
+		want := Blocker{Family: "inet", Table: "firewalld", Chain: "filter_FORWARD", Reason: tc.reason, Allow: allow}
+		if len(bs) != 1 || bs[0] != want {
+			t.Fatalf("StrictForwardPorts=yes, %s: blockers %+v, want %+v", tc.name, bs, want)
+		}
 	}
 }
