@@ -210,15 +210,21 @@ func checkConntrack(e *Env) []Result {
 	if err != nil {
 		return []Result{warn("", "", "%v", err)}
 	}
-	return []Result{conntrackResult(count, limit, e.Cfg.Conntrack)}
+	return []Result{conntrackResult(count, limit, e.Cfg.Conntrack, e.settable("net.netfilter.nf_conntrack_max"))}
 }
 
-func conntrackResult(count, limit int, c config.Conntrack) Result {
+// conntrackResult judges the conntrack table's fill. settable says whether
+// nf_conntrack_max may be written here: if not, [sysctl] conntrack_max
+// would make fwdd refuse to start, so the fix names the host instead.
+func conntrackResult(count, limit int, c config.Conntrack, settable bool) Result {
 	if limit <= 0 {
 		return ok("", "%d entries, no limit", count)
 	}
 	pct := 100 * float64(count) / float64(limit)
-	fix := fmt.Sprintf("raise the limit on the host: [sysctl] conntrack_max = %d (or sysctl -w net.netfilter.nf_conntrack_max=%d), or shorten conntrack timeouts", 2*limit, 2*limit)
+	fix := fmt.Sprintf("raise the limit: [sysctl] conntrack_max = %d (or sysctl -w net.netfilter.nf_conntrack_max=%d), or shorten conntrack timeouts", 2*limit, 2*limit)
+	if !settable {
+		fix = fmt.Sprintf("raise the limit on the host (sysctl -w net.netfilter.nf_conntrack_max=%d there: it is host-wide and read-only here, so fwdd cannot set it), or shorten conntrack timeouts", 2*limit)
+	}
 	switch {
 	case pct >= float64(c.CriticalPercent):
 		return fail("", fix, "%d of %d entries (%.1f%%): new connections are about to be dropped", count, limit, pct)
