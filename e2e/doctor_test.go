@@ -191,7 +191,8 @@ table inet firewalld {
 	want(t, rs, "table", "inet fwdd", doctor.Fail, "systemctl restart fwdd")
 	want(t, rs, "other_firewall", "inet filter forward", doctor.Fail,
 		"nft insert rule inet filter forward ct mark and 0xff000000 == 0xfd000000 accept")
-	want(t, rs, "other_firewall", "inet firewalld", doctor.Warn, "firewall-cmd --permanent --direct")
+	// firewalld's forward chain accepts DNATed connections: no warning.
+	want(t, rs, "other_firewall", "inet firewalld", doctor.OK, "")
 	want(t, rs, "other_firewall", "ip filter", doctor.Warn, "ufw-before-forward -m connmark --mark 0xfd000000/0xff000000 -j ACCEPT")
 	want(t, rs, "iptables_legacy", "ip filter", doctor.Fail,
 		"iptables-legacy -I FORWARD -m connmark --mark 0xfd000000/0xff000000 -j ACCEPT")
@@ -231,10 +232,22 @@ to = "10.22.0.2:9999"
 `
 	d := startFwdd(t, topo, cfg)
 	mustGreet(t, topo.Client, "10.11.0.1:80", "backend")
+	// Docker's or ufw's IPv6 forward chains: this config forwards no IPv6.
+	for _, args := range [][]string{
+		{"ip6tables-nft", "-P", "FORWARD", "DROP"},
+		{"ip6tables-nft", "-N", "ufw6-before-forward"},
+		{"ip6tables-legacy", "-P", "FORWARD", "DROP"},
+	} {
+		if out, err := topo.Gateway.Run(ctxT(t), args...); err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+	}
 	rs, code := runDoctor(t, topo, d.cfgPath, d.stateDir, "--probe")
 	if code != 1 {
 		t.Errorf("exit %d, want 1", code)
 	}
+	want(t, rs, "other_firewall", "", doctor.OK, "")
+	want(t, rs, "iptables_legacy", "ip6 filter", doctor.OK, "")
 	want(t, rs, "daemon", "", doctor.OK, "")
 	want(t, rs, "table", "inet fwdd", doctor.OK, "")
 	want(t, rs, "counters", "busy", doctor.OK, "")

@@ -12,7 +12,7 @@ import (
 // chains still drop fwdd's connections: the reload worked, forwarding may not.
 func warnBlockers(cfg *config.Config, w io.Writer) {
 	k := &nft.Netlink{}
-	bs, err := k.ForeignBlockers(cfg.Daemon.Table, cfg.Daemon.CtMark.Tag, cfg.Daemon.CtMark.TagMask)
+	bs, err := k.ForeignBlockers(cfg.Daemon.Table, nft.ForwardedBy(cfg))
 	if err != nil {
 		return
 	}

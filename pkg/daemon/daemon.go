@@ -61,7 +61,7 @@ type Kernel interface {
 	ReadTraffic(table string, l ctmark.Layout) (map[string]*nft.Traffic, error)
 	ReadTrafficOf(table string, l ctmark.Layout, ids map[string]uint32) (map[string]*nft.Traffic, error)
 	ReadTotals(table string) (nft.Totals, error)
-	ForeignBlockers(own string, tag, mask uint32) ([]nft.Blocker, error)
+	ForeignBlockers(own string, fw nft.Forwarded) ([]nft.Blocker, error)
 	CheckOwner(table string) error
 }
 

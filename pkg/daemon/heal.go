@@ -17,7 +17,7 @@ type eventWatcher interface {
 // guardTable returns the guard of the table in force, which watches
 // nftables events for the daemon's life (see guard.go).
 func (d *Daemon) guardTable() *guard {
-	table, layout := d.InForce().Table, d.InForce().Config.Daemon.CtMark
+	table := d.InForce().Table
 	return newGuard(guardOptions{
 		Log:      d.log,
 		Table:    table,
@@ -30,7 +30,8 @@ func (d *Daemon) guardTable() *guard {
 			return w.WatchEvents()
 		},
 		Blockers: func() ([]nft.Blocker, error) {
-			return d.opts.Kernel.ForeignBlockers(table, layout.Tag, layout.TagMask)
+			// The forwards in force: a reload may add or drop a family.
+			return d.opts.Kernel.ForeignBlockers(table, nft.ForwardedBy(d.InForce().Config))
 		},
 		OnBlockers: d.metrics.Blockers,
 	})

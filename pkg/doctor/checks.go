@@ -165,29 +165,40 @@ func checkTable(e *Env) []Result {
 
 func checkForeign(e *Env) []Result {
 	tag, mask := markTag(e.Cfg)
-	bs, err := e.Kernel.ForeignBlockers(e.Cfg.Daemon.Table, tag, mask)
+	fw := nft.ForwardedBy(e.Cfg)
+	bs, err := e.Kernel.ForeignBlockers(e.Cfg.Daemon.Table, fw)
 	if err != nil {
 		return []Result{warn("", "run fwdd doctor as root", "cannot read other tables: %v", err)}
 	}
 	var out []Result
+	blocking := map[string]bool{} // "family table"
 	for _, b := range bs {
 		out = append(out, fail(fmt.Sprintf("%s %s %s", b.Family, b.Table, b.Chain), b.Allow,
 			"%s: it drops fwdd's forwarded connections", b.Reason))
+		blocking[b.Family+" "+b.Table] = true
 	}
 	tables, err := e.Kernel.Tables()
 	if err == nil {
 		for _, t := range tables {
+			if !fw.Sees(t.Family) { // e.g. ip6 tables without an IPv6 forward
+				continue
+			}
 			switch t.Owner {
 			case "firewalld":
-				out = append(out, warn(t.Family+" "+t.Name, nft.AllowRule("firewalld", t.Family, t.Name, "", tag, mask),
-					"firewalld is active: its zones filter forwarded traffic and its reloads rewrite its rules"))
+				// Its forward chain accepts DNATed connections (all of
+				// fwdd's) before any zone or policy is consulted, unless
+				// StrictForwardPorts=yes: then it is a blocker above.
+				if !blocking[t.Family+" "+t.Name] {
+					out = append(out, ok(t.Family+" "+t.Name,
+						"firewalld is active and lets fwdd's connections through: they are DNATed, and its forward chain accepts DNATed connections (it would reject them with StrictForwardPorts=yes in /etc/firewalld/firewalld.conf)"))
+				}
 			case "ufw":
 				out = append(out, warn(t.Family+" "+t.Name, nft.AllowRule("ufw", t.Family, t.Name, "", tag, mask),
 					"ufw is active: its default routed policy drops forwarded traffic"))
 			}
 		}
 	}
-	if len(out) == 0 {
+	if !slices.ContainsFunc(out, func(r Result) bool { return r.Status != OK }) {
 		// The layout in force, for a firewall added later.
 		out = append(out, ok("", "no other table drops fwdd's connections (they carry ct mark and %#08x == %#08x)", mask, tag))
 	}
@@ -199,15 +210,21 @@ func checkConntrack(e *Env) []Result {
 	if err != nil {
 		return []Result{warn("", "", "%v", err)}
 	}
-	return []Result{conntrackResult(count, limit, e.Cfg.Conntrack)}
+	return []Result{conntrackResult(count, limit, e.Cfg.Conntrack, e.settable("net.netfilter.nf_conntrack_max"))}
 }
 
-func conntrackResult(count, limit int, c config.Conntrack) Result {
+// conntrackResult judges the conntrack table's fill. settable says whether
+// nf_conntrack_max may be written here: if not, [sysctl] conntrack_max
+// would make fwdd refuse to start, so the fix names the host instead.
+func conntrackResult(count, limit int, c config.Conntrack, settable bool) Result {
 	if limit <= 0 {
 		return ok("", "%d entries, no limit", count)
 	}
 	pct := 100 * float64(count) / float64(limit)
-	fix := fmt.Sprintf("raise the limit on the host: [sysctl] conntrack_max = %d (or sysctl -w net.netfilter.nf_conntrack_max=%d), or shorten conntrack timeouts", 2*limit, 2*limit)
+	fix := fmt.Sprintf("raise the limit: [sysctl] conntrack_max = %d (or sysctl -w net.netfilter.nf_conntrack_max=%d), or shorten conntrack timeouts", 2*limit, 2*limit)
+	if !settable {
+		fix = fmt.Sprintf("raise the limit on the host (sysctl -w net.netfilter.nf_conntrack_max=%d there: it is host-wide and read-only here, so fwdd cannot set it), or shorten conntrack timeouts", 2*limit)
+	}
 	switch {
 	case pct >= float64(c.CriticalPercent):
 		return fail("", fix, "%d of %d entries (%.1f%%): new connections are about to be dropped", count, limit, pct)
@@ -277,6 +294,7 @@ func legacyTables(proc string) map[string][]string {
 
 func checkLegacy(e *Env) []Result {
 	tag, mask := markTag(e.Cfg)
+	fw := nft.ForwardedBy(e.Cfg)
 	var out []Result
 	for fam, tables := range legacyTables(e.Proc) {
 		cmd := "iptables-legacy"
@@ -291,6 +309,8 @@ func checkLegacy(e *Env) []Result {
 				continue
 			}
 			switch {
+			case !fw.Sees(fam) && (info.rules > 0 || info.forwardDrop):
+				out = append(out, ok(fam+" "+t, "iptables-legacy table in use, but fwdd forwards no %s traffic through it", map[string]string{"ip": "IPv4", "ip6": "IPv6"}[fam]))
 			case t == "filter" && info.forwardDrop && info.rules == 0:
 				out = append(out, fail(fam+" "+t, allow, "iptables-legacy FORWARD policy is DROP: it drops fwdd's connections"))
 			case t == "filter" && info.forwardDrop:

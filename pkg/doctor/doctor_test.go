@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -12,8 +14,10 @@ import (
 
 	"github.com/jsimonetti/rtnetlink/v2"
 
+	"github.com/fwdd/fwdd/internal/sandbox"
 	"github.com/fwdd/fwdd/internal/testutil"
 	"github.com/fwdd/fwdd/pkg/config"
+	"github.com/fwdd/fwdd/pkg/sysctl"
 )
 
 func TestConntrackResult(t *testing.T) {
@@ -22,23 +26,113 @@ func TestConntrackResult(t *testing.T) {
 		count, max int
 		want       Status
 	}{{10, 100, OK}, {79, 100, OK}, {80, 100, Warn}, {95, 100, Fail}, {100, 100, Fail}, {5, 0, OK}} {
-		r := conntrackResult(tc.count, tc.max, c)
+		r := conntrackResult(tc.count, tc.max, c, true)
 		if r.Status != tc.want {
 			t.Errorf("%d/%d: %s, want %s", tc.count, tc.max, r.Status, tc.want)
 		}
-		if r.Status != OK && !strings.Contains(r.Fix, "conntrack_max = ") {
+		if r.Status != OK && !strings.Contains(r.Fix, "[sysctl] conntrack_max = ") {
 			t.Errorf("%d/%d: fix %q", tc.count, tc.max, r.Fix)
 		}
+	}
+	// Where nf_conntrack_max is read-only (a child network namespace, a
+	// container), the config key would make fwdd refuse to start.
+	r := conntrackResult(90, 100, c, false)
+	if r.Status != Warn || strings.Contains(r.Fix, "[sysctl] conntrack_max = ") ||
+		!strings.Contains(r.Fix, "on the host (sysctl -w net.netfilter.nf_conntrack_max=200 there") {
+		t.Errorf("read-only: %+v", r)
 	}
 }
 
 func TestBucketsResult(t *testing.T) {
-	if r := bucketsResult(262144, 262144); r.Status != OK {
+	if r := bucketsResult(262144, 262144, true); r.Status != OK {
 		t.Errorf("equal: %+v", r)
 	}
-	r := bucketsResult(1048576, 65536)
+	r := bucketsResult(1048576, 65536, true)
 	if r.Status != Warn || !strings.Contains(r.Fix, "[sysctl] conntrack_buckets = 1048576") {
 		t.Errorf("16 per bucket: %+v", r)
+	}
+	r = bucketsResult(1048576, 65536, false)
+	if r.Status != Warn || strings.Contains(r.Fix, "[sysctl] conntrack_buckets = ") ||
+		!strings.Contains(r.Fix, "sysctl -w net.netfilter.nf_conntrack_buckets=1048576 on the host") {
+		t.Errorf("16 per bucket, read-only: %+v", r)
+	}
+}
+
+// TestConntrackChecksReadOnly: where nf_conntrack_max and
+// nf_conntrack_buckets are read-only (0444, as in a child network
+// namespace), neither check suggests the [sysctl] key that would make fwdd
+// refuse to start there; where they are writable, both do.
+func TestConntrackChecksReadOnly(t *testing.T) {
+	for _, mode := range []os.FileMode{0o444, 0o644} {
+		proc := t.TempDir()
+		dir := filepath.Join(proc, "sys", "net", "netfilter")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		values := map[string]string{"nf_conntrack_count": "900000", "nf_conntrack_max": "1000000", "nf_conntrack_buckets": "65536"}
+		for name, v := range values {
+			if err := os.WriteFile(filepath.Join(dir, name), []byte(v+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(filepath.Join(dir, name), mode); err != nil {
+				t.Fatal(err)
+			}
+		}
+		e := &Env{Cfg: testutil.Config(t, ""), Proc: proc, Sysctls: sysctl.NewFS(filepath.Join(proc, "sys"))}
+		for _, r := range append(checkConntrack(e), checkBuckets(e)...) {
+			key := strings.Contains(r.Fix, "[sysctl] conntrack_")
+			if r.Status != Warn || key != (mode == 0o644) || !strings.Contains(r.Fix, "sysctl -w net.netfilter.nf_conntrack_") {
+				t.Errorf("mode %#o: %s: %s (fix %q)", mode, r.Status, r.Message, r.Fix)
+			}
+		}
+	}
+}
+
+// TestSettable reads the mode of a sysctl laid out under a fake /proc.
+func TestSettable(t *testing.T) {
+	proc := t.TempDir()
+	dir := filepath.Join(proc, "sys", "net", "netfilter")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, mode := range map[string]os.FileMode{"nf_conntrack_max": 0o644, "nf_conntrack_buckets": 0o444} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("262144\n"), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(filepath.Join(dir, name), mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e := &Env{Proc: proc}
+	if !e.settable("net.netfilter.nf_conntrack_max") {
+		t.Error("0644: not settable")
+	}
+	if e.settable("net.netfilter.nf_conntrack_buckets") {
+		t.Error("0444: settable")
+	}
+	if e.settable("net.netfilter.nf_conntrack_missing") {
+		t.Error("missing: settable")
+	}
+}
+
+// TestKernelSettable: in a child network namespace the kernel makes
+// nf_conntrack_max and nf_conntrack_buckets read-only.
+func TestKernelSettable(t *testing.T) {
+	topo := sandbox.New(t, sandbox.Options{NoClient2: true, NoOther: true})
+	e := &Env{Proc: "/proc"}
+	err := topo.Gateway.Do(func() error {
+		for _, name := range []string{"net.netfilter.nf_conntrack_max", "net.netfilter.nf_conntrack_buckets"} {
+			if e.settable(name) {
+				return fmt.Errorf("%s settable in a child network namespace", name)
+			}
+		}
+		if !e.settable("net.netfilter.nf_conntrack_tcp_timeout_established") {
+			return fmt.Errorf("nf_conntrack_tcp_timeout_established (per namespace) not settable")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -17,6 +17,21 @@ import (
 
 func advice(r Result) Result { r.Advice = true; return r }
 
+// settable reports whether the sysctl name (dotted, under net.netfilter)
+// may be written here, without writing it: the kernel makes
+// nf_conntrack_max and nf_conntrack_buckets 0444 in every network
+// namespace but the initial one, and container runtimes mount /proc/sys
+// read-only.
+func (e *Env) settable(name string) bool {
+	p := filepath.Join(e.Proc, "sys", filepath.FromSlash(strings.ReplaceAll(name, ".", "/")))
+	st, err := os.Stat(p)
+	if err != nil || st.Mode().Perm()&0o200 == 0 {
+		return false
+	}
+	var fs unix.Statfs_t
+	return unix.Statfs(p, &fs) == nil && fs.Flags&unix.ST_RDONLY == 0
+}
+
 func checkBuckets(e *Env) []Result {
 	limit, err := readInt(e.Sysctls, "net.netfilter.nf_conntrack_max")
 	if err != nil {
@@ -26,18 +41,24 @@ func checkBuckets(e *Env) []Result {
 	if err != nil {
 		return []Result{advice(warn("", "", "%v", err))}
 	}
-	return []Result{advice(bucketsResult(limit, buckets))}
+	return []Result{advice(bucketsResult(limit, buckets, e.settable("net.netfilter.nf_conntrack_buckets")))}
 }
 
 // bucketsResult compares the conntrack hash table with the limit: each
 // lookup walks a chain of about max/buckets entries when the table is full.
-func bucketsResult(limit, buckets int) Result {
+// settable says whether nf_conntrack_buckets may be written here (see
+// conntrackResult).
+func bucketsResult(limit, buckets int, settable bool) Result {
 	if buckets <= 0 {
 		return ok("", "nf_conntrack_buckets unknown")
 	}
 	ratio := float64(limit) / float64(buckets)
 	if ratio > 4 {
-		return warn("", fmt.Sprintf("[sysctl] conntrack_buckets = %d (or sysctl -w net.netfilter.nf_conntrack_buckets=%d on the host; read-only in containers)", limit, limit),
+		fix := fmt.Sprintf("[sysctl] conntrack_buckets = %d (or sysctl -w net.netfilter.nf_conntrack_buckets=%d)", limit, limit)
+		if !settable {
+			fix = fmt.Sprintf("sysctl -w net.netfilter.nf_conntrack_buckets=%d on the host (it is host-wide and read-only here, so fwdd cannot set it)", limit)
+		}
+		return warn("", fix,
 			"nf_conntrack_max = %d over %d hash buckets: %.0f entries per bucket when full, each new connection walks them", limit, buckets, ratio)
 	}
 	return ok("", "nf_conntrack_max = %d over %d hash buckets (%.1f per bucket when full)", limit, buckets, ratio)

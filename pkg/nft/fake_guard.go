@@ -1,7 +1,7 @@
 package nft
 
 // ForeignBlockers returns f.Blockers: the fake has no other tables.
-func (f *Fake) ForeignBlockers(string, uint32, uint32) ([]Blocker, error) {
+func (f *Fake) ForeignBlockers(string, Forwarded) ([]Blocker, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append([]Blocker(nil), f.Blockers...), nil

@@ -166,7 +166,7 @@ func Collect(cfg *config.Config, src Sources) (*Report, error) {
 	if count, max, err := conntrack.CountFrom(src.Sysctls); err == nil {
 		r.Conntrack = Conntrack{Count: count, Max: max}
 	}
-	if r.Blockers, err = src.Kernel.ForeignBlockers(cfg.Daemon.Table, cfg.Daemon.CtMark.Tag, cfg.Daemon.CtMark.TagMask); err != nil {
+	if r.Blockers, err = src.Kernel.ForeignBlockers(cfg.Daemon.Table, nft.ForwardedBy(cfg)); err != nil {
 		return nil, err
 	}
 	live := map[uint32]conntrack.Live{}
